@@ -1,0 +1,661 @@
+//! Sites: the city as the gateway, simulator and nodectl see it.
+//!
+//! A site file lists districts (GB/T 2260 codes, used as MQTT zones), devices (id, profile,
+//! zone), and where each device sits: at a scenic-area gate, on a road-segment detector, or on
+//! a pipe asset. Every device sits in exactly one place, and every place names devices that
+//! exist and whose profile fits it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use crate::profile::{Category, Profile};
+
+/// The whole site file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Who the site is.
+    pub site: SiteInfo,
+    /// The districts (zones) this site covers.
+    #[serde(rename = "district")]
+    pub districts: Vec<District>,
+    /// Every device in the site.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<Device>,
+    /// Scenic areas with capacities.
+    #[serde(default, rename = "scenic_area")]
+    pub scenic_areas: Vec<ScenicArea>,
+    /// Counted gates of the scenic areas.
+    #[serde(default, rename = "gate")]
+    pub gates: Vec<Gate>,
+    /// Road segments with detectors.
+    #[serde(default, rename = "road_segment")]
+    pub road_segments: Vec<RoadSegment>,
+    /// Pipes, wells, tunnels and covers with their sensors.
+    #[serde(default, rename = "pipe_asset")]
+    pub pipe_assets: Vec<PipeAsset>,
+}
+
+/// The site's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteInfo {
+    /// Short id, e.g. "ganzhou".
+    pub id: String,
+    /// Name for people, e.g. "赣州".
+    pub name: String,
+    /// GB/T 2260 code of the city (e.g. 360700); every district code starts with its first 4 digits.
+    pub region: String,
+    /// Local time offset, e.g. "+08:00" (opening hours and daily counts are local).
+    pub utc_offset: String,
+}
+
+/// A district: the `{zone}` of MQTT topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct District {
+    /// GB/T 2260 code, six digits.
+    pub code: String,
+    /// Name, e.g. "章贡区".
+    pub name: String,
+}
+
+/// One device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Unique id: in topics and frames, so 1–32 of `[A-Za-z0-9._-]`.
+    pub id: String,
+    /// The profile (device kind).
+    pub profile: String,
+    /// The district code the device reports under.
+    pub zone: String,
+    /// For Modbus devices: where the gateway polls it.
+    #[serde(default)]
+    pub modbus: Option<ModbusEndpoint>,
+}
+
+/// How the gateway reaches a Modbus device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusEndpoint {
+    /// `tcp://host:port` or `rtu:///dev/ttyX?baud=9600`.
+    pub url: String,
+    /// Unit (slave) id, overriding the profile's.
+    #[serde(default)]
+    pub unit_id: Option<u8>,
+}
+
+/// A scenic area (景区) with its LB/T 034-2014 capacities.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenicArea {
+    /// Unique id, e.g. "S4".
+    pub id: String,
+    /// Name, e.g. "通天岩".
+    pub name: String,
+    /// District code.
+    pub zone: String,
+    /// Instantaneous and daily capacity.
+    pub capacity: Capacity,
+    /// Opening hours, local time.
+    pub hours: Hours,
+    /// Median visit length, minutes (for the simulator and the predictive warning).
+    pub median_dwell_min: u32,
+    /// Road segments that lead to the area (crowd–traffic coupling).
+    #[serde(default)]
+    pub access_roads: Vec<String>,
+    /// Choke points inside the area with their own capacity (浮桥, wall stairs, glass bridge).
+    #[serde(default, rename = "choke_point")]
+    pub choke_points: Vec<ChokePoint>,
+}
+
+/// Instantaneous (瞬时) and daily (日) capacity, in visitors.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Most visitors present at once.
+    pub instantaneous: u32,
+    /// Most visitors over one day's opening hours.
+    pub daily: u32,
+}
+
+/// Opening hours as "HH:MM" local time; `close` may be "24:00".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hours {
+    /// Opening time.
+    pub open: String,
+    /// Closing time.
+    pub close: String,
+}
+
+impl Hours {
+    /// Minutes after midnight of opening and closing.
+    pub fn minutes(&self) -> Option<(u32, u32)> {
+        Some((parse_hhmm(&self.open)?, parse_hhmm(&self.close)?))
+    }
+}
+
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+}
+
+/// How a gate's passages are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateDirection {
+    /// Every passage is an entry.
+    Entry,
+    /// Every passage is an exit.
+    Exit,
+    /// The reader reports the direction of each passage.
+    Both,
+}
+
+/// A counted gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Unique id, e.g. "S4-G1".
+    pub id: String,
+    /// The scenic area it counts for.
+    pub area: String,
+    /// The reader or counter at the gate.
+    pub device: String,
+    /// Which passages it counts.
+    pub direction: GateDirection,
+}
+
+/// A choke point inside a scenic area.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChokePoint {
+    /// Unique id.
+    pub id: String,
+    /// Name, e.g. "东河古浮桥".
+    pub name: String,
+    /// Most visitors on it at once.
+    pub capacity: u32,
+    /// Gates of the area that bound it.
+    pub gates: Vec<String>,
+}
+
+/// Road class by the grading table of DOMAIN.md §2.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoadClass {
+    /// 快速路.
+    Expressway,
+    /// 主干路.
+    Arterial,
+    /// 次干路.
+    Secondary,
+    /// 支路.
+    Branch,
+}
+
+/// A road segment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoadSegment {
+    /// Unique id, e.g. "R1".
+    pub id: String,
+    /// Name, e.g. "红旗大道".
+    pub name: String,
+    /// District code.
+    pub zone: String,
+    /// Class, which picks the congestion grading.
+    pub class: RoadClass,
+    /// Lanes, both directions.
+    pub lanes: u8,
+    /// Length in metres.
+    pub length_m: u32,
+    /// Free-flow speed, km/h.
+    pub free_flow_kmh: u32,
+    /// Capacity per lane, vehicles per hour.
+    pub lane_capacity_vph: u32,
+    /// Detectors on the segment.
+    #[serde(default, rename = "detector")]
+    pub detectors: Vec<Detector>,
+}
+
+/// A traffic detector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detector {
+    /// The device.
+    pub device: String,
+    /// The lanes it watches (1-based from the kerb).
+    pub lanes: Vec<u8>,
+    /// For paired geomagnetic sensors: distance between the pair, for speed, in metres.
+    #[serde(default)]
+    pub spacing_m: Option<f64>,
+}
+
+/// What kind of pipe asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipeAssetKind {
+    /// Pressurised water supply main.
+    WaterMain,
+    /// Drainage well or sewer (内涝 monitoring).
+    DrainageWell,
+    /// Utility tunnel gas compartment (综合管廊).
+    UtilityTunnel,
+    /// A manhole cover.
+    Manhole,
+    /// A pump station.
+    PumpStation,
+}
+
+/// A pipe asset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipeAsset {
+    /// Unique id, e.g. "P1".
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// District code.
+    pub zone: String,
+    /// What it is.
+    pub kind: PipeAssetKind,
+    /// Sensors on it.
+    pub devices: Vec<String>,
+    /// Assets on the same network that confirm a burst (pressure drop seen by a neighbour).
+    #[serde(default)]
+    pub neighbours: Vec<String>,
+}
+
+fn is_district_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_device_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= wire::MAX_DEVICE_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Problems as `(path, reason)`.
+type Problems = Vec<(String, String)>;
+
+impl Site {
+    /// The device with this id.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.id == id)
+    }
+
+    /// Checks references, uniqueness and values against the loaded profiles.
+    pub(crate) fn check(&self, profiles: &BTreeMap<String, Profile>) -> Problems {
+        let mut p = Problems::new();
+        self.check_info(&mut p);
+        let devices = self.check_devices(profiles, &mut p);
+        let mut placed: HashMap<&str, String> = HashMap::new();
+        let mut place = |p: &mut Problems, device: &str, path: String, want: Category, at: &str| {
+            let Some((i, profile)) = devices.get(device) else {
+                p.push((
+                    path,
+                    format!("{at} names device \"{device}\", which is not in [[device]]"),
+                ));
+                return;
+            };
+            if let Some(prev) = placed.get(device) {
+                p.push((
+                    path,
+                    format!("device \"{device}\" is placed twice: at {prev} and at {at}"),
+                ));
+                return;
+            }
+            placed.insert(self.devices[*i].id.as_str(), at.to_owned());
+            if let Some(profile) = profile
+                && profile.category != want
+            {
+                p.push((
+                    path,
+                    format!("{at}: device \"{device}\" has profile \"{}\" ({:?}), which does not belong here", profile.kind, profile.category),
+                ));
+            }
+        };
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut unique = |p: &mut Problems, id: &str, path: String, what: &str| {
+            if let Some(prev) = ids.insert(id.to_owned(), path.clone()) {
+                p.push((
+                    path,
+                    format!("{what} id \"{id}\" is already used (by {prev})"),
+                ));
+            }
+        };
+        let roads: Vec<&str> = self.road_segments.iter().map(|r| r.id.as_str()).collect();
+        for (i, a) in self.scenic_areas.iter().enumerate() {
+            let path = format!("scenic_area[{i}]");
+            unique(&mut p, &a.id, format!("{path}.id"), "scenic area");
+            self.check_zone(&a.zone, format!("{path}.zone"), &mut p);
+            if a.capacity.instantaneous == 0 {
+                p.push((
+                    format!("{path}.capacity.instantaneous"),
+                    format!(
+                        "scenic area \"{}\": instantaneous capacity must be greater than 0",
+                        a.id
+                    ),
+                ));
+            }
+            if a.capacity.daily < a.capacity.instantaneous {
+                p.push((
+                    format!("{path}.capacity.daily"),
+                    format!("scenic area \"{}\": daily capacity ({}) cannot be below the instantaneous capacity ({})", a.id, a.capacity.daily, a.capacity.instantaneous),
+                ));
+            }
+            match a.hours.minutes() {
+                None => p.push((
+                    format!("{path}.hours"),
+                    format!(
+                        "scenic area \"{}\": hours must be \"HH:MM\" (close may be \"24:00\")",
+                        a.id
+                    ),
+                )),
+                Some((o, c)) if o >= c => p.push((
+                    format!("{path}.hours.close"),
+                    format!(
+                        "scenic area \"{}\": closes ({}) before it opens ({})",
+                        a.id, a.hours.close, a.hours.open
+                    ),
+                )),
+                Some(_) => {}
+            }
+            if a.median_dwell_min == 0 {
+                p.push((
+                    format!("{path}.median_dwell_min"),
+                    format!(
+                        "scenic area \"{}\": median_dwell_min must be greater than 0",
+                        a.id
+                    ),
+                ));
+            }
+            for (j, r) in a.access_roads.iter().enumerate() {
+                if !roads.contains(&r.as_str()) {
+                    p.push((
+                        format!("{path}.access_roads[{j}]"),
+                        format!(
+                            "scenic area \"{}\": access road \"{r}\" is not a [[road_segment]]",
+                            a.id
+                        ),
+                    ));
+                }
+            }
+            if !self.gates.iter().any(|g| g.area == a.id) {
+                p.push((
+                    path.clone(),
+                    format!(
+                        "scenic area \"{}\" has no [[gate]]: nothing would count its visitors",
+                        a.id
+                    ),
+                ));
+            }
+            for (j, c) in a.choke_points.iter().enumerate() {
+                let cpath = format!("{path}.choke_point[{j}]");
+                unique(&mut p, &c.id, format!("{cpath}.id"), "choke point");
+                if c.capacity == 0 {
+                    p.push((
+                        format!("{cpath}.capacity"),
+                        format!("choke point \"{}\": capacity must be greater than 0", c.id),
+                    ));
+                }
+                for (k, g) in c.gates.iter().enumerate() {
+                    if !self.gates.iter().any(|x| &x.id == g && x.area == a.id) {
+                        p.push((format!("{cpath}.gates[{k}]"), format!("choke point \"{}\" names gate \"{g}\", which is not a gate of \"{}\"", c.id, a.id)));
+                    }
+                }
+            }
+        }
+        for (i, g) in self.gates.iter().enumerate() {
+            let path = format!("gate[{i}]");
+            unique(&mut p, &g.id, format!("{path}.id"), "gate");
+            if !self.scenic_areas.iter().any(|a| a.id == g.area) {
+                p.push((
+                    format!("{path}.area"),
+                    format!(
+                        "gate \"{}\" names scenic area \"{}\", which is not a [[scenic_area]]",
+                        g.id, g.area
+                    ),
+                ));
+            }
+            place(
+                &mut p,
+                &g.device,
+                format!("{path}.device"),
+                Category::Crowd,
+                &format!("gate \"{}\"", g.id),
+            );
+        }
+        for (i, r) in self.road_segments.iter().enumerate() {
+            let path = format!("road_segment[{i}]");
+            unique(&mut p, &r.id, format!("{path}.id"), "road segment");
+            self.check_zone(&r.zone, format!("{path}.zone"), &mut p);
+            for (key, v) in [
+                ("lanes", u32::from(r.lanes)),
+                ("length_m", r.length_m),
+                ("free_flow_kmh", r.free_flow_kmh),
+                ("lane_capacity_vph", r.lane_capacity_vph),
+            ] {
+                if v == 0 {
+                    p.push((
+                        format!("{path}.{key}"),
+                        format!("road segment \"{}\": {key} must be greater than 0", r.id),
+                    ));
+                }
+            }
+            if r.free_flow_kmh > 130 || r.lane_capacity_vph > 2500 {
+                p.push((format!("{path}.free_flow_kmh"), format!("road segment \"{}\": free flow above 130 km/h or lane capacity above 2500 veh/h is not an urban road", r.id)));
+            }
+            for (j, d) in r.detectors.iter().enumerate() {
+                let dpath = format!("{path}.detector[{j}]");
+                place(
+                    &mut p,
+                    &d.device,
+                    format!("{dpath}.device"),
+                    Category::Traffic,
+                    &format!("a detector on \"{}\"", r.id),
+                );
+                if d.lanes.is_empty() {
+                    p.push((
+                        format!("{dpath}.lanes"),
+                        format!("detector \"{}\" watches no lane", d.device),
+                    ));
+                }
+                for (k, lane) in d.lanes.iter().enumerate() {
+                    if *lane == 0 || *lane > r.lanes {
+                        p.push((
+                            format!("{dpath}.lanes[{k}]"),
+                            format!(
+                                "detector \"{}\": lane {lane} is not one of the {} lanes of \"{}\"",
+                                d.device, r.lanes, r.id
+                            ),
+                        ));
+                    }
+                }
+                if let Some(s) = d.spacing_m
+                    && !(s.is_finite() && s > 0.0 && s < 100.0)
+                {
+                    p.push((
+                        format!("{dpath}.spacing_m"),
+                        format!(
+                            "detector \"{}\": spacing_m must be between 0 and 100 m",
+                            d.device
+                        ),
+                    ));
+                }
+            }
+        }
+        let assets: Vec<&str> = self.pipe_assets.iter().map(|a| a.id.as_str()).collect();
+        for (i, a) in self.pipe_assets.iter().enumerate() {
+            let path = format!("pipe_asset[{i}]");
+            unique(&mut p, &a.id, format!("{path}.id"), "pipe asset");
+            self.check_zone(&a.zone, format!("{path}.zone"), &mut p);
+            for (j, d) in a.devices.iter().enumerate() {
+                place(
+                    &mut p,
+                    d,
+                    format!("{path}.devices[{j}]"),
+                    Category::Pipe,
+                    &format!("pipe asset \"{}\"", a.id),
+                );
+            }
+            for (j, n) in a.neighbours.iter().enumerate() {
+                if n == &a.id || !assets.contains(&n.as_str()) {
+                    p.push((
+                        format!("{path}.neighbours[{j}]"),
+                        format!(
+                            "pipe asset \"{}\": neighbour \"{n}\" is not another [[pipe_asset]]",
+                            a.id
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if !placed.contains_key(d.id.as_str())
+                && devices
+                    .get(d.id.as_str())
+                    .is_some_and(|(first, _)| *first == i)
+            {
+                p.push((
+                    format!("device[{i}].id"),
+                    format!(
+                        "device \"{}\" is not placed at any gate, detector or pipe asset",
+                        d.id
+                    ),
+                ));
+            }
+        }
+        p
+    }
+
+    fn check_info(&self, p: &mut Problems) {
+        if !is_district_code(&self.site.region) {
+            p.push((
+                "site.region".into(),
+                format!(
+                    "region \"{}\" is not a six-digit GB/T 2260 code",
+                    self.site.region
+                ),
+            ));
+        }
+        if !matches!(self.site.utc_offset.as_bytes(), [b'+' | b'-', h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()))
+        {
+            p.push((
+                "site.utc_offset".into(),
+                format!(
+                    "utc_offset \"{}\" must look like \"+08:00\"",
+                    self.site.utc_offset
+                ),
+            ));
+        }
+        for (i, d) in self.districts.iter().enumerate() {
+            if !is_district_code(&d.code) {
+                p.push((
+                    format!("district[{i}].code"),
+                    format!("district code \"{}\" is not six digits (GB/T 2260)", d.code),
+                ));
+            } else if d.code[..4] != self.site.region.get(..4).unwrap_or_default()[..] {
+                p.push((
+                    format!("district[{i}].code"),
+                    format!("district {} is not in region {}", d.code, self.site.region),
+                ));
+            }
+            if self.districts[..i].iter().any(|e| e.code == d.code) {
+                p.push((
+                    format!("district[{i}].code"),
+                    format!("district {} is listed twice", d.code),
+                ));
+            }
+        }
+    }
+
+    /// Checks each device and returns its index and profile by id (first occurrence).
+    fn check_devices<'a>(
+        &'a self,
+        profiles: &'a BTreeMap<String, Profile>,
+        p: &mut Problems,
+    ) -> HashMap<&'a str, (usize, Option<&'a Profile>)> {
+        let mut by_id: HashMap<&str, (usize, Option<&Profile>)> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let path = format!("device[{i}]");
+            if !is_device_id(&d.id) {
+                p.push((format!("{path}.id"), format!("device id \"{}\" must be 1–32 characters of A-Z, a-z, 0-9, '.', '_' and '-' (it is part of MQTT topics)", d.id)));
+            }
+            let profile = profiles.get(&d.profile);
+            if profile.is_none() {
+                let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+                p.push((
+                    format!("{path}.profile"),
+                    format!(
+                        "device \"{}\" names profile \"{}\", which does not exist (known: {})",
+                        d.id,
+                        d.profile,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            self.check_zone(&d.zone, format!("{path}.zone"), p);
+            if let Some(profile) = profile {
+                let polled = profile.encoding == crate::profile::Encoding::Modbus;
+                if polled && d.modbus.is_none() {
+                    p.push((
+                        path.clone(),
+                        format!(
+                            "device \"{}\" has a Modbus profile but no modbus = {{ url = ... }}",
+                            d.id
+                        ),
+                    ));
+                }
+                if !polled && d.modbus.is_some() {
+                    p.push((
+                        format!("{path}.modbus"),
+                        format!(
+                            "device \"{}\": modbus applies only to devices with a Modbus profile",
+                            d.id
+                        ),
+                    ));
+                }
+            }
+            if let Some(m) = &d.modbus
+                && !(m.url.starts_with("tcp://") || m.url.starts_with("rtu://"))
+            {
+                p.push((
+                    format!("{path}.modbus.url"),
+                    format!(
+                        "device \"{}\": Modbus url \"{}\" must start with tcp:// or rtu://",
+                        d.id, m.url
+                    ),
+                ));
+            }
+            if let Some((first, _)) = by_id.get(d.id.as_str()) {
+                p.push((
+                    format!("{path}.id"),
+                    format!("device id \"{}\" is already used by device[{first}]", d.id),
+                ));
+            } else {
+                by_id.insert(&d.id, (i, profile));
+            }
+        }
+        by_id
+    }
+
+    fn check_zone(&self, zone: &str, path: String, p: &mut Problems) {
+        if !self.districts.iter().any(|d| d.code == zone) {
+            p.push((
+                path,
+                format!("zone \"{zone}\" is not one of the site's [[district]] codes"),
+            ));
+        }
+    }
+}
