@@ -85,6 +85,20 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// The name used in profiles.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::F32 => "f32",
+            DataType::U64 => "u64",
+            DataType::F64 => "f64",
+        }
+    }
+
     /// How many 16-bit registers (or bits, for `Bool`) the value occupies.
     pub fn width(self) -> u16 {
         match self {
@@ -214,9 +228,9 @@ impl RegisterMap {
                 problems.push((
                     format!("{path}.type"),
                     format!(
-                        "register \"{}\": type {:?} cannot be read from the {} table (bool goes with coil/discrete, numbers with holding/input)",
+                        "register \"{}\": type {} cannot be read from the {} table (bool goes with coil/discrete, numbers with holding/input)",
                         r.field,
-                        r.data_type,
+                        r.data_type.name(),
                         r.table.name()
                     ),
                 ));

@@ -1,0 +1,117 @@
+//! The reference data loads, and every broken file in `tests/cases/bad` gives exactly the
+//! message in its `expected.txt`.
+//!
+//! A case folder holds `site.toml` (checked against the real profiles unless the case has its
+//! own), or `profiles/` alone (checked without a site). Set `BLESS=1` to write `expected.txt`
+//! from the current output, then read every changed line before committing it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::path::{Path, PathBuf};
+
+use device_profiles::{Catalog, GANZHOU_SITE, LoadError, PROFILES_DIR, load_profiles, load_site};
+
+fn cases(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cases")
+        .join(kind);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_case(dir: &Path) -> Result<(), LoadError> {
+    let own_profiles = dir.join("profiles");
+    let site = dir.join("site.toml");
+    let profiles = if own_profiles.is_dir() {
+        load_profiles(&own_profiles)?
+    } else {
+        load_profiles(Path::new(PROFILES_DIR))?
+    };
+    if site.exists() {
+        load_site(&site, &profiles)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_reference_data_loads() {
+    let c = Catalog::load(Path::new(PROFILES_DIR), Path::new(GANZHOU_SITE)).unwrap();
+    assert_eq!(c.site.site.region, "360700");
+    assert!(c.profiles.len() >= 9);
+}
+
+#[test]
+fn the_builtin_copy_is_the_files_on_disk() {
+    let builtin = Catalog::ganzhou().unwrap();
+    let disk = Catalog::load(Path::new(PROFILES_DIR), Path::new(GANZHOU_SITE)).unwrap();
+    let kinds = |c: &Catalog| c.profiles.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        kinds(&builtin),
+        kinds(&disk),
+        "add new profile files to builtin::PROFILES"
+    );
+    assert_eq!(builtin.site.devices.len(), disk.site.devices.len());
+}
+
+#[test]
+fn good_cases_load() {
+    for dir in cases("good") {
+        load_case(&dir).unwrap_or_else(|e| panic!("{}:\n{e}", dir.display()));
+    }
+}
+
+#[test]
+fn each_bad_case_gives_exactly_its_expected_message() {
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut failures = Vec::new();
+    for dir in cases("bad") {
+        let err = match load_case(&dir) {
+            Ok(()) => {
+                failures.push(format!("{}: loaded without error", dir.display()));
+                continue;
+            }
+            Err(e) => e,
+        };
+        assert!(
+            matches!(err, LoadError::Invalid(_)),
+            "{}: {err}",
+            dir.display()
+        );
+        let prefix = format!("{}/", dir.display());
+        let got = format!("{err}\n").replace(&prefix, "");
+        let expected_path = dir.join("expected.txt");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            failures.push(format!(
+                "{}:\n  expected: {expected}  got:      {got}",
+                dir.display()
+            ));
+        }
+        assert_eq!(
+            err.problems().len(),
+            1,
+            "{}: one clear message, not several:\n{got}",
+            dir.display()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_missing_site_file_names_the_path() {
+    let profiles = load_profiles(Path::new(PROFILES_DIR)).unwrap();
+    let err = load_site(Path::new("/nonexistent/site.toml"), &profiles).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/site.toml: cannot read:"),
+        "{err}"
+    );
+}
