@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every check CitySense has, on a fresh machine or a developer's: installs what the tests
+# need when it is missing, then formatting, lints and all tests. `.ci/run` calls exactly this.
+#
+#   deploy/test-all.sh            everything
+#   SKIP_INSTALL=1 deploy/test-all.sh   do not try to install missing packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Programs the tests start for real, and the Debian packages that provide them.
+declare -A PACKAGES=(
+  [mosquitto]=mosquitto
+  [mosquitto_sub]=mosquitto-clients
+  [victoria-metrics]=victoria-metrics
+  [promtool]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [qemu-system-arm]=qemu-system-arm
+)
+
+install_missing() {
+  local missing=()
+  for prog in "${!PACKAGES[@]}"; do
+    command -v "$prog" >/dev/null 2>&1 || missing+=("${PACKAGES[$prog]}")
+  done
+  if ((${#missing[@]})); then
+    step "installing Debian packages: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "need root to install ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" >&2
+      exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
+    step "installing the Rust target thumbv7em-none-eabihf"
+    rustup target add thumbv7em-none-eabihf
+  fi
+}
+
+[[ -n "${SKIP_INSTALL:-}" ]] || install_missing
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "firmware/wire builds for the Cortex-M4F target without std"
+cargo build --locked -p wire --target thumbv7em-none-eabihf --release
+
+step "the wire fuzz target still builds"
+cargo check --locked --manifest-path firmware/wire/fuzz/Cargo.toml --target-dir target
+
+step "cargo test"
+cargo test --workspace --locked
