@@ -16,14 +16,14 @@
 //! - [`profile`]: the profile schema and its checks; [`modbus`]: register maps.
 //! - [`site`]: the site schema and its cross-reference checks.
 //! - [`locate`]: resolves a problem's path (`scenic_area[2].capacity.daily`) to a line.
-//! - `source`: reading a file and turning errors into [`Problem`]s.
+//! - [`source`]: reading a TOML file and turning errors into [`Problem`]s.
 //! - [`Catalog::ganzhou`]: the reference data compiled into the binary, for `gateway demo`.
 
 pub mod locate;
 pub mod modbus;
 pub mod profile;
 pub mod site;
-mod source;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

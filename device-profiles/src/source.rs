@@ -69,15 +69,17 @@ impl LoadError {
     }
 }
 
-/// A file's name and text, with its spans for locating problems.
+/// A TOML file's name and text, with its spans for locating problems. The gateway's config
+/// loader uses it too, so every CitySense file reports problems the same way.
 #[derive(Debug)]
-pub(crate) struct SourceFile {
+pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
     doc: Option<Document<String>>,
 }
 
 impl SourceFile {
+    /// Reads a file.
     pub fn read(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
             path: path.to_owned(),
@@ -86,6 +88,7 @@ impl SourceFile {
         Ok(Self::from_text(path, text))
     }
 
+    /// Wraps text already read (or compiled in).
     pub fn from_text(path: &Path, text: String) -> Self {
         let doc = Document::parse(text.clone()).ok();
         SourceFile {

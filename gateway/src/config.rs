@@ -1,0 +1,394 @@
+//! The gateway's configuration file.
+//!
+//! TOML, unknown keys refused, every field documented here and in `deploy/gateway/*.toml`.
+//! Secrets come from the environment (`CITYSENSE_MQTT_PASSWORD`) or a file
+//! (`mqtt.password_file`), never from the config itself, and are never logged. [`Config::load`]
+//! reads, overrides and validates in one step: every problem names the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use device_profiles::source::{LoadError, Problem, SourceFile};
+use serde::Deserialize;
+
+/// Environment variable that overrides `mqtt.username`.
+pub const ENV_MQTT_USERNAME: &str = "CITYSENSE_MQTT_USERNAME";
+/// Environment variable that supplies the MQTT password.
+pub const ENV_MQTT_PASSWORD: &str = "CITYSENSE_MQTT_PASSWORD";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who this gateway is.
+    pub gateway: GatewaySection,
+    /// Where the city's description and the device keys are.
+    pub site: SiteSection,
+    /// The broker the nodes publish to.
+    pub mqtt: MqttSection,
+    /// Frame acceptance rules.
+    #[serde(default)]
+    pub verify: VerifySection,
+    /// The HTTP server (metrics, health, API).
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// Identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Unique id of this gateway instance: the MQTT client id and the source id of forwarded
+    /// data.
+    pub id: String,
+}
+
+/// Site data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// Folder of device profiles (`device-profiles/profiles`).
+    pub profiles: PathBuf,
+    /// The site file (`device-profiles/sites/ganzhou.toml`).
+    pub site: PathBuf,
+    /// The keys file written by `nodectl provision` (see [`crate::keys`]).
+    pub keys: PathBuf,
+    /// District codes this gateway serves; empty means every district of the site.
+    #[serde(default)]
+    pub zones: Vec<String>,
+}
+
+/// MQTT connection and session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS).
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// User name, if the broker requires one (overridden by `CITYSENSE_MQTT_USERNAME`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (first line); `CITYSENSE_MQTT_PASSWORD` takes precedence.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Seconds between keepalive pings; a silent broker is detected within 1.5 × this.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Start a new session on connect. Keep `false` so the broker queues QoS1 reports while the
+    /// gateway restarts.
+    #[serde(default)]
+    pub clean_start: bool,
+    /// How long the broker keeps the session (and its queue) after a disconnect, in seconds.
+    /// Must be greater than 0 when `clean_start = false`, or the broker drops the queue at once.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_s: u32,
+    /// Subscribe through `$share/{group}/...` so several gateways split one zone's load.
+    #[serde(default)]
+    pub shared_group: Option<String>,
+    /// Largest packet accepted; must be at least the broker's `message_size_limit`.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: u32,
+    /// Reconnect backoff: first delay, doubled per failure up to `reconnect_max_ms`, with jitter.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Reconnect backoff ceiling.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// TLS to the broker; absent means plain TCP (loopback or a trusted segment only).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// The password, from the environment or `password_file` (never from the file itself).
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+/// TLS settings (rustls).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate, for brokers that authenticate clients by certificate.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Frame acceptance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// Reports stamped further than this in the future are rejected (`clock_skew`).
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_s: u64,
+    /// Reports older than this are rejected (`stale`). Nodes queue reports while offline, so
+    /// keep it longer than the longest outage you want to recover from.
+    #[serde(default = "default_max_age")]
+    pub max_age_s: u64,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        VerifySection {
+            max_clock_skew_s: default_skew(),
+            max_age_s: default_max_age(),
+        }
+    }
+}
+
+/// HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address for `/metrics`, `/healthz`, `/readyz` and `/api/v1`.
+    #[serde(default = "default_http")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http(),
+        }
+    }
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_session_expiry() -> u32 {
+    3600
+}
+fn default_max_packet() -> u32 {
+    64 * 1024
+}
+fn default_reconnect_min() -> u64 {
+    500
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+fn default_skew() -> u64 {
+    60
+}
+fn default_max_age() -> u64 {
+    7 * 24 * 3600
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// A secret string: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl MqttSection {
+    /// The keepalive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_s)
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, resolves relative paths against the
+    /// config file's folder, and validates.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let file = SourceFile::read(path)?;
+        let mut config: Config = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.site.profiles,
+            &mut config.site.site,
+            &mut config.site.keys,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        let mut problems: Vec<Problem> = config
+            .check()
+            .into_iter()
+            .map(|(key, reason)| file.problem(&key, reason))
+            .collect();
+        if let Err(p) = config.apply_environment(base) {
+            problems.push(file.problem("mqtt.password_file", p));
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(LoadError::Invalid(problems))
+        }
+    }
+
+    fn apply_environment(&mut self, base: &Path) -> Result<(), String> {
+        if let Ok(user) = std::env::var(ENV_MQTT_USERNAME) {
+            self.mqtt.username = Some(user);
+        }
+        if let Ok(pass) = std::env::var(ENV_MQTT_PASSWORD) {
+            self.mqtt.password = Some(Secret(pass));
+        } else if let Some(file) = &self.mqtt.password_file {
+            let file = if file.is_relative() {
+                base.join(file)
+            } else {
+                file.clone()
+            };
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
+            self.mqtt.password = Some(Secret(text.lines().next().unwrap_or_default().to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Checks values that types alone cannot; returns `(key, reason)` pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let id_ok = !self.gateway.id.is_empty()
+            && self.gateway.id.len() <= 64
+            && self
+                .gateway
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            p.push((
+                "gateway.id".into(),
+                format!(
+                    "gateway id \"{}\" must be 1–64 of A-Z a-z 0-9 - _",
+                    self.gateway.id
+                ),
+            ));
+        }
+        let m = &self.mqtt;
+        if !m.clean_start && m.session_expiry_s == 0 {
+            p.push((
+                "mqtt.session_expiry_s".into(),
+                "a persistent session (clean_start = false) needs session_expiry_s > 0: with 0 the broker drops the session and its queued reports at every disconnect".into(),
+            ));
+        }
+        if m.keep_alive_s < 2 || m.keep_alive_s > 3600 {
+            p.push((
+                "mqtt.keep_alive_s".into(),
+                format!("keep_alive_s must be 2..=3600, not {}", m.keep_alive_s),
+            ));
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+            p.push((
+                "mqtt.reconnect_min_ms".into(),
+                "reconnect_min_ms must be > 0 and at most reconnect_max_ms".into(),
+            ));
+        }
+        if m.max_packet_bytes < 1024 {
+            p.push((
+                "mqtt.max_packet_bytes".into(),
+                "max_packet_bytes below 1024 cannot carry a full wire frame".into(),
+            ));
+        }
+        if let Some(g) = &m.shared_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            p.push((
+                "mqtt.shared_group".into(),
+                format!("shared_group \"{g}\" must be non-empty and free of '/', '+' and '#'"),
+            ));
+        }
+        if let Some(tls) = &m.tls
+            && tls.client_cert.is_some() != tls.client_key.is_some()
+        {
+            p.push((
+                "mqtt.tls".into(),
+                "client_cert and client_key go together".into(),
+            ));
+        }
+        if self.verify.max_clock_skew_s == 0 || self.verify.max_age_s < 60 {
+            p.push((
+                "verify".into(),
+                "max_clock_skew_s must be > 0 and max_age_s at least 60".into(),
+            ));
+        }
+        for (i, z) in self.site.zones.iter().enumerate() {
+            if z.len() != 6 || !z.bytes().all(|b| b.is_ascii_digit()) {
+                p.push((
+                    format!("site.zones[{i}]"),
+                    format!("zone \"{z}\" is not a six-digit GB/T 2260 code"),
+                ));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = "\
+[gateway]
+id = \"gw-1\"
+
+[site]
+profiles = \"profiles\"
+site = \"sites/ganzhou.toml\"
+keys = \"keys.toml\"
+
+[mqtt]
+host = \"127.0.0.1\"
+";
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cs-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_are_a_persistent_session_with_expiry() {
+        let dir = tempdir("defaults");
+        let c = Config::load(&write(&dir, MINIMAL)).unwrap();
+        assert!(!c.mqtt.clean_start);
+        assert!(c.mqtt.session_expiry_s > 0);
+        assert_eq!(c.site.keys, dir.join("keys.toml"));
+    }
+
+    #[test]
+    fn a_persistent_session_without_expiry_is_refused_with_file_line_and_key() {
+        let dir = tempdir("expiry");
+        let path = write(&dir, &format!("{MINIMAL}session_expiry_s = 0\n"));
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("gateway.toml:11:1:"), "{err}");
+        assert!(err.contains("session_expiry_s > 0"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempdir("unknown");
+        let path = write(&dir, &format!("{MINIMAL}keepalive = 5\n"));
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains(":11:1: unknown field `keepalive`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,124 @@
+//! HTTP on one port: `/metrics`, `/healthz`, `/readyz`, `/api/v1/devices`,
+//! `/api/v1/devices/{id}`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use crate::pipeline::now_ms;
+use crate::reading::Reading;
+use crate::registry::{Device, Presence, Registry};
+use crate::store::Store;
+
+/// What the handlers read.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Device state.
+    pub registry: Arc<Mutex<Registry>>,
+    /// Recent readings.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{id}", get(device))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.metrics.broker_connected.get() == 1 {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not connected to the MQTT broker\n",
+        )
+            .into_response()
+    }
+}
+
+/// One device as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeviceView<'a> {
+    /// Facts and state.
+    #[serde(flatten)]
+    pub device: &'a Device,
+    /// Online, offline or unknown now.
+    pub presence: Presence,
+    /// Reports expected but not received.
+    pub missing_reports: u64,
+}
+
+fn view(d: &Device, now: i64) -> DeviceView<'_> {
+    DeviceView {
+        device: d,
+        presence: d.presence(now),
+        missing_reports: d.state.ledger.missing(),
+    }
+}
+
+fn locked(s: &AppState) -> Result<std::sync::MutexGuard<'_, Registry>, Box<Response>> {
+    s.registry.lock().map_err(|_| {
+        Box::new((StatusCode::INTERNAL_SERVER_ERROR, "registry unavailable\n").into_response())
+    })
+}
+
+async fn devices(State(s): State<AppState>) -> Response {
+    let registry = match locked(&s) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    let now = now_ms();
+    let list: Vec<DeviceView<'_>> = registry.iter().map(|d| view(d, now)).collect();
+    Json(list).into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceDetail<'a> {
+    #[serde(flatten)]
+    device: DeviceView<'a>,
+    recent_readings: Vec<Reading>,
+}
+
+async fn device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let registry = match locked(&s) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    match registry.get(&id) {
+        Some(d) => Json(DeviceDetail {
+            device: view(d, now_ms()),
+            recent_readings: s.store.recent(&id),
+        })
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no device \"{id}\" is served here") })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,308 @@
+//! The CitySense gateway: ingests node reports over MQTT, verifies and decodes them against the
+//! device profiles and keys, keeps a registry of every device, and serves metrics and an API.
+//!
+//! ```text
+//! broker ──▶ mqtt (session, reconnect, watchdog) ──▶ pipeline (verify & decode) ──▶ store ──▶ ack
+//!                                                        │                 └──▶ registry (presence, ledger)
+//!                                                        └──▶ cs/v1/dlq/{zone} (rejections with reasons)
+//! http: /metrics /healthz /readyz /api/v1/devices[/{id}]
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: the config file; [`keys`]: the device keys file.
+//! - [`mqtt`]: the MQTT source; [`pipeline`]: batches, verification, store, acknowledgement.
+//! - [`verify`]: topics, frames and JSON to [`reading::Reading`]s, or a rejection reason.
+//! - [`registry`] and [`ledger`]: device state, replay window, completeness.
+//! - [`store`]: the store boundary. [`metrics`], [`http`]: what operators scrape and query.
+//! - [`demo`]: `gateway demo`, the whole system in one process.
+
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
+pub mod reading;
+pub mod registry;
+pub mod store;
+mod tls;
+pub mod traffic;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use device_profiles::Catalog;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, MqttSection, VerifySection};
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::registry::{Presence, Registry};
+use crate::store::Store;
+
+/// What a gateway instance needs besides the catalog and keys.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Instance id (MQTT client id).
+    pub gateway_id: String,
+    /// Broker and session.
+    pub mqtt: MqttSection,
+    /// Acceptance rules.
+    pub verify: VerifySection,
+    /// HTTP listen address (port 0 picks a free port).
+    pub http_listen: SocketAddr,
+    /// Served zones; empty means all.
+    pub zones: Vec<String>,
+}
+
+impl Settings {
+    /// The settings of a config file.
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            gateway_id: c.gateway.id.clone(),
+            mqtt: c.mqtt.clone(),
+            verify: c.verify.clone(),
+            http_listen: c.http.listen,
+            zones: c.site.zones.clone(),
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    http_addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Starts the HTTP server, the MQTT session, the pipeline and the presence sweep.
+    pub async fn start(
+        settings: Settings,
+        catalog: Arc<Catalog>,
+        keys: Keys,
+    ) -> anyhow::Result<Gateway> {
+        let registry = Registry::new(&catalog, &keys, &settings.zones);
+        anyhow::ensure!(
+            !registry.is_empty(),
+            "no devices in the served zones {:?}",
+            settings.zones
+        );
+        let wire_without_key: Vec<&str> = registry
+            .iter()
+            .filter(|d| d.info.encoding == device_profiles::Encoding::Wire && !d.info.has_key)
+            .map(|d| &*d.info.id)
+            .collect();
+        if !wire_without_key.is_empty() {
+            tracing::warn!(devices = ?wire_without_key, "devices without a key in the keys file: their reports will be rejected (no_key)");
+        }
+        let filters = mqtt::filters(registry.zones(), settings.mqtt.shared_group.as_deref());
+        let registry = Arc::new(Mutex::new(registry));
+        let metrics = Metrics::new();
+        let store = Arc::new(Store::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let listener = tokio::net::TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let app = http::router(http::AppState {
+            registry: registry.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        });
+        let mut http_shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let stop = async move {
+                let _ = http_shutdown.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        let options = mqtt::options(&settings.mqtt, &settings.gateway_id)?;
+        let (client, eventloop) = mqtt::client(options);
+        let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
+        let pipeline = pipeline::Pipeline {
+            verifier: Arc::new(verify::Verifier::new(
+                catalog,
+                keys,
+                settings.verify.clone(),
+            )),
+            registry: registry.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            client: client.clone(),
+        };
+        tasks.spawn(pipeline.run(inbound_rx));
+        tasks.spawn(mqtt::run(
+            eventloop,
+            client,
+            settings.mqtt.clone(),
+            filters,
+            inbound_tx,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(sweep_presence(
+            registry.clone(),
+            metrics.clone(),
+            shutdown_rx,
+        ));
+        tracing::info!(http = %http_addr, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "gateway started");
+        Ok(Gateway {
+            http_addr,
+            registry,
+            store,
+            metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Where HTTP listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The device registry.
+    pub fn registry(&self) -> Arc<Mutex<Registry>> {
+        self.registry.clone()
+    }
+
+    /// The store boundary.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops every task: disconnects from the broker (keeping the session), finishes the batch
+    /// in hand, stops HTTP.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Updates the presence gauges and logs devices coming and going.
+async fn sweep_presence(
+    registry: Arc<Mutex<Registry>>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last: HashMap<Arc<str>, Presence> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = pipeline::now_ms();
+        let Ok(registry) = registry.lock() else {
+            return;
+        };
+        let counts = registry.presence_counts(now);
+        metrics
+            .devices
+            .with_label_values(&["online"])
+            .set(counts.online as i64);
+        metrics
+            .devices
+            .with_label_values(&["offline"])
+            .set(counts.offline as i64);
+        metrics
+            .devices
+            .with_label_values(&["unknown"])
+            .set(counts.unknown as i64);
+        metrics
+            .ledger_missing
+            .set(registry.missing_reports() as i64);
+        for d in registry.iter() {
+            let now_presence = d.presence(now);
+            let before = last
+                .insert(d.info.id.clone(), now_presence)
+                .unwrap_or(Presence::Unknown);
+            if before != now_presence {
+                match now_presence {
+                    Presence::Online => {
+                        tracing::info!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device online")
+                    }
+                    Presence::Offline => {
+                        tracing::warn!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device offline")
+                    }
+                    Presence::Unknown => {}
+                }
+            }
+        }
+    }
+}
+
+/// `gateway run`: loads the config's files and runs until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = Catalog::load(&config.site.profiles, &config.site.site)?;
+    let keys = Keys::load(&config.site.keys)?;
+    let gateway = Gateway::start(Settings::from_config(&config), Arc::new(catalog), keys).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    gateway.stop().await;
+    Ok(())
+}
+
+/// `gateway check-config`: loads the config and everything it names; a summary, or every
+/// problem.
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = Config::load(path)?;
+    let catalog = Catalog::load(&config.site.profiles, &config.site.site)?;
+    let keys = Keys::load(&config.site.keys)?;
+    let registry = Registry::new(&catalog, &keys, &config.site.zones);
+    anyhow::ensure!(
+        !registry.is_empty(),
+        "{}: no devices in the served zones {:?}",
+        path.display(),
+        config.site.zones
+    );
+    let unknown_keys: Vec<String> = catalog
+        .site
+        .devices
+        .iter()
+        .map(|d| d.id.clone())
+        .filter(|id| keys.get(id).is_none())
+        .collect();
+    Ok(format!(
+        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys; devices without a key: {}",
+        path.display(),
+        config.gateway.id,
+        config.mqtt.host,
+        config.mqtt.port,
+        registry.len(),
+        registry.zones(),
+        keys.len(),
+        if unknown_keys.is_empty() {
+            "none".to_owned()
+        } else {
+            unknown_keys.join(", ")
+        }
+    ))
+}

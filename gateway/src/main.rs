@@ -1,0 +1,129 @@
+//! `gateway`: the CitySense edge gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use gateway::demo::DemoOptions;
+
+/// The CitySense edge gateway: MQTT ingest, verification, device registry, metrics.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway daemon with a config file (see deploy/gateway/gateway.toml).
+    ///
+    /// Secrets come from the environment: CITYSENSE_MQTT_USERNAME, CITYSENSE_MQTT_PASSWORD.
+    /// Stops cleanly on SIGINT or SIGTERM, keeping its broker session.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and everything it names (profiles, site, keys); exit non-zero
+    /// with FILE:LINE:COLUMN: REASON for every problem.
+    CheckConfig {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Run the whole system in one process: an embedded MQTT broker, the Ganzhou site, demo
+    /// keys, built-in traffic, and HTTP on 127.0.0.1:8080.
+    ///
+    /// Try: curl http://127.0.0.1:8080/api/v1/devices
+    Demo {
+        /// Where HTTP (metrics, API) listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Where the embedded MQTT broker listens.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: SocketAddr,
+        /// Start without built-in traffic, so an external simulator or client drives it.
+        #[arg(long)]
+        no_traffic: bool,
+        /// Use a broker already listening at --mqtt (e.g. Mosquitto) instead of the embedded one.
+        #[arg(long)]
+        external_broker: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttc=warn")
+            }),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => {
+                let config = Config::load(&config)?;
+                gateway::run(config, shutdown_signal()).await
+            }
+            Command::CheckConfig { config } => {
+                gateway::check_config(&config).map(|summary| println!("{summary}"))
+            }
+            Command::Demo {
+                http,
+                mqtt,
+                no_traffic,
+                external_broker,
+            } => {
+                gateway::demo::run(
+                    DemoOptions {
+                        http,
+                        mqtt,
+                        traffic: !no_traffic,
+                        external_broker,
+                    },
+                    shutdown_signal(),
+                )
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

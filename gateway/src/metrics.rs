@@ -1,0 +1,170 @@
+//! Prometheus metrics of the gateway, all in one registry served at `/metrics`.
+//!
+//! Counters end in `_total`; labels are low-cardinality (stream, reason, category, state),
+//! never a device id (STYLE.md §9). Per-device detail is in `/api/v1/devices`.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// MQTT messages received, by stream (`up`, `status`, `other`).
+    pub messages: IntCounterVec,
+    /// Payload bytes received.
+    pub bytes: IntCounter,
+    /// Messages rejected, by reason.
+    pub rejected: IntCounterVec,
+    /// Readings accepted, by category.
+    pub readings: IntCounterVec,
+    /// Time to verify and decode one message.
+    pub decode_seconds: Histogram,
+    /// Devices by presence (`online`, `offline`, `unknown`).
+    pub devices: IntGaugeVec,
+    /// Reports expected from sequence numbers but never received, all devices.
+    pub ledger_missing: IntGauge,
+    /// 1 while connected to the broker.
+    pub broker_connected: IntGauge,
+    /// Connection attempts that failed or connections that dropped.
+    pub broker_disconnects: IntCounterVec,
+    /// Dead-letter records published.
+    pub dlq_published: IntCounter,
+    /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
+    /// unacknowledged messages; a lost dead-letter record is only counted).
+    pub mqtt_dropped: IntCounterVec,
+}
+
+#[allow(clippy::expect_used)] // fixed definitions: a failure is a programming error
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are valid");
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector.
+    ///
+    /// # Panics
+    /// Only if the definitions below are invalid or duplicated: a programming error.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let messages = counter_vec(
+            &registry,
+            "citysense_mqtt_messages_received_total",
+            "MQTT messages received, by stream.",
+            &["stream"],
+        );
+        let bytes = IntCounter::new(
+            "citysense_mqtt_received_bytes_total",
+            "MQTT payload bytes received.",
+        )
+        .expect("valid");
+        registry.register(Box::new(bytes.clone())).expect("unique");
+        let rejected = counter_vec(
+            &registry,
+            "citysense_messages_rejected_total",
+            "Messages rejected and sent to the dead-letter topic, by reason.",
+            &["reason"],
+        );
+        let readings = counter_vec(
+            &registry,
+            "citysense_readings_accepted_total",
+            "Readings accepted, by category.",
+            &["category"],
+        );
+        let decode_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "citysense_decode_duration_seconds",
+                "Time to verify and decode one message.",
+            )
+            .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(decode_seconds.clone()))
+            .expect("unique");
+        let devices = IntGaugeVec::new(
+            Opts::new("citysense_devices", "Devices by presence."),
+            &["state"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(devices.clone()))
+            .expect("unique");
+        let ledger_missing = IntGauge::new(
+            "citysense_ledger_missing_reports",
+            "Reports expected from sequence numbers but never received, all devices.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(ledger_missing.clone()))
+            .expect("unique");
+        let broker_connected = IntGauge::new(
+            "citysense_broker_connected",
+            "1 while connected to the MQTT broker.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(broker_connected.clone()))
+            .expect("unique");
+        let broker_disconnects = counter_vec(
+            &registry,
+            "citysense_broker_disconnects_total",
+            "Broker connections lost or refused, by cause.",
+            &["cause"],
+        );
+        let dlq_published = IntCounter::new(
+            "citysense_dlq_published_total",
+            "Dead-letter records published.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(dlq_published.clone()))
+            .expect("unique");
+        let mqtt_dropped = counter_vec(
+            &registry,
+            "citysense_mqtt_requests_dropped_total",
+            "Acknowledgements or dead-letter records not queued because the client queue was full.",
+            &["request"],
+        );
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
+        Metrics {
+            registry,
+            messages,
+            bytes,
+            rejected,
+            readings,
+            decode_seconds,
+            devices,
+            ledger_missing,
+            broker_connected,
+            broker_disconnects,
+            dlq_published,
+            mqtt_dropped,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,179 @@
+//! The receive path: batches of MQTT messages → verify and decode → store → acknowledge.
+//!
+//! Messages are taken in batches (whatever has arrived, up to [`MAX_BATCH`]), verified under one
+//! lock of the registry, and the batch's readings handed to the store in one call. Only then are
+//! the messages acknowledged, so a crash before that leaves them with the broker, which
+//! redelivers them. Rejected messages go to `cs/v1/dlq/{zone}` with their reason and are
+//! acknowledged: they are handled.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::reading::Reading;
+use crate::registry::{Registry, category_name};
+use crate::store::Store;
+use crate::verify::{Rejection, Stream, Verifier, parse_topic};
+
+/// Most messages handled in one batch.
+pub const MAX_BATCH: usize = 1024;
+/// Dead-letter records keep at most this much of the payload.
+const DLQ_PAYLOAD_BYTES: usize = 1024;
+
+/// A dead-letter record, published as JSON on `cs/v1/dlq/{zone}`.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter<'a> {
+    /// The topic the message came on.
+    pub topic: &'a str,
+    /// Stable reason label (as in `citysense_messages_rejected_total{reason}`).
+    pub reason: &'static str,
+    /// What was wrong, for people.
+    pub detail: &'a str,
+    /// When the gateway received it, Unix ms.
+    pub received_ms: i64,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// The first 1 KiB of the payload, hex.
+    pub payload_hex: String,
+}
+
+/// The current time, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything the receive path needs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Verification rules, catalog and keys.
+    pub verifier: Arc<Verifier>,
+    /// Device state.
+    pub registry: Arc<Mutex<Registry>>,
+    /// The store boundary.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// For acknowledgements and dead-letter records.
+    pub client: AsyncClient,
+}
+
+impl Pipeline {
+    /// Runs until the inbound channel closes.
+    pub async fn run(self, mut inbound: mpsc::Receiver<Publish>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = inbound.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match inbound.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch).await;
+        }
+    }
+
+    /// Verifies, stores and acknowledges one batch.
+    pub async fn process(&self, batch: &mut Vec<Publish>) {
+        let now = now_ms();
+        let mut readings: Vec<Reading> = Vec::new();
+        let mut dead: Vec<(String, Vec<u8>, Rejection)> = Vec::new();
+        {
+            let Ok(mut registry) = self.registry.lock() else {
+                tracing::error!("registry lock poisoned; messages left unacknowledged");
+                return;
+            };
+            for p in batch.iter() {
+                self.metrics.bytes.inc_by(p.payload.len() as u64);
+                let topic = String::from_utf8_lossy(&p.topic);
+                let started = Instant::now();
+                let outcome = match parse_topic(&topic).map(|t| t.stream) {
+                    Some(Stream::Up) => {
+                        self.metrics.messages.with_label_values(&["up"]).inc();
+                        self.verifier
+                            .report(&mut registry, &topic, &p.payload, now)
+                            .map(|r| {
+                                for reading in &r {
+                                    if let Some(d) = registry.get(&reading.device) {
+                                        self.metrics
+                                            .readings
+                                            .with_label_values(&[category_name(d.info.category)])
+                                            .inc();
+                                    }
+                                }
+                                readings.extend(r);
+                            })
+                    }
+                    Some(Stream::Status) => {
+                        self.metrics.messages.with_label_values(&["status"]).inc();
+                        self.verifier.status(&mut registry, &topic, &p.payload)
+                    }
+                    None => {
+                        self.metrics.messages.with_label_values(&["other"]).inc();
+                        Err(Rejection {
+                            reason: "bad_topic",
+                            detail: format!("topic \"{topic}\" is not a device topic"),
+                            zone: None,
+                        })
+                    }
+                };
+                self.metrics
+                    .decode_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(r) = outcome {
+                    dead.push((topic.into_owned(), p.payload.to_vec(), r));
+                }
+            }
+        }
+        // Accepted means handed to the store; until then nothing is acknowledged.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.store.accept(&readings).await {
+            tracing::error!(error = %e, readings = readings.len(), "store refused a batch; retrying, messages stay unacknowledged");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        for (topic, payload, r) in &dead {
+            self.dead_letter(topic, payload, r, now);
+        }
+        for p in batch.drain(..) {
+            if p.qos != QoS::AtMostOnce && self.client.try_ack(&p).is_err() {
+                self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
+            }
+        }
+    }
+
+    fn dead_letter(&self, topic: &str, payload: &[u8], r: &Rejection, now: i64) {
+        self.metrics.rejected.with_label_values(&[r.reason]).inc();
+        tracing::debug!(topic, reason = r.reason, detail = %r.detail, "rejected");
+        let record = DeadLetter {
+            topic,
+            reason: r.reason,
+            detail: &r.detail,
+            received_ms: now,
+            payload_bytes: payload.len(),
+            payload_hex: hex::encode(&payload[..payload.len().min(DLQ_PAYLOAD_BYTES)]),
+        };
+        let zone = r.zone.as_deref().unwrap_or("unknown");
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        match self
+            .client
+            .try_publish(format!("cs/v1/dlq/{zone}"), QoS::AtLeastOnce, false, body)
+        {
+            Ok(()) => self.metrics.dlq_published.inc(),
+            Err(_) => self
+                .metrics
+                .mqtt_dropped
+                .with_label_values(&["dead_letter"])
+                .inc(),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! TLS to the broker with rustls (ring provider): the broker's CA, and a client certificate
+//! where the broker authenticates clients by certificate.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::ClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsSection;
+
+/// The rustls client configuration for `tls`.
+pub fn client_config(tls: &TlsSection) -> anyhow::Result<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(&tls.ca)
+        .with_context(|| format!("cannot read CA certificates from {}", tls.ca.display()))?;
+    for ca in cas {
+        roots
+            .add(ca.with_context(|| format!("bad PEM in {}", tls.ca.display()))?)
+            .with_context(|| format!("unusable CA certificate in {}", tls.ca.display()))?;
+    }
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS provider has no safe protocol versions")?
+            .with_root_certificates(roots);
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read client certificate {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read client key {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("client certificate and key do not match")
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
