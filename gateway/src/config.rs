@@ -74,7 +74,7 @@ pub struct MqttSection {
     /// File holding the password (first line); `CITYSENSE_MQTT_PASSWORD` takes precedence.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// Seconds between keepalive pings; a silent broker is detected within 1.5 × this.
+    /// Seconds between keepalive pings (5..=3600); a silent broker is detected within 1.5 × this.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
     /// Start a new session on connect. Keep `false` so the broker queues QoS1 reports while the

@@ -89,6 +89,19 @@ impl Ledger {
         self.received += 1;
     }
 
+    /// Whether `(epoch, sequence)` was accepted: `None` when it is outside what the window
+    /// remembers (another epoch, or more than [`WINDOW`] below the highest).
+    pub fn was_accepted(&self, epoch: u32, sequence: u32) -> Option<bool> {
+        if !self.started || epoch != self.epoch {
+            return None;
+        }
+        if sequence > self.highest {
+            return Some(false);
+        }
+        let behind = self.highest - sequence;
+        (behind < WINDOW).then(|| self.seen & (1u64 << behind) != 0)
+    }
+
     /// Counts a refused replay.
     pub fn count_replay(&mut self) {
         self.replayed += 1;
@@ -129,6 +142,9 @@ mod tests {
         feed(&mut l, 1, 11).unwrap();
         assert_eq!(l.missing(), 1);
         assert_eq!(feed(&mut l, 1, 11), Err(Replayed));
+        assert_eq!(l.was_accepted(1, 12), Some(false));
+        assert_eq!(l.was_accepted(1, 11), Some(true));
+        assert_eq!(l.was_accepted(2, 11), None);
     }
 
     #[test]

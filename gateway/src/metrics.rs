@@ -30,6 +30,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Connection attempts that failed or connections that dropped.
     pub broker_disconnects: IntCounterVec,
+    /// Connections on which the broker still had our session (nothing queued was lost).
+    pub sessions_resumed: IntCounter,
     /// Dead-letter records published.
     pub dlq_published: IntCounter,
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
@@ -119,6 +121,14 @@ impl Metrics {
             "Broker connections lost or refused, by cause.",
             &["cause"],
         );
+        let sessions_resumed = IntCounter::new(
+            "citysense_broker_sessions_resumed_total",
+            "Connections on which the broker still had the gateway's session.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(sessions_resumed.clone()))
+            .expect("unique");
         let dlq_published = IntCounter::new(
             "citysense_dlq_published_total",
             "Dead-letter records published.",
@@ -150,6 +160,7 @@ impl Metrics {
             ledger_missing,
             broker_connected,
             broker_disconnects,
+            sessions_resumed,
             dlq_published,
             mqtt_dropped,
         }

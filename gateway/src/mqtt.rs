@@ -208,6 +208,9 @@ pub async fn run(
                         Packet::ConnAck(ack) => {
                             backoff.reset();
                             metrics.broker_connected.set(1);
+                            if ack.session_present {
+                                metrics.sessions_resumed.inc();
+                            }
                             tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "connected to broker");
                             if let Err(e) = client.subscribe_many(filters.clone()).await {
                                 tracing::error!(error = %e, "cannot queue the subscription");

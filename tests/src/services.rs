@@ -1,0 +1,217 @@
+//! Real services, really started: each on a free 127.0.0.1 port with its own temporary
+//! directory, checked to own its port, stopped by pid. A missing program fails the test with an
+//! install hint; nothing is skipped.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of `program`, or a panic naming the Debian package that provides it.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{program}` is not installed: run `apt-get install {package}` (deploy/test-all.sh installs it)"
+    );
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Socket inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port)
+                && cols[3] == "0A"
+                && let Ok(inode) = cols[9].parse()
+            {
+                out.push(inode);
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` holds the listening socket of `port`.
+pub fn port_owned_by(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|l| {
+                l.to_str().and_then(|s| {
+                    s.strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// Waits until `pid` listens on `port`; panics with `log` if it exits or takes too long.
+pub fn wait_until_listening(child: &mut Child, port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if port_owned_by(child.id(), port) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before listening on {port}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{what} did not listen on port {port} within 20 s:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A Mosquitto broker of this test.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: String,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto with persistence in a temporary directory.
+    pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts Mosquitto with extra configuration lines.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        // Started as root, mosquitto drops to its own user: let it write its database and log.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.to_owned(),
+        };
+        m.spawn();
+        m
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    fn spawn(&mut self) {
+        let bin = require("mosquitto", "mosquitto");
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                 autosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 100\n\
+                 log_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}\n",
+                port = self.port,
+                dir = self.dir.path().display(),
+                log = self.log().display(),
+                extra = self.extra,
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until_listening(&mut child, self.port, "mosquitto", &self.log());
+        self.child = Some(child);
+    }
+
+    /// Whether the broker wrote its persistence database after `t` (it saves every
+    /// `autosave_interval`, in whole seconds, when something changed).
+    pub fn saved_since(&self, t: std::time::SystemTime) -> bool {
+        std::fs::metadata(self.dir.path().join("mosquitto.db"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > t)
+    }
+
+    /// SIGKILLs the broker (no clean shutdown, no final save).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same persistence directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads a child's stdout line by line into a shared buffer (for demo output).
+pub fn capture_lines(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}

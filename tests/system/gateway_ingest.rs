@@ -1,0 +1,456 @@
+//! The gateway's front door against a real Mosquitto: counting per device, every kind of bad
+//! input in the dead-letter topic with its reason, a broker killed mid-stream, a black-holed
+//! broker, `/metrics` through promtool, and `gateway demo` from the built binary.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use system_tests::proxy::MqttProxy;
+use system_tests::services::{Mosquitto, capture_lines, free_port, require};
+use wire::Quantity;
+
+use crate::support::*;
+
+/// Valid devices of the first test, with the profile field they report.
+const FLEET: &[(&str, Quantity, f32)] = &[
+    ("gz-p1-press", Quantity::Pressure, 0.31),
+    ("gz-p2-press", Quantity::Pressure, 0.29),
+    ("gz-w1-level", Quantity::WellLevel, 2.1),
+    ("gz-w2-level", Quantity::RoadWater, 0.0),
+    ("gz-t1-gas", Quantity::Gas, 1.2),
+    ("gz-m1-cover", Quantity::Tilt, 0.4),
+];
+const FRAMES_PER_DEVICE: u32 = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_lands_in_the_dlq_with_its_reason_while_valid_devices_lose_nothing() {
+    let broker = Mosquitto::start();
+    let gw = start_gateway("ingest", broker.port, 10).await;
+    let (_dlq_client, mut dlq) = client("dlq-reader", broker.port, true).await;
+    _dlq_client
+        .subscribe("cs/v1/dlq/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let (node, _) = client("nodes", broker.port, true).await;
+
+    let p1 = "gz-p1-press";
+    let valid = frame(p1, 1, 0, &pipe(Quantity::Pressure, 0.3));
+    let mut unknown_version = valid.clone();
+    unknown_version[0] = 9;
+    let mut bad_tag = valid.clone();
+    *bad_tag.last_mut().unwrap() ^= 1;
+    let huge = format!(
+        r#"{{"device_id":"gz-m9-cover","tilt":1.0,"battery":80,"status":"normal","ts":1,"pad":"{}"}}"#,
+        "x".repeat(10_000)
+    );
+    let cover = up_topic("gz-m9-cover");
+    // (topic, payload, expected reason), sent interleaved with the valid stream.
+    let bad: Vec<(String, Vec<u8>, &str)> = vec![
+        (up_topic(p1), valid[..10].to_vec(), "truncated"),
+        (up_topic(p1), unknown_version, "unknown_version"),
+        (up_topic(p1), bad_tag, "bad_tag"),
+        (
+            up_topic("gz-p2-press"),
+            frame(p1, 1, 900, &pipe(Quantity::Pressure, 0.3)),
+            "device_mismatch",
+        ),
+        (
+            "cs/v1/360702/water-pressure/gz-nobody/up".into(),
+            valid.clone(),
+            "unknown_device",
+        ),
+        (
+            "cs/v1/360781/water-pressure/gz-p1-press/up".into(),
+            valid.clone(),
+            "wrong_topic",
+        ),
+        (
+            up_topic(p1),
+            frame(p1, 1, 901, &pipe(Quantity::Pressure, 5.0)),
+            "out_of_range",
+        ),
+        (
+            up_topic(p1),
+            frame(p1, 1, 902, &pipe(Quantity::Pressure, f32::NAN)),
+            "out_of_range",
+        ),
+        (cover.clone(), huge.into_bytes(), "oversized"),
+        (
+            cover.clone(),
+            br#"{"device_id":"gz-m9-cover","a":[[[[[[[[1]]]]]]]]}"#.to_vec(),
+            "too_deep",
+        ),
+        (
+            cover.clone(),
+            br#"{"device_id":"gz-m9-cover","tilt":NaN,"battery":80,"status":"normal","ts":1}"#
+                .to_vec(),
+            "malformed_json",
+        ),
+        (
+            cover.clone(),
+            br#"{"device_id":"gz-m9-cover","tilt":"high","battery":80,"status":"normal","ts":1}"#
+                .to_vec(),
+            "wrong_type",
+        ),
+        (
+            cover.clone(),
+            br#"{"device_id":"gz-m9-cover","tilt":1.0,"battery":80,"status":"normal"}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            cover,
+            br#"{"device_id":"gz-m1-cover","tilt":1.0,"battery":80,"status":"normal","ts":1}"#
+                .to_vec(),
+            "device_mismatch",
+        ),
+    ];
+
+    for seq in 0..FRAMES_PER_DEVICE {
+        for (device, q, v) in FLEET {
+            publish(
+                &node,
+                &up_topic(device),
+                frame(device, 1, seq, &pipe(*q, *v)),
+            )
+            .await;
+        }
+        if let Some((topic, payload, _)) = bad.get(seq as usize) {
+            publish(&node, topic, payload.clone()).await;
+        }
+    }
+    // A replay of an accepted frame, after it (one connection keeps QoS1 order).
+    publish(
+        &node,
+        &up_topic("gz-p2-press"),
+        frame("gz-p2-press", 1, 0, &pipe(Quantity::Pressure, 0.29)),
+    )
+    .await;
+    let expected_rejections = bad.len() + 1;
+
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reasons.values().sum::<usize>() < expected_rejections {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (topic, payload) = tokio::time::timeout(left, dlq.recv())
+            .await
+            .unwrap_or_else(|_| panic!("DLQ records so far: {reasons:?}"))
+            .unwrap();
+        assert!(topic.starts_with("cs/v1/dlq/"), "{topic}");
+        let record: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert!(!record["detail"].as_str().unwrap().is_empty(), "{record}");
+        *reasons
+            .entry(record["reason"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, r) in &bad {
+        *expected.entry((*r).to_owned()).or_default() += 1;
+    }
+    *expected.entry("replayed".into()).or_default() += 1;
+    assert_eq!(reasons, expected);
+
+    wait_for(
+        "every valid frame accepted",
+        Duration::from_secs(20),
+        || async {
+            FLEET
+                .iter()
+                .all(|(d, _, _)| accepted(&gw, d) == u64::from(FRAMES_PER_DEVICE))
+        },
+    )
+    .await;
+    {
+        let registry = gw.registry();
+        let registry = registry.lock().unwrap();
+        for (d, _, _) in FLEET {
+            let dev = registry.get(d).unwrap();
+            assert_eq!(dev.state.ledger.missing(), 0, "{d}");
+            assert_eq!(
+                dev.state.ledger.received,
+                u64::from(FRAMES_PER_DEVICE),
+                "{d}"
+            );
+        }
+    }
+    let (status, metrics) = system_tests::http::get(gw.http_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    for (reason, n) in &expected {
+        let line = format!("citysense_messages_rejected_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "missing `{line}` in /metrics");
+    }
+    let (status, body) =
+        system_tests::http::get(gw.http_addr(), "/api/v1/devices/gz-p1-press").await;
+    assert_eq!(status, 200, "{body}");
+    let device: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(device["accepted"], u64::from(FRAMES_PER_DEVICE));
+    assert_eq!(device["presence"], "online");
+    let (status, _) = system_tests::http::get(gw.http_addr(), "/api/v1/devices/gz-nobody").await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_acknowledged() {
+    let mut broker = Mosquitto::start();
+    let proxy = MqttProxy::start(broker.addr()).await;
+    let gw = start_gateway("broker-kill", proxy.port, 5).await;
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    // Devices × frames stays within the replay window, so the ledger says exactly which
+    // sequence numbers were accepted.
+    let devices: Vec<&str> = FLEET.iter().map(|(d, _, _)| *d).collect();
+    let per_device = 60u32;
+    let (node, _) = client("fleet", broker.port, false).await;
+    for seq in 0..per_device {
+        if seq == per_device / 2 {
+            wait_for(
+                "half the stream processed",
+                Duration::from_secs(20),
+                || async {
+                    devices
+                        .iter()
+                        .all(|d| accepted(&gw, d) >= u64::from(seq / 2))
+                },
+            )
+            .await;
+            // Mosquitto keeps sessions in memory and snapshots them periodically: wait for a
+            // snapshot that holds the gateway's session (and the messages queued so far).
+            let now = std::time::SystemTime::now();
+            wait_for(
+                "the broker saved its database",
+                Duration::from_secs(10),
+                || async { broker.saved_since(now) },
+            )
+            .await;
+            broker.restart(); // SIGKILL, then start on the same port and persistence directory
+        }
+        for (d, q, v) in FLEET {
+            publish(&node, &up_topic(d), frame(d, 1, seq, &pipe(*q, *v))).await;
+        }
+    }
+    wait_for(
+        "the gateway reconnected and processed the end of the stream",
+        Duration::from_secs(30),
+        || async {
+            let r = gw.registry();
+            let r = r.lock().unwrap();
+            devices
+                .iter()
+                .all(|d| r.get(d).unwrap().state.ledger.highest == per_device - 1)
+        },
+    )
+    .await;
+    assert!(
+        gw.metrics()
+            .broker_disconnects
+            .with_label_values(&["io"])
+            .get()
+            + gw.metrics()
+                .broker_disconnects
+                .with_label_values(&["protocol"])
+                .get()
+            >= 1
+    );
+    assert!(
+        gw.metrics().sessions_resumed.get() >= 1,
+        "the broker kept the gateway's session across the kill; broker log:\n{}",
+        std::fs::read_to_string(broker.log()).unwrap_or_default()
+    );
+
+    let acked = proxy.acked_payloads();
+    assert!(
+        acked.len() as u32 >= per_device * devices.len() as u32 / 2,
+        "only {} acknowledgements seen",
+        acked.len()
+    );
+    {
+        let registry = gw.registry();
+        let registry = registry.lock().unwrap();
+        for payload in &acked {
+            let f = wire::Frame::new_checked(payload).unwrap();
+            let ledger = &registry.get(f.device_id()).unwrap().state.ledger;
+            assert_eq!(
+                ledger.was_accepted(f.boot_epoch(), f.sequence()),
+                Some(true),
+                "{} sequence {} was acknowledged by the gateway but never processed",
+                f.device_id(),
+                f.sequence()
+            );
+        }
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_broker_is_detected_within_one_and_a_half_keepalives() {
+    let broker = Mosquitto::start();
+    let proxy = MqttProxy::start(broker.addr()).await;
+    let keep_alive = Duration::from_secs(5); // rumqttc's minimum
+    let gw = start_gateway("blackhole", proxy.port, keep_alive.as_secs()).await;
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    proxy.set_blackhole(true);
+    let started = Instant::now();
+    wait_for(
+        "silent broker detected",
+        Duration::from_secs(10),
+        || async {
+            gw.metrics()
+                .broker_disconnects
+                .with_label_values(&["silent"])
+                .get()
+                == 1
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    // 1.5 × keepalive, plus scheduling slack of the 20 ms polling above.
+    assert!(
+        took <= keep_alive * 3 / 2 + Duration::from_millis(150),
+        "took {took:?}"
+    );
+    proxy.set_blackhole(false);
+    wait_for(
+        "reconnected after the black hole",
+        Duration::from_secs(10),
+        || async { gw.metrics().broker_connected.get() == 1 },
+    )
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_metrics_exposition() {
+    let promtool = require("promtool", "prometheus");
+    let broker = Mosquitto::start();
+    let gw = start_gateway("promtool", broker.port, 10).await;
+    let (node, _) = client("promtool-node", broker.port, true).await;
+    publish(
+        &node,
+        &up_topic("gz-p1-press"),
+        frame("gz-p1-press", 1, 0, &pipe(Quantity::Pressure, 0.3)),
+    )
+    .await;
+    publish(&node, &up_topic("gz-p1-press"), b"junk".to_vec()).await;
+    wait_for(
+        "a reading and a rejection",
+        Duration::from_secs(10),
+        || async { accepted(&gw, "gz-p1-press") == 1 && gw.metrics().dlq_published.get() == 1 },
+    )
+    .await;
+    let (_, body) = system_tests::http::get(gw.http_addr(), "/metrics").await;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "citysense_decode_duration_seconds_bucket",
+        "citysense_devices",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(body.contains(name), "{name} missing");
+    }
+    gw.stop().await;
+}
+
+/// The `gateway` binary built by `cargo build` (deploy/test-all.sh builds it first).
+fn gateway_binary() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/gateway");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p gateway` first (deploy/test-all.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
+    let (http, mqtt) = (free_port(), free_port());
+    let mut child = std::process::Command::new(gateway_binary())
+        .args([
+            "demo",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt}"),
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = capture_lines(child.stdout.take().unwrap());
+    let err = capture_lines(child.stderr.take().unwrap());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    let started = Instant::now();
+    let mut reporting = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "gateway demo exited with {status}:\n{}",
+                err.lock().unwrap().join("\n")
+            );
+        }
+        if system_tests::services::port_owned_by(child.id(), http) {
+            let (_, body) = system_tests::http::get(addr, "/api/v1/devices").await;
+            let devices: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+            reporting = devices
+                .iter()
+                .filter(|d| d["accepted"].as_u64().unwrap_or(0) > 0)
+                .count();
+            if reporting >= 50 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        reporting >= 50,
+        "only {reporting} devices reported within 30 s"
+    );
+    let log = format!(
+        "{}\n{}",
+        out.lock().unwrap().join("\n"),
+        err.lock().unwrap().join("\n")
+    );
+    assert!(
+        log.contains("device online"),
+        "the live log shows devices coming online:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("http://127.0.0.1:{http}/api/v1/devices")),
+        "{log}"
+    );
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of CitySense against real services. One binary; each module is a part.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod gateway_ingest;
+mod support;
+mod wire_golden;

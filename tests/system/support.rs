@@ -1,0 +1,139 @@
+//! Shared helpers: an in-process gateway on a real broker, a publishing node fleet, waiting.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use device_profiles::Catalog;
+use gateway::config::VerifySection;
+use gateway::{Gateway, Settings};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+use wire::{Body, Header, Timestamp};
+
+/// The Ganzhou catalog the tests run on.
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::ganzhou().unwrap())
+}
+
+/// Starts a gateway on `broker_port` with demo keys for every wire device.
+pub async fn start_gateway(name: &str, broker_port: u16, keep_alive_s: u64) -> Gateway {
+    let catalog = catalog();
+    let keys = gateway::traffic::demo_keys(&catalog);
+    let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker_port).into());
+    mqtt.keep_alive_s = keep_alive_s;
+    mqtt.reconnect_min_ms = 50;
+    mqtt.reconnect_max_ms = 500;
+    let settings = Settings {
+        gateway_id: format!("gw-{name}-{}", std::process::id()),
+        mqtt,
+        verify: VerifySection::default(),
+        http_listen: ([127, 0, 0, 1], 0).into(),
+        zones: Vec::new(),
+    };
+    Gateway::start(settings, catalog, keys).await.unwrap()
+}
+
+/// The `up` topic of a site device.
+pub fn up_topic(device: &str) -> String {
+    let c = catalog();
+    let d = c.site.device(device).unwrap();
+    format!("cs/v1/{}/{}/{}/up", d.zone, d.profile, d.id)
+}
+
+/// A signed frame of `device` (demo key), synced to now.
+pub fn frame(device: &str, epoch: u32, sequence: u32, body: &Body) -> Vec<u8> {
+    let header = Header {
+        device_id: device,
+        boot_epoch: epoch,
+        sequence,
+        timestamp: Timestamp::Synced {
+            unix_ms: gateway::pipeline::now_ms() as u64,
+        },
+    };
+    wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()
+}
+
+/// A pipe report with one value.
+pub fn pipe(quantity: wire::Quantity, value: f32) -> Body {
+    let mut readings = heapless::Vec::new();
+    readings
+        .push(wire::PipeReading { quantity, value })
+        .unwrap();
+    Body::PipeReadings(wire::PipeReadings {
+        trigger: wire::Trigger::Periodic,
+        readings,
+    })
+}
+
+/// An MQTT 5 client whose event loop runs in the background (reconnecting on errors), with
+/// the publishes it receives on a channel.
+pub async fn client(
+    id: &str,
+    port: u16,
+    clean: bool,
+) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5))
+        .set_clean_start(clean)
+        .set_session_expiry_interval(Some(600));
+    o.set_max_packet_size(Some(256 * 1024));
+    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (connected_tx, mut connected_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(rumqttc::v5::Incoming::ConnAck(_))) => {
+                    let _ = connected_tx.try_send(());
+                }
+                Ok(Event::Incoming(rumqttc::v5::Incoming::Publish(p))) => {
+                    let _ = tx.send((
+                        String::from_utf8_lossy(&p.topic).into_owned(),
+                        p.payload.to_vec(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), connected_rx.recv())
+        .await
+        .expect("client connects to the broker");
+    (client, rx)
+}
+
+/// Publishes QoS1.
+pub async fn publish(client: &AsyncClient, topic: &str, payload: Vec<u8>) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Accepted report count of a device.
+pub fn accepted(gw: &Gateway, device: &str) -> u64 {
+    gw.registry()
+        .lock()
+        .unwrap()
+        .get(device)
+        .map_or(0, |d| d.state.accepted)
+}
