@@ -13,6 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 declare -A PACKAGES=(
   [mosquitto]=mosquitto
   [mosquitto_sub]=mosquitto-clients
+  [mosquitto_passwd]=mosquitto
   [victoria-metrics]=victoria-metrics
   [promtool]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager
@@ -52,6 +53,9 @@ cargo build --locked -p wire --target thumbv7em-none-eabihf --release
 
 step "the wire fuzz target still builds"
 cargo check --locked --manifest-path firmware/wire/fuzz/Cargo.toml --target-dir target
+
+step "build the binaries the system tests run (gateway demo, check-config)"
+cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked

@@ -207,6 +207,14 @@ impl Config {
     /// Reads `path`, applies environment overrides, resolves relative paths against the
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Self::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment given as a lookup function.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, LoadError> {
         let file = SourceFile::read(path)?;
         let mut config: Config = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -224,7 +232,7 @@ impl Config {
             .into_iter()
             .map(|(key, reason)| file.problem(&key, reason))
             .collect();
-        if let Err(p) = config.apply_environment(base) {
+        if let Err(p) = config.apply_environment(base, env) {
             problems.push(file.problem("mqtt.password_file", p));
         }
         if problems.is_empty() {
@@ -234,11 +242,15 @@ impl Config {
         }
     }
 
-    fn apply_environment(&mut self, base: &Path) -> Result<(), String> {
-        if let Ok(user) = std::env::var(ENV_MQTT_USERNAME) {
+    fn apply_environment(
+        &mut self,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
+        if let Some(user) = env(ENV_MQTT_USERNAME) {
             self.mqtt.username = Some(user);
         }
-        if let Ok(pass) = std::env::var(ENV_MQTT_PASSWORD) {
+        if let Some(pass) = env(ENV_MQTT_PASSWORD) {
             self.mqtt.password = Some(Secret(pass));
         } else if let Some(file) = &self.mqtt.password_file {
             let file = if file.is_relative() {
@@ -384,6 +396,60 @@ host = \"127.0.0.1\"
         let path = write(&dir, &format!("{MINIMAL}keepalive = 5\n"));
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains(":11:1: unknown field `keepalive`"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_supplies_secrets_and_overrides_the_user() {
+        let dir = tempdir("env");
+        std::fs::write(dir.join("pw"), "from-file\n").unwrap();
+        let path = write(
+            &dir,
+            &format!("{MINIMAL}username = \"u\"\npassword_file = \"pw\"\n"),
+        );
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.mqtt.password, Some(Secret("from-file".into())));
+        let c = Config::load_with_env(&path, |k| Some(format!("env:{k}"))).unwrap();
+        assert_eq!(
+            c.mqtt.username.as_deref(),
+            Some("env:CITYSENSE_MQTT_USERNAME")
+        );
+        assert_eq!(
+            c.mqtt.password,
+            Some(Secret("env:CITYSENSE_MQTT_PASSWORD".into()))
+        );
+        assert!(
+            !format!("{c:?}").contains("env:CITYSENSE_MQTT_PASSWORD"),
+            "secrets are never printed"
+        );
+    }
+
+    #[test]
+    fn a_missing_password_file_is_named() {
+        let dir = tempdir("pwmissing");
+        let path = write(&dir, &format!("{MINIMAL}password_file = \"nope\"\n"));
+        let err = Config::load_with_env(&path, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read password file") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_sample_config_in_deploy_loads_and_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".toml") && !name.starts_with("keys") {
+                Config::load_with_env(&path, |_| None).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+                crate::check_config(&path).unwrap_or_else(|e| panic!("{name}:\n{e:#}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no sample configs in {}", dir.display());
     }
 
     #[test]

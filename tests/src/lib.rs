@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: failing loudly is the point
 
 pub mod http;
+pub mod pki;
 pub mod proxy;
 pub mod services;

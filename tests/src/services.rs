@@ -110,27 +110,50 @@ pub struct Mosquitto {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: tempfile::TempDir,
-    extra: String,
+    listeners: Option<String>,
 }
 
 impl Mosquitto {
-    /// Starts Mosquitto with persistence in a temporary directory.
+    /// Starts Mosquitto with persistence in a temporary directory, anonymous on one port.
     pub fn start() -> Mosquitto {
-        Self::start_with("")
+        Self::start_in(tempfile::tempdir().unwrap(), None)
     }
 
-    /// Starts Mosquitto with extra configuration lines.
-    pub fn start_with(extra: &str) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        // Started as root, mosquitto drops to its own user: let it write its database and log.
+    /// Starts Mosquitto with its own listener section (`per_listener_settings true` style):
+    /// `listeners(port)` returns the lines; `port` is the one checked for ownership.
+    pub fn start_with_listeners(
+        dir: tempfile::TempDir,
+        listeners: impl Fn(u16) -> String,
+    ) -> Mosquitto {
+        let port = free_port();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+            listeners: Some(listeners(port)),
+        };
+        m.make_dir_readable();
+        m.spawn();
+        m
+    }
+
+    fn make_dir_readable(&self) {
+        // Started as root, mosquitto drops to its own user: let it read and write here.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+
+    fn start_in(dir: tempfile::TempDir, listeners: Option<String>) -> Mosquitto {
         let mut m = Mosquitto {
             child: None,
             port: free_port(),
             dir,
-            extra: extra.to_owned(),
+            listeners,
         };
+        m.make_dir_readable();
         m.spawn();
         m
     }
@@ -151,13 +174,12 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                "{listeners}\npersistence true\npersistence_location {dir}/\n\
                  autosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 100\n\
-                 log_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}\n",
-                port = self.port,
+                 log_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                listeners = self.listeners.clone().unwrap_or_else(|| format!("listener {} 127.0.0.1\nallow_anonymous true", self.port)),
                 dir = self.dir.path().display(),
                 log = self.log().display(),
-                extra = self.extra,
             ),
         )
         .unwrap();

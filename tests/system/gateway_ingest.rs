@@ -454,3 +454,159 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_and_a_password_and_clear_refusals() {
+    use gateway::config::{Secret, TlsSection};
+    let passwd = require("mosquitto_passwd", "mosquitto");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = system_tests::pki::Pki::generate(dir.path(), "city");
+    let stranger = system_tests::pki::Pki::generate(dir.path(), "stranger");
+    let pwfile = dir.path().join("passwd");
+    let ok = std::process::Command::new(passwd)
+        .arg("-c")
+        .arg("-b")
+        .arg(&pwfile)
+        .args(["gateway", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mosquitto_passwd failed");
+    let plain = free_port();
+    let (ca, cert, key) = (
+        pki.ca.clone(),
+        pki.server_cert.clone(),
+        pki.server_key.clone(),
+    );
+    let broker = Mosquitto::start_with_listeners(dir, |tls| {
+        format!(
+            "per_listener_settings true\n\
+             listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+             allow_anonymous false\npassword_file {}\n\
+             listener {plain} 127.0.0.1\nallow_anonymous true\n",
+            ca.display(),
+            cert.display(),
+            key.display(),
+            pwfile.display()
+        )
+    });
+    let tls = |pki: &system_tests::pki::Pki| TlsSection {
+        ca: pki.ca.clone(),
+        client_cert: Some(pki.client_cert.clone()),
+        client_key: Some(pki.client_key.clone()),
+    };
+
+    let good = tls(&pki);
+    let gw = start_gateway_with("tls", broker.port, |m| {
+        m.tls = Some(good);
+        m.username = Some("gateway".into());
+        m.password = Some(Secret("s3cret".into()));
+    })
+    .await;
+    wait_for(
+        "gateway connected over TLS",
+        Duration::from_secs(10),
+        || async { gw.metrics().broker_connected.get() == 1 },
+    )
+    .await;
+    let (node, _) = client("tls-node", plain, true).await;
+    publish(
+        &node,
+        &up_topic("gz-p1-press"),
+        frame("gz-p1-press", 1, 0, &pipe(Quantity::Pressure, 0.3)),
+    )
+    .await;
+    wait_for(
+        "a report through the TLS session",
+        Duration::from_secs(10),
+        || async { accepted(&gw, "gz-p1-press") == 1 },
+    )
+    .await;
+    gw.stop().await;
+
+    let good = tls(&pki);
+    let wrong_password = start_gateway_with("tls-wrong-password", broker.port, |m| {
+        m.tls = Some(good);
+        m.username = Some("gateway".into());
+        m.password = Some(Secret("guess".into()));
+    })
+    .await;
+    wait_for(
+        "a wrong password is refused by the broker",
+        Duration::from_secs(10),
+        || async {
+            wrong_password
+                .metrics()
+                .broker_disconnects
+                .with_label_values(&["refused"])
+                .get()
+                >= 1
+        },
+    )
+    .await;
+    assert_eq!(wrong_password.metrics().broker_connected.get(), 0);
+    wrong_password.stop().await;
+
+    let untrusted = tls(&stranger);
+    let wrong_ca = start_gateway_with("tls-wrong-ca", broker.port, |m| {
+        m.tls = Some(untrusted);
+        m.username = Some("gateway".into());
+        m.password = Some(Secret("s3cret".into()));
+    })
+    .await;
+    wait_for(
+        "a broker certificate from an unknown CA is refused",
+        Duration::from_secs(10),
+        || async {
+            wrong_ca
+                .metrics()
+                .broker_disconnects
+                .with_label_values(&["tls"])
+                .get()
+                >= 1
+        },
+    )
+    .await;
+    assert_eq!(wrong_ca.metrics().broker_connected.get(), 0);
+    wrong_ca.stop().await;
+}
+
+#[test]
+fn check_config_refuses_a_persistent_session_without_expiry_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw\"\n\n[site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nsession_expiry_s = 0\n",
+            root.join("device-profiles/profiles").display(),
+            root.join("device-profiles/sites/ganzhou.toml").display(),
+            root.join("deploy/gateway/keys.example.toml").display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(gateway_binary())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.toml:11:1:") && err.contains("session_expiry_s > 0"),
+        "{err}"
+    );
+
+    let sample = root.join("deploy/gateway/gateway.toml");
+    let out = std::process::Command::new(gateway_binary())
+        .arg("check-config")
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use device_profiles::Catalog;
-use gateway::config::VerifySection;
+use gateway::config::{MqttSection, VerifySection};
 use gateway::{Gateway, Settings};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -19,12 +19,21 @@ pub fn catalog() -> Arc<Catalog> {
 
 /// Starts a gateway on `broker_port` with demo keys for every wire device.
 pub async fn start_gateway(name: &str, broker_port: u16, keep_alive_s: u64) -> Gateway {
+    start_gateway_with(name, broker_port, |m| m.keep_alive_s = keep_alive_s).await
+}
+
+/// [`start_gateway`] with changes to the MQTT settings.
+pub async fn start_gateway_with(
+    name: &str,
+    broker_port: u16,
+    change: impl FnOnce(&mut MqttSection),
+) -> Gateway {
     let catalog = catalog();
     let keys = gateway::traffic::demo_keys(&catalog);
     let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker_port).into());
-    mqtt.keep_alive_s = keep_alive_s;
     mqtt.reconnect_min_ms = 50;
     mqtt.reconnect_max_ms = 500;
+    change(&mut mqtt);
     let settings = Settings {
         gateway_id: format!("gw-{name}-{}", std::process::id()),
         mqtt,
