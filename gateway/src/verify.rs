@@ -636,3 +636,167 @@ mod tests {
         assert!(!json_depth_exceeds(br#"{"a": "\"[[[["}"#, 1));
     }
 }
+
+#[cfg(test)]
+mod verifier_tests {
+    use std::sync::Arc;
+
+    use device_profiles::Catalog;
+    use wire::{Body, Header, Quantity, Timestamp};
+
+    use super::*;
+    use crate::traffic::{demo_key, demo_keys};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const TOPIC: &str = "cs/v1/360702/water-pressure/gz-p1-press/up";
+
+    fn setup() -> (Verifier, Registry) {
+        let catalog = Arc::new(Catalog::ganzhou().unwrap());
+        let keys = demo_keys(&catalog);
+        let registry = Registry::new(&catalog, &keys, &[]);
+        (
+            Verifier::new(catalog, keys, VerifySection::default()),
+            registry,
+        )
+    }
+
+    fn pressure_frame(sequence: u32, timestamp: Timestamp) -> Vec<u8> {
+        let mut readings = heapless::Vec::new();
+        readings
+            .push(wire::PipeReading {
+                quantity: Quantity::Pressure,
+                value: 0.3,
+            })
+            .unwrap();
+        let body = Body::PipeReadings(wire::PipeReadings {
+            trigger: wire::Trigger::Periodic,
+            readings,
+        });
+        let header = Header {
+            device_id: "gz-p1-press",
+            boot_epoch: 1,
+            sequence,
+            timestamp,
+        };
+        wire::frame::seal_to_vec(&header, &body, &demo_key("gz-p1-press")).unwrap()
+    }
+
+    #[test]
+    fn an_unsynced_node_gets_the_receive_time_and_a_flag() {
+        let (v, mut reg) = setup();
+        let r = v
+            .report(
+                &mut reg,
+                TOPIC,
+                &pressure_frame(0, Timestamp::Unsynced { uptime_ms: 5 }),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW, true));
+        let r = v
+            .report(
+                &mut reg,
+                TOPIC,
+                &pressure_frame(
+                    1,
+                    Timestamp::Synced {
+                        unix_ms: (NOW - 5000) as u64,
+                    },
+                ),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW - 5000, false));
+    }
+
+    #[test]
+    fn a_clock_ahead_of_the_skew_and_an_old_report_are_refused_and_change_nothing() {
+        let (v, mut reg) = setup();
+        let ahead = pressure_frame(
+            0,
+            Timestamp::Synced {
+                unix_ms: (NOW + 61_000) as u64,
+            },
+        );
+        assert_eq!(
+            v.report(&mut reg, TOPIC, &ahead, NOW).unwrap_err().reason,
+            "clock_skew"
+        );
+        let old = pressure_frame(
+            1,
+            Timestamp::Synced {
+                unix_ms: (NOW - 8 * 24 * 3600 * 1000) as u64,
+            },
+        );
+        assert_eq!(
+            v.report(&mut reg, TOPIC, &old, NOW).unwrap_err().reason,
+            "stale"
+        );
+        let d = reg.get("gz-p1-press").unwrap();
+        assert_eq!(
+            (d.state.accepted, d.state.rejected, d.state.ledger.started),
+            (0, 2, false)
+        );
+        // The refused sequence numbers are still usable: nothing was recorded for them.
+        v.report(
+            &mut reg,
+            TOPIC,
+            &pressure_frame(
+                0,
+                Timestamp::Synced {
+                    unix_ms: NOW as u64,
+                },
+            ),
+            NOW,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_status_topic_sets_presence_and_junk_is_refused() {
+        let (v, mut reg) = setup();
+        let status = "cs/v1/360702/water-pressure/gz-p1-press/status";
+        v.status(&mut reg, status, b"offline").unwrap();
+        assert_eq!(
+            reg.get("gz-p1-press").unwrap().presence(NOW),
+            crate::registry::Presence::Offline
+        );
+        v.status(&mut reg, status, b"online").unwrap();
+        assert_eq!(
+            reg.get("gz-p1-press").unwrap().presence(NOW),
+            crate::registry::Presence::Online
+        );
+        assert_eq!(
+            v.status(&mut reg, status, b"maybe").unwrap_err().reason,
+            "bad_status"
+        );
+    }
+
+    #[test]
+    fn silence_longer_than_the_profile_allows_means_offline() {
+        let (v, mut reg) = setup();
+        v.report(
+            &mut reg,
+            TOPIC,
+            &pressure_frame(
+                0,
+                Timestamp::Synced {
+                    unix_ms: NOW as u64,
+                },
+            ),
+            NOW,
+        )
+        .unwrap();
+        let d = reg.get("gz-p1-press").unwrap();
+        // water-pressure: every 300 s, offline after 2 intervals.
+        assert_eq!(d.presence(NOW + 600_000), crate::registry::Presence::Online);
+        assert_eq!(
+            d.presence(NOW + 600_001),
+            crate::registry::Presence::Offline
+        );
+        assert_eq!(
+            reg.get("gz-p2-press").unwrap().presence(NOW),
+            crate::registry::Presence::Unknown
+        );
+    }
+}

@@ -297,6 +297,10 @@ async fn a_black_holed_broker_is_detected_within_one_and_a_half_keepalives() {
         gw.metrics().broker_connected.get() == 1
     })
     .await;
+    assert_eq!(
+        system_tests::http::get(gw.http_addr(), "/readyz").await.0,
+        200
+    );
     proxy.set_blackhole(true);
     let started = Instant::now();
     wait_for(
@@ -316,6 +320,13 @@ async fn a_black_holed_broker_is_detected_within_one_and_a_half_keepalives() {
     assert!(
         took <= keep_alive * 3 / 2 + Duration::from_millis(150),
         "took {took:?}"
+    );
+    let (status, body) = system_tests::http::get(gw.http_addr(), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not connected to the MQTT broker"), "{body}");
+    assert_eq!(
+        system_tests::http::get(gw.http_addr(), "/healthz").await.0,
+        200
     );
     proxy.set_blackhole(false);
     wait_for(
@@ -609,4 +620,43 @@ fn check_config_refuses_a_persistent_session_without_expiry_naming_file_line_and
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_in_a_shared_subscription_group_split_one_zone() {
+    let broker = Mosquitto::start();
+    let a = start_gateway_with("shared-a", broker.port, |m| {
+        m.shared_group = Some("zhanggong".into())
+    })
+    .await;
+    let b = start_gateway_with("shared-b", broker.port, |m| {
+        m.shared_group = Some("zhanggong".into())
+    })
+    .await;
+    wait_for("both connected", Duration::from_secs(10), || async {
+        a.metrics().broker_connected.get() == 1 && b.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let (node, _) = client("shared-node", broker.port, true).await;
+    let n = 100u32;
+    for seq in 0..n {
+        publish(
+            &node,
+            &up_topic("gz-p1-press"),
+            frame("gz-p1-press", 1, seq, &pipe(Quantity::Pressure, 0.3)),
+        )
+        .await;
+    }
+    wait_for(
+        "every report processed once by one of the two",
+        Duration::from_secs(20),
+        || async { accepted(&a, "gz-p1-press") + accepted(&b, "gz-p1-press") == u64::from(n) },
+    )
+    .await;
+    assert!(
+        accepted(&a, "gz-p1-press") > 0 && accepted(&b, "gz-p1-press") > 0,
+        "the broker split the load"
+    );
+    a.stop().await;
+    b.stop().await;
 }
