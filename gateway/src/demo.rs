@@ -24,6 +24,8 @@ pub struct DemoOptions {
     pub traffic: bool,
     /// Use a broker already listening at `mqtt` instead of starting the embedded one.
     pub external_broker: bool,
+    /// The local store's file.
+    pub store: std::path::PathBuf,
 }
 
 /// The MQTT settings of the demo: a persistent session on the given broker.
@@ -61,6 +63,7 @@ pub async fn run(
         verify: VerifySection::default(),
         http_listen: opts.http,
         zones: Vec::new(),
+        store_path: opts.store.clone(),
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();
@@ -74,6 +77,7 @@ pub async fn run(
         gateway.http_addr()
     );
     println!("  metrics         http://{}/metrics", gateway.http_addr());
+    println!("  local store     {}", opts.store.display());
     println!(
         "  dead letters    mosquitto_sub -V mqttv5 -h {} -p {} -t 'cs/v1/dlq/#'",
         opts.mqtt.ip(),

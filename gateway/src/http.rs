@@ -16,6 +16,9 @@ use crate::reading::Reading;
 use crate::registry::{Device, Presence, Registry};
 use crate::store::Store;
 
+/// Readings shown with one device.
+const RECENT_READINGS: usize = 16;
+
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -110,11 +113,17 @@ async fn device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
         Err(e) => return *e,
     };
     match registry.get(&id) {
-        Some(d) => Json(DeviceDetail {
-            device: view(d, now_ms()),
-            recent_readings: s.store.recent(&id),
-        })
-        .into_response(),
+        Some(d) => {
+            let recent_readings = s.store.recent(&id, RECENT_READINGS).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read recent readings");
+                Vec::new()
+            });
+            Json(DeviceDetail {
+                device: view(d, now_ms()),
+                recent_readings,
+            })
+            .into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("no device \"{id}\" is served here") })),

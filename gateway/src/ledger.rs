@@ -9,20 +9,19 @@
 //!
 //! Plain state, no clock, no I/O (STYLE.md §6).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How far below the highest sequence a not-yet-seen frame is still accepted.
 pub const WINDOW: u32 = 64;
 
 /// Sequence state and counts for one device.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ledger {
     /// Boot epoch of the newest accepted frame.
     pub epoch: u32,
     /// Highest sequence accepted in `epoch`.
     pub highest: u32,
     /// Bit `i` set: sequence `highest - i` was accepted.
-    #[serde(skip)]
     seen: u64,
     /// Whether any frame was accepted yet.
     pub started: bool,

@@ -62,6 +62,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// Served zones; empty means all.
     pub zones: Vec<String>,
+    /// The local store's database file (`:memory:` for a store that dies with the process).
+    pub store_path: std::path::PathBuf,
 }
 
 impl Settings {
@@ -73,6 +75,7 @@ impl Settings {
             verify: c.verify.clone(),
             http_listen: c.http.listen,
             zones: c.site.zones.clone(),
+            store_path: c.store.path.clone(),
         }
     }
 }
@@ -95,7 +98,13 @@ impl Gateway {
         catalog: Arc<Catalog>,
         keys: Keys,
     ) -> anyhow::Result<Gateway> {
-        let registry = Registry::new(&catalog, &keys, &settings.zones);
+        let mut registry = Registry::new(&catalog, &keys, &settings.zones);
+        let (store, opened) = Store::open(&settings.store_path)?;
+        if let Some(moved) = opened.moved_corrupt_file {
+            tracing::error!(moved_to = %moved.display(), "the local store was corrupt and was replaced");
+        }
+        registry.restore_ledgers(store.ledgers()?);
+        let store = Arc::new(store);
         anyhow::ensure!(
             !registry.is_empty(),
             "no devices in the served zones {:?}",
@@ -112,7 +121,6 @@ impl Gateway {
         let filters = mqtt::filters(registry.zones(), settings.mqtt.shared_group.as_deref());
         let registry = Arc::new(Mutex::new(registry));
         let metrics = Metrics::new();
-        let store = Arc::new(Store::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 

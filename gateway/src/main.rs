@@ -50,6 +50,9 @@ enum Command {
         /// Use a broker already listening at --mqtt (e.g. Mosquitto) instead of the embedded one.
         #[arg(long)]
         external_broker: bool,
+        /// The local store's database file [default: citysense-demo.db in the temporary folder].
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -84,17 +87,17 @@ fn main() -> ExitCode {
                 mqtt,
                 no_traffic,
                 external_broker,
+                store,
             } => {
-                gateway::demo::run(
-                    DemoOptions {
-                        http,
-                        mqtt,
-                        traffic: !no_traffic,
-                        external_broker,
-                    },
-                    shutdown_signal(),
-                )
-                .await
+                let store = store.unwrap_or_else(|| std::env::temp_dir().join("citysense-demo.db"));
+                let opts = DemoOptions {
+                    http,
+                    mqtt,
+                    traffic: !no_traffic,
+                    external_broker,
+                    store,
+                };
+                gateway::demo::run(opts, shutdown_signal()).await
             }
         }
     });

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub sessions_resumed: IntCounter,
     /// Dead-letter records published.
     pub dlq_published: IntCounter,
+    /// Batches the local store refused (retried; their messages stay unacknowledged).
+    pub store_errors: IntCounter,
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
     /// unacknowledged messages; a lost dead-letter record is only counted).
     pub mqtt_dropped: IntCounterVec,
@@ -129,6 +131,14 @@ impl Metrics {
         registry
             .register(Box::new(sessions_resumed.clone()))
             .expect("unique");
+        let store_errors = IntCounter::new(
+            "citysense_store_errors_total",
+            "Batches the local store refused; retried, their messages stay unacknowledged.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(store_errors.clone()))
+            .expect("unique");
         let dlq_published = IntCounter::new(
             "citysense_dlq_published_total",
             "Dead-letter records published.",
@@ -162,6 +172,7 @@ impl Metrics {
             broker_disconnects,
             sessions_resumed,
             dlq_published,
+            store_errors,
             mqtt_dropped,
         }
     }

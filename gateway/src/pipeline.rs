@@ -15,6 +15,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reading::Reading;
 use crate::registry::{Registry, category_name};
@@ -86,6 +87,7 @@ impl Pipeline {
     pub async fn process(&self, batch: &mut Vec<Publish>) {
         let now = now_ms();
         let mut readings: Vec<Reading> = Vec::new();
+        let mut ledgers: Vec<(String, Ledger)> = Vec::new();
         let mut dead: Vec<(String, Vec<u8>, Rejection)> = Vec::new();
         {
             let Ok(mut registry) = self.registry.lock() else {
@@ -96,36 +98,14 @@ impl Pipeline {
                 self.metrics.bytes.inc_by(p.payload.len() as u64);
                 let topic = String::from_utf8_lossy(&p.topic);
                 let started = Instant::now();
-                let outcome = match parse_topic(&topic).map(|t| t.stream) {
-                    Some(Stream::Up) => {
-                        self.metrics.messages.with_label_values(&["up"]).inc();
-                        self.verifier
-                            .report(&mut registry, &topic, &p.payload, now)
-                            .map(|r| {
-                                for reading in &r {
-                                    if let Some(d) = registry.get(&reading.device) {
-                                        self.metrics
-                                            .readings
-                                            .with_label_values(&[category_name(d.info.category)])
-                                            .inc();
-                                    }
-                                }
-                                readings.extend(r);
-                            })
-                    }
-                    Some(Stream::Status) => {
-                        self.metrics.messages.with_label_values(&["status"]).inc();
-                        self.verifier.status(&mut registry, &topic, &p.payload)
-                    }
-                    None => {
-                        self.metrics.messages.with_label_values(&["other"]).inc();
-                        Err(Rejection {
-                            reason: "bad_topic",
-                            detail: format!("topic \"{topic}\" is not a device topic"),
-                            zone: None,
-                        })
-                    }
-                };
+                let outcome = self.verify_one(
+                    &mut registry,
+                    &topic,
+                    &p.payload,
+                    now,
+                    &mut readings,
+                    &mut ledgers,
+                );
                 self.metrics
                     .decode_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -134,12 +114,9 @@ impl Pipeline {
                 }
             }
         }
-        // Accepted means handed to the store; until then nothing is acknowledged.
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = self.store.accept(&readings).await {
-            tracing::error!(error = %e, readings = readings.len(), "store refused a batch; retrying, messages stay unacknowledged");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+        // Accepted means committed to the local store; until then nothing is acknowledged.
+        if !readings.is_empty() || !ledgers.is_empty() {
+            self.commit(readings, ledgers).await;
         }
         for (topic, payload, r) in &dead {
             self.dead_letter(topic, payload, r, now);
@@ -148,6 +125,74 @@ impl Pipeline {
             if p.qos != QoS::AtMostOnce && self.client.try_ack(&p).is_err() {
                 self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
             }
+        }
+    }
+
+    /// One message: its readings and its device's ledger are appended to the batch's.
+    fn verify_one(
+        &self,
+        registry: &mut Registry,
+        topic: &str,
+        payload: &[u8],
+        now: i64,
+        readings: &mut Vec<Reading>,
+        ledgers: &mut Vec<(String, Ledger)>,
+    ) -> Result<(), Rejection> {
+        match parse_topic(topic) {
+            Some(t) if t.stream == Stream::Up => {
+                self.metrics.messages.with_label_values(&["up"]).inc();
+                let r = self.verifier.report(registry, topic, payload, now)?;
+                if let Some(d) = registry.get(t.device) {
+                    self.metrics
+                        .readings
+                        .with_label_values(&[category_name(d.info.category)])
+                        .inc_by(r.len() as u64);
+                    match ledgers.iter_mut().find(|(id, _)| id == t.device) {
+                        Some(slot) => slot.1 = d.state.ledger.clone(),
+                        None => ledgers.push((t.device.to_owned(), d.state.ledger.clone())),
+                    }
+                }
+                readings.extend(r);
+                Ok(())
+            }
+            Some(_) => {
+                self.metrics.messages.with_label_values(&["status"]).inc();
+                self.verifier.status(registry, topic, payload)
+            }
+            None => {
+                self.metrics.messages.with_label_values(&["other"]).inc();
+                Err(Rejection {
+                    reason: "bad_topic",
+                    detail: format!("topic \"{topic}\" is not a device topic"),
+                    zone: None,
+                })
+            }
+        }
+    }
+
+    /// Commits, retrying until the store takes the batch: the messages stay unacknowledged (and
+    /// the broker keeps them) for as long as it refuses.
+    async fn commit(&self, readings: Vec<Reading>, ledgers: Vec<(String, Ledger)>) {
+        let batch = Arc::new((readings, ledgers));
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let (store, b) = (self.store.clone(), batch.clone());
+            let committed = tokio::task::spawn_blocking(move || {
+                let ledgers: Vec<(&str, &Ledger)> =
+                    b.1.iter().map(|(d, l)| (d.as_str(), l)).collect();
+                store.accept(&b.0, &ledgers)
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "local store refused a batch; retrying, its messages stay unacknowledged")
+                }
+                Err(e) => tracing::error!(error = %e, "store task failed; retrying"),
+            }
+            self.metrics.store_errors.inc();
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 

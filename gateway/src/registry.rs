@@ -219,6 +219,15 @@ impl Registry {
         self.devices.is_empty()
     }
 
+    /// Restores persisted ledgers (replay windows and completeness) of known devices.
+    pub fn restore_ledgers(&mut self, ledgers: Vec<(String, Ledger)>) {
+        for (device, ledger) in ledgers {
+            if let Some(d) = self.devices.get_mut(device.as_str()) {
+                d.state.ledger = ledger;
+            }
+        }
+    }
+
     /// Online, offline and unknown counts at `now_ms`.
     pub fn presence_counts(&self, now_ms: i64) -> PresenceCounts {
         let mut c = PresenceCounts::default();

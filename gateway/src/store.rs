@@ -1,61 +1,361 @@
-//! The store boundary: where accepted readings are handed over before their MQTT messages are
-//! acknowledged.
+//! The local store: the one place where readings are *accepted*.
 //!
-//! Today this keeps the latest readings of each device in memory, for the API. The durable
-//! local store (SQLite, fsync'd, with per-sink cursors) replaces it behind the same
-//! [`Store::accept`] call, and from then on an acknowledgement means "on disk".
+//! A batch of readings, together with the sequence ledgers of the devices that sent them, is
+//! committed in one SQLite transaction (WAL, `synchronous = FULL`: fsync'd) before the MQTT
+//! messages that carried them are acknowledged. A crash after the commit loses nothing; a crash
+//! before it leaves the messages unacknowledged with the broker, which redelivers them, and the
+//! persisted ledgers reject nothing that was not committed.
+//!
+//! # Layout on disk
+//!
+//! - `readings(id, device, time_ms, received_ms, body)`: accepted readings, JSON bodies, in
+//!   acceptance order (`id`).
+//! - `ledgers(device, body)`: replay window and completeness counts per device.
+//! - `quarantine(...)`: rows that no longer decode, moved aside and counted instead of crashing.
+//! - `meta(key, value)`: the schema version.
+//!
+//! A database file that fails SQLite's `quick_check` at open is renamed `*.corrupt-<ms>` and a
+//! new one started: the gateway comes up, an ERROR says what happened, and the old file is kept
+//! for inspection.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ledger::Ledger;
 use crate::reading::Reading;
 
-/// How many recent readings the API shows per device.
-const RECENT_PER_DEVICE: usize = 16;
+const SCHEMA_VERSION: &str = "1";
 
-/// Why readings could not be accepted (the message is then not acknowledged, and the broker
-/// redelivers it).
+/// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store refused the batch.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// SQLite refused (disk full, I/O error, corruption discovered while running).
+    #[error("local store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// A reading could not be encoded.
+    #[error("cannot encode a reading: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The connection's lock was poisoned by a panic.
+    #[error("local store lock poisoned")]
+    Poisoned,
 }
 
-/// Accepted readings.
-#[derive(Debug, Default)]
+/// What opening found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The file failed its integrity check and was moved to this path.
+    pub moved_corrupt_file: Option<PathBuf>,
+}
+
+/// The durable store.
+#[derive(Debug)]
 pub struct Store {
-    recent: Mutex<HashMap<Arc<str>, Vec<Reading>>>,
+    path: PathBuf,
+    conn: Mutex<Connection>,
 }
 
 impl Store {
-    /// An empty store.
-    pub fn new() -> Store {
-        Store::default()
-    }
-
-    /// Accepts a batch of readings. When this returns `Ok`, the messages that produced them may
-    /// be acknowledged.
-    pub async fn accept(&self, readings: &[Reading]) -> Result<(), StoreError> {
-        let mut recent = self
-            .recent
-            .lock()
-            .map_err(|_| StoreError::Unavailable("lock poisoned".into()))?;
-        for r in readings {
-            let v = recent.entry(r.device.clone()).or_default();
-            if v.len() == RECENT_PER_DEVICE {
-                v.remove(0);
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<(Store, OpenReport), StoreError> {
+        let mut report = OpenReport::default();
+        if path.exists() && !passes_quick_check(path) {
+            let moved = path.with_extension(format!("corrupt-{}", crate::pipeline::now_ms()));
+            tracing::error!(path = %path.display(), moved_to = %moved.display(), "local store failed its integrity check; starting a new one and keeping the old file");
+            let _ = std::fs::rename(path, &moved);
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
-            v.push(r.clone());
+            report.moved_corrupt_file = Some(moved);
         }
-        Ok(())
+        let err = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS readings (
+                 id INTEGER PRIMARY KEY,
+                 device TEXT NOT NULL,
+                 time_ms INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS readings_by_device ON readings(device, id);
+             CREATE TABLE IF NOT EXISTS ledgers (device TEXT PRIMARY KEY, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS quarantine (
+                 id INTEGER PRIMARY KEY,
+                 source TEXT NOT NULL,
+                 original_id INTEGER,
+                 reason TEXT NOT NULL,
+                 body BLOB,
+                 at_ms INTEGER NOT NULL);",
+        )
+        .map_err(err)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+            [SCHEMA_VERSION],
+        )
+        .map_err(err)?;
+        Ok((
+            Store {
+                path: path.to_owned(),
+                conn: Mutex::new(conn),
+            },
+            report,
+        ))
     }
 
-    /// The most recent readings of a device, oldest first.
-    pub fn recent(&self, device: &str) -> Vec<Reading> {
-        self.recent
-            .lock()
-            .map(|m| m.get(device).cloned().unwrap_or_default())
-            .unwrap_or_default()
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Commits `readings` and the `ledgers` of their devices in one fsync'd transaction. When
+    /// this returns `Ok`, the messages that produced them may be acknowledged.
+    pub fn accept(
+        &self,
+        readings: &[Reading],
+        ledgers: &[(&str, &Ledger)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO readings (device, time_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| self.sqlite(e))?;
+            for r in readings {
+                let body = serde_json::to_string(r)?;
+                insert
+                    .execute(params![&*r.device, r.time_ms, r.received_ms, body])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+            let mut upsert = tx
+                .prepare_cached("INSERT INTO ledgers (device, body) VALUES (?1, ?2) ON CONFLICT(device) DO UPDATE SET body = excluded.body")
+                .map_err(|e| self.sqlite(e))?;
+            for (device, ledger) in ledgers {
+                upsert
+                    .execute(params![device, serde_json::to_string(ledger)?])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// Every persisted ledger (to restore the registry at start). Rows that do not decode are
+    /// quarantined.
+    pub fn ledgers(&self) -> Result<Vec<(String, Ledger)>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare("SELECT device, body FROM ledgers")
+            .map_err(|e| self.sqlite(e))?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e))?;
+        drop(stmt);
+        let mut out = Vec::new();
+        for (device, body) in rows {
+            match serde_json::from_str(&body) {
+                Ok(l) => out.push((device, l)),
+                Err(e) => {
+                    quarantine(&conn, "ledgers", None, &e.to_string(), body.as_bytes())
+                        .map_err(|e| self.sqlite(e))?;
+                    conn.execute("DELETE FROM ledgers WHERE device = ?1", [&device])
+                        .map_err(|e| self.sqlite(e))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `limit` most recent readings of a device, oldest first. Rows that do not decode are
+    /// quarantined.
+    pub fn recent(&self, device: &str, limit: usize) -> Result<Vec<Reading>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body FROM readings WHERE device = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map(params![device, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e))?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, body) in rows.into_iter().rev() {
+            match serde_json::from_str(&body) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    quarantine(&conn, "readings", Some(id), &e.to_string(), body.as_bytes())
+                        .map_err(|e| self.sqlite(e))?;
+                    conn.execute("DELETE FROM readings WHERE id = ?1", [id])
+                        .map_err(|e| self.sqlite(e))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Readings with `id > after`, in acceptance order, at most `limit` (for sinks and replay).
+    pub fn readings_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Reading)>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, body FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| self.sqlite(e))?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e))?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, body) in rows {
+            match serde_json::from_str(&body) {
+                Ok(r) => out.push((id, r)),
+                Err(e) => {
+                    quarantine(&conn, "readings", Some(id), &e.to_string(), body.as_bytes())
+                        .map_err(|e| self.sqlite(e))?;
+                    conn.execute("DELETE FROM readings WHERE id = ?1", [id])
+                        .map_err(|e| self.sqlite(e))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many rows were quarantined so far.
+    pub fn quarantined(&self) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n as u64)
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// The highest reading id (0 when empty).
+    pub fn last_reading_id(&self) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row("SELECT MAX(id) FROM readings", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()
+        .map(|v| v.flatten().unwrap_or(0))
+        .map_err(|e| self.sqlite(e))
+    }
+}
+
+fn quarantine(
+    conn: &Connection,
+    source: &str,
+    id: Option<i64>,
+    reason: &str,
+    body: &[u8],
+) -> rusqlite::Result<usize> {
+    tracing::warn!(source, id, reason, "corrupt record quarantined");
+    conn.execute(
+        "INSERT INTO quarantine (source, original_id, reason, body, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![source, id, reason, body, crate::pipeline::now_ms()],
+    )
+}
+
+fn passes_quick_check(path: &Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+        .is_ok_and(|s| s == "ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::reading::Measurement;
+
+    fn reading(device: &str, value: f64) -> Reading {
+        Reading {
+            device: Arc::from(device),
+            zone: Arc::from("360702"),
+            kind: Arc::from("water-pressure"),
+            time_ms: 1000,
+            received_ms: 1001,
+            unsynced_clock: false,
+            measurement: Measurement::Value {
+                field: "pressure".into(),
+                value,
+                urgent: false,
+            },
+        }
+    }
+
+    #[test]
+    fn accepted_readings_and_ledgers_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut ledger = Ledger::default();
+        ledger.accept(1, 7);
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            store
+                .accept(&[reading("a", 0.3), reading("a", 0.31)], &[("a", &ledger)])
+                .unwrap();
+        }
+        let (store, report) = Store::open(&path).unwrap();
+        assert_eq!(report, OpenReport::default());
+        let recent = store.recent("a", 10).unwrap();
+        assert_eq!(recent, vec![reading("a", 0.3), reading("a", 0.31)]);
+        let ledgers = store.ledgers().unwrap();
+        assert_eq!(ledgers.len(), 1);
+        assert_eq!(ledgers[0].1.was_accepted(1, 7), Some(true));
+    }
+
+    #[test]
+    fn a_corrupt_row_is_quarantined_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        store.accept(&[reading("a", 1.0)], &[]).unwrap();
+        store.conn.lock().unwrap().execute("INSERT INTO readings (device, time_ms, received_ms, body) VALUES ('a', 1, 1, '{not json')", []).unwrap();
+        store.accept(&[reading("a", 2.0)], &[]).unwrap();
+        assert_eq!(
+            store.recent("a", 10).unwrap(),
+            vec![reading("a", 1.0), reading("a", 2.0)]
+        );
+        assert_eq!(store.quarantined().unwrap(), 1);
+        assert_eq!(store.readings_after(0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_a_new_store_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let (store, report) = Store::open(&path).unwrap();
+        let moved = report.moved_corrupt_file.unwrap();
+        assert!(moved.exists());
+        store.accept(&[reading("a", 1.0)], &[]).unwrap();
+        assert_eq!(store.last_reading_id().unwrap(), 1);
     }
 }

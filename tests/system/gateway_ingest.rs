@@ -390,7 +390,7 @@ async fn promtool_accepts_the_metrics_exposition() {
 }
 
 /// The `gateway` binary built by `cargo build` (deploy/test-all.sh builds it first).
-fn gateway_binary() -> std::path::PathBuf {
+pub fn gateway_binary() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -589,7 +589,7 @@ fn check_config_refuses_a_persistent_session_without_expiry_naming_file_line_and
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nid = \"gw\"\n\n[site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nsession_expiry_s = 0\n",
+            "[gateway]\nid = \"gw\"\n\n[site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"{}\"\n\n[store]\npath = \"gw.db\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nsession_expiry_s = 0\n",
             root.join("device-profiles/profiles").display(),
             root.join("device-profiles/sites/ganzhou.toml").display(),
             root.join("deploy/gateway/keys.example.toml").display(),
@@ -604,14 +604,17 @@ fn check_config_refuses_a_persistent_session_without_expiry_naming_file_line_and
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("gateway.toml:11:1:") && err.contains("session_expiry_s > 0"),
+        err.contains("gateway.toml:14:1:") && err.contains("session_expiry_s > 0"),
         "{err}"
     );
 
-    let sample = root.join("deploy/gateway/gateway.toml");
+    let fixed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("session_expiry_s = 0", "session_expiry_s = 600");
+    std::fs::write(&config, fixed).unwrap();
     let out = std::process::Command::new(gateway_binary())
         .arg("check-config")
-        .arg(&sample)
+        .arg(&config)
         .output()
         .unwrap();
     assert!(

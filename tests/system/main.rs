@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod gateway_ingest;
+mod store_durability;
 mod support;
 mod wire_golden;

@@ -40,6 +40,7 @@ pub async fn start_gateway_with(
         verify: VerifySection::default(),
         http_listen: ([127, 0, 0, 1], 0).into(),
         zones: Vec::new(),
+        store_path: ":memory:".into(),
     };
     Gateway::start(settings, catalog, keys).await.unwrap()
 }
