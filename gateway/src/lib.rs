@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod point;
 pub mod reading;
 pub mod registry;
 pub mod store;
