@@ -17,6 +17,7 @@
 //! - [`store`]: the store boundary. [`metrics`], [`http`]: what operators scrape and query.
 //! - [`demo`]: `gateway demo`, the whole system in one process.
 
+pub mod aggregate;
 pub mod config;
 pub mod demo;
 pub mod http;

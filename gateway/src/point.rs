@@ -161,7 +161,12 @@ mod tests {
 
     #[test]
     fn backslashes_in_names_become_slashes() {
-        let p = Point { measurement: "a\\b".into(), tags: vec![], fields: vec![("f\\".into(), FieldValue::Int(1))], time_ms: 0 };
+        let p = Point {
+            measurement: "a\\b".into(),
+            tags: vec![],
+            fields: vec![("f\\".into(), FieldValue::Int(1))],
+            time_ms: 0,
+        };
         assert_eq!(p.line(), "a/b f/=1i 0\n");
     }
 

@@ -1,0 +1,752 @@
+//! Aggregation: verified [`Reading`]s in, [`Point`]s out, by event time.
+//!
+//! | measurement | subject (tags) | window | fields |
+//! |---|---|---|---|
+//! | `crowd` | `area`, `zone` | 1 min | `entries`, `exits`, `occupancy`, `occupancy_ratio`, `daily_entries`, `daily_ratio`, `inflow_per_min`, `outflow_per_min`, `drift` |
+//! | `traffic` | `segment`, `zone`, `class`, `bin` (`1m`, `5m`) | 1 and 5 min | `volume`, `flow_vph`, `occupancy_pct`, `speed_kmh`, `grade`, `tpi` |
+//! | `pipe` | `asset`, `zone`, `field` | 1 min | `last`, `min`, `max`, `mean`, `count`, `rate_per_min` |
+//! | `device_health` | `device`, `zone`, `kind` | 5 min | `reports`, `battery_pct`, `signal_dbm` |
+//!
+//! Plain state, no clock and no I/O: time comes from the readings (STYLE.md §6). Points carry
+//! the end of their window as timestamp, so a re-emitted window overwrites its earlier point.
+//!
+//! # Layout
+//! - [`window`]: event-time windows with allowed lateness.
+//! - [`grade`]: congestion grades and the traffic performance index.
+
+pub mod grade;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use device_profiles::Catalog;
+use device_profiles::site::{GateDirection, RoadClass};
+
+use crate::point::{FieldValue, Point};
+use crate::reading::{Measurement, Reading};
+use window::Windows;
+
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 24 * 3600 * 1000;
+/// How late data may arrive and still update its window.
+pub const LATENESS_MS: i64 = 2 * MINUTE;
+/// A tag read again at the same gate within this time is the same passage.
+pub const DEDUPE_MS: i64 = MINUTE;
+
+#[derive(Debug, Clone)]
+enum Place {
+    Gate {
+        area: Arc<str>,
+        gate: Arc<str>,
+        direction: GateDirection,
+    },
+    Detector {
+        segment: Arc<str>,
+    },
+    Asset {
+        asset: Arc<str>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct AreaInfo {
+    zone: Arc<str>,
+    instantaneous: f64,
+    daily: f64,
+}
+
+#[derive(Debug, Clone)]
+struct SegmentInfo {
+    zone: Arc<str>,
+    class: RoadClass,
+    free_flow_kmh: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct CrowdWindow {
+    entries: u64,
+    exits: u64,
+}
+
+#[derive(Debug)]
+struct Crowd {
+    windows: Windows<CrowdWindow>,
+    /// Occupancy and daily entries after the last emitted window, and which local day.
+    occupancy: i64,
+    daily_entries: u64,
+    day: i64,
+    last_emitted_end: i64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TrafficWindow {
+    vehicles: u64,
+    occupancy_sum: f64,
+    occupancy_n: u64,
+    speed_weighted: f64,
+    speed_vehicles: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PipeWindow {
+    first: Option<(i64, f64)>,
+    last: Option<(i64, f64)>,
+    min: f64,
+    max: f64,
+    sum: f64,
+    n: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HealthWindow {
+    reports: u64,
+    battery_pct: Option<u8>,
+    signal_dbm: Option<i8>,
+}
+
+/// One asset's field: its zone and windows.
+type PipeSeries = (Arc<str>, Windows<PipeWindow>);
+/// One device's zone, kind and windows.
+type HealthSeries = (Arc<str>, Arc<str>, Windows<HealthWindow>);
+
+/// Counters the gateway exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AggregateCounts {
+    /// Readings later than their window's lateness (kept raw, not aggregated).
+    pub too_late: u64,
+    /// Repeated tag reads at one gate counted once.
+    pub duplicate_passages: u64,
+    /// Occupancy would have gone below zero or above 1.5 × capacity.
+    pub drift: u64,
+}
+
+/// Every aggregator of one gateway.
+#[derive(Debug)]
+pub struct Aggregators {
+    places: HashMap<Arc<str>, Place>,
+    areas: HashMap<Arc<str>, AreaInfo>,
+    segments: HashMap<Arc<str>, SegmentInfo>,
+    utc_offset_ms: i64,
+    watermark: i64,
+    crowd: HashMap<Arc<str>, Crowd>,
+    recent_tags: HashMap<(Arc<str>, String), i64>,
+    traffic: HashMap<(Arc<str>, &'static str), Windows<TrafficWindow>>,
+    pipe: HashMap<(Arc<str>, String), PipeSeries>,
+    health: HashMap<Arc<str>, HealthSeries>,
+    /// Counters.
+    pub counts: AggregateCounts,
+}
+
+fn parse_offset(s: &str) -> i64 {
+    let sign = if s.starts_with('-') { -1 } else { 1 };
+    let digits: Vec<i64> = s[1..].split(':').filter_map(|p| p.parse().ok()).collect();
+    match digits.as_slice() {
+        [h, m] => sign * (h * 3600 + m * 60) * 1000,
+        _ => 0,
+    }
+}
+
+impl Aggregators {
+    /// Aggregators for the site of `catalog`.
+    pub fn new(catalog: &Catalog) -> Aggregators {
+        let site = &catalog.site;
+        let mut places = HashMap::new();
+        let mut areas = HashMap::new();
+        for a in &site.scenic_areas {
+            areas.insert(
+                Arc::from(a.id.as_str()),
+                AreaInfo {
+                    zone: a.zone.as_str().into(),
+                    instantaneous: f64::from(a.capacity.instantaneous),
+                    daily: f64::from(a.capacity.daily),
+                },
+            );
+        }
+        for g in &site.gates {
+            places.insert(
+                Arc::from(g.device.as_str()),
+                Place::Gate {
+                    area: g.area.as_str().into(),
+                    gate: g.id.as_str().into(),
+                    direction: g.direction,
+                },
+            );
+        }
+        let mut segments = HashMap::new();
+        for r in &site.road_segments {
+            segments.insert(
+                Arc::from(r.id.as_str()),
+                SegmentInfo {
+                    zone: r.zone.as_str().into(),
+                    class: r.class,
+                    free_flow_kmh: f64::from(r.free_flow_kmh),
+                },
+            );
+            for d in &r.detectors {
+                places.insert(
+                    Arc::from(d.device.as_str()),
+                    Place::Detector {
+                        segment: r.id.as_str().into(),
+                    },
+                );
+            }
+        }
+        for p in &site.pipe_assets {
+            for d in &p.devices {
+                places.insert(
+                    Arc::from(d.as_str()),
+                    Place::Asset {
+                        asset: p.id.as_str().into(),
+                    },
+                );
+            }
+        }
+        Aggregators {
+            places,
+            areas,
+            segments,
+            utc_offset_ms: parse_offset(&site.site.utc_offset),
+            watermark: i64::MIN,
+            crowd: HashMap::new(),
+            recent_tags: HashMap::new(),
+            traffic: HashMap::new(),
+            pipe: HashMap::new(),
+            health: HashMap::new(),
+            counts: AggregateCounts::default(),
+        }
+    }
+
+    /// Adds readings and returns the points of the windows that closed. A batch is taken in
+    /// event-time order, so a buffered hour delivered at once aggregates as it would have live.
+    pub fn ingest(&mut self, readings: &[Reading]) -> Vec<Point> {
+        let mut ordered: Vec<&Reading> = readings.iter().collect();
+        ordered.sort_by_key(|r| r.time_ms);
+        for r in ordered {
+            if self.add(r).is_err() {
+                self.counts.too_late += 1;
+            }
+            self.watermark = self.watermark.max(r.time_ms);
+        }
+        self.drain()
+    }
+
+    fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
+        let wm = self.watermark;
+        let (zone, kind) = (r.zone.clone(), r.kind.clone());
+        let h = self
+            .health
+            .entry(r.device.clone())
+            .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, LATENESS_MS)));
+        let hw = h.2.get_mut(r.time_ms, wm)?;
+        hw.reports += 1;
+        if let Measurement::Status {
+            battery_pct,
+            signal_dbm,
+            ..
+        } = &r.measurement
+        {
+            hw.battery_pct = *battery_pct;
+            hw.signal_dbm = Some(*signal_dbm);
+        }
+        let Some(place) = self.places.get(&r.device).cloned() else {
+            return Ok(());
+        };
+        match (place, &r.measurement) {
+            (
+                Place::Gate {
+                    area,
+                    gate,
+                    direction,
+                },
+                Measurement::Passage { tag, entry },
+            ) => {
+                let key = (gate, tag.clone());
+                if let Some(seen) = self.recent_tags.get(&key)
+                    && (r.time_ms - seen).abs() < DEDUPE_MS
+                {
+                    self.counts.duplicate_passages += 1;
+                    return Ok(());
+                }
+                self.recent_tags.insert(key, r.time_ms);
+                let is_entry = match direction {
+                    GateDirection::Entry => true,
+                    GateDirection::Exit => false,
+                    GateDirection::Both => *entry,
+                };
+                let w = self.crowd_windows(&area).get_mut(r.time_ms, wm)?;
+                if is_entry {
+                    w.entries += 1
+                } else {
+                    w.exits += 1
+                }
+            }
+            (Place::Gate { area, .. }, Measurement::Counts { entries, exits, .. }) => {
+                let w = self.crowd_windows(&area).get_mut(r.time_ms, wm)?;
+                w.entries += u64::from(*entries);
+                w.exits += u64::from(*exits);
+            }
+            (
+                Place::Detector { segment },
+                Measurement::Lane {
+                    vehicles,
+                    occupancy_pct,
+                    speed_kmh,
+                    ..
+                },
+            ) => {
+                for bin in ["1m", "5m"] {
+                    let size = if bin == "1m" { MINUTE } else { 5 * MINUTE };
+                    let w = self
+                        .traffic
+                        .entry((segment.clone(), bin))
+                        .or_insert_with(|| Windows::new(size, LATENESS_MS))
+                        .get_mut(r.time_ms, wm)?;
+                    w.vehicles += u64::from(*vehicles);
+                    w.occupancy_sum += occupancy_pct;
+                    w.occupancy_n += 1;
+                    if let Some(s) = speed_kmh
+                        && *vehicles > 0
+                    {
+                        w.speed_weighted += s * f64::from(*vehicles);
+                        w.speed_vehicles += u64::from(*vehicles);
+                    }
+                }
+            }
+            (Place::Asset { asset }, Measurement::Value { field, value, .. }) => {
+                let zone = r.zone.clone();
+                let entry = self
+                    .pipe
+                    .entry((asset, field.clone()))
+                    .or_insert_with(|| (zone, Windows::new(MINUTE, LATENESS_MS)));
+                let w = entry.1.get_mut(r.time_ms, wm)?;
+                if w.n == 0 {
+                    (w.min, w.max) = (*value, *value);
+                }
+                if w.first.is_none_or(|(t, _)| r.time_ms < t) {
+                    w.first = Some((r.time_ms, *value));
+                }
+                if w.last.is_none_or(|(t, _)| r.time_ms >= t) {
+                    w.last = Some((r.time_ms, *value));
+                }
+                w.min = w.min.min(*value);
+                w.max = w.max.max(*value);
+                w.sum += value;
+                w.n += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn crowd_windows(&mut self, area: &Arc<str>) -> &mut Windows<CrowdWindow> {
+        &mut self
+            .crowd
+            .entry(area.clone())
+            .or_insert_with(|| Crowd {
+                windows: Windows::new(MINUTE, LATENESS_MS),
+                occupancy: 0,
+                daily_entries: 0,
+                day: i64::MIN,
+                last_emitted_end: i64::MIN,
+            })
+            .windows
+    }
+
+    fn drain(&mut self) -> Vec<Point> {
+        let wm = self.watermark;
+        let mut out = Vec::new();
+        self.recent_tags.retain(|_, t| wm - *t < DEDUPE_MS);
+        let offset = self.utc_offset_ms;
+        for (area, c) in &mut self.crowd {
+            let Some(info) = self.areas.get(area) else {
+                continue;
+            };
+            for (_, end, w) in c.windows.drain_closed(wm) {
+                // Windows close in order; a late re-emission recomputes from the state after
+                // the previous emission, which is what the operators saw then.
+                let day = (end - 1 + offset).div_euclid(DAY);
+                if day != c.day {
+                    (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
+                }
+                let raw = c.occupancy + w.entries as i64 - w.exits as i64;
+                let drift = raw < 0 || raw as f64 > 1.5 * info.instantaneous;
+                if drift {
+                    self.counts.drift += 1;
+                }
+                if end > c.last_emitted_end {
+                    c.occupancy = raw.max(0);
+                    c.daily_entries += w.entries;
+                    c.last_emitted_end = end;
+                }
+                out.push(Point {
+                    measurement: "crowd".into(),
+                    tags: vec![
+                        ("area".into(), area.to_string()),
+                        ("zone".into(), info.zone.to_string()),
+                    ],
+                    fields: vec![
+                        ("entries".into(), FieldValue::Int(w.entries as i64)),
+                        ("exits".into(), FieldValue::Int(w.exits as i64)),
+                        ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
+                        ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
+                        ("occupancy".into(), FieldValue::Int(c.occupancy)),
+                        (
+                            "occupancy_ratio".into(),
+                            FieldValue::Float(c.occupancy as f64 / info.instantaneous),
+                        ),
+                        (
+                            "daily_entries".into(),
+                            FieldValue::Int(c.daily_entries as i64),
+                        ),
+                        (
+                            "daily_ratio".into(),
+                            FieldValue::Float(c.daily_entries as f64 / info.daily),
+                        ),
+                        ("drift".into(), FieldValue::Bool(drift)),
+                    ],
+                    time_ms: end,
+                });
+            }
+        }
+        for ((segment, bin), windows) in &mut self.traffic {
+            let Some(info) = self.segments.get(segment) else {
+                continue;
+            };
+            for (start, end, w) in windows.drain_closed(wm) {
+                let hours = (end - start) as f64 / 3_600_000.0;
+                let occupancy = if w.occupancy_n > 0 {
+                    w.occupancy_sum / w.occupancy_n as f64
+                } else {
+                    0.0
+                };
+                let speed =
+                    (w.speed_vehicles > 0).then(|| w.speed_weighted / w.speed_vehicles as f64);
+                let grade = match speed {
+                    Some(s) => grade::grade_by_speed(info.class, s),
+                    None => grade::grade_by_occupancy(occupancy),
+                };
+                let mut fields = vec![
+                    ("volume".into(), FieldValue::Int(w.vehicles as i64)),
+                    (
+                        "flow_vph".into(),
+                        FieldValue::Float(w.vehicles as f64 / hours),
+                    ),
+                    ("occupancy_pct".into(), FieldValue::Float(occupancy)),
+                    ("grade".into(), FieldValue::Int(grade as i64)),
+                ];
+                if let Some(s) = speed {
+                    fields.push(("speed_kmh".into(), FieldValue::Float(s)));
+                    fields.push((
+                        "tpi".into(),
+                        FieldValue::Float(grade::tpi(info.free_flow_kmh, s)),
+                    ));
+                }
+                out.push(Point {
+                    measurement: "traffic".into(),
+                    tags: vec![
+                        ("segment".into(), segment.to_string()),
+                        ("zone".into(), info.zone.to_string()),
+                        ("class".into(), format!("{:?}", info.class).to_lowercase()),
+                        ("bin".into(), (*bin).to_owned()),
+                    ],
+                    fields,
+                    time_ms: end,
+                });
+            }
+        }
+        for ((asset, field), (zone, windows)) in &mut self.pipe {
+            for (_, end, w) in windows.drain_closed(wm) {
+                let mut fields = vec![
+                    ("min".into(), FieldValue::Float(w.min)),
+                    ("max".into(), FieldValue::Float(w.max)),
+                    ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
+                    ("count".into(), FieldValue::Int(w.n as i64)),
+                ];
+                if let Some((_, last)) = w.last {
+                    fields.insert(0, ("last".into(), FieldValue::Float(last)));
+                }
+                if let (Some((t0, v0)), Some((t1, v1))) = (w.first, w.last)
+                    && t1 > t0
+                {
+                    fields.push((
+                        "rate_per_min".into(),
+                        FieldValue::Float((v1 - v0) / ((t1 - t0) as f64 / 60_000.0)),
+                    ));
+                }
+                out.push(Point {
+                    measurement: "pipe".into(),
+                    tags: vec![
+                        ("asset".into(), asset.to_string()),
+                        ("zone".into(), zone.to_string()),
+                        ("field".into(), field.clone()),
+                    ],
+                    fields,
+                    time_ms: end,
+                });
+            }
+        }
+        for (device, (zone, kind, windows)) in &mut self.health {
+            for (_, end, w) in windows.drain_closed(wm) {
+                let mut fields = vec![("reports".into(), FieldValue::Int(w.reports as i64))];
+                if let Some(b) = w.battery_pct {
+                    fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
+                }
+                if let Some(s) = w.signal_dbm {
+                    fields.push(("signal_dbm".into(), FieldValue::Int(i64::from(s))));
+                }
+                out.push(Point {
+                    measurement: "device_health".into(),
+                    tags: vec![
+                        ("device".into(), device.to_string()),
+                        ("zone".into(), zone.to_string()),
+                        ("kind".into(), kind.to_string()),
+                    ],
+                    fields,
+                    time_ms: end,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::ganzhou().unwrap()
+    }
+
+    fn reading(device: &str, kind: &str, time_ms: i64, m: Measurement) -> Reading {
+        Reading {
+            device: device.into(),
+            zone: "360702".into(),
+            kind: kind.into(),
+            time_ms,
+            received_ms: time_ms,
+            unsynced_clock: false,
+            measurement: m,
+        }
+    }
+
+    fn field<'a>(p: &'a Point, name: &str) -> &'a FieldValue {
+        &p.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("{name} in {p:?}"))
+            .1
+    }
+
+    // 2026-10-01 10:00 +08:00.
+    const T0: i64 = 1_790_820_000_000;
+
+    #[test]
+    fn a_tag_read_twenty_times_at_one_gate_counts_once() {
+        let mut a = Aggregators::new(&catalog());
+        let reads: Vec<Reading> = (0..20)
+            .map(|i| {
+                reading(
+                    "gz-s4-g1",
+                    "uhf-rfid-gate",
+                    T0 + i * 500,
+                    Measurement::Passage {
+                        tag: "aa".into(),
+                        entry: true,
+                    },
+                )
+            })
+            .collect();
+        assert!(a.ingest(&reads).iter().all(|p| p.measurement != "crowd"));
+        let points = a.ingest(&[reading(
+            "gz-s4-g3",
+            "uhf-rfid-gate",
+            T0 + 3 * MINUTE,
+            Measurement::Passage {
+                tag: "bb".into(),
+                entry: false,
+            },
+        )]);
+        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        assert_eq!(crowd.len(), 1);
+        assert_eq!(field(crowd[0], "entries"), &FieldValue::Int(1));
+        assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
+        assert_eq!(a.counts.duplicate_passages, 19);
+        // S4-G3 is an exit gate: its passage is an exit whatever the reader said.
+    }
+
+    #[test]
+    fn occupancy_never_goes_below_zero_and_drift_is_flagged() {
+        let mut a = Aggregators::new(&catalog());
+        let exits: Vec<Reading> = (0..3)
+            .map(|i| {
+                reading(
+                    "gz-s4-g3",
+                    "uhf-rfid-gate",
+                    T0 + i,
+                    Measurement::Passage {
+                        tag: format!("t{i}"),
+                        entry: false,
+                    },
+                )
+            })
+            .collect();
+        a.ingest(&exits);
+        let points = a.ingest(&[reading(
+            "gz-p1-press",
+            "water-pressure",
+            T0 + 2 * MINUTE,
+            Measurement::Value {
+                field: "pressure".into(),
+                value: 0.3,
+                urgent: false,
+            },
+        )]);
+        let crowd = points.iter().find(|p| p.measurement == "crowd").unwrap();
+        assert_eq!(field(crowd, "occupancy"), &FieldValue::Int(0));
+        assert_eq!(field(crowd, "drift"), &FieldValue::Bool(true));
+        assert_eq!(a.counts.drift, 1);
+    }
+
+    #[test]
+    fn traffic_bins_compute_flow_speed_grade_and_tpi() {
+        let mut a = Aggregators::new(&catalog());
+        // R1 (arterial, free flow 50): two 30 s intervals on two lanes, 10 vehicles each at 25 km/h.
+        let mut rs = Vec::new();
+        for t in [T0 + 30_000, T0 + 59_000] {
+            for lane in [1, 2] {
+                rs.push(reading(
+                    "gz-r1-d1",
+                    "traffic-loop",
+                    t,
+                    Measurement::Lane {
+                        lane,
+                        vehicles: 10,
+                        occupancy_pct: 20.0,
+                        speed_kmh: Some(25.0),
+                        interval_s: 30,
+                    },
+                ));
+            }
+        }
+        a.ingest(&rs);
+        let points = a.ingest(&[reading(
+            "gz-r1-d1",
+            "traffic-loop",
+            T0 + 2 * MINUTE,
+            Measurement::Lane {
+                lane: 1,
+                vehicles: 0,
+                occupancy_pct: 0.0,
+                speed_kmh: None,
+                interval_s: 30,
+            },
+        )]);
+        let p = points
+            .iter()
+            .find(|p| p.measurement == "traffic" && p.tags.contains(&("bin".into(), "1m".into())))
+            .unwrap();
+        assert_eq!(field(p, "volume"), &FieldValue::Int(40));
+        assert_eq!(field(p, "flow_vph"), &FieldValue::Float(2400.0));
+        assert_eq!(field(p, "speed_kmh"), &FieldValue::Float(25.0));
+        assert_eq!(
+            field(p, "grade"),
+            &FieldValue::Int(grade::Grade::Light as i64)
+        ); // 20 < 25 ≤ 30
+        assert_eq!(field(p, "tpi"), &FieldValue::Float(grade::tpi(50.0, 25.0))); // r = 1.0
+    }
+
+    #[test]
+    fn pipe_windows_give_last_min_max_mean_and_rate() {
+        let mut a = Aggregators::new(&catalog());
+        let values = [(0, 0.30), (20_000, 0.28), (40_000, 0.20)];
+        let rs: Vec<Reading> = values
+            .iter()
+            .map(|(dt, v)| {
+                reading(
+                    "gz-p1-press",
+                    "water-pressure",
+                    T0 + dt,
+                    Measurement::Value {
+                        field: "pressure".into(),
+                        value: *v,
+                        urgent: false,
+                    },
+                )
+            })
+            .collect();
+        a.ingest(&rs);
+        let points = a.ingest(&[reading(
+            "gz-p1-press",
+            "water-pressure",
+            T0 + 90_000,
+            Measurement::Value {
+                field: "pressure".into(),
+                value: 0.2,
+                urgent: false,
+            },
+        )]);
+        let p = points.iter().find(|p| p.measurement == "pipe").unwrap();
+        assert_eq!(field(p, "last"), &FieldValue::Float(0.20));
+        assert_eq!(field(p, "min"), &FieldValue::Float(0.20));
+        assert_eq!(field(p, "max"), &FieldValue::Float(0.30));
+        assert_eq!(field(p, "count"), &FieldValue::Int(3));
+        let FieldValue::Float(rate) = field(p, "rate_per_min") else {
+            panic!()
+        };
+        assert!((rate - (-0.15)).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn replaying_in_one_batch_gives_the_same_points_as_live_delivery() {
+        let mut rs = Vec::new();
+        for i in 0..600 {
+            let t = T0 + i * 6_000;
+            rs.push(reading(
+                "gz-p1-press",
+                "water-pressure",
+                t,
+                Measurement::Value {
+                    field: "pressure".into(),
+                    value: 0.3 + (i % 7) as f64 / 100.0,
+                    urgent: false,
+                },
+            ));
+            rs.push(reading(
+                "gz-s4-g1",
+                "uhf-rfid-gate",
+                t,
+                Measurement::Passage {
+                    tag: format!("{i}"),
+                    entry: true,
+                },
+            ));
+            rs.push(reading(
+                "gz-r2-d1",
+                "traffic-geomagnetic",
+                t,
+                Measurement::Lane {
+                    lane: 1,
+                    vehicles: (i % 5) as u16,
+                    occupancy_pct: 10.0,
+                    speed_kmh: Some(40.0),
+                    interval_s: 30,
+                },
+            ));
+        }
+        let mut live = Aggregators::new(&catalog());
+        let mut live_points: Vec<String> = rs
+            .chunks(3)
+            .flat_map(|c| live.ingest(c))
+            .map(|p| p.line())
+            .collect();
+        let mut replay = Aggregators::new(&catalog());
+        let mut replay_points: Vec<String> =
+            replay.ingest(&rs).into_iter().map(|p| p.line()).collect();
+        live_points.sort();
+        replay_points.sort();
+        assert!(!live_points.is_empty());
+        assert_eq!(live_points, replay_points);
+    }
+}

@@ -1,0 +1,132 @@
+//! Event-time tumbling windows with allowed lateness.
+//!
+//! A reading lands in the window that contains its event time. The watermark is the latest
+//! event time seen; a window *closes* when the watermark passes its end, and is emitted then.
+//! Data for a closed window that arrives within `lateness` after the window's end updates it and
+//! marks it for emitting again (same timestamp and tags, so the point overwrites the earlier
+//! one). Data later than that is refused ([`TooLate`]): the caller counts it; the raw reading is
+//! already in the local store. Because everything depends on event time only, replaying a
+//! buffered hour in order gives the same windows as live delivery.
+
+use std::collections::BTreeMap;
+
+/// The reading's window was already final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLate;
+
+#[derive(Debug, Clone)]
+struct Slot<S> {
+    state: S,
+    dirty: bool,
+}
+
+/// Windows of one size for one subject (an area, a segment, an asset and field, ...).
+#[derive(Debug, Clone)]
+pub struct Windows<S> {
+    size_ms: i64,
+    lateness_ms: i64,
+    slots: BTreeMap<i64, Slot<S>>,
+}
+
+impl<S: Default> Windows<S> {
+    /// Windows of `size_ms`, accepting data up to `lateness_ms` after a window's end.
+    pub fn new(size_ms: i64, lateness_ms: i64) -> Self {
+        Windows {
+            size_ms,
+            lateness_ms,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// The start of the window containing `t`.
+    pub fn start_of(&self, t: i64) -> i64 {
+        t.div_euclid(self.size_ms) * self.size_ms
+    }
+
+    /// The state of the window containing `t`, to update; `TooLate` when the window is final
+    /// under `watermark`.
+    pub fn get_mut(&mut self, t: i64, watermark: i64) -> Result<&mut S, TooLate> {
+        let start = self.start_of(t);
+        if start + self.size_ms + self.lateness_ms <= watermark {
+            return Err(TooLate);
+        }
+        let slot = self.slots.entry(start).or_insert_with(|| Slot {
+            state: S::default(),
+            dirty: false,
+        });
+        slot.dirty = true;
+        Ok(&mut slot.state)
+    }
+
+    /// Windows that closed (end ≤ watermark) and changed since last emitted, oldest first, as
+    /// (start, end, state); then forgets windows past their lateness.
+    pub fn drain_closed(&mut self, watermark: i64) -> Vec<(i64, i64, &S)> {
+        let (size, lateness) = (self.size_ms, self.lateness_ms);
+        // Forget windows that are final and were emitted.
+        self.slots
+            .retain(|start, slot| slot.dirty || start + size + lateness > watermark);
+        let mut out = Vec::new();
+        for (start, slot) in self.slots.iter_mut() {
+            if start + size <= watermark && slot.dirty {
+                slot.dirty = false;
+                out.push((*start, start + size, &slot.state));
+            }
+        }
+        out
+    }
+
+    /// Windows held (bounded by size and lateness).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_emitted_when_the_watermark_passes_its_end() {
+        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+        *w.get_mut(1_000, 1_000).unwrap() += 1;
+        *w.get_mut(59_999, 59_999).unwrap() += 1;
+        assert!(w.drain_closed(59_999).is_empty());
+        let closed: Vec<_> = w
+            .drain_closed(60_000)
+            .into_iter()
+            .map(|(s, e, v)| (s, e, *v))
+            .collect();
+        assert_eq!(closed, vec![(0, 60_000, 2)]);
+        assert!(w.drain_closed(70_000).is_empty(), "emitted once");
+    }
+
+    #[test]
+    fn late_data_within_lateness_re_emits_and_later_data_is_refused() {
+        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+        *w.get_mut(10_000, 10_000).unwrap() += 1;
+        assert_eq!(w.drain_closed(61_000).len(), 1);
+        *w.get_mut(20_000, 85_000).unwrap() += 1;
+        let again: Vec<_> = w
+            .drain_closed(85_000)
+            .into_iter()
+            .map(|(s, _, v)| (s, *v))
+            .collect();
+        assert_eq!(again, vec![(0, 2)]);
+        assert_eq!(w.get_mut(30_000, 90_000), Err(TooLate));
+    }
+
+    #[test]
+    fn old_windows_are_forgotten() {
+        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+        for t in (0..3_600_000).step_by(1000) {
+            *w.get_mut(t, t).unwrap() += 1;
+            w.drain_closed(t);
+        }
+        assert!(w.len() <= 3, "{}", w.len());
+    }
+}
