@@ -38,9 +38,64 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
+        .route("/api/v1/series", get(series))
         .with_state(state)
 }
 
+/// Query of `GET /api/v1/series`.
+#[derive(Debug, serde::Deserialize)]
+pub struct SeriesQuery {
+    /// `crowd`, `traffic`, `pipe` or `device_health`.
+    pub measurement: String,
+    /// A subject: scenic area, road segment, pipe asset or device id (any tag value).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// How far back, in minutes (default 60).
+    #[serde(default)]
+    pub minutes: Option<i64>,
+    /// Most points returned (default 500, at most 10000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+async fn series(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<SeriesQuery>,
+) -> Response {
+    const MEASUREMENTS: [&str; 4] = ["crowd", "traffic", "pipe", "device_health"];
+    if !MEASUREMENTS.contains(&q.measurement.as_str()) {
+        let error = format!(
+            "unknown measurement \"{}\": one of {}",
+            q.measurement,
+            MEASUREMENTS.join(", ")
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response();
+    }
+    let since = now_ms() - q.minutes.unwrap_or(60).clamp(1, 7 * 24 * 60) * 60_000;
+    let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
+    let store = s.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        store.series(&q.measurement, q.subject.as_deref(), since, limit)
+    })
+    .await;
+    match result {
+        Ok(Ok(points)) => Json(points).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(

@@ -106,6 +106,14 @@ impl Gateway {
             tracing::error!(moved_to = %moved.display(), "the local store was corrupt and was replaced");
         }
         registry.restore_ledgers(store.ledgers()?);
+        let mut aggregators = aggregate::Aggregators::new(&catalog);
+        let replayed = replay_recent(&store, &mut aggregators)?;
+        if replayed > 0 {
+            tracing::info!(
+                readings = replayed,
+                "aggregation state rebuilt from the local store"
+            );
+        }
         let store = Arc::new(store);
         anyhow::ensure!(
             !registry.is_empty(),
@@ -161,6 +169,7 @@ impl Gateway {
             store: store.clone(),
             metrics: metrics.clone(),
             client: client.clone(),
+            aggregators: Arc::new(Mutex::new(aggregators)),
         };
         tasks.spawn(pipeline.run(inbound_rx));
         tasks.spawn(mqtt::run(
@@ -216,6 +225,26 @@ impl Gateway {
     }
 }
 
+/// Feeds the last day of stored readings to fresh aggregators, so windows open at a restart and
+/// the day's crowd counts continue. The points this emits were stored before; they are dropped.
+fn replay_recent(store: &Store, aggregators: &mut aggregate::Aggregators) -> anyhow::Result<usize> {
+    let since = pipeline::now_ms() - 24 * 3600 * 1000;
+    let (mut after, mut n) = (0, 0);
+    loop {
+        let batch = store.readings_after(after, 10_000)?;
+        let Some(&(last, _)) = batch.last() else {
+            return Ok(n);
+        };
+        after = last;
+        let recent: Vec<reading::Reading> = batch
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.time_ms >= since)
+            .collect();
+        n += recent.len();
+        aggregators.ingest(&recent);
+    }
+}
 /// Updates the presence gauges and logs devices coming and going.
 async fn sweep_presence(
     registry: Arc<Mutex<Registry>>,

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub dlq_published: IntCounter,
     /// Batches the local store refused (retried; their messages stay unacknowledged).
     pub store_errors: IntCounter,
+    /// Readings later than their window's allowed lateness (stored raw, not aggregated).
+    pub aggregate_too_late: IntCounter,
+    /// Repeated tag reads at one gate counted once.
+    pub duplicate_passages: IntCounter,
+    /// Windows where occupancy would have gone below zero or above 1.5 × capacity.
+    pub occupancy_drift: IntCounter,
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
     /// unacknowledged messages; a lost dead-letter record is only counted).
     pub mqtt_dropped: IntCounterVec,
@@ -139,6 +145,23 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("unique");
+        let simple = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let aggregate_too_late = simple(
+            "citysense_aggregate_too_late_total",
+            "Readings later than their window's allowed lateness (stored raw, not aggregated).",
+        );
+        let duplicate_passages = simple(
+            "citysense_duplicate_passages_total",
+            "Repeated tag reads at one gate counted once.",
+        );
+        let occupancy_drift = simple(
+            "citysense_occupancy_drift_total",
+            "Crowd windows whose occupancy would have gone below zero or above 1.5 × capacity.",
+        );
         let dlq_published = IntCounter::new(
             "citysense_dlq_published_total",
             "Dead-letter records published.",
@@ -173,6 +196,9 @@ impl Metrics {
             sessions_resumed,
             dlq_published,
             store_errors,
+            aggregate_too_late,
+            duplicate_passages,
+            occupancy_drift,
             mqtt_dropped,
         }
     }

@@ -15,8 +15,10 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::aggregate::Aggregators;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::point::Point;
 use crate::reading::Reading;
 use crate::registry::{Registry, category_name};
 use crate::store::Store;
@@ -65,6 +67,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// For acknowledgements and dead-letter records.
     pub client: AsyncClient,
+    /// Crowd, traffic, pipe and health aggregation (only the pipeline task uses it).
+    pub aggregators: Arc<Mutex<Aggregators>>,
 }
 
 impl Pipeline {
@@ -115,8 +119,25 @@ impl Pipeline {
             }
         }
         // Accepted means committed to the local store; until then nothing is acknowledged.
+        let points = match self.aggregators.lock() {
+            Ok(mut a) => {
+                let before = a.counts;
+                let points = a.ingest(&readings);
+                self.metrics
+                    .aggregate_too_late
+                    .inc_by(a.counts.too_late - before.too_late);
+                self.metrics
+                    .duplicate_passages
+                    .inc_by(a.counts.duplicate_passages - before.duplicate_passages);
+                self.metrics
+                    .occupancy_drift
+                    .inc_by(a.counts.drift - before.drift);
+                points
+            }
+            Err(_) => Vec::new(),
+        };
         if !readings.is_empty() || !ledgers.is_empty() {
-            self.commit(readings, ledgers).await;
+            self.commit(readings, points, ledgers).await;
         }
         for (topic, payload, r) in &dead {
             self.dead_letter(topic, payload, r, now);
@@ -172,15 +193,20 @@ impl Pipeline {
 
     /// Commits, retrying until the store takes the batch: the messages stay unacknowledged (and
     /// the broker keeps them) for as long as it refuses.
-    async fn commit(&self, readings: Vec<Reading>, ledgers: Vec<(String, Ledger)>) {
-        let batch = Arc::new((readings, ledgers));
+    async fn commit(
+        &self,
+        readings: Vec<Reading>,
+        points: Vec<Point>,
+        ledgers: Vec<(String, Ledger)>,
+    ) {
+        let batch = Arc::new((readings, points, ledgers));
         let mut delay = Duration::from_millis(100);
         loop {
             let (store, b) = (self.store.clone(), batch.clone());
             let committed = tokio::task::spawn_blocking(move || {
                 let ledgers: Vec<(&str, &Ledger)> =
-                    b.1.iter().map(|(d, l)| (d.as_str(), l)).collect();
-                store.accept(&b.0, &ledgers)
+                    b.2.iter().map(|(d, l)| (d.as_str(), l)).collect();
+                store.accept(&b.0, &b.1, &ledgers)
             })
             .await;
             match committed {

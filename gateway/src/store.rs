@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ledger::Ledger;
+use crate::point::Point;
 use crate::reading::Reading;
 
 const SCHEMA_VERSION: &str = "1";
@@ -91,6 +92,21 @@ impl Store {
                  body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS readings_by_device ON readings(device, id);
              CREATE TABLE IF NOT EXISTS ledgers (device TEXT PRIMARY KEY, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS points (
+                 id INTEGER PRIMARY KEY,
+                 measurement TEXT NOT NULL,
+                 time_ms INTEGER NOT NULL,
+                 line TEXT NOT NULL,
+                 body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS points_by_measurement ON points(measurement, time_ms);
+             CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS sink_dead_letters (
+                 id INTEGER PRIMARY KEY,
+                 sink TEXT NOT NULL,
+                 point_id INTEGER NOT NULL,
+                 line TEXT NOT NULL,
+                 reason TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS quarantine (
                  id INTEGER PRIMARY KEY,
                  source TEXT NOT NULL,
@@ -121,11 +137,13 @@ impl Store {
         }
     }
 
-    /// Commits `readings` and the `ledgers` of their devices in one fsync'd transaction. When
+    /// Commits `readings`, the `points` aggregated from them and the `ledgers` of their devices
+    /// in one fsync'd transaction. When
     /// this returns `Ok`, the messages that produced them may be acknowledged.
     pub fn accept(
         &self,
         readings: &[Reading],
+        points: &[Point],
         ledgers: &[(&str, &Ledger)],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -138,6 +156,25 @@ impl Store {
                 let body = serde_json::to_string(r)?;
                 insert
                     .execute(params![&*r.device, r.time_ms, r.received_ms, body])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+            let mut insert_point = tx
+                .prepare_cached(
+                    "INSERT INTO points (measurement, time_ms, line, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            for p in points {
+                let line = p.line();
+                if line.is_empty() {
+                    continue; // nothing writable (all fields non-finite)
+                }
+                insert_point
+                    .execute(params![
+                        p.measurement,
+                        p.time_ms,
+                        line,
+                        serde_json::to_string(p)?
+                    ])
                     .map_err(|e| self.sqlite(e))?;
             }
             let mut upsert = tx
@@ -243,6 +280,116 @@ impl Store {
         Ok(out)
     }
 
+    /// Points with `id > after` as line protocol, in order, at most `limit` (for sinks).
+    pub fn lines_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, line FROM points WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e));
+        rows
+    }
+
+    /// A sink's cursor: the last point id it delivered (0 for a new sink).
+    pub fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row("SELECT last_id FROM cursors WHERE sink = ?1", [sink], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map(|v| v.unwrap_or(0))
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// Moves a sink's cursor after its acknowledgement, and records the points it refused for
+    /// good (dead letters), in one transaction.
+    pub fn advance(
+        &self,
+        sink: &str,
+        last_id: i64,
+        refused: &[(i64, String, String)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        for (id, line, reason) in refused {
+            tx.execute(
+                "INSERT INTO sink_dead_letters (sink, point_id, line, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sink, id, line, reason, crate::pipeline::now_ms()],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
+        tx.execute(
+            "INSERT INTO cursors (sink, last_id) VALUES (?1, ?2) ON CONFLICT(sink) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+            params![sink, last_id],
+        )
+        .map_err(|e| self.sqlite(e))?;
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// Points refused for good by a sink: (point id, line, reason).
+    pub fn sink_dead_letters(&self, sink: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT point_id, line, reason FROM sink_dead_letters WHERE sink = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e));
+        rows
+    }
+
+    /// The highest point id (0 when empty).
+    pub fn last_point_id(&self) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM points", [], |r| r.get(0))
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Recent points of a measurement, optionally of one subject (any tag value), oldest first.
+    /// A window emitted again (late data) shows once, with its latest values.
+    pub fn series(
+        &self,
+        measurement: &str,
+        subject: Option<&str>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Point>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT body FROM points WHERE measurement = ?1 AND time_ms >= ?2 ORDER BY time_ms DESC, id DESC")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![measurement, since_ms], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sqlite(e))?;
+        let mut out: Vec<Point> = Vec::new();
+        for body in rows {
+            let body = body.map_err(|e| self.sqlite(e))?;
+            let Ok(p) = serde_json::from_str::<Point>(&body) else {
+                continue;
+            };
+            let matches = subject.is_none_or(|s| p.tags.iter().any(|(_, v)| v == s));
+            if matches
+                && !out
+                    .iter()
+                    .any(|q| q.time_ms == p.time_ms && q.tags == p.tags)
+            {
+                out.push(p);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
     /// How many rows were quarantined so far.
     pub fn quarantined(&self) -> Result<u64, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -320,7 +467,11 @@ mod tests {
         {
             let (store, _) = Store::open(&path).unwrap();
             store
-                .accept(&[reading("a", 0.3), reading("a", 0.31)], &[("a", &ledger)])
+                .accept(
+                    &[reading("a", 0.3), reading("a", 0.31)],
+                    &[],
+                    &[("a", &ledger)],
+                )
                 .unwrap();
         }
         let (store, report) = Store::open(&path).unwrap();
@@ -336,9 +487,9 @@ mod tests {
     fn a_corrupt_row_is_quarantined_and_the_rest_served() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
-        store.accept(&[reading("a", 1.0)], &[]).unwrap();
+        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
         store.conn.lock().unwrap().execute("INSERT INTO readings (device, time_ms, received_ms, body) VALUES ('a', 1, 1, '{not json')", []).unwrap();
-        store.accept(&[reading("a", 2.0)], &[]).unwrap();
+        store.accept(&[reading("a", 2.0)], &[], &[]).unwrap();
         assert_eq!(
             store.recent("a", 10).unwrap(),
             vec![reading("a", 1.0), reading("a", 2.0)]
@@ -355,7 +506,7 @@ mod tests {
         let (store, report) = Store::open(&path).unwrap();
         let moved = report.moved_corrupt_file.unwrap();
         assert!(moved.exists());
-        store.accept(&[reading("a", 1.0)], &[]).unwrap();
+        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
         assert_eq!(store.last_reading_id().unwrap(), 1);
     }
 }
