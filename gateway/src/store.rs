@@ -281,6 +281,7 @@ impl Store {
     }
 
     /// Points with `id > after` as line protocol, in order, at most `limit` (for sinks).
+    #[allow(clippy::let_and_return)] // the binding ends the borrow of `stmt` before it drops
     pub fn lines_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let mut stmt = conn
@@ -331,6 +332,7 @@ impl Store {
     }
 
     /// Points refused for good by a sink: (point id, line, reason).
+    #[allow(clippy::let_and_return)] // the binding ends the borrow of `stmt` before it drops
     pub fn sink_dead_letters(&self, sink: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let mut stmt = conn

@@ -58,6 +58,7 @@ struct Node {
     free_flow_kmh: f64,
     gate: Option<GateDirection>,
     key: DeviceKey,
+    boot_epoch: u32,
     sequence: u32,
     every: Duration,
     next_due_ms: i64,
@@ -103,6 +104,9 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
                 .find(|g| g.device == d.id)
                 .map(|g| g.direction),
             key: demo_key(&d.id),
+            // Real nodes persist and increment their boot epoch; a demo run starting now is a
+            // new boot, newer than any before it in the demo's store.
+            boot_epoch: (start / 1000) as u32,
             sequence: 0,
             every,
             next_due_ms: start + rng.random_range(0..every.as_millis() as i64),
@@ -154,7 +158,7 @@ fn frame(node: &mut Node, now: i64, rng: &mut impl Rng) -> Vec<u8> {
     };
     let header = Header {
         device_id: &node.id,
-        boot_epoch: 1,
+        boot_epoch: node.boot_epoch,
         sequence: node.sequence,
         timestamp: Timestamp::Synced {
             unix_ms: now as u64,

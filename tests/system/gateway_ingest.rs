@@ -406,6 +406,8 @@ pub fn gateway_binary() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
     let (http, mqtt) = (free_port(), free_port());
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("demo.db");
     let mut child = std::process::Command::new(gateway_binary())
         .args([
             "demo",
@@ -414,6 +416,8 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
             "--mqtt",
             &format!("127.0.0.1:{mqtt}"),
         ])
+        .arg("--store")
+        .arg(&store)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
