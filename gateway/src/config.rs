@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub const ENV_MQTT_USERNAME: &str = "CITYSENSE_MQTT_USERNAME";
 /// Environment variable that supplies the MQTT password.
 pub const ENV_MQTT_PASSWORD: &str = "CITYSENSE_MQTT_PASSWORD";
+/// Environment variable that supplies the InfluxDB API token.
+pub const ENV_INFLUX_TOKEN: &str = "CITYSENSE_INFLUX_TOKEN";
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,9 @@ pub struct Config {
     pub http: HttpSection,
     /// The local store.
     pub store: StoreSection,
+    /// The InfluxDB (or VictoriaMetrics) sink; absent means points stay in the local store.
+    #[serde(default)]
+    pub influxdb: Option<crate::influxdb::InfluxSection>,
 }
 
 /// The local store.
@@ -261,6 +266,9 @@ impl Config {
     ) -> Result<(), String> {
         if let Some(user) = env(ENV_MQTT_USERNAME) {
             self.mqtt.username = Some(user);
+        }
+        if let (Some(influx), Some(token)) = (self.influxdb.as_mut(), env(ENV_INFLUX_TOKEN)) {
+            influx.token = token;
         }
         if let Some(pass) = env(ENV_MQTT_PASSWORD) {
             self.mqtt.password = Some(Secret(pass));

@@ -64,6 +64,7 @@ pub async fn run(
         http_listen: opts.http,
         zones: Vec::new(),
         store_path: opts.store.clone(),
+        influxdb: None,
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();

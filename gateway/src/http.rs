@@ -28,6 +28,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Why sinks are not ready, by sink.
+    pub not_ready: crate::influxdb::NotReady,
 }
 
 /// The routes.
@@ -108,12 +110,19 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.metrics.broker_connected.get() == 1 {
+    let mut reasons: Vec<String> = Vec::new();
+    if s.metrics.broker_connected.get() != 1 {
+        reasons.push("not connected to the MQTT broker".into());
+    }
+    if let Ok(m) = s.not_ready.lock() {
+        reasons.extend(m.iter().map(|(sink, why)| format!("{sink} sink: {why}")));
+    }
+    if reasons.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not connected to the MQTT broker\n",
+            format!("not ready: {}\n", reasons.join("; ")),
         )
             .into_response()
     }

@@ -21,6 +21,7 @@ pub mod aggregate;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod influxdb;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub zones: Vec<String>,
     /// The local store's database file (`:memory:` for a store that dies with the process).
     pub store_path: std::path::PathBuf,
+    /// The InfluxDB sink, if any.
+    pub influxdb: Option<influxdb::InfluxSection>,
 }
 
 impl Settings {
@@ -78,6 +81,7 @@ impl Settings {
             http_listen: c.http.listen,
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
+            influxdb: c.influxdb.clone(),
         }
     }
 }
@@ -134,6 +138,7 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
+        let not_ready = influxdb::NotReady::default();
         let listener = tokio::net::TcpListener::bind(settings.http_listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_listen))?;
@@ -142,6 +147,7 @@ impl Gateway {
             registry: registry.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
+            not_ready: not_ready.clone(),
         });
         let mut http_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -156,6 +162,15 @@ impl Gateway {
             }
         });
 
+        if let Some(influx) = settings.influxdb.clone() {
+            tasks.spawn(influxdb::run(
+                influx,
+                store.clone(),
+                metrics.clone(),
+                not_ready.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let options = mqtt::options(&settings.mqtt, &settings.gateway_id)?;
         let (client, eventloop) = mqtt::client(options);
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);

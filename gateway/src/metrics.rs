@@ -42,6 +42,14 @@ pub struct Metrics {
     pub duplicate_passages: IntCounter,
     /// Windows where occupancy would have gone below zero or above 1.5 × capacity.
     pub occupancy_drift: IntCounter,
+    /// Points delivered, by sink.
+    pub sink_written: IntCounterVec,
+    /// Write failures, by sink and class (`bad_lines`, `refused`, `transient`).
+    pub sink_errors: IntCounterVec,
+    /// Points accepted but not yet delivered, by sink.
+    pub sink_pending: IntGaugeVec,
+    /// 0 while a sink's server refuses us (credentials, org, bucket), by sink.
+    pub sink_ready: IntGaugeVec,
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
     /// unacknowledged messages; a lost dead-letter record is only counted).
     pub mqtt_dropped: IntCounterVec,
@@ -162,6 +170,40 @@ impl Metrics {
             "citysense_occupancy_drift_total",
             "Crowd windows whose occupancy would have gone below zero or above 1.5 × capacity.",
         );
+        let sink_written = counter_vec(
+            &registry,
+            "citysense_sink_points_written_total",
+            "Points delivered, by sink.",
+            &["sink"],
+        );
+        let sink_errors = counter_vec(
+            &registry,
+            "citysense_sink_errors_total",
+            "Sink write failures, by sink and class.",
+            &["sink", "class"],
+        );
+        let sink_pending = IntGaugeVec::new(
+            Opts::new(
+                "citysense_sink_pending_points",
+                "Points accepted but not yet delivered, by sink.",
+            ),
+            &["sink"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(sink_pending.clone()))
+            .expect("unique");
+        let sink_ready = IntGaugeVec::new(
+            Opts::new(
+                "citysense_sink_ready",
+                "0 while a sink's server refuses us, by sink.",
+            ),
+            &["sink"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(sink_ready.clone()))
+            .expect("unique");
         let dlq_published = IntCounter::new(
             "citysense_dlq_published_total",
             "Dead-letter records published.",
@@ -199,6 +241,10 @@ impl Metrics {
             aggregate_too_late,
             duplicate_passages,
             occupancy_drift,
+            sink_written,
+            sink_errors,
+            sink_pending,
+            sink_ready,
             mqtt_dropped,
         }
     }

@@ -41,6 +41,7 @@ pub async fn start_gateway_with(
         http_listen: ([127, 0, 0, 1], 0).into(),
         zones: Vec::new(),
         store_path: ":memory:".into(),
+        influxdb: None,
     };
     Gateway::start(settings, catalog, keys).await.unwrap()
 }

@@ -1,0 +1,490 @@
+//! The InfluxDB sink: drains points from the local store with its own cursor and writes them
+//! through the v2 write API (`influxdb2` crate; InfluxDB 2, or VictoriaMetrics, which accepts
+//! the same API).
+//!
+//! The cursor advances only after the server accepted a batch (2xx). Failures by class:
+//! - **400** (bad lines): the batch is split until the refused lines are alone; those go to the
+//!   store's sink dead letters with the server's reason, the rest is delivered.
+//! - **413** (too large): the batch is split and retried.
+//! - **401, 403, 404** (credentials, org or bucket): the data stays stored, the sink reports
+//!   not ready with the server's reason, and it retries slowly.
+//! - **429, 5xx, timeouts, refused connections**: exponential backoff with jitter, same batch.
+//!
+//! Points carry deterministic tags and timestamps, so a batch written twice (a crash between
+//! the server's 2xx and the cursor's commit) overwrites itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use influxdb2::api::write::TimestampPrecision;
+use influxdb2::{Client, ClientBuilder, RequestError};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::mqtt::Backoff;
+use crate::store::Store;
+
+/// The cursor's name in the store.
+pub const SINK: &str = "influxdb";
+
+/// `[influxdb]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSection {
+    /// Base URL, e.g. `http://127.0.0.1:8086` (InfluxDB) or `http://127.0.0.1:8428` (VictoriaMetrics).
+    pub url: String,
+    /// Organisation.
+    pub org: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Largest batch in lines (InfluxDB's guidance: 5,000).
+    #[serde(default = "default_batch")]
+    pub batch_lines: usize,
+    /// How often pending points are written, in milliseconds: the most a point waits.
+    #[serde(default = "default_flush")]
+    pub flush_ms: u64,
+    /// Time allowed for one write request, in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Let the HTTP client negotiate gzip with the server.
+    #[serde(default = "default_gzip")]
+    pub gzip: bool,
+    /// The API token: from `CITYSENSE_INFLUX_TOKEN`, never from the file.
+    #[serde(skip)]
+    pub token: String,
+}
+
+fn default_gzip() -> bool {
+    true
+}
+fn default_batch() -> usize {
+    5000
+}
+fn default_flush() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+
+/// Why a sink is not ready, by sink name (shown by `/readyz`).
+pub type NotReady = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// What became of one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// 400: some lines are bad.
+    BadLines(String),
+    /// 413: the batch is too large.
+    TooLarge,
+    /// 401/403/404: an operator must fix credentials, org or bucket.
+    Refused(u16, String),
+    /// 429, 5xx, timeouts, connection errors: try again later.
+    Transient(String),
+}
+
+fn classify(e: RequestError) -> WriteError {
+    match e {
+        RequestError::Http { status, text } => match status.as_u16() {
+            400 => WriteError::BadLines(text),
+            413 => WriteError::TooLarge,
+            code @ (401 | 403 | 404) => WriteError::Refused(code, text),
+            code => WriteError::Transient(format!("HTTP {code}: {text}")),
+        },
+        other => WriteError::Transient(other.to_string()),
+    }
+}
+
+/// Builds the client.
+pub fn client(cfg: &InfluxSection) -> anyhow::Result<Client> {
+    let http = reqwest::ClientBuilder::new()
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .connect_timeout(Duration::from_secs(5));
+    Ok(
+        ClientBuilder::with_builder(http, cfg.url.trim_end_matches('/'), &cfg.org, &cfg.token)
+            .gzip(cfg.gzip)
+            .build()?,
+    )
+}
+
+async fn write(
+    client: &Client,
+    cfg: &InfluxSection,
+    lines: &[(i64, String)],
+) -> Result<(), WriteError> {
+    let body: String = lines.iter().map(|(_, l)| l.as_str()).collect();
+    client
+        .write_line_protocol_with_precision(
+            &cfg.org,
+            &cfg.bucket,
+            body,
+            TimestampPrecision::Milliseconds,
+        )
+        .await
+        .map_err(classify)
+}
+
+/// Delivers one batch: splits on 400 and 413 until every line is written or refused alone.
+/// Returns the lines refused for good, or the error that stops the batch.
+pub async fn deliver(
+    client: &Client,
+    cfg: &InfluxSection,
+    batch: &[(i64, String)],
+) -> Result<Vec<(i64, String, String)>, WriteError> {
+    let mut refused = Vec::new();
+    let mut pending: Vec<&[(i64, String)]> = vec![batch];
+    while let Some(part) = pending.pop() {
+        match write(client, cfg, part).await {
+            Ok(()) => {}
+            Err(WriteError::BadLines(reason)) if part.len() == 1 => {
+                refused.push((part[0].0, part[0].1.clone(), reason));
+            }
+            Err(WriteError::TooLarge) if part.len() == 1 => {
+                refused.push((
+                    part[0].0,
+                    part[0].1.clone(),
+                    "413: a single line is larger than the server accepts".into(),
+                ));
+            }
+            Err(WriteError::BadLines(_) | WriteError::TooLarge) => {
+                let (a, b) = part.split_at(part.len() / 2);
+                pending.push(b);
+                pending.push(a);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Runs the sink until `shutdown`.
+pub async fn run(
+    cfg: InfluxSection,
+    store: Arc<Store>,
+    metrics: Metrics,
+    not_ready: NotReady,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "InfluxDB sink cannot start; points stay in the local store");
+            if let Ok(mut m) = not_ready.lock() {
+                m.insert(SINK.into(), format!("cannot build the client: {e}"));
+            }
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.flush_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        // Drain everything pending, batch by batch, before waiting for the next tick.
+        loop {
+            let (store2, size) = (store.clone(), cfg.batch_lines);
+            let read = tokio::task::spawn_blocking(
+                move || -> Result<(Vec<(i64, String)>, i64), crate::store::StoreError> {
+                    let cursor = store2.cursor(SINK)?;
+                    let last = store2.last_point_id()?;
+                    Ok((store2.lines_after(cursor, size)?, last - cursor))
+                },
+            )
+            .await;
+            let (batch, pending) = match read {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "InfluxDB sink cannot read the local store");
+                    break;
+                }
+                Err(_) => break,
+            };
+            metrics.sink_pending.with_label_values(&[SINK]).set(pending);
+            let Some(&(last_id, _)) = batch.last() else {
+                break;
+            };
+            match deliver(&client, &cfg, &batch).await {
+                Ok(refused) => {
+                    let written = batch.len() - refused.len();
+                    if !refused.is_empty() {
+                        tracing::error!(lines = refused.len(), reason = %refused[0].2, "InfluxDB refused lines; kept in the store's sink dead letters");
+                        metrics
+                            .sink_errors
+                            .with_label_values(&[SINK, "bad_lines"])
+                            .inc_by(refused.len() as u64);
+                    }
+                    let store2 = store.clone();
+                    let committed = tokio::task::spawn_blocking(move || {
+                        store2.advance(SINK, last_id, &refused)
+                    })
+                    .await;
+                    if !matches!(committed, Ok(Ok(()))) {
+                        tracing::error!(
+                            "InfluxDB sink cannot move its cursor; the batch will be written again (idempotent)"
+                        );
+                        break;
+                    }
+                    metrics
+                        .sink_written
+                        .with_label_values(&[SINK])
+                        .inc_by(written as u64);
+                    metrics.sink_ready.with_label_values(&[SINK]).set(1);
+                    if let Ok(mut m) = not_ready.lock() {
+                        m.remove(SINK);
+                    }
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let (class, delay) = match &e {
+                        WriteError::Refused(..) => ("refused", Duration::from_secs(5)),
+                        _ => ("transient", backoff.next_delay(&mut rand::rng())),
+                    };
+                    metrics.sink_errors.with_label_values(&[SINK, class]).inc();
+                    if let WriteError::Refused(code, text) = &e {
+                        metrics.sink_ready.with_label_values(&[SINK]).set(0);
+                        let reason = format!("InfluxDB answered {code}: {text}");
+                        tracing::error!(%reason, "InfluxDB sink refused; points stay in the local store until an operator fixes it");
+                        if let Ok(mut m) = not_ready.lock() {
+                            m.insert(SINK.into(), reason);
+                        }
+                    } else {
+                        tracing::warn!(error = ?e, retry_in_ms = delay.as_millis() as u64, "InfluxDB write failed; retrying");
+                    }
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    use super::*;
+
+    /// A mock write endpoint: answers `status` (0 = by content), records accepted lines.
+    #[derive(Clone, Default)]
+    struct Mock {
+        status: Arc<AtomicU16>,
+        accepted: Arc<Mutex<Vec<String>>>,
+        max_lines: usize,
+        stall: bool,
+    }
+
+    async fn write_endpoint(State(m): State<Mock>, body: String) -> (StatusCode, String) {
+        if m.stall {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let fixed = m.status.load(Ordering::SeqCst);
+        if fixed != 0 {
+            return (
+                StatusCode::from_u16(fixed).unwrap(),
+                format!("mock {fixed}"),
+            );
+        }
+        let lines: Vec<&str> = body.lines().collect();
+        if lines.len() > m.max_lines {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "too large".into());
+        }
+        if let Some(bad) = lines.iter().find(|l| l.contains("bad")) {
+            return (StatusCode::BAD_REQUEST, format!("unable to parse '{bad}'"));
+        }
+        m.accepted
+            .lock()
+            .unwrap()
+            .extend(lines.iter().map(|l| l.to_string()));
+        (StatusCode::NO_CONTENT, String::new())
+    }
+
+    async fn serve(mock: Mock) -> SocketAddr {
+        let app = Router::new()
+            .route("/api/v2/write", post(write_endpoint))
+            .with_state(mock);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn cfg(addr: SocketAddr) -> InfluxSection {
+        InfluxSection {
+            url: format!("http://{addr}"),
+            org: "city".into(),
+            bucket: "sense".into(),
+            batch_lines: 5000,
+            flush_ms: 100,
+            timeout_ms: 500,
+            gzip: false,
+            token: "t".into(),
+        }
+    }
+
+    fn batch(lines: &[&str]) -> Vec<(i64, String)> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as i64 + 1, format!("{l}\n")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_400_dead_letters_only_the_bad_lines_and_delivers_the_rest() {
+        let mock = Mock {
+            max_lines: 100,
+            ..Mock::default()
+        };
+        let addr = serve(mock.clone()).await;
+        let c = cfg(addr);
+        let lines = ["m a=1 1", "m a=2 2", "bad line", "m a=4 4", "m a=5 5"];
+        let refused = deliver(&client(&c).unwrap(), &c, &batch(&lines))
+            .await
+            .unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!((refused[0].0, refused[0].1.as_str()), (3, "bad line\n"));
+        assert!(refused[0].2.contains("unable to parse"), "{}", refused[0].2);
+        let mut accepted = mock.accepted.lock().unwrap().clone();
+        accepted.sort();
+        assert_eq!(accepted, ["m a=1 1", "m a=2 2", "m a=4 4", "m a=5 5"]);
+    }
+
+    #[tokio::test]
+    async fn a_413_splits_the_batch_until_it_fits() {
+        let mock = Mock {
+            max_lines: 2,
+            ..Mock::default()
+        };
+        let addr = serve(mock.clone()).await;
+        let c = cfg(addr);
+        let lines: Vec<String> = (0..9).map(|i| format!("m a={i} {i}")).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert!(
+            deliver(&client(&c).unwrap(), &c, &batch(&lines))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(mock.accepted.lock().unwrap().len(), 9);
+    }
+
+    #[tokio::test]
+    async fn credentials_and_missing_buckets_are_refused_and_overload_is_transient() {
+        let mock = Mock {
+            max_lines: 100,
+            ..Mock::default()
+        };
+        let addr = serve(mock.clone()).await;
+        let c = cfg(addr);
+        let client = client(&c).unwrap();
+        for (status, expect_refused) in [(401, true), (404, true), (429, false), (503, false)] {
+            mock.status.store(status, Ordering::SeqCst);
+            let err = deliver(&client, &c, &batch(&["m a=1 1"]))
+                .await
+                .unwrap_err();
+            match (expect_refused, &err) {
+                (true, WriteError::Refused(code, _)) => assert_eq!(*code, status),
+                (false, WriteError::Transient(text)) => {
+                    assert!(text.contains(&status.to_string()), "{text}")
+                }
+                _ => panic!("{status}: {err:?}"),
+            }
+        }
+        assert!(mock.accepted.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_times_out_as_transient() {
+        let addr = serve(Mock {
+            max_lines: 100,
+            stall: true,
+            ..Mock::default()
+        })
+        .await;
+        let c = cfg(addr);
+        let started = std::time::Instant::now();
+        let err = deliver(&client(&c).unwrap(), &c, &batch(&["m a=1 1"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WriteError::Transient(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_sink_keeps_refused_data_says_why_and_delivers_once_fixed() {
+        let mock = Mock {
+            max_lines: 100,
+            ..Mock::default()
+        };
+        mock.status.store(401, Ordering::SeqCst);
+        let addr = serve(mock.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = Arc::new(store);
+        let point = crate::point::Point {
+            measurement: "pipe".into(),
+            tags: vec![("asset".into(), "P1".into())],
+            fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
+            time_ms: 60_000,
+        };
+        store.accept(&[], &[point], &[]).unwrap();
+        let metrics = Metrics::new();
+        let not_ready = NotReady::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            cfg(addr),
+            store.clone(),
+            metrics.clone(),
+            not_ready.clone(),
+            stop_rx,
+        ));
+        let wait = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let nr = not_ready.clone();
+        tokio::task::spawn_blocking(move || {
+            wait(&|| {
+                nr.lock()
+                    .unwrap()
+                    .get(SINK)
+                    .is_some_and(|r| r.contains("401"))
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            store.cursor(SINK).unwrap(),
+            0,
+            "nothing is dropped while refused"
+        );
+        mock.status.store(0, Ordering::SeqCst);
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || wait(&|| s.cursor(SINK).unwrap() == 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            mock.accepted.lock().unwrap().as_slice(),
+            ["pipe,asset=P1 mean=0.3 60000"]
+        );
+        assert!(not_ready.lock().unwrap().is_empty());
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
