@@ -237,3 +237,79 @@ pub fn capture_lines(
     });
     lines
 }
+
+/// A VictoriaMetrics single-node server of this test (Debian `victoria-metrics`), which accepts
+/// the InfluxDB v2 write API. Started with deduplication so a point written twice counts once.
+#[derive(Debug)]
+pub struct VictoriaMetrics {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl VictoriaMetrics {
+    /// Starts it in a temporary directory on a free port.
+    pub fn start() -> VictoriaMetrics {
+        let mut vm = VictoriaMetrics {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        vm.spawn();
+        vm
+    }
+
+    fn spawn(&mut self) {
+        let bin = require("victoria-metrics", "victoria-metrics");
+        let log_path = self.dir.path().join("vm.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(bin)
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "-storageDataPath={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg("-dedup.minScrapeInterval=1ms")
+            .arg("-search.latencyOffset=0s")
+            .arg("-retentionPeriod=100y")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_until_listening(&mut child, self.port, "victoria-metrics", &log_path);
+        self.child = Some(child);
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it with SIGTERM (it flushes what it acknowledged) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -5,4 +5,5 @@
 mod gateway_ingest;
 mod store_durability;
 mod support;
+mod timeseries;
 mod wire_golden;

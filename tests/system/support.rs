@@ -28,13 +28,21 @@ pub async fn start_gateway_with(
     broker_port: u16,
     change: impl FnOnce(&mut MqttSection),
 ) -> Gateway {
+    start_gateway_settings(name, broker_port, |s| change(&mut s.mqtt)).await
+}
+
+/// [`start_gateway`] with changes to any setting.
+pub async fn start_gateway_settings(
+    name: &str,
+    broker_port: u16,
+    change: impl FnOnce(&mut Settings),
+) -> Gateway {
     let catalog = catalog();
     let keys = gateway::traffic::demo_keys(&catalog);
     let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker_port).into());
     mqtt.reconnect_min_ms = 50;
     mqtt.reconnect_max_ms = 500;
-    change(&mut mqtt);
-    let settings = Settings {
+    let mut settings = Settings {
         gateway_id: format!("gw-{name}-{}", std::process::id()),
         mqtt,
         verify: VerifySection::default(),
@@ -43,6 +51,7 @@ pub async fn start_gateway_with(
         store_path: ":memory:".into(),
         influxdb: None,
     };
+    change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()
 }
 

@@ -1,0 +1,298 @@
+//! Time series end to end: an accelerated hour of Ganzhou reports through a real Mosquitto and
+//! the gateway into a real VictoriaMetrics (InfluxDB v2 write API), with hand-computed values;
+//! and VictoriaMetrics stopped mid-ingest and restarted, with every point arriving once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway::Gateway;
+use gateway::influxdb::InfluxSection;
+use system_tests::services::{Mosquitto, VictoriaMetrics};
+use wire::{
+    Body, Direction, GateEvent, GateEvents, LaneInterval, Quantity, TagHash, TrafficInterval,
+};
+
+use crate::support::*;
+
+const MINUTE: i64 = 60_000;
+const HOUR_MINUTES: i64 = 60;
+
+/// The first minute of the accelerated hour: aligned to 5 minutes, 90 minutes ago, and moved
+/// back before local midnight (UTC+8) when the hour would cross it (the crowd's daily counts
+/// restart at midnight).
+fn start_of_hour() -> i64 {
+    let now = gateway::pipeline::now_ms();
+    let mut t0 = (now - 90 * MINUTE).div_euclid(5 * MINUTE) * 5 * MINUTE;
+    let local_day = |t: i64| (t + 8 * 3600 * 1000).div_euclid(24 * 3600 * 1000);
+    if local_day(t0) != local_day(t0 + (HOUR_MINUTES + 2) * MINUTE) {
+        t0 = local_day(t0 + (HOUR_MINUTES + 2) * MINUTE) * 24 * 3600 * 1000
+            - 8 * 3600 * 1000
+            - 3 * 3600 * 1000;
+    }
+    t0
+}
+
+fn at(device: &str, seq: u32, time_ms: i64, body: &Body) -> Vec<u8> {
+    let header = wire::Header {
+        device_id: device,
+        boot_epoch: 1,
+        sequence: seq,
+        timestamp: wire::Timestamp::Synced {
+            unix_ms: time_ms as u64,
+        },
+    };
+    wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()
+}
+
+/// Publishes the hour: P1 pressure every 30 s, R1 lanes 1–4 every 30 s, ten visitors a minute
+/// through S4's entry gate; then one reading of P2 two minutes later to close every window.
+async fn publish_hour(node: &rumqttc::v5::AsyncClient, t0: i64, minutes: std::ops::Range<i64>) {
+    for m in minutes {
+        for half in 0..2i64 {
+            let k = (2 * m + half) as u32;
+            let t = t0 + m * MINUTE + half * 30_000;
+            let pressure = 0.30 + 0.01 * (k % 4) as f32;
+            publish(
+                node,
+                &up_topic("gz-p1-press"),
+                at("gz-p1-press", k, t, &pipe(Quantity::Pressure, pressure)),
+            )
+            .await;
+            let mut lanes = heapless::Vec::new();
+            for lane in 1..=4 {
+                lanes
+                    .push(LaneInterval {
+                        lane,
+                        vehicles: 5,
+                        occupancy_permille: 100,
+                        mean_speed_dkmh: Some(300),
+                    })
+                    .unwrap();
+            }
+            let traffic = Body::TrafficInterval(TrafficInterval {
+                interval_s: 30,
+                lanes,
+            });
+            publish(node, &up_topic("gz-r1-d1"), at("gz-r1-d1", k, t, &traffic)).await;
+        }
+        let mut events = heapless::Vec::new();
+        for v in 0..10u32 {
+            let mut tag = [0u8; 8];
+            tag[..4].copy_from_slice(&(m as u32).to_le_bytes());
+            tag[4..].copy_from_slice(&v.to_le_bytes());
+            events
+                .push(GateEvent {
+                    tag: TagHash(tag),
+                    direction: Direction::Entry,
+                    offset_ms: v * 1000,
+                })
+                .unwrap();
+        }
+        let gate = Body::GateEvents(GateEvents { events });
+        publish(
+            node,
+            &up_topic("gz-s4-g1"),
+            at("gz-s4-g1", m as u32, t0 + m * MINUTE + 5_000, &gate),
+        )
+        .await;
+    }
+}
+
+async fn close_windows(node: &rumqttc::v5::AsyncClient, t0: i64) {
+    let t = t0 + (HOUR_MINUTES + 3) * MINUTE;
+    publish(
+        node,
+        &up_topic("gz-p2-press"),
+        at("gz-p2-press", 0, t, &pipe(Quantity::Pressure, 0.3)),
+    )
+    .await;
+}
+
+/// Waits until the sink delivered every stored point.
+async fn wait_delivered(gw: &Gateway, what: &str) {
+    wait_for(what, Duration::from_secs(60), || async {
+        let m = gw.metrics();
+        m.sink_pending.with_label_values(&["influxdb"]).get() == 0
+            && m.sink_written.with_label_values(&["influxdb"]).get() > 0
+    })
+    .await;
+    // One more flush period: the pending gauge is read before a batch is written.
+    wait_for(what, Duration::from_secs(60), || async {
+        let store = gw.store();
+        store.cursor("influxdb").unwrap() == store.last_point_id().unwrap()
+    })
+    .await;
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Samples of one series from VictoriaMetrics: time → value.
+async fn export(vm: &VictoriaMetrics, selector: &str) -> BTreeMap<i64, f64> {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
+    let _ = system_tests::http::get(addr, "/internal/force_flush").await;
+    let (status, body) = system_tests::http::get(
+        addr,
+        &format!("/api/v1/export?match[]={}", encode(selector)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (ts, vals) = (
+            v["timestamps"].as_array().unwrap(),
+            v["values"].as_array().unwrap(),
+        );
+        for (t, x) in ts.iter().zip(vals) {
+            let prev = out.insert(t.as_i64().unwrap(), x.as_f64().unwrap());
+            assert!(prev.is_none(), "{selector}: two samples at {t}");
+        }
+    }
+    out
+}
+
+fn sink_to(vm: &VictoriaMetrics) -> InfluxSection {
+    InfluxSection {
+        url: vm.url(),
+        org: "ganzhou".into(),
+        bucket: "citysense".into(),
+        batch_lines: 500,
+        flush_ms: 200,
+        timeout_ms: 2000,
+        gzip: true,
+        token: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values() {
+    let broker = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let store_dir = tempfile::tempdir().unwrap();
+    let sink = sink_to(&vm);
+    let db = store_dir.path().join("gw.db");
+    let gw = start_gateway_settings("vm-hour", broker.port, |s| {
+        s.influxdb = Some(sink);
+        s.store_path = db;
+    })
+    .await;
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let (node, _) = client("vm-hour-node", broker.port, true).await;
+    let t0 = start_of_hour();
+    publish_hour(&node, t0, 0..HOUR_MINUTES).await;
+    close_windows(&node, t0).await;
+    wait_for("the hour processed", Duration::from_secs(30), || async {
+        accepted(&gw, "gz-p2-press") == 1
+    })
+    .await;
+    wait_delivered(&gw, "every point in VictoriaMetrics").await;
+
+    // Pipe P1: readings 0.30, 0.31, 0.32, 0.33, ... two per minute.
+    let mean = export(&vm, r#"pipe_mean{asset="P1",field="pressure"}"#).await;
+    assert_eq!(mean.len(), HOUR_MINUTES as usize, "one point per minute");
+    let first = t0 + MINUTE; // a window's point carries its end
+    assert!((mean[&first] - 0.305).abs() < 1e-6, "{}", mean[&first]); // (0.30 + 0.31) / 2
+    assert!((mean[&(first + MINUTE)] - 0.325).abs() < 1e-6); // (0.32 + 0.33) / 2
+    let max = export(&vm, r#"pipe_max{asset="P1"}"#).await;
+    assert!((max[&(first + MINUTE)] - 0.33).abs() < 1e-6);
+
+    // Traffic R1 (arterial, free flow 50 km/h): 4 lanes × 5 vehicles × 2 intervals at 30 km/h.
+    let one_minute = r#"{segment="R1",bin="1m"}"#;
+    let volume = export(&vm, &format!("traffic_volume{one_minute}")).await;
+    assert_eq!(volume.len(), HOUR_MINUTES as usize);
+    assert!(volume.values().all(|v| *v == 40.0), "{volume:?}");
+    assert_eq!(
+        export(&vm, &format!("traffic_flow_vph{one_minute}")).await[&first],
+        2400.0
+    );
+    assert_eq!(
+        export(&vm, &format!("traffic_grade{one_minute}")).await[&first],
+        3.0
+    ); // 轻度: 20 < 30 ≤ 30
+    let tpi = export(&vm, &format!("traffic_tpi{one_minute}")).await[&first];
+    assert!(
+        (tpi - (4.0 + 2.0 * (50.0 / 30.0 - 1.0 - 0.5) / 0.3)).abs() < 1e-6,
+        "{tpi}"
+    ); // r = 2/3
+    let five = export(&vm, r#"traffic_volume{segment="R1",bin="5m"}"#).await;
+    assert!(five.values().all(|v| *v == 200.0), "{five:?}");
+
+    // Crowd S4: ten entries a minute through an entry gate; occupancy accumulates.
+    let entries = export(&vm, r#"crowd_entries{area="S4"}"#).await;
+    assert_eq!(entries.len(), HOUR_MINUTES as usize);
+    assert!(entries.values().all(|v| *v == 10.0));
+    let occupancy = export(&vm, r#"crowd_occupancy{area="S4"}"#).await;
+    assert_eq!(occupancy[&(t0 + HOUR_MINUTES * MINUTE)], 600.0);
+    let ratio = export(&vm, r#"crowd_occupancy_ratio{area="S4"}"#).await;
+    assert!((ratio[&(t0 + HOUR_MINUTES * MINUTE)] - 600.0 / 6000.0).abs() < 1e-9);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn victoria_metrics_stopped_mid_ingest_gets_every_point_exactly_once() {
+    let broker = Mosquitto::start();
+    let mut vm = VictoriaMetrics::start();
+    let store_dir = tempfile::tempdir().unwrap();
+    let sink = sink_to(&vm);
+    let db = store_dir.path().join("gw.db");
+    let gw = start_gateway_settings("vm-restart", broker.port, |s| {
+        s.influxdb = Some(sink);
+        s.store_path = db;
+    })
+    .await;
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let (node, _) = client("vm-restart-node", broker.port, true).await;
+    let t0 = start_of_hour();
+    publish_hour(&node, t0, 0..20).await;
+    wait_for("some points delivered", Duration::from_secs(30), || async {
+        gw.metrics()
+            .sink_written
+            .with_label_values(&["influxdb"])
+            .get()
+            > 0
+    })
+    .await;
+    vm.stop();
+    publish_hour(&node, t0, 20..HOUR_MINUTES).await;
+    close_windows(&node, t0).await;
+    wait_for(
+        "the sink noticed the outage",
+        Duration::from_secs(30),
+        || async {
+            gw.metrics()
+                .sink_errors
+                .with_label_values(&["influxdb", "transient"])
+                .get()
+                > 0
+        },
+    )
+    .await;
+    vm.restart();
+    wait_delivered(&gw, "the backlog delivered after the restart").await;
+    for selector in [
+        r#"pipe_mean{asset="P1"}"#,
+        r#"traffic_volume{segment="R1",bin="1m"}"#,
+        r#"crowd_entries{area="S4"}"#,
+    ] {
+        let samples = export(&vm, selector).await;
+        assert_eq!(
+            samples.len(),
+            HOUR_MINUTES as usize,
+            "{selector}: every window once"
+        );
+    }
+    gw.stop().await;
+}
