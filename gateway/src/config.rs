@@ -49,6 +49,18 @@ pub struct StoreSection {
     /// The SQLite database file where readings are committed before they are acknowledged.
     /// Its folder must be writable by the gateway.
     pub path: PathBuf,
+    /// Raw readings are kept this many hours for local queries and for rebuilding aggregation
+    /// state after a restart.
+    #[serde(default = "default_raw_retention")]
+    pub raw_retention_h: u32,
+    /// Points are kept this many days, and never before every sink delivered them.
+    #[serde(default = "default_point_retention")]
+    pub point_retention_days: u32,
+    /// Bound on the store's size. At the bound the oldest raw readings are dropped (counted);
+    /// if undelivered points alone fill it, new reports are refused until a sink catches up
+    /// (the broker keeps them).
+    #[serde(default = "default_max_size")]
+    pub max_size_mb: u64,
 }
 
 /// Identity.
@@ -174,6 +186,26 @@ impl Default for HttpSection {
     }
 }
 
+fn default_raw_retention() -> u32 {
+    24
+}
+fn default_point_retention() -> u32 {
+    7
+}
+fn default_max_size() -> u64 {
+    4096
+}
+
+impl StoreSection {
+    /// The retention rules.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            raw_ms: i64::from(self.raw_retention_h) * 3_600_000,
+            points_ms: i64::from(self.point_retention_days) * 86_400_000,
+            max_bytes: self.max_size_mb.saturating_mul(1 << 20),
+        }
+    }
+}
 fn default_mqtt_port() -> u16 {
     1883
 }

@@ -65,6 +65,7 @@ pub async fn run(
         zones: Vec::new(),
         store_path: opts.store.clone(),
         influxdb: None,
+        retention: crate::store::Retention::default(),
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();

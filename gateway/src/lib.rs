@@ -67,6 +67,8 @@ pub struct Settings {
     pub zones: Vec<String>,
     /// The local store's database file (`:memory:` for a store that dies with the process).
     pub store_path: std::path::PathBuf,
+    /// Retention and size bound of the local store.
+    pub retention: store::Retention,
     /// The InfluxDB sink, if any.
     pub influxdb: Option<influxdb::InfluxSection>,
 }
@@ -81,6 +83,7 @@ impl Settings {
             http_listen: c.http.listen,
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
+            retention: c.store.retention(),
             influxdb: c.influxdb.clone(),
         }
     }
@@ -171,6 +174,14 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
         }
+        let sinks: Vec<&'static str> = settings.influxdb.iter().map(|_| influxdb::SINK).collect();
+        tasks.spawn(maintain_store(
+            store.clone(),
+            settings.retention,
+            sinks,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
         let options = mqtt::options(&settings.mqtt, &settings.gateway_id)?;
         let (client, eventloop) = mqtt::client(options);
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
@@ -258,6 +269,56 @@ fn replay_recent(store: &Store, aggregators: &mut aggregate::Aggregators) -> any
             .collect();
         n += recent.len();
         aggregators.ingest(&recent);
+    }
+}
+/// Applies retention and the size bound every ten seconds, and exports the store's size, the
+/// runway (time) left at the current write rate, drops and quarantined records.
+async fn maintain_store(
+    store: Arc<Store>,
+    rules: store::Retention,
+    sinks: Vec<&'static str>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last: Option<(std::time::Instant, u64)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let (s, sinks2) = (store.clone(), sinks.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let r = s.enforce(pipeline::now_ms(), &rules, &sinks2)?;
+            Ok::<_, store::StoreError>((r, s.quarantined()?))
+        })
+        .await;
+        let Ok(Ok((r, quarantined))) = done else {
+            tracing::error!("local store maintenance failed");
+            continue;
+        };
+        metrics.store_bytes.set(r.bytes as i64);
+        metrics.store_quarantined.set(quarantined as i64);
+        metrics
+            .store_dropped
+            .with_label_values(&["space"])
+            .inc_by(r.dropped_readings_for_space);
+        metrics.store_full.set(i64::from(r.full));
+        let now = std::time::Instant::now();
+        if let Some((then, bytes)) = last {
+            const YEAR_S: f64 = 365.0 * 86_400.0;
+            let growth_per_s =
+                r.bytes.saturating_sub(bytes) as f64 / now.duration_since(then).as_secs_f64();
+            let room = rules.max_bytes.saturating_sub(r.bytes) as f64;
+            // No growth (or shrinking, after retention) means no end in sight: report a year.
+            let runway = if growth_per_s > 0.0 {
+                (room / growth_per_s).min(YEAR_S)
+            } else {
+                YEAR_S
+            };
+            metrics.store_runway_seconds.set(runway);
+        }
+        last = Some((now, r.bytes));
     }
 }
 /// Updates the presence gauges and logs devices coming and going.

@@ -50,6 +50,16 @@ pub struct Metrics {
     pub sink_pending: IntGaugeVec,
     /// 0 while a sink's server refuses us (credentials, org, bucket), by sink.
     pub sink_ready: IntGaugeVec,
+    /// Used bytes of the local store.
+    pub store_bytes: IntGauge,
+    /// Seconds until the size bound at the current write rate.
+    pub store_runway_seconds: prometheus::Gauge,
+    /// Records dropped by policy, by reason (`space`).
+    pub store_dropped: IntCounterVec,
+    /// Corrupt records moved to quarantine.
+    pub store_quarantined: IntGauge,
+    /// 1 while the store refuses new reports (size bound full of undelivered points).
+    pub store_full: IntGauge,
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
     /// unacknowledged messages; a lost dead-letter record is only counted).
     pub mqtt_dropped: IntCounterVec,
@@ -204,6 +214,34 @@ impl Metrics {
         registry
             .register(Box::new(sink_ready.clone()))
             .expect("unique");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let store_bytes = gauge("citysense_store_bytes", "Used bytes of the local store.");
+        let store_quarantined = gauge(
+            "citysense_store_quarantined_records",
+            "Corrupt records moved to quarantine.",
+        );
+        let store_full = gauge(
+            "citysense_store_full",
+            "1 while the local store refuses new reports (size bound full of undelivered points).",
+        );
+        let store_runway_seconds = prometheus::Gauge::new(
+            "citysense_store_runway_seconds",
+            "Seconds until the local store's size bound at the current write rate (capped at a year).",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(store_runway_seconds.clone()))
+            .expect("unique");
+        let store_dropped = counter_vec(
+            &registry,
+            "citysense_store_dropped_total",
+            "Records dropped by the store's policy, by reason.",
+            &["reason"],
+        );
         let dlq_published = IntCounter::new(
             "citysense_dlq_published_total",
             "Dead-letter records published.",
@@ -245,6 +283,11 @@ impl Metrics {
             sink_errors,
             sink_pending,
             sink_ready,
+            store_bytes,
+            store_runway_seconds,
+            store_dropped,
+            store_quarantined,
+            store_full,
             mqtt_dropped,
         }
     }

@@ -40,6 +40,10 @@ pub enum StoreError {
         /// SQLite's reason.
         source: rusqlite::Error,
     },
+    /// The size bound is reached and only undelivered points and alerts are left: back-pressure
+    /// until a sink catches up or an operator raises `store.max_size_mb`.
+    #[error("local store is full (store.max_size_mb): waiting for sinks to deliver")]
+    Full,
     /// A reading could not be encoded.
     #[error("cannot encode a reading: {0}")]
     Encode(#[from] serde_json::Error),
@@ -48,6 +52,41 @@ pub enum StoreError {
     Poisoned,
 }
 
+/// How long data is kept and how large the store may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Raw readings are kept this long (for local queries and aggregation replay).
+    pub raw_ms: i64,
+    /// Points are kept this long once every sink delivered them.
+    pub points_ms: i64,
+    /// The bound on the database's used size.
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    /// A day of raw readings, a week of points, 4 GiB (the config file's defaults).
+    fn default() -> Self {
+        Retention {
+            raw_ms: 24 * 3_600_000,
+            points_ms: 7 * 86_400_000,
+            max_bytes: 4096 << 20,
+        }
+    }
+}
+/// What one [`Store::enforce`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforced {
+    /// Raw readings past their retention.
+    pub expired_readings: u64,
+    /// Delivered points past their retention.
+    pub expired_points: u64,
+    /// Raw readings dropped (oldest first) to stay under the size bound.
+    pub dropped_readings_for_space: u64,
+    /// Used bytes afterwards.
+    pub bytes: u64,
+    /// Still over the bound with nothing droppable: back-pressure.
+    pub full: bool,
+}
 /// What opening found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -60,6 +99,8 @@ pub struct OpenReport {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Set by [`Store::enforce`] when the size bound is reached with nothing left to drop.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -125,6 +166,7 @@ impl Store {
             Store {
                 path: path.to_owned(),
                 conn: Mutex::new(conn),
+                full: std::sync::atomic::AtomicBool::new(false),
             },
             report,
         ))
@@ -146,6 +188,9 @@ impl Store {
         points: &[Point],
         ledgers: &[(&str, &Ledger)],
     ) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Full);
+        }
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         {
@@ -392,6 +437,81 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+    /// Applies retention and the size bound (the explicit policy when full):
+    /// 1. raw readings older than `raw_ms` and points older than `points_ms` go, but a point goes
+    ///    only once every sink in `sinks` delivered it;
+    /// 2. while the database is larger than `max_bytes`, the oldest raw readings go (counted);
+    /// 3. if it is still larger, the store reports full: [`Store::accept`] refuses, messages stay
+    ///    unacknowledged with the broker (back-pressure), nothing accepted is dropped.
+    pub fn enforce(
+        &self,
+        now_ms: i64,
+        rules: &Retention,
+        sinks: &[&str],
+    ) -> Result<Enforced, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let e = |e| self.sqlite(e);
+        let mut report = Enforced {
+            expired_readings: conn
+                .execute(
+                    "DELETE FROM readings WHERE received_ms < ?1",
+                    [now_ms - rules.raw_ms],
+                )
+                .map_err(e)? as u64,
+            ..Enforced::default()
+        };
+        let mut delivered = i64::MAX;
+        for s in sinks {
+            let c: i64 = conn
+                .query_row("SELECT last_id FROM cursors WHERE sink = ?1", [s], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(e)?
+                .unwrap_or(0);
+            delivered = delivered.min(c);
+        }
+        report.expired_points = conn
+            .execute(
+                "DELETE FROM points WHERE time_ms < ?1 AND id <= ?2",
+                params![now_ms - rules.points_ms, delivered],
+            )
+            .map_err(e)? as u64;
+        let used = |conn: &Connection| -> rusqlite::Result<u64> {
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok(((pages - free) * size) as u64)
+        };
+        report.bytes = used(&conn).map_err(e)?;
+        while report.bytes > rules.max_bytes {
+            let n = conn
+                .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT 1000)", [])
+                .map_err(e)? as u64;
+            if n == 0 {
+                break;
+            }
+            report.dropped_readings_for_space += n;
+            report.bytes = used(&conn).map_err(e)?;
+        }
+        report.full = report.bytes > rules.max_bytes;
+        self.full
+            .store(report.full, std::sync::atomic::Ordering::Relaxed);
+        if report.dropped_readings_for_space > 0 {
+            tracing::warn!(
+                dropped = report.dropped_readings_for_space,
+                "local store at its size bound: oldest raw readings dropped (their points are kept)"
+            );
+        }
+        if report.full {
+            tracing::error!(
+                bytes = report.bytes,
+                max = rules.max_bytes,
+                "local store full of undelivered points: refusing new reports until a sink catches up"
+            );
+        }
+        Ok(report)
+    }
     /// How many rows were quarantined so far.
     pub fn quarantined(&self) -> Result<u64, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -483,6 +603,94 @@ mod tests {
         let ledgers = store.ledgers().unwrap();
         assert_eq!(ledgers.len(), 1);
         assert_eq!(ledgers[0].1.was_accepted(1, 7), Some(true));
+    }
+
+    #[test]
+    fn at_the_size_bound_raw_readings_go_first_then_back_pressure_and_points_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let readings: Vec<Reading> = (0..3000).map(|i| reading("a", f64::from(i))).collect();
+        let points: Vec<Point> = (0..50)
+            .map(|i| Point {
+                measurement: "pipe".into(),
+                tags: vec![("asset".into(), "P1".into())],
+                fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
+                time_ms: i * 60_000,
+            })
+            .collect();
+        store.accept(&readings, &points, &[]).unwrap();
+        let generous = Retention {
+            raw_ms: i64::MAX / 2,
+            points_ms: i64::MAX / 2,
+            max_bytes: u64::MAX,
+        };
+        let before = store.enforce(10_000, &generous, &["influxdb"]).unwrap();
+        assert_eq!(
+            (
+                before.expired_readings,
+                before.dropped_readings_for_space,
+                before.full
+            ),
+            (0, 0, false)
+        );
+
+        let half = Retention {
+            max_bytes: before.bytes / 2,
+            ..generous
+        };
+        let r = store.enforce(10_000, &half, &["influxdb"]).unwrap();
+        assert!(r.dropped_readings_for_space > 0 && !r.full, "{r:?}");
+        assert_eq!(
+            store.lines_after(0, 1000).unwrap().len(),
+            50,
+            "points are never dropped for space"
+        );
+        assert!(
+            store.readings_after(0, 10_000).unwrap().first().unwrap().0 > 1,
+            "the oldest went first"
+        );
+
+        let tiny = Retention {
+            max_bytes: 4096,
+            ..generous
+        };
+        assert!(store.enforce(10_000, &tiny, &["influxdb"]).unwrap().full);
+        assert!(matches!(
+            store.accept(&[reading("a", 1.0)], &[], &[]),
+            Err(StoreError::Full)
+        ));
+        assert_eq!(store.lines_after(0, 1000).unwrap().len(), 50);
+        // Room again: accepting resumes.
+        store.enforce(10_000, &generous, &["influxdb"]).unwrap();
+        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
+    }
+
+    #[test]
+    fn retention_expires_raw_readings_and_only_delivered_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let point = |t| Point {
+            measurement: "pipe".into(),
+            tags: vec![],
+            fields: vec![("v".into(), crate::point::FieldValue::Int(1))],
+            time_ms: t,
+        };
+        store
+            .accept(&[reading("a", 1.0)], &[point(0), point(1)], &[])
+            .unwrap();
+        store.advance("influxdb", 1, &[]).unwrap();
+        let rules = Retention {
+            raw_ms: 500,
+            points_ms: 500,
+            max_bytes: u64::MAX,
+        };
+        let r = store.enforce(1_000_000, &rules, &["influxdb"]).unwrap();
+        assert_eq!(
+            (r.expired_readings, r.expired_points),
+            (1, 1),
+            "the undelivered point stays"
+        );
+        assert_eq!(store.lines_after(0, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub async fn start_gateway_settings(
         zones: Vec::new(),
         store_path: ":memory:".into(),
         influxdb: None,
+        retention: gateway::store::Retention::default(),
     };
     change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()
