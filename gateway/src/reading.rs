@@ -20,6 +20,10 @@ pub struct Reading {
     pub received_ms: i64,
     /// The node's clock was not set: `time_ms` is the receive time.
     pub unsynced_clock: bool,
+    /// `(boot epoch, sequence)` of the frame it came in, for wire devices: per-window
+    /// completeness, and de-duplication upstream.
+    #[serde(default)]
+    pub origin: Option<(u32, u32)>,
     /// What was measured.
     pub measurement: Measurement,
 }

@@ -572,6 +572,7 @@ mod tests {
             time_ms: 1000,
             received_ms: 1001,
             unsynced_clock: false,
+            origin: None,
             measurement: Measurement::Value {
                 field: "pressure".into(),
                 value,

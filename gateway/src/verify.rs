@@ -271,6 +271,7 @@ impl Verifier {
             time_ms,
             received_ms: now_ms,
             unsynced_clock: unsynced,
+            origin: Some((h.boot_epoch, h.sequence)),
             measurement,
         };
         let readings = body_readings(info, profile, &message.body, time_ms, reading)?;
@@ -602,6 +603,7 @@ fn json_report(
             time_ms,
             received_ms: now_ms,
             unsynced_clock: unsynced,
+            origin: None,
             measurement: Measurement::Value {
                 field: f.name.clone(),
                 value,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gateway::store::Store;
 use rand::{Rng, SeedableRng};
 use system_tests::proxy::MqttProxy;
-use system_tests::services::{Mosquitto, free_port, port_owned_by};
+use system_tests::services::{Mosquitto, VictoriaMetrics, free_port, port_owned_by};
 use wire::Quantity;
 
 use crate::support::*;
@@ -23,7 +23,12 @@ const DEVICES: &[(&str, Quantity, f32)] = &[
 const PER_RUN: u32 = 50;
 const RUNS: u32 = 20;
 
-fn write_config(dir: &std::path::Path, broker_port: u16, http_port: u16) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    broker_port: u16,
+    http_port: u16,
+    vm_url: &str,
+) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys: String = DEVICES
         .iter()
@@ -36,7 +41,8 @@ fn write_config(dir: &std::path::Path, broker_port: u16, http_port: u16) -> std:
         format!(
             "[gateway]\nid = \"gw-sigkill\"\n\n[site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
              [store]\npath = \"gateway.db\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeep_alive_s = 5\n\
-             reconnect_min_ms = 50\nreconnect_max_ms = 200\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+             reconnect_min_ms = 50\nreconnect_max_ms = 200\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+             [influxdb]\nurl = \"{vm_url}\"\norg = \"ganzhou\"\nbucket = \"citysense\"\nflush_ms = 200\n",
             root.join("device-profiles/profiles").display(),
             root.join("device-profiles/sites/ganzhou.toml").display(),
         ),
@@ -71,19 +77,23 @@ fn spawn_gateway(config: &std::path::Path, http_port: u16) -> std::process::Chil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_seeded_random_moments_loses_nothing_that_was_acknowledged() {
     let broker = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
     let proxy = MqttProxy::start(broker.addr()).await;
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = client("sigkill-node", broker.port, false).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xC17_5E45E);
     let mut checked = 0usize;
+    let start = (gateway::pipeline::now_ms() - 30 * 60_000).div_euclid(60_000) * 60_000;
     for run in 1..=RUNS {
         let http = free_port();
-        let config = write_config(dir.path(), proxy.port, http);
+        let config = write_config(dir.path(), proxy.port, http, &vm.url());
         let mut gw = spawn_gateway(&config, http);
         // Run `run` is boot epoch `run` of every device.
         for seq in 0..PER_RUN {
             for (d, q, v) in DEVICES {
-                publish(&node, &up_topic(d), frame(d, run, seq, &pipe(*q, *v))).await;
+                // Each run is its own minute of event time, so windows close as runs follow.
+                let t = start + i64::from(run) * 60_000 + i64::from(seq) * 1000;
+                publish(&node, &up_topic(d), frame_at(d, run, seq, t, &pipe(*q, *v))).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
@@ -123,7 +133,7 @@ async fn sigkill_at_seeded_random_moments_loses_nothing_that_was_acknowledged() 
 
     // Let it run to the end: the broker redelivers what was never acknowledged.
     let http = free_port();
-    let config = write_config(dir.path(), proxy.port, http);
+    let config = write_config(dir.path(), proxy.port, http, &vm.url());
     let mut gw = spawn_gateway(&config, http);
     let db = dir.path().join("gateway.db");
     wait_for(
@@ -140,9 +150,44 @@ async fn sigkill_at_seeded_random_moments_loses_nothing_that_was_acknowledged() 
         },
     )
     .await;
+    // Everything stored reaches the sink: the cursor catches up with the last point, and
+    // VictoriaMetrics holds each point once.
+    wait_for(
+        "the sink delivered every stored point",
+        Duration::from_secs(60),
+        || async {
+            let (store, _) = Store::open(&db).unwrap();
+            store.last_point_id().unwrap() > 0
+                && store.cursor("influxdb").unwrap() == store.last_point_id().unwrap()
+        },
+    )
+    .await;
     gw.kill().unwrap();
     gw.wait().unwrap();
     let (store, _) = Store::open(&db).unwrap();
+    let stored = store.series("pipe", Some("P1"), 0, 1_000_000).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
+    let _ = system_tests::http::get(addr, "/internal/force_flush").await;
+    let (_, body) = system_tests::http::get(
+        addr,
+        "/api/v1/export?match[]=pipe_mean%7Basset%3D%22P1%22%7D",
+    )
+    .await;
+    let samples: usize = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["timestamps"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        samples,
+        stored.len(),
+        "every stored P1 point is in VictoriaMetrics, once"
+    );
     for (d, _, _) in DEVICES {
         let ledger = store
             .ledgers()

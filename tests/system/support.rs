@@ -65,12 +65,17 @@ pub fn up_topic(device: &str) -> String {
 
 /// A signed frame of `device` (demo key), synced to now.
 pub fn frame(device: &str, epoch: u32, sequence: u32, body: &Body) -> Vec<u8> {
+    frame_at(device, epoch, sequence, gateway::pipeline::now_ms(), body)
+}
+
+/// A signed frame of `device` (demo key) stamped `time_ms`.
+pub fn frame_at(device: &str, epoch: u32, sequence: u32, time_ms: i64, body: &Body) -> Vec<u8> {
     let header = Header {
         device_id: device,
         boot_epoch: epoch,
         sequence,
         timestamp: Timestamp::Synced {
-            unix_ms: gateway::pipeline::now_ms() as u64,
+            unix_ms: time_ms as u64,
         },
     };
     wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()

@@ -18,30 +18,19 @@ const MINUTE: i64 = 60_000;
 const HOUR_MINUTES: i64 = 60;
 
 /// The first minute of the accelerated hour: aligned to 5 minutes, 90 minutes ago, and moved
-/// back before local midnight (UTC+8) when the hour would cross it (the crowd's daily counts
-/// restart at midnight).
+/// back when the hour would cross 通天岩's closing time (18:00, UTC+8), where its occupancy and
+/// daily entries start again.
 fn start_of_hour() -> i64 {
+    const DAY: i64 = 24 * 3600 * 1000;
     let now = gateway::pipeline::now_ms();
     let mut t0 = (now - 90 * MINUTE).div_euclid(5 * MINUTE) * 5 * MINUTE;
-    let local_day = |t: i64| (t + 8 * 3600 * 1000).div_euclid(24 * 3600 * 1000);
-    if local_day(t0) != local_day(t0 + (HOUR_MINUTES + 2) * MINUTE) {
-        t0 = local_day(t0 + (HOUR_MINUTES + 2) * MINUTE) * 24 * 3600 * 1000
-            - 8 * 3600 * 1000
-            - 3 * 3600 * 1000;
+    let closing = 18 * 3600 * 1000 - 8 * 3600 * 1000; // 18:00 local in UTC ms of day
+    let business_day = |t: i64| (t - closing).div_euclid(DAY);
+    let end = t0 + (HOUR_MINUTES + 3) * MINUTE;
+    if business_day(t0) != business_day(end) {
+        t0 = business_day(end) * DAY + closing - 3 * 3600 * 1000;
     }
     t0
-}
-
-fn at(device: &str, seq: u32, time_ms: i64, body: &Body) -> Vec<u8> {
-    let header = wire::Header {
-        device_id: device,
-        boot_epoch: 1,
-        sequence: seq,
-        timestamp: wire::Timestamp::Synced {
-            unix_ms: time_ms as u64,
-        },
-    };
-    wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()
 }
 
 /// Publishes the hour: P1 pressure every 30 s, R1 lanes 1–4 every 30 s, ten visitors a minute
@@ -55,7 +44,7 @@ async fn publish_hour(node: &rumqttc::v5::AsyncClient, t0: i64, minutes: std::op
             publish(
                 node,
                 &up_topic("gz-p1-press"),
-                at("gz-p1-press", k, t, &pipe(Quantity::Pressure, pressure)),
+                frame_at("gz-p1-press", 1, k, t, &pipe(Quantity::Pressure, pressure)),
             )
             .await;
             let mut lanes = heapless::Vec::new();
@@ -73,7 +62,12 @@ async fn publish_hour(node: &rumqttc::v5::AsyncClient, t0: i64, minutes: std::op
                 interval_s: 30,
                 lanes,
             });
-            publish(node, &up_topic("gz-r1-d1"), at("gz-r1-d1", k, t, &traffic)).await;
+            publish(
+                node,
+                &up_topic("gz-r1-d1"),
+                frame_at("gz-r1-d1", 1, k, t, &traffic),
+            )
+            .await;
         }
         let mut events = heapless::Vec::new();
         for v in 0..10u32 {
@@ -92,7 +86,7 @@ async fn publish_hour(node: &rumqttc::v5::AsyncClient, t0: i64, minutes: std::op
         publish(
             node,
             &up_topic("gz-s4-g1"),
-            at("gz-s4-g1", m as u32, t0 + m * MINUTE + 5_000, &gate),
+            frame_at("gz-s4-g1", 1, m as u32, t0 + m * MINUTE + 5_000, &gate),
         )
         .await;
     }
@@ -103,7 +97,7 @@ async fn close_windows(node: &rumqttc::v5::AsyncClient, t0: i64) {
     publish(
         node,
         &up_topic("gz-p2-press"),
-        at("gz-p2-press", 0, t, &pipe(Quantity::Pressure, 0.3)),
+        frame_at("gz-p2-press", 1, 0, t, &pipe(Quantity::Pressure, 0.3)),
     )
     .await;
 }

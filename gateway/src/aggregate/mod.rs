@@ -52,6 +52,8 @@ enum Place {
 #[derive(Debug, Clone)]
 struct AreaInfo {
     zone: Arc<str>,
+    /// Closing time, milliseconds after local midnight: the crowd's day ends there.
+    close_ms: i64,
     instantaneous: f64,
     daily: f64,
 }
@@ -101,6 +103,10 @@ struct PipeWindow {
 #[derive(Debug, Default, Clone)]
 struct HealthWindow {
     reports: u64,
+    /// Frames seen: (boot epoch, sequence) → time; readings of one frame count once.
+    frames: std::collections::BTreeMap<(u32, u32), i64>,
+    /// Times of reports without sequence numbers (JSON devices).
+    times: Vec<i64>,
     battery_pct: Option<u8>,
     signal_dbm: Option<i8>,
 }
@@ -159,6 +165,10 @@ impl Aggregators {
                 AreaInfo {
                     zone: a.zone.as_str().into(),
                     instantaneous: f64::from(a.capacity.instantaneous),
+                    close_ms: a
+                        .hours
+                        .minutes()
+                        .map_or(DAY, |(_, close)| i64::from(close) * MINUTE),
                     daily: f64::from(a.capacity.daily),
                 },
             );
@@ -239,7 +249,17 @@ impl Aggregators {
             .entry(r.device.clone())
             .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, LATENESS_MS)));
         let hw = h.2.get_mut(r.time_ms, wm)?;
-        hw.reports += 1;
+        match r.origin {
+            Some(origin) => {
+                if hw.frames.insert(origin, r.time_ms).is_none() {
+                    hw.reports += 1;
+                }
+            }
+            None => {
+                hw.times.push(r.time_ms);
+                hw.reports += 1;
+            }
+        }
         if let Measurement::Status {
             battery_pct,
             signal_dbm,
@@ -365,7 +385,9 @@ impl Aggregators {
             for (_, end, w) in c.windows.drain_closed(wm) {
                 // Windows close in order; a late re-emission recomputes from the state after
                 // the previous emission, which is what the operators saw then.
-                let day = (end - 1 + offset).div_euclid(DAY);
+                // The crowd's day ends at closing time: occupancy and daily entries start again
+                // (24-hour areas close at midnight).
+                let day = (end - 1 + offset - info.close_ms).div_euclid(DAY);
                 if day != c.day {
                     (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
                 }
@@ -489,6 +511,32 @@ impl Aggregators {
         for (device, (zone, kind, windows)) in &mut self.health {
             for (_, end, w) in windows.drain_closed(wm) {
                 let mut fields = vec![("reports".into(), FieldValue::Int(w.reports as i64))];
+                let mut times: Vec<i64> = w
+                    .frames
+                    .values()
+                    .copied()
+                    .chain(w.times.iter().copied())
+                    .collect();
+                times.sort_unstable();
+                if let Some(gap) = times.windows(2).map(|p| p[1] - p[0]).max() {
+                    fields.push(("max_gap_s".into(), FieldValue::Float(gap as f64 / 1000.0)));
+                }
+                // Completeness within the window: sequence numbers seen over the span they cover,
+                // per boot epoch.
+                let mut span = 0u64;
+                let mut epochs: Vec<u32> = w.frames.keys().map(|(e, _)| *e).collect();
+                epochs.dedup();
+                for e in epochs {
+                    let seqs = w.frames.range((e, 0)..=(e, u32::MAX)).map(|((_, s), _)| *s);
+                    let (lo, hi) = seqs.fold((u32::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+                    span += u64::from(hi - lo) + 1;
+                }
+                if span > 0 {
+                    fields.push((
+                        "completeness".into(),
+                        FieldValue::Float(w.frames.len() as f64 / span as f64),
+                    ));
+                }
                 if let Some(b) = w.battery_pct {
                     fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
                 }
@@ -527,6 +575,7 @@ mod tests {
             time_ms,
             received_ms: time_ms,
             unsynced_clock: false,
+            origin: None,
             measurement: m,
         }
     }
@@ -607,6 +656,69 @@ mod tests {
         assert_eq!(field(crowd, "occupancy"), &FieldValue::Int(0));
         assert_eq!(field(crowd, "drift"), &FieldValue::Bool(true));
         assert_eq!(a.counts.drift, 1);
+    }
+
+    #[test]
+    fn the_crowd_day_starts_again_at_closing_time() {
+        let mut a = Aggregators::new(&catalog());
+        // 通天岩 (S4) closes at 18:00 local = 10:00 UTC. T0 is 10:00 local; closing is 8 h later.
+        let closing = T0 + 8 * 3600 * 1000;
+        let pass = |t: i64, tag: &str| {
+            reading(
+                "gz-s4-g1",
+                "uhf-rfid-gate",
+                t,
+                Measurement::Passage {
+                    tag: tag.into(),
+                    entry: true,
+                },
+            )
+        };
+        let mut points = a.ingest(&[pass(closing - 30_000, "a")]);
+        points.extend(a.ingest(&[pass(closing + 30_000, "b")]));
+        points.extend(a.ingest(&[pass(closing + 3 * MINUTE, "c")]));
+        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        assert_eq!(crowd.len(), 2);
+        assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
+        assert_eq!(
+            field(crowd[1], "occupancy"),
+            &FieldValue::Int(1),
+            "a new day after closing"
+        );
+        assert_eq!(field(crowd[1], "daily_entries"), &FieldValue::Int(1));
+    }
+
+    #[test]
+    fn device_health_counts_frames_gaps_and_completeness() {
+        let mut a = Aggregators::new(&catalog());
+        let frame = |seq: u32, t: i64| Reading {
+            origin: Some((1, seq)),
+            ..reading(
+                "gz-p1-press",
+                "water-pressure",
+                t,
+                Measurement::Value {
+                    field: "pressure".into(),
+                    value: 0.3,
+                    urgent: false,
+                },
+            )
+        };
+        // Sequences 0, 1, 3 (2 lost) in one 5-minute window, and one more frame's second reading.
+        a.ingest(&[
+            frame(0, T0),
+            frame(1, T0 + 60_000),
+            frame(1, T0 + 60_000),
+            frame(3, T0 + 180_000),
+        ]);
+        let points = a.ingest(&[frame(4, T0 + 8 * MINUTE)]);
+        let h = points
+            .iter()
+            .find(|p| p.measurement == "device_health")
+            .unwrap();
+        assert_eq!(field(h, "reports"), &FieldValue::Int(3));
+        assert_eq!(field(h, "max_gap_s"), &FieldValue::Float(120.0));
+        assert_eq!(field(h, "completeness"), &FieldValue::Float(0.75));
     }
 
     #[test]
