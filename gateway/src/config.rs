@@ -40,8 +40,49 @@ pub struct Config {
     /// The InfluxDB (or VictoriaMetrics) sink; absent means points stay in the local store.
     #[serde(default)]
     pub influxdb: Option<crate::influxdb::InfluxSection>,
+    /// Aggregation tunables.
+    #[serde(default)]
+    pub aggregate: AggregateSection,
 }
 
+/// Aggregation tunables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// A ticket tag read again at the same gate within this many seconds is the same passage.
+    #[serde(default = "default_dedupe")]
+    pub tag_dedupe_s: u32,
+    /// How late (event time) a reading may arrive and still update its window, in seconds.
+    /// Later readings are kept raw and counted, not aggregated.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness_s: u32,
+}
+
+impl Default for AggregateSection {
+    fn default() -> Self {
+        AggregateSection {
+            tag_dedupe_s: default_dedupe(),
+            allowed_lateness_s: default_lateness(),
+        }
+    }
+}
+
+impl AggregateSection {
+    /// The aggregators' settings.
+    pub fn settings(&self) -> crate::aggregate::AggregateSettings {
+        crate::aggregate::AggregateSettings {
+            tag_dedupe_ms: i64::from(self.tag_dedupe_s) * 1000,
+            lateness_ms: i64::from(self.allowed_lateness_s) * 1000,
+        }
+    }
+}
+
+fn default_dedupe() -> u32 {
+    60
+}
+fn default_lateness() -> u32 {
+    120
+}
 /// The local store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

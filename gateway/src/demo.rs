@@ -66,6 +66,7 @@ pub async fn run(
         store_path: opts.store.clone(),
         influxdb: None,
         retention: crate::store::Retention::default(),
+        aggregate: crate::aggregate::AggregateSettings::default(),
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();

@@ -69,6 +69,8 @@ pub struct Settings {
     pub store_path: std::path::PathBuf,
     /// Retention and size bound of the local store.
     pub retention: store::Retention,
+    /// Aggregation tunables.
+    pub aggregate: aggregate::AggregateSettings,
     /// The InfluxDB sink, if any.
     pub influxdb: Option<influxdb::InfluxSection>,
 }
@@ -84,6 +86,7 @@ impl Settings {
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
             retention: c.store.retention(),
+            aggregate: c.aggregate.settings(),
             influxdb: c.influxdb.clone(),
         }
     }
@@ -113,7 +116,7 @@ impl Gateway {
             tracing::error!(moved_to = %moved.display(), "the local store was corrupt and was replaced");
         }
         registry.restore_ledgers(store.ledgers()?);
-        let mut aggregators = aggregate::Aggregators::new(&catalog);
+        let mut aggregators = aggregate::Aggregators::with_settings(&catalog, settings.aggregate);
         let replayed = replay_recent(&store, &mut aggregators)?;
         if replayed > 0 {
             tracing::info!(

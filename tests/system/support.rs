@@ -51,6 +51,7 @@ pub async fn start_gateway_settings(
         store_path: ":memory:".into(),
         influxdb: None,
         retention: gateway::store::Retention::default(),
+        aggregate: gateway::aggregate::AggregateSettings::default(),
     };
     change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()

@@ -165,14 +165,15 @@ fn sink_to(vm: &VictoriaMetrics) -> InfluxSection {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values() {
+/// A broker, a VictoriaMetrics, and a connected gateway with a file store writing to it.
+async fn gateway_into_victoria_metrics(
+    name: &str,
+) -> (Mosquitto, VictoriaMetrics, tempfile::TempDir, Gateway) {
     let broker = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let store_dir = tempfile::tempdir().unwrap();
-    let sink = sink_to(&vm);
-    let db = store_dir.path().join("gw.db");
-    let gw = start_gateway_settings("vm-hour", broker.port, |s| {
+    let (sink, db) = (sink_to(&vm), store_dir.path().join("gw.db"));
+    let gw = start_gateway_settings(name, broker.port, |s| {
         s.influxdb = Some(sink);
         s.store_path = db;
     })
@@ -181,6 +182,12 @@ async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values()
         gw.metrics().broker_connected.get() == 1
     })
     .await;
+    (broker, vm, store_dir, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values() {
+    let (broker, vm, _store_dir, gw) = gateway_into_victoria_metrics("vm-hour").await;
     let (node, _) = client("vm-hour-node", broker.port, true).await;
     let t0 = start_of_hour();
     publish_hour(&node, t0, 0..HOUR_MINUTES).await;
@@ -218,8 +225,13 @@ async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values()
         (tpi - (4.0 + 2.0 * (50.0 / 30.0 - 1.0 - 0.5) / 0.3)).abs() < 1e-6,
         "{tpi}"
     ); // r = 2/3
-    let five = export(&vm, r#"traffic_volume{segment="R1",bin="5m"}"#).await;
+    let five = export(&vm, r#"traffic_volume{segment="R1",bin="5m",lane=""}"#).await;
     assert!(five.values().all(|v| *v == 200.0), "{five:?}");
+    let lane = export(&vm, r#"traffic_volume{segment="R1",bin="5m",lane="2"}"#).await;
+    assert!(
+        !lane.is_empty() && lane.values().all(|v| *v == 50.0),
+        "{lane:?}"
+    ); // 5 × 10 intervals
 
     // Crowd S4: ten entries a minute through an entry gate; occupancy accumulates.
     let entries = export(&vm, r#"crowd_entries{area="S4"}"#).await;
@@ -234,20 +246,7 @@ async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn victoria_metrics_stopped_mid_ingest_gets_every_point_exactly_once() {
-    let broker = Mosquitto::start();
-    let mut vm = VictoriaMetrics::start();
-    let store_dir = tempfile::tempdir().unwrap();
-    let sink = sink_to(&vm);
-    let db = store_dir.path().join("gw.db");
-    let gw = start_gateway_settings("vm-restart", broker.port, |s| {
-        s.influxdb = Some(sink);
-        s.store_path = db;
-    })
-    .await;
-    wait_for("gateway connected", Duration::from_secs(10), || async {
-        gw.metrics().broker_connected.get() == 1
-    })
-    .await;
+    let (broker, mut vm, _store_dir, gw) = gateway_into_victoria_metrics("vm-restart").await;
     let (node, _) = client("vm-restart-node", broker.port, true).await;
     let t0 = start_of_hour();
     publish_hour(&node, t0, 0..20).await;

@@ -37,7 +37,8 @@ pub const DEDUPE_MS: i64 = MINUTE;
 #[derive(Debug, Clone)]
 enum Place {
     Gate {
-        area: Arc<str>,
+        /// The area, then every choke point the gate bounds.
+        subjects: Vec<Arc<str>>,
         gate: Arc<str>,
         direction: GateDirection,
     },
@@ -51,7 +52,8 @@ enum Place {
 
 #[derive(Debug, Clone)]
 struct AreaInfo {
-    zone: Arc<str>,
+    /// `area` (and `choke_point`) and `zone` tags of its points.
+    tags: Vec<(String, String)>,
     /// Closing time, milliseconds after local midnight: the crowd's day ends there.
     close_ms: i64,
     instantaneous: f64,
@@ -111,10 +113,30 @@ struct HealthWindow {
     signal_dbm: Option<i8>,
 }
 
+/// A road segment, a bin (`1m`, `5m`) and a lane (`None`: the whole segment).
+type TrafficKey = (Arc<str>, &'static str, Option<u8>);
 /// One asset's field: its zone and windows.
 type PipeSeries = (Arc<str>, Windows<PipeWindow>);
 /// One device's zone, kind and windows.
 type HealthSeries = (Arc<str>, Arc<str>, Windows<HealthWindow>);
+
+/// Tunables (`[aggregate]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateSettings {
+    /// A tag read again at the same gate within this many ms is the same passage.
+    pub tag_dedupe_ms: i64,
+    /// How late data may arrive and still update its window, in ms.
+    pub lateness_ms: i64,
+}
+
+impl Default for AggregateSettings {
+    fn default() -> Self {
+        AggregateSettings {
+            tag_dedupe_ms: DEDUPE_MS,
+            lateness_ms: LATENESS_MS,
+        }
+    }
+}
 
 /// Counters the gateway exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,11 +159,13 @@ pub struct Aggregators {
     watermark: i64,
     crowd: HashMap<Arc<str>, Crowd>,
     recent_tags: HashMap<(Arc<str>, String), i64>,
-    traffic: HashMap<(Arc<str>, &'static str), Windows<TrafficWindow>>,
+    /// By segment, bin and lane (`None`: the whole segment).
+    traffic: HashMap<TrafficKey, Windows<TrafficWindow>>,
     pipe: HashMap<(Arc<str>, String), PipeSeries>,
     health: HashMap<Arc<str>, HealthSeries>,
     /// Counters.
     pub counts: AggregateCounts,
+    settings: AggregateSettings,
 }
 
 fn parse_offset(s: &str) -> i64 {
@@ -154,30 +178,63 @@ fn parse_offset(s: &str) -> i64 {
 }
 
 impl Aggregators {
-    /// Aggregators for the site of `catalog`.
+    /// Aggregators for the site of `catalog`, with default settings.
     pub fn new(catalog: &Catalog) -> Aggregators {
+        Self::with_settings(catalog, AggregateSettings::default())
+    }
+
+    /// Aggregators for the site of `catalog`.
+    pub fn with_settings(catalog: &Catalog, settings: AggregateSettings) -> Aggregators {
         let site = &catalog.site;
         let mut places = HashMap::new();
         let mut areas = HashMap::new();
         for a in &site.scenic_areas {
+            let close_ms = a
+                .hours
+                .minutes()
+                .map_or(DAY, |(_, close)| i64::from(close) * MINUTE);
             areas.insert(
                 Arc::from(a.id.as_str()),
                 AreaInfo {
-                    zone: a.zone.as_str().into(),
+                    tags: vec![
+                        ("area".into(), a.id.clone()),
+                        ("zone".into(), a.zone.clone()),
+                    ],
+                    close_ms,
                     instantaneous: f64::from(a.capacity.instantaneous),
-                    close_ms: a
-                        .hours
-                        .minutes()
-                        .map_or(DAY, |(_, close)| i64::from(close) * MINUTE),
                     daily: f64::from(a.capacity.daily),
                 },
             );
+            for c in &a.choke_points {
+                areas.insert(
+                    Arc::from(c.id.as_str()),
+                    AreaInfo {
+                        tags: vec![
+                            ("area".into(), a.id.clone()),
+                            ("choke_point".into(), c.id.clone()),
+                            ("zone".into(), a.zone.clone()),
+                        ],
+                        close_ms,
+                        instantaneous: f64::from(c.capacity),
+                        daily: 0.0,
+                    },
+                );
+            }
         }
         for g in &site.gates {
             places.insert(
                 Arc::from(g.device.as_str()),
                 Place::Gate {
-                    area: g.area.as_str().into(),
+                    subjects: std::iter::once(g.area.as_str())
+                        .chain(
+                            site.scenic_areas
+                                .iter()
+                                .flat_map(|a| &a.choke_points)
+                                .filter(|c| c.gates.contains(&g.id))
+                                .map(|c| c.id.as_str()),
+                        )
+                        .map(Arc::from)
+                        .collect(),
                     gate: g.id.as_str().into(),
                     direction: g.direction,
                 },
@@ -224,6 +281,7 @@ impl Aggregators {
             pipe: HashMap::new(),
             health: HashMap::new(),
             counts: AggregateCounts::default(),
+            settings,
         }
     }
 
@@ -242,12 +300,12 @@ impl Aggregators {
     }
 
     fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
-        let wm = self.watermark;
+        let (wm, lateness) = (self.watermark, self.settings.lateness_ms);
         let (zone, kind) = (r.zone.clone(), r.kind.clone());
         let h = self
             .health
             .entry(r.device.clone())
-            .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, LATENESS_MS)));
+            .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, lateness)));
         let hw = h.2.get_mut(r.time_ms, wm)?;
         match r.origin {
             Some(origin) => {
@@ -275,7 +333,7 @@ impl Aggregators {
         match (place, &r.measurement) {
             (
                 Place::Gate {
-                    area,
+                    subjects,
                     gate,
                     direction,
                 },
@@ -283,7 +341,7 @@ impl Aggregators {
             ) => {
                 let key = (gate, tag.clone());
                 if let Some(seen) = self.recent_tags.get(&key)
-                    && (r.time_ms - seen).abs() < DEDUPE_MS
+                    && (r.time_ms - seen).abs() < self.settings.tag_dedupe_ms
                 {
                     self.counts.duplicate_passages += 1;
                     return Ok(());
@@ -294,33 +352,39 @@ impl Aggregators {
                     GateDirection::Exit => false,
                     GateDirection::Both => *entry,
                 };
-                let w = self.crowd_windows(&area).get_mut(r.time_ms, wm)?;
-                if is_entry {
-                    w.entries += 1
-                } else {
-                    w.exits += 1
+                for subject in &subjects {
+                    let w = self.crowd_windows(subject).get_mut(r.time_ms, wm)?;
+                    if is_entry {
+                        w.entries += 1
+                    } else {
+                        w.exits += 1
+                    }
                 }
             }
-            (Place::Gate { area, .. }, Measurement::Counts { entries, exits, .. }) => {
-                let w = self.crowd_windows(&area).get_mut(r.time_ms, wm)?;
-                w.entries += u64::from(*entries);
-                w.exits += u64::from(*exits);
+            (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => {
+                for subject in &subjects {
+                    let w = self.crowd_windows(subject).get_mut(r.time_ms, wm)?;
+                    w.entries += u64::from(*entries);
+                    w.exits += u64::from(*exits);
+                }
             }
             (
                 Place::Detector { segment },
                 Measurement::Lane {
+                    lane,
                     vehicles,
                     occupancy_pct,
                     speed_kmh,
                     ..
                 },
             ) => {
-                for bin in ["1m", "5m"] {
+                // The segment in 1- and 5-minute bins; each lane in 5-minute bins.
+                for (bin, lane) in [("1m", None), ("5m", None), ("5m", Some(*lane))] {
                     let size = if bin == "1m" { MINUTE } else { 5 * MINUTE };
                     let w = self
                         .traffic
-                        .entry((segment.clone(), bin))
-                        .or_insert_with(|| Windows::new(size, LATENESS_MS))
+                        .entry((segment.clone(), bin, lane))
+                        .or_insert_with(|| Windows::new(size, lateness))
                         .get_mut(r.time_ms, wm)?;
                     w.vehicles += u64::from(*vehicles);
                     w.occupancy_sum += occupancy_pct;
@@ -338,7 +402,7 @@ impl Aggregators {
                 let entry = self
                     .pipe
                     .entry((asset, field.clone()))
-                    .or_insert_with(|| (zone, Windows::new(MINUTE, LATENESS_MS)));
+                    .or_insert_with(|| (zone, Windows::new(MINUTE, lateness)));
                 let w = entry.1.get_mut(r.time_ms, wm)?;
                 if w.n == 0 {
                     (w.min, w.max) = (*value, *value);
@@ -360,11 +424,12 @@ impl Aggregators {
     }
 
     fn crowd_windows(&mut self, area: &Arc<str>) -> &mut Windows<CrowdWindow> {
+        let lateness = self.settings.lateness_ms;
         &mut self
             .crowd
             .entry(area.clone())
             .or_insert_with(|| Crowd {
-                windows: Windows::new(MINUTE, LATENESS_MS),
+                windows: Windows::new(MINUTE, lateness),
                 occupancy: 0,
                 daily_entries: 0,
                 day: i64::MIN,
@@ -376,10 +441,11 @@ impl Aggregators {
     fn drain(&mut self) -> Vec<Point> {
         let wm = self.watermark;
         let mut out = Vec::new();
-        self.recent_tags.retain(|_, t| wm - *t < DEDUPE_MS);
+        let dedupe = self.settings.tag_dedupe_ms;
+        self.recent_tags.retain(|_, t| wm - *t < dedupe);
         let offset = self.utc_offset_ms;
-        for (area, c) in &mut self.crowd {
-            let Some(info) = self.areas.get(area) else {
+        for (subject, c) in &mut self.crowd {
+            let Some(info) = self.areas.get(subject) else {
                 continue;
             };
             for (_, end, w) in c.windows.drain_closed(wm) {
@@ -401,37 +467,38 @@ impl Aggregators {
                     c.daily_entries += w.entries;
                     c.last_emitted_end = end;
                 }
+                let mut fields = vec![
+                    ("entries".into(), FieldValue::Int(w.entries as i64)),
+                    ("exits".into(), FieldValue::Int(w.exits as i64)),
+                    ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
+                    ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
+                    ("occupancy".into(), FieldValue::Int(c.occupancy)),
+                    (
+                        "occupancy_ratio".into(),
+                        FieldValue::Float(c.occupancy as f64 / info.instantaneous),
+                    ),
+                    (
+                        "daily_entries".into(),
+                        FieldValue::Int(c.daily_entries as i64),
+                    ),
+                    ("drift".into(), FieldValue::Bool(drift)),
+                ];
+                // Choke points have no daily capacity.
+                if info.daily > 0.0 {
+                    fields.push((
+                        "daily_ratio".into(),
+                        FieldValue::Float(c.daily_entries as f64 / info.daily),
+                    ));
+                }
                 out.push(Point {
                     measurement: "crowd".into(),
-                    tags: vec![
-                        ("area".into(), area.to_string()),
-                        ("zone".into(), info.zone.to_string()),
-                    ],
-                    fields: vec![
-                        ("entries".into(), FieldValue::Int(w.entries as i64)),
-                        ("exits".into(), FieldValue::Int(w.exits as i64)),
-                        ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
-                        ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
-                        ("occupancy".into(), FieldValue::Int(c.occupancy)),
-                        (
-                            "occupancy_ratio".into(),
-                            FieldValue::Float(c.occupancy as f64 / info.instantaneous),
-                        ),
-                        (
-                            "daily_entries".into(),
-                            FieldValue::Int(c.daily_entries as i64),
-                        ),
-                        (
-                            "daily_ratio".into(),
-                            FieldValue::Float(c.daily_entries as f64 / info.daily),
-                        ),
-                        ("drift".into(), FieldValue::Bool(drift)),
-                    ],
+                    tags: info.tags.clone(),
+                    fields,
                     time_ms: end,
                 });
             }
         }
-        for ((segment, bin), windows) in &mut self.traffic {
+        for ((segment, bin, lane), windows) in &mut self.traffic {
             let Some(info) = self.segments.get(segment) else {
                 continue;
             };
@@ -464,14 +531,18 @@ impl Aggregators {
                         FieldValue::Float(grade::tpi(info.free_flow_kmh, s)),
                     ));
                 }
+                let mut tags = vec![
+                    ("segment".into(), segment.to_string()),
+                    ("zone".into(), info.zone.to_string()),
+                    ("class".into(), format!("{:?}", info.class).to_lowercase()),
+                    ("bin".into(), (*bin).to_owned()),
+                ];
+                if let Some(lane) = lane {
+                    tags.push(("lane".into(), lane.to_string()));
+                }
                 out.push(Point {
                     measurement: "traffic".into(),
-                    tags: vec![
-                        ("segment".into(), segment.to_string()),
-                        ("zone".into(), info.zone.to_string()),
-                        ("class".into(), format!("{:?}", info.class).to_lowercase()),
-                        ("bin".into(), (*bin).to_owned()),
-                    ],
+                    tags,
                     fields,
                     time_ms: end,
                 });
@@ -656,6 +727,73 @@ mod tests {
         assert_eq!(field(crowd, "occupancy"), &FieldValue::Int(0));
         assert_eq!(field(crowd, "drift"), &FieldValue::Bool(true));
         assert_eq!(a.counts.drift, 1);
+    }
+
+    #[test]
+    fn a_choke_point_counts_the_passages_of_its_gates_against_its_own_capacity() {
+        let mut a = Aggregators::new(&catalog());
+        // 古浮桥: S3-G1 and S3-G2 bound the bridge deck (capacity 600) and the area S3.
+        let pass = |d: &str, t: i64, tag: &str, entry: bool| {
+            reading(
+                d,
+                "uhf-rfid-gate",
+                t,
+                Measurement::Passage {
+                    tag: tag.into(),
+                    entry,
+                },
+            )
+        };
+        a.ingest(&[
+            pass("gz-s3-g1", T0, "a", true),
+            pass("gz-s3-g1", T0 + 1, "b", true),
+            pass("gz-s3-g2", T0 + 2, "a", false),
+        ]);
+        let points = a.ingest(&[pass("gz-s3-g2", T0 + 2 * MINUTE, "z", true)]);
+        let deck = points
+            .iter()
+            .find(|p| p.tags.contains(&("choke_point".into(), "S3-bridge".into())))
+            .unwrap();
+        assert_eq!(field(deck, "occupancy"), &FieldValue::Int(1));
+        assert_eq!(
+            field(deck, "occupancy_ratio"),
+            &FieldValue::Float(1.0 / 600.0)
+        );
+        assert!(
+            deck.fields.iter().all(|(k, _)| k != "daily_ratio"),
+            "no daily capacity on a choke point"
+        );
+        let area = points
+            .iter()
+            .find(|p| p.measurement == "crowd" && p.tags.len() == 2)
+            .unwrap();
+        assert_eq!(area.tags[0], ("area".into(), "S3".into()));
+        assert_eq!(field(area, "occupancy"), &FieldValue::Int(1));
+    }
+
+    #[test]
+    fn the_tag_dedupe_window_is_configurable() {
+        let settings = AggregateSettings {
+            tag_dedupe_ms: 1000,
+            ..AggregateSettings::default()
+        };
+        let mut a = Aggregators::with_settings(&catalog(), settings);
+        let pass = |t: i64| {
+            reading(
+                "gz-s4-g1",
+                "uhf-rfid-gate",
+                T0 + t,
+                Measurement::Passage {
+                    tag: "aa".into(),
+                    entry: true,
+                },
+            )
+        };
+        a.ingest(&[pass(0), pass(500), pass(5000)]);
+        assert_eq!(
+            a.counts.duplicate_passages, 1,
+            "the read 5 s later is a new passage with a 1 s window"
+        );
     }
 
     #[test]
