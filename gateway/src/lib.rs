@@ -1,21 +1,29 @@
 //! The CitySense gateway: ingests node reports over MQTT, verifies and decodes them against the
-//! device profiles and keys, keeps a registry of every device, and serves metrics and an API.
+//! device profiles and keys, aggregates them into time series, keeps them in a durable local
+//! store, forwards points to InfluxDB, keeps a registry of every device, and serves metrics and
+//! an API.
 //!
 //! ```text
-//! broker ──▶ mqtt (session, reconnect, watchdog) ──▶ pipeline (verify & decode) ──▶ store ──▶ ack
-//!                                                        │                 └──▶ registry (presence, ledger)
-//!                                                        └──▶ cs/v1/dlq/{zone} (rejections with reasons)
-//! http: /metrics /healthz /readyz /api/v1/devices[/{id}]
+//! broker ──▶ mqtt (session, reconnect, watchdog) ──▶ pipeline: verify & decode ──▶ Readings
+//!                                                      │          └──▶ cs/v1/dlq/{zone} (rejections with reasons)
+//! Readings ──▶ aggregate (crowd, traffic, pipe, device health) ──▶ Points
+//! Readings + Points + ledgers ──▶ store (one fsync'd commit) ──▶ ack to the broker
+//!                                   ├──▶ influxdb sink (own cursor)
+//!                                   └──▶ http: /api/v1/series, /api/v1/devices[/{id}]
+//! http: /metrics /healthz /readyz
 //! ```
 //!
 //! # Layout
 //!
 //! - [`config`]: the config file; [`keys`]: the device keys file.
-//! - [`mqtt`]: the MQTT source; [`pipeline`]: batches, verification, store, acknowledgement.
+//! - [`mqtt`]: the MQTT source; [`pipeline`]: batches, verification, aggregation, commit,
+//!   acknowledgement.
 //! - [`verify`]: topics, frames and JSON to [`reading::Reading`]s, or a rejection reason.
 //! - [`registry`] and [`ledger`]: device state, replay window, completeness.
-//! - [`store`]: the store boundary. [`metrics`], [`http`]: what operators scrape and query.
-//! - [`demo`]: `gateway demo`, the whole system in one process.
+//! - [`aggregate`]: event-time windows to [`point::Point`]s. [`store`]: the local store.
+//!   [`influxdb`]: the InfluxDB sink.
+//! - [`metrics`], [`http`]: what operators scrape and query.
+//! - [`demo`] and [`traffic`]: `gateway demo`, the whole system in one process.
 
 pub mod aggregate;
 pub mod config;
