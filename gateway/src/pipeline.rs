@@ -118,7 +118,6 @@ impl Pipeline {
                 }
             }
         }
-        // Accepted means committed to the local store; until then nothing is acknowledged.
         let points = match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
@@ -134,8 +133,12 @@ impl Pipeline {
                     .inc_by(a.counts.drift - before.drift);
                 points
             }
-            Err(_) => Vec::new(),
+            Err(_) => {
+                tracing::error!("aggregation state lock poisoned; readings stored without points");
+                Vec::new()
+            }
         };
+        // Accepted means committed to the local store; until then nothing is acknowledged.
         if !readings.is_empty() || !ledgers.is_empty() {
             self.commit(readings, points, ledgers).await;
         }
