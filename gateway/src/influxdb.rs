@@ -483,7 +483,11 @@ mod tests {
             mock.accepted.lock().unwrap().as_slice(),
             ["pipe,asset=P1 mean=0.3 60000"]
         );
-        assert!(not_ready.lock().unwrap().is_empty());
+        // Readiness returns right after the cursor moves.
+        let nr = not_ready.clone();
+        tokio::task::spawn_blocking(move || wait(&|| nr.lock().unwrap().is_empty()))
+            .await
+            .unwrap();
         stop.send(true).unwrap();
         task.await.unwrap();
     }

@@ -65,10 +65,17 @@ pub struct Metrics {
     pub mqtt_dropped: IntCounterVec,
 }
 
-#[allow(clippy::expect_used)] // fixed definitions: a failure is a programming error
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let m =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are valid");
+/// Registers `metric` and returns it.
+///
+/// # Panics
+/// If a definition is invalid or a name is used twice: a programming error, caught by every
+/// test that builds [`Metrics`].
+#[allow(clippy::expect_used)]
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.expect("metric definitions are valid");
     r.register(Box::new(m.clone()))
         .expect("metric names are unique");
     m
@@ -76,220 +83,139 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 impl Metrics {
     /// Creates and registers every metric, plus the process collector.
-    ///
-    /// # Panics
-    /// Only if the definitions below are invalid or duplicated: a programming error.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let messages = counter_vec(
-            &registry,
-            "citysense_mqtt_messages_received_total",
-            "MQTT messages received, by stream.",
-            &["stream"],
-        );
-        let bytes = IntCounter::new(
-            "citysense_mqtt_received_bytes_total",
-            "MQTT payload bytes received.",
-        )
-        .expect("valid");
-        registry.register(Box::new(bytes.clone())).expect("unique");
-        let rejected = counter_vec(
-            &registry,
-            "citysense_messages_rejected_total",
-            "Messages rejected and sent to the dead-letter topic, by reason.",
-            &["reason"],
-        );
-        let readings = counter_vec(
-            &registry,
-            "citysense_readings_accepted_total",
-            "Readings accepted, by category.",
-            &["category"],
-        );
-        let decode_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "citysense_decode_duration_seconds",
-                "Time to verify and decode one message.",
-            )
-            .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(decode_seconds.clone()))
-            .expect("unique");
-        let devices = IntGaugeVec::new(
-            Opts::new("citysense_devices", "Devices by presence."),
-            &["state"],
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(devices.clone()))
-            .expect("unique");
-        let ledger_missing = IntGauge::new(
-            "citysense_ledger_missing_reports",
-            "Reports expected from sequence numbers but never received, all devices.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(ledger_missing.clone()))
-            .expect("unique");
-        let broker_connected = IntGauge::new(
-            "citysense_broker_connected",
-            "1 while connected to the MQTT broker.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(broker_connected.clone()))
-            .expect("unique");
-        let broker_disconnects = counter_vec(
-            &registry,
-            "citysense_broker_disconnects_total",
-            "Broker connections lost or refused, by cause.",
-            &["cause"],
-        );
-        let sessions_resumed = IntCounter::new(
-            "citysense_broker_sessions_resumed_total",
-            "Connections on which the broker still had the gateway's session.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(sessions_resumed.clone()))
-            .expect("unique");
-        let store_errors = IntCounter::new(
-            "citysense_store_errors_total",
-            "Batches the local store refused; retried, their messages stay unacknowledged.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("unique");
-        let simple = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid");
-            registry.register(Box::new(c.clone())).expect("unique");
-            c
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help));
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let aggregate_too_late = simple(
-            "citysense_aggregate_too_late_total",
-            "Readings later than their window's allowed lateness (stored raw, not aggregated).",
-        );
-        let duplicate_passages = simple(
-            "citysense_duplicate_passages_total",
-            "Repeated tag reads at one gate counted once.",
-        );
-        let occupancy_drift = simple(
-            "citysense_occupancy_drift_total",
-            "Crowd windows whose occupancy would have gone below zero or above 1.5 × capacity.",
-        );
-        let sink_written = counter_vec(
-            &registry,
-            "citysense_sink_points_written_total",
-            "Points delivered, by sink.",
-            &["sink"],
-        );
-        let sink_errors = counter_vec(
-            &registry,
-            "citysense_sink_errors_total",
-            "Sink write failures, by sink and class.",
-            &["sink", "class"],
-        );
-        let sink_pending = IntGaugeVec::new(
-            Opts::new(
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
+        let metrics = Metrics {
+            messages: counters(
+                "citysense_mqtt_messages_received_total",
+                "MQTT messages received, by stream.",
+                &["stream"],
+            ),
+            bytes: counter(
+                "citysense_mqtt_received_bytes_total",
+                "MQTT payload bytes received.",
+            ),
+            rejected: counters(
+                "citysense_messages_rejected_total",
+                "Messages rejected and sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            readings: counters(
+                "citysense_readings_accepted_total",
+                "Readings accepted, by category.",
+                &["category"],
+            ),
+            decode_seconds: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "citysense_decode_duration_seconds",
+                        "Time to verify and decode one message.",
+                    )
+                    .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
+                ),
+            ),
+            devices: gauges("citysense_devices", "Devices by presence.", &["state"]),
+            ledger_missing: gauge(
+                "citysense_ledger_missing_reports",
+                "Reports expected from sequence numbers but never received, all devices.",
+            ),
+            broker_connected: gauge(
+                "citysense_broker_connected",
+                "1 while connected to the MQTT broker.",
+            ),
+            broker_disconnects: counters(
+                "citysense_broker_disconnects_total",
+                "Broker connections lost or refused, by cause.",
+                &["cause"],
+            ),
+            sessions_resumed: counter(
+                "citysense_broker_sessions_resumed_total",
+                "Connections on which the broker still had the gateway's session.",
+            ),
+            dlq_published: counter(
+                "citysense_dlq_published_total",
+                "Dead-letter records published.",
+            ),
+            store_errors: counter(
+                "citysense_store_errors_total",
+                "Batches the local store refused; retried, their messages stay unacknowledged.",
+            ),
+            aggregate_too_late: counter(
+                "citysense_aggregate_too_late_total",
+                "Readings later than their window's allowed lateness (stored raw, not aggregated).",
+            ),
+            duplicate_passages: counter(
+                "citysense_duplicate_passages_total",
+                "Repeated tag reads at one gate counted once.",
+            ),
+            occupancy_drift: counter(
+                "citysense_occupancy_drift_total",
+                "Crowd windows whose occupancy would have gone below zero or above 1.5 × capacity.",
+            ),
+            sink_written: counters(
+                "citysense_sink_points_written_total",
+                "Points delivered, by sink.",
+                &["sink"],
+            ),
+            sink_errors: counters(
+                "citysense_sink_errors_total",
+                "Sink write failures, by sink and class.",
+                &["sink", "class"],
+            ),
+            sink_pending: gauges(
                 "citysense_sink_pending_points",
                 "Points accepted but not yet delivered, by sink.",
+                &["sink"],
             ),
-            &["sink"],
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(sink_pending.clone()))
-            .expect("unique");
-        let sink_ready = IntGaugeVec::new(
-            Opts::new(
+            sink_ready: gauges(
                 "citysense_sink_ready",
                 "0 while a sink's server refuses us, by sink.",
+                &["sink"],
             ),
-            &["sink"],
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(sink_ready.clone()))
-            .expect("unique");
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid");
-            registry.register(Box::new(g.clone())).expect("unique");
-            g
+            store_bytes: gauge("citysense_store_bytes", "Used bytes of the local store."),
+            store_runway_seconds: register(
+                &r,
+                prometheus::Gauge::new(
+                    "citysense_store_runway_seconds",
+                    "Seconds until the local store's size bound at the current write rate (capped at a year).",
+                ),
+            ),
+            store_dropped: counters(
+                "citysense_store_dropped_total",
+                "Records dropped by the store's policy, by reason.",
+                &["reason"],
+            ),
+            store_quarantined: gauge(
+                "citysense_store_quarantined_records",
+                "Corrupt records moved to quarantine.",
+            ),
+            store_full: gauge(
+                "citysense_store_full",
+                "1 while the local store refuses new reports (size bound full of undelivered points).",
+            ),
+            mqtt_dropped: counters(
+                "citysense_mqtt_requests_dropped_total",
+                "Acknowledgements or dead-letter records not queued because the client queue was full.",
+                &["request"],
+            ),
+            registry: r.clone(),
         };
-        let store_bytes = gauge("citysense_store_bytes", "Used bytes of the local store.");
-        let store_quarantined = gauge(
-            "citysense_store_quarantined_records",
-            "Corrupt records moved to quarantine.",
-        );
-        let store_full = gauge(
-            "citysense_store_full",
-            "1 while the local store refuses new reports (size bound full of undelivered points).",
-        );
-        let store_runway_seconds = prometheus::Gauge::new(
-            "citysense_store_runway_seconds",
-            "Seconds until the local store's size bound at the current write rate (capped at a year).",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(store_runway_seconds.clone()))
-            .expect("unique");
-        let store_dropped = counter_vec(
-            &registry,
-            "citysense_store_dropped_total",
-            "Records dropped by the store's policy, by reason.",
-            &["reason"],
-        );
-        let dlq_published = IntCounter::new(
-            "citysense_dlq_published_total",
-            "Dead-letter records published.",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(dlq_published.clone()))
-            .expect("unique");
-        let mqtt_dropped = counter_vec(
-            &registry,
-            "citysense_mqtt_requests_dropped_total",
-            "Acknowledgements or dead-letter records not queued because the client queue was full.",
-            &["request"],
-        );
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("unique");
-        Metrics {
-            registry,
-            messages,
-            bytes,
-            rejected,
-            readings,
-            decode_seconds,
-            devices,
-            ledger_missing,
-            broker_connected,
-            broker_disconnects,
-            sessions_resumed,
-            dlq_published,
-            store_errors,
-            aggregate_too_late,
-            duplicate_passages,
-            occupancy_drift,
-            sink_written,
-            sink_errors,
-            sink_pending,
-            sink_ready,
-            store_bytes,
-            store_runway_seconds,
-            store_dropped,
-            store_quarantined,
-            store_full,
-            mqtt_dropped,
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
         }
+        metrics
     }
 
     /// The text exposition format.
