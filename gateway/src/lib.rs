@@ -350,18 +350,13 @@ async fn sweep_presence(
             return;
         };
         let counts = registry.presence_counts(now);
-        metrics
-            .devices
-            .with_label_values(&["online"])
-            .set(counts.online as i64);
-        metrics
-            .devices
-            .with_label_values(&["offline"])
-            .set(counts.offline as i64);
-        metrics
-            .devices
-            .with_label_values(&["unknown"])
-            .set(counts.unknown as i64);
+        for (state, n) in [
+            ("online", counts.online),
+            ("offline", counts.offline),
+            ("unknown", counts.unknown),
+        ] {
+            metrics.devices.with_label_values(&[state]).set(n as i64);
+        }
         metrics
             .ledger_missing
             .set(registry.missing_reports() as i64);
