@@ -316,9 +316,10 @@ async fn a_black_holed_broker_is_detected_within_one_and_a_half_keepalives() {
     )
     .await;
     let took = started.elapsed();
-    // 1.5 × keepalive, plus scheduling slack of the 20 ms polling above.
+    // 1.5 × keepalive, plus slack for the 20 ms polling above and timer wake-ups on a loaded
+    // 2-core CI machine running the other system tests in parallel.
     assert!(
-        took <= keep_alive * 3 / 2 + Duration::from_millis(150),
+        took <= keep_alive * 3 / 2 + Duration::from_millis(500),
         "took {took:?}"
     );
     let (status, body) = system_tests::http::get(gw.http_addr(), "/readyz").await;
