@@ -28,6 +28,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod demo;
+pub mod episode;
 pub mod http;
 pub mod influxdb;
 pub mod keys;
