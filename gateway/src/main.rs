@@ -38,12 +38,14 @@ enum Command {
     ///
     /// Try: curl http://127.0.0.1:8080/api/v1/devices
     Demo {
-        /// Where HTTP (metrics, API) listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: SocketAddr,
-        /// Where the embedded MQTT broker listens.
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        mqtt: SocketAddr,
+        /// Where HTTP (metrics, API) listens [default: 127.0.0.1:8080, or a free port if that
+        /// one is taken].
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Where the embedded MQTT broker listens [default: 127.0.0.1:1883, or a free port if a
+        /// broker already runs there].
+        #[arg(long)]
+        mqtt: Option<SocketAddr>,
         /// Start without built-in traffic, so an external simulator or client drives it.
         #[arg(long)]
         no_traffic: bool,
@@ -90,6 +92,14 @@ fn main() -> ExitCode {
                 store,
             } => {
                 let store = store.unwrap_or_else(|| std::env::temp_dir().join("citysense-demo.db"));
+                let http = http.unwrap_or_else(|| default_or_free("HTTP", 8080));
+                let mqtt = mqtt.unwrap_or_else(|| {
+                    if external_broker {
+                        ([127, 0, 0, 1], 1883).into()
+                    } else {
+                        default_or_free("MQTT", 1883)
+                    }
+                });
                 let opts = DemoOptions {
                     http,
                     mqtt,
@@ -107,6 +117,22 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// 127.0.0.1:`port`, or a free port when something else already listens there (a system
+/// Mosquitto on 1883, another web service on 8080): the demo should start anyway, and say where.
+fn default_or_free(what: &str, port: u16) -> SocketAddr {
+    let wanted = SocketAddr::from(([127, 0, 0, 1], port));
+    if std::net::TcpListener::bind(wanted).is_ok() {
+        return wanted;
+    }
+    match std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()) {
+        Ok(free) => {
+            eprintln!("note: {wanted} is in use; the demo's {what} listens on {free} instead");
+            free
+        }
+        Err(_) => wanted,
     }
 }
 
