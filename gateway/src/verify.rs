@@ -224,11 +224,10 @@ impl Verifier {
             .decode()
             .map_err(frame_error)?;
         let h = message.header;
-        let ledger = &registry
+        let replayed = registry
             .get(&info.id)
-            .map(|d| d.state.ledger.clone())
-            .unwrap_or_default();
-        if ledger.check(h.boot_epoch, h.sequence).is_err() {
+            .is_some_and(|d| d.state.ledger.check(h.boot_epoch, h.sequence).is_err());
+        if replayed {
             if let Some(d) = registry.get_mut(&info.id) {
                 d.state.ledger.count_replay();
             }
