@@ -75,13 +75,6 @@ impl Catalog {
         )?;
         Ok(Catalog { profiles, site })
     }
-
-    /// The profile of a device in the site.
-    pub fn profile_of(&self, device_id: &str) -> Option<&Profile> {
-        self.site
-            .device(device_id)
-            .and_then(|d| self.profiles.get(&d.profile))
-    }
 }
 
 mod builtin {

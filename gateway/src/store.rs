@@ -265,33 +265,12 @@ impl Store {
     /// The `limit` most recent readings of a device, oldest first. Rows that do not decode are
     /// quarantined.
     pub fn recent(&self, device: &str, limit: usize) -> Result<Vec<Reading>, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, body FROM readings WHERE device = ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .map_err(|e| self.sqlite(e))?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map(params![device, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| self.sqlite(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.sqlite(e))?;
-        drop(stmt);
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, body) in rows.into_iter().rev() {
-            match serde_json::from_str(&body) {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    quarantine(&conn, "readings", Some(id), &e.to_string(), body.as_bytes())
-                        .map_err(|e| self.sqlite(e))?;
-                    conn.execute("DELETE FROM readings WHERE id = ?1", [id])
-                        .map_err(|e| self.sqlite(e))?;
-                }
-            }
-        }
-        Ok(out)
+        let mut rows = self.decoded_readings(
+            "SELECT id, body FROM readings WHERE device = ?1 ORDER BY id DESC LIMIT ?2",
+            params![device, limit as i64],
+        )?;
+        rows.reverse();
+        Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Readings with `id > after`, in acceptance order, at most `limit` (for sinks and replay).
@@ -300,16 +279,27 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Reading)>, StoreError> {
+        self.decoded_readings(
+            "SELECT id, body FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
+            params![after, limit as i64],
+        )
+    }
+
+    /// Runs a `SELECT id, body FROM readings ...` query and decodes the bodies; rows that do
+    /// not decode are moved to quarantine instead of failing the query.
+    fn decoded_readings(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(i64, Reading)>, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut stmt = conn
-            .prepare_cached("SELECT id, body FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2")
-            .map_err(|e| self.sqlite(e))?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.sqlite(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.sqlite(e))?;
-        drop(stmt);
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sqlite(e))?;
+            stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.sqlite(e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.sqlite(e))?
+        };
         let mut out = Vec::with_capacity(rows.len());
         for (id, body) in rows {
             match serde_json::from_str(&body) {
@@ -374,23 +364,6 @@ impl Store {
         )
         .map_err(|e| self.sqlite(e))?;
         tx.commit().map_err(|e| self.sqlite(e))
-    }
-
-    /// Points refused for good by a sink: (point id, line, reason).
-    #[allow(clippy::let_and_return)] // the binding ends the borrow of `stmt` before it drops
-    pub fn sink_dead_letters(&self, sink: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT point_id, line, reason FROM sink_dead_letters WHERE sink = ?1 ORDER BY id",
-            )
-            .map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(|e| self.sqlite(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.sqlite(e));
-        rows
     }
 
     /// The highest point id (0 when empty).
@@ -519,17 +492,6 @@ impl Store {
             r.get::<_, i64>(0)
         })
         .map(|n| n as u64)
-        .map_err(|e| self.sqlite(e))
-    }
-
-    /// The highest reading id (0 when empty).
-    pub fn last_reading_id(&self) -> Result<i64, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        conn.query_row("SELECT MAX(id) FROM readings", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })
-        .optional()
-        .map(|v| v.flatten().unwrap_or(0))
         .map_err(|e| self.sqlite(e))
     }
 }
@@ -718,6 +680,6 @@ mod tests {
         let moved = report.moved_corrupt_file.unwrap();
         assert!(moved.exists());
         store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
-        assert_eq!(store.last_reading_id().unwrap(), 1);
+        assert_eq!(store.readings_after(0, 10).unwrap().len(), 1);
     }
 }
