@@ -132,6 +132,8 @@ impl Store {
                  received_ms INTEGER NOT NULL,
                  body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS readings_by_device ON readings(device, id);
+             -- Retention deletes by age every ten seconds: these keep it from scanning the tables.
+             CREATE INDEX IF NOT EXISTS readings_by_received ON readings(received_ms);
              CREATE TABLE IF NOT EXISTS ledgers (device TEXT PRIMARY KEY, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS points (
                  id INTEGER PRIMARY KEY,
@@ -140,6 +142,7 @@ impl Store {
                  line TEXT NOT NULL,
                  body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS points_by_measurement ON points(measurement, time_ms);
+             CREATE INDEX IF NOT EXISTS points_by_time ON points(time_ms);
              CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS sink_dead_letters (
                  id INTEGER PRIMARY KEY,
