@@ -6,6 +6,7 @@
 //! redelivers them. Rejected messages go to `cs/v1/dlq/{zone}` with their reason and are
 //! acknowledged: they are handled.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,9 +92,10 @@ impl Pipeline {
     pub async fn process(&self, batch: &mut Vec<Publish>) {
         let now = now_ms();
         let mut readings: Vec<Reading> = Vec::new();
-        let mut ledgers: Vec<(String, Ledger)> = Vec::new();
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
         let mut dead: Vec<(String, Vec<u8>, Rejection)> = Vec::new();
-        {
+        // The sequence ledgers of the devices this batch moved, committed with its readings.
+        let ledgers: Vec<(String, Ledger)> = {
             let Ok(mut registry) = self.registry.lock() else {
                 tracing::error!("registry lock poisoned; messages left unacknowledged");
                 return;
@@ -108,7 +110,7 @@ impl Pipeline {
                     &p.payload,
                     now,
                     &mut readings,
-                    &mut ledgers,
+                    &mut touched,
                 );
                 self.metrics
                     .decode_seconds
@@ -117,7 +119,15 @@ impl Pipeline {
                     dead.push((topic.into_owned(), p.payload.to_vec(), r));
                 }
             }
-        }
+            touched
+                .iter()
+                .filter_map(|id| {
+                    registry
+                        .get(id)
+                        .map(|d| (id.to_string(), d.state.ledger.clone()))
+                })
+                .collect()
+        };
         let points = match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
@@ -160,7 +170,7 @@ impl Pipeline {
         payload: &[u8],
         now: i64,
         readings: &mut Vec<Reading>,
-        ledgers: &mut Vec<(String, Ledger)>,
+        touched: &mut HashSet<Arc<str>>,
     ) -> Result<(), Rejection> {
         match parse_topic(topic) {
             Some(t) if t.stream == Stream::Up => {
@@ -171,10 +181,7 @@ impl Pipeline {
                         .readings
                         .with_label_values(&[category_name(d.info.category)])
                         .inc_by(r.len() as u64);
-                    match ledgers.iter_mut().find(|(id, _)| id == t.device) {
-                        Some(slot) => slot.1 = d.state.ledger.clone(),
-                        None => ledgers.push((t.device.to_owned(), d.state.ledger.clone())),
-                    }
+                    touched.insert(d.info.id.clone());
                 }
                 readings.extend(r);
                 Ok(())
