@@ -43,6 +43,60 @@ pub struct Config {
     /// Aggregation tunables.
     #[serde(default)]
     pub aggregate: AggregateSection,
+    /// Alert rules and where alerts go.
+    #[serde(default)]
+    pub alerts: AlertsSection,
+}
+
+/// Alert rules and notifiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// Rule files (TOML, relative to this file) added to the defaults of the site and profiles;
+    /// a rule with a default's id replaces it.
+    #[serde(default)]
+    pub rule_files: Vec<PathBuf>,
+    /// Policy cap on scenic-area capacities (DOMAIN.md §6.1): 1.0, or 0.75 / 0.5 / 0.3 by order.
+    #[serde(default = "default_cap_factor")]
+    pub cap_factor: f64,
+    /// Re-notify open, unacknowledged alerts this often, seconds (0: never).
+    #[serde(default = "default_renotify")]
+    pub renotify_s: u32,
+    /// Publish alerts on the broker: retained state on `cs/v1/alerts/{zone}/{category}/{subject}`
+    /// and every transition on `cs/v1/alerts/events`.
+    #[serde(default = "default_true")]
+    pub mqtt: bool,
+    /// Webhooks (generic JSON, DingTalk or WeCom robots).
+    #[serde(default)]
+    pub webhook: Vec<crate::alert::notify::WebhookSection>,
+    /// Prometheus Alertmanager (API v2).
+    #[serde(default)]
+    pub alertmanager: Option<crate::alert::notify::AlertmanagerSection>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            rule_files: Vec::new(),
+            cap_factor: default_cap_factor(),
+            renotify_s: default_renotify(),
+            mqtt: true,
+            webhook: Vec::new(),
+            alertmanager: None,
+        }
+    }
+}
+
+fn default_cap_factor() -> f64 {
+    1.0
+}
+
+fn default_renotify() -> u32 {
+    3600
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Aggregation tunables.
@@ -312,7 +366,10 @@ impl Config {
             &mut config.site.site,
             &mut config.site.keys,
             &mut config.store.path,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.alerts.rule_files.iter_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -446,6 +503,46 @@ impl Config {
                     store_dir.display()
                 ),
             ));
+        }
+        let a = &self.alerts;
+        if !(a.cap_factor > 0.0 && a.cap_factor <= 1.0) {
+            p.push((
+                "alerts.cap_factor".into(),
+                format!("cap_factor must be in (0, 1], not {}", a.cap_factor),
+            ));
+        }
+        for (i, f) in a.rule_files.iter().enumerate() {
+            if let Err(e) = crate::alert::RuleFile::load(f) {
+                p.push((format!("alerts.rule_files[{i}]"), e.to_string()));
+            }
+        }
+        for (i, w) in a.webhook.iter().enumerate() {
+            if let Err(e) = reqwest::Url::parse(&w.url) {
+                p.push((
+                    format!("alerts.webhook[{i}].url"),
+                    format!("\"{}\" is not a URL: {e}", w.url),
+                ));
+            }
+            if a.webhook[..i].iter().any(|o| o.name == w.name) {
+                p.push((
+                    format!("alerts.webhook[{i}].name"),
+                    format!("webhook name \"{}\" is used twice", w.name),
+                ));
+            }
+        }
+        if let Some(am) = &a.alertmanager {
+            if let Err(e) = reqwest::Url::parse(&am.url) {
+                p.push((
+                    "alerts.alertmanager.url".into(),
+                    format!("\"{}\" is not a URL: {e}", am.url),
+                ));
+            }
+            if am.resend_s == 0 {
+                p.push((
+                    "alerts.alertmanager.resend_s".into(),
+                    "resend_s must be at least 1: Alertmanager resolves alerts that are not re-sent".into(),
+                ));
+            }
         }
         for (i, z) in self.site.zones.iter().enumerate() {
             if z.len() != 6 || !z.bytes().all(|b| b.is_ascii_digit()) {

@@ -67,6 +67,7 @@ pub async fn run(
         influxdb: None,
         retention: crate::store::Retention::default(),
         aggregate: crate::aggregate::AggregateSettings::default(),
+        alerts: crate::config::AlertsSection::default(),
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();
@@ -78,6 +79,15 @@ pub async fn run(
     println!(
         "  devices         http://{}/api/v1/devices",
         gateway.http_addr()
+    );
+    println!(
+        "  alerts          http://{}/api/v1/alerts",
+        gateway.http_addr()
+    );
+    println!(
+        "  alert events    mosquitto_sub -V mqttv5 -h {} -p {} -t 'cs/v1/alerts/events'",
+        opts.mqtt.ip(),
+        opts.mqtt.port()
     );
     println!("  metrics         http://{}/metrics", gateway.http_addr());
     println!("  local store     {}", opts.store.display());

@@ -1,5 +1,6 @@
 //! HTTP on one port: `/metrics`, `/healthz`, `/readyz`, `/api/v1/devices`,
-//! `/api/v1/devices/{id}`.
+//! `/api/v1/devices/{id}`, `/api/v1/series`, `GET /api/v1/alerts`,
+//! `POST /api/v1/alerts/{id}/ack`.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Why sinks are not ready, by sink.
     pub not_ready: crate::influxdb::NotReady,
+    /// The alert engine.
+    pub alerts: crate::alert::Alerts,
 }
 
 /// The routes.
@@ -41,7 +44,95 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/series", get(series))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}/ack", axum::routing::post(ack))
         .with_state(state)
+}
+
+/// Query of `GET /api/v1/alerts`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AlertsQuery {
+    /// How many recent events to include under `events` (default 50, at most 1000).
+    #[serde(default)]
+    pub events: Option<usize>,
+}
+
+fn bad_request(status: StatusCode, error: String) -> Response {
+    (status, Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// Open alerts (oldest first) and the latest events (newest first).
+async fn alerts(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<AlertsQuery>,
+) -> Response {
+    let open = s
+        .alerts
+        .engine
+        .lock()
+        .map(|e| e.open_alerts())
+        .unwrap_or_default();
+    let (store, limit) = (s.store.clone(), q.events.unwrap_or(50).min(1000));
+    let events = tokio::task::spawn_blocking(move || store.recent_alert_events(limit)).await;
+    let events: Vec<serde_json::Value> = match events {
+        Ok(Ok(e)) => e
+            .iter()
+            .map(|(seq, event)| {
+                serde_json::json!(crate::alert::notify::Envelope { seq: *seq, event })
+            })
+            .collect(),
+        _ => {
+            return bad_request(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read alert events from the local store".into(),
+            );
+        }
+    };
+    Json(serde_json::json!({ "firing": open.len(), "alerts": open, "events": events }))
+        .into_response()
+}
+
+/// Body of `POST /api/v1/alerts/{id}/ack` (optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    /// Who takes it.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// A note.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+async fn ack(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: AckBody = if body.is_empty() {
+        AckBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return bad_request(
+                    StatusCode::BAD_REQUEST,
+                    format!("body must be JSON {{\"by\": \"name\", \"note\": \"...\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let by = body.by.unwrap_or_else(|| "operator".to_owned());
+    let note = body.note.unwrap_or_default();
+    let done = s
+        .alerts
+        .apply(&s.store, |e| e.ack(&id, &by, &note, now_ms()))
+        .await;
+    match done {
+        Ok(Ok(alert)) => Json(alert).into_response(),
+        Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// Query of `GET /api/v1/series`.

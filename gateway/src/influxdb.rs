@@ -440,7 +440,9 @@ mod tests {
             fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
             time_ms: 60_000,
         };
-        store.accept(&[], &[point], &[]).unwrap();
+        store
+            .accept(&[], &[point], &[], &Default::default())
+            .unwrap();
         let metrics = Metrics::new();
         let not_ready = NotReady::default();
         let (stop, stop_rx) = watch::channel(false);

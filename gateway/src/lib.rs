@@ -26,9 +26,10 @@
 //! - [`demo`] and [`traffic`]: `gateway demo`, the whole system in one process.
 
 pub mod aggregate;
+pub mod alert;
 pub mod config;
 pub mod demo;
-pub mod episode;
+
 pub mod http;
 pub mod influxdb;
 pub mod keys;
@@ -82,6 +83,8 @@ pub struct Settings {
     pub aggregate: aggregate::AggregateSettings,
     /// The InfluxDB sink, if any.
     pub influxdb: Option<influxdb::InfluxSection>,
+    /// Alert rules and notifiers.
+    pub alerts: config::AlertsSection,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
             retention: c.store.retention(),
             aggregate: c.aggregate.settings(),
             influxdb: c.influxdb.clone(),
+            alerts: c.alerts.clone(),
         }
     }
 }
@@ -108,8 +112,28 @@ pub struct Gateway {
     registry: Arc<Mutex<Registry>>,
     store: Arc<Store>,
     metrics: Metrics,
+    alerts: alert::Alerts,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+}
+
+/// The rules in force: the defaults of the site and profiles, then the rule files'.
+pub fn load_rules(
+    catalog: &Catalog,
+    section: &config::AlertsSection,
+) -> anyhow::Result<Vec<alert::Rule>> {
+    let files = section
+        .rule_files
+        .iter()
+        .map(|f| alert::RuleFile::load(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let defaults = alert::rule::defaults(
+        catalog,
+        alert::rule::DefaultsTuning {
+            cap_factor: section.cap_factor,
+        },
+    );
+    Ok(alert::rule::merge(defaults, &files))
 }
 
 impl Gateway {
@@ -150,6 +174,20 @@ impl Gateway {
         let filters = mqtt::filters(registry.zones(), settings.mqtt.shared_group.as_deref());
         let registry = Arc::new(Mutex::new(registry));
         let metrics = Metrics::new();
+        let mut engine = alert::Engine::new(
+            &catalog,
+            load_rules(&catalog, &settings.alerts)?,
+            settings.alerts.renotify_s,
+        );
+        let dropped = engine.restore(store.alert_states()?);
+        if !dropped.is_empty() {
+            tracing::warn!(states = ?dropped, "alert states of rules no longer in force were ignored");
+        }
+        let open = engine.open_alerts().len();
+        if open > 0 {
+            tracing::info!(open, "open alerts restored from the local store");
+        }
+        let alerts = alert::Alerts::new(engine, metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -163,6 +201,7 @@ impl Gateway {
             store: store.clone(),
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
+            alerts: alerts.clone(),
         });
         let mut http_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -187,10 +226,25 @@ impl Gateway {
             ));
         }
         let sinks: Vec<&'static str> = settings.influxdb.iter().map(|_| influxdb::SINK).collect();
+        let notifiers = notifiers(&settings, &alerts)?;
+        let notifier_cursors: Vec<String> = notifiers
+            .iter()
+            .map(|n| format!("alerts:{}", n.name()))
+            .collect();
+        for n in notifiers {
+            tasks.spawn(alert::notify::run(
+                n,
+                store.clone(),
+                metrics.clone(),
+                alerts.subscribe(),
+                shutdown_rx.clone(),
+            ));
+        }
         tasks.spawn(maintain_store(
             store.clone(),
             settings.retention,
             sinks,
+            notifier_cursors,
             metrics.clone(),
             shutdown_rx.clone(),
         ));
@@ -208,6 +262,7 @@ impl Gateway {
             metrics: metrics.clone(),
             client: client.clone(),
             aggregators: Arc::new(Mutex::new(aggregators)),
+            alerts: alerts.clone(),
         };
         tasks.spawn(pipeline.run(inbound_rx));
         tasks.spawn(mqtt::run(
@@ -221,6 +276,8 @@ impl Gateway {
         ));
         tasks.spawn(sweep_presence(
             registry.clone(),
+            alerts.clone(),
+            store.clone(),
             metrics.clone(),
             shutdown_rx,
         ));
@@ -230,9 +287,15 @@ impl Gateway {
             registry,
             store,
             metrics,
+            alerts,
             shutdown,
             tasks,
         })
+    }
+
+    /// The alert engine.
+    pub fn alerts(&self) -> &alert::Alerts {
+        &self.alerts
     }
 
     /// Where HTTP listens.
@@ -263,6 +326,33 @@ impl Gateway {
     }
 }
 
+/// The notifiers the settings ask for.
+fn notifiers(
+    settings: &Settings,
+    alerts: &alert::Alerts,
+) -> anyhow::Result<Vec<alert::notify::Notifier>> {
+    use alert::notify::{AlertmanagerNotifier, MqttNotifier, Notifier, WebhookNotifier};
+    let mut out = Vec::new();
+    if settings.alerts.mqtt {
+        let options = mqtt::options(&settings.mqtt, &format!("{}-alerts", settings.gateway_id))?;
+        out.push(Notifier::Mqtt(Box::new(MqttNotifier::new(
+            options,
+            alerts.engine.clone(),
+        ))));
+    }
+    for w in &settings.alerts.webhook {
+        out.push(Notifier::Webhook(WebhookNotifier::new(w.clone())?));
+    }
+    if let Some(am) = &settings.alerts.alertmanager {
+        out.push(Notifier::Alertmanager(AlertmanagerNotifier::new(
+            am.clone(),
+            &settings.gateway_id,
+            alerts.engine.clone(),
+        )?));
+    }
+    Ok(out)
+}
+
 /// Feeds the last day of stored readings to fresh aggregators, so windows open at a restart and
 /// the day's crowd counts continue. The points this emits were stored before; they are dropped.
 fn replay_recent(store: &Store, aggregators: &mut aggregate::Aggregators) -> anyhow::Result<usize> {
@@ -289,6 +379,7 @@ async fn maintain_store(
     store: Arc<Store>,
     rules: store::Retention,
     sinks: Vec<&'static str>,
+    notifiers: Vec<String>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -299,9 +390,11 @@ async fn maintain_store(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let (s, sinks2) = (store.clone(), sinks.clone());
+        let (s, sinks2, notifiers2) = (store.clone(), sinks.clone(), notifiers.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let r = s.enforce(pipeline::now_ms(), &rules, &sinks2)?;
+            let now = pipeline::now_ms();
+            let r = s.enforce(now, &rules, &sinks2)?;
+            s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
             Ok::<_, store::StoreError>((r, s.quarantined()?))
         })
         .await;
@@ -333,9 +426,11 @@ async fn maintain_store(
         last = Some((now, r.bytes));
     }
 }
-/// Updates the presence gauges and logs devices coming and going.
+/// Updates the presence gauges, logs devices coming and going, and runs the presence rules.
 async fn sweep_presence(
     registry: Arc<Mutex<Registry>>,
+    alerts: alert::Alerts,
+    store: Arc<Store>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -347,6 +442,16 @@ async fn sweep_presence(
             _ = tick.tick() => {}
         }
         let now = pipeline::now_ms();
+        let checked = alerts
+            .apply(&store, |e| {
+                if let Ok(r) = registry.lock() {
+                    e.on_presence(now, &r);
+                }
+            })
+            .await;
+        if let Err(e) = checked {
+            tracing::error!(error = %e, "presence rules failed");
+        }
         let Ok(registry) = registry.lock() else {
             return;
         };
@@ -427,4 +532,87 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
             unknown_keys.join(", ")
         }
     ))
+}
+
+/// The catalog and alert settings of a config file, or the built-in Ganzhou site.
+fn rules_context(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(Catalog, config::AlertsSection)> {
+    match config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            Ok((Catalog::load(&c.site.profiles, &c.site.site)?, c.alerts))
+        }
+        None => Ok((Catalog::ganzhou()?, config::AlertsSection::default())),
+    }
+}
+
+/// `gateway rules test`: runs the test cases of rule files. Returns the report and whether
+/// every case passed.
+pub fn rules_test(
+    files: &[std::path::PathBuf],
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(String, bool)> {
+    use std::fmt::Write;
+    let (catalog, section) = rules_context(config)?;
+    let base = load_rules(&catalog, &section)?;
+    let (mut report, mut passed, mut failed) = (String::new(), 0, 0);
+    for path in files {
+        let file = alert::RuleFile::load(path)?;
+        let rules = alert::rule::merge(base.clone(), std::slice::from_ref(&file));
+        if file.test.is_empty() {
+            let _ = writeln!(report, "{}: no [[test]] cases", path.display());
+        }
+        for case in &file.test {
+            match alert::engine::run_case(&rules, case, section.renotify_s) {
+                Ok(n) => {
+                    passed += 1;
+                    let _ = writeln!(
+                        report,
+                        "ok     {}: {} ({n} transitions)",
+                        path.display(),
+                        case.name
+                    );
+                }
+                Err(diff) => {
+                    failed += 1;
+                    let _ = writeln!(
+                        report,
+                        "FAILED {}: {} (rule {})\n{diff}",
+                        path.display(),
+                        case.name,
+                        case.rule
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(report, "rule tests: {passed} passed, {failed} failed");
+    Ok((report, failed == 0))
+}
+
+/// `gateway rules list`: one line per rule in force.
+pub fn rules_list(config: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let (catalog, section) = rules_context(config)?;
+    let mut out = String::new();
+    for r in load_rules(&catalog, &section)? {
+        let grades: Vec<String> = r
+            .grades
+            .iter()
+            .map(|g| format!("{} {}", g.name, g.at))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<28} {:<8} {:<9} {:<16} {:<6} [{}] — {}",
+            r.id,
+            r.category.name(),
+            format!("{:?}", r.source).to_lowercase(),
+            if r.field.is_empty() { "-" } else { &r.field },
+            format!("{:?}", r.side).to_lowercase(),
+            grades.join(", "),
+            r.description
+        );
+    }
+    Ok(out)
 }

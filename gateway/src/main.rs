@@ -33,6 +33,11 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Alert rules: run a rule file's test cases, or list the rules in force.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Run the whole system in one process: an embedded MQTT broker, the Ganzhou site, demo
     /// keys, built-in traffic, and HTTP on 127.0.0.1:8080.
     ///
@@ -55,6 +60,31 @@ enum Command {
         /// The local store's database file [default: citysense-demo.db in the temporary folder].
         #[arg(long)]
         store: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run the [[test]] cases of rule files: each feeds its rows to a rule (from the file, or a
+    /// default of the site) and compares the alerts with its [[test.expect]] list. Exits
+    /// non-zero with a diff when one fails.
+    ///
+    /// Example: gateway rules test deploy/rules/ganzhou.toml
+    Test {
+        /// Rule files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Take the site, profiles and alert settings of this config file [default: the
+        /// built-in Ganzhou site].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the rules in force: the defaults of the site and profiles plus the config's rule
+    /// files.
+    List {
+        /// The config file [default: the built-in Ganzhou site, no rule files].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -84,6 +114,16 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => {
                 gateway::check_config(&config).map(|summary| println!("{summary}"))
             }
+            Command::Rules {
+                command: RulesCommand::Test { files, config },
+            } => gateway::rules_test(&files, config.as_deref()).and_then(|(report, ok)| {
+                print!("{report}");
+                anyhow::ensure!(ok, "some rule tests failed");
+                Ok(())
+            }),
+            Command::Rules {
+                command: RulesCommand::List { config },
+            } => gateway::rules_list(config.as_deref()).map(|list| print!("{list}")),
             Command::Demo {
                 http,
                 mqtt,

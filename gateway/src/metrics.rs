@@ -63,6 +63,15 @@ pub struct Metrics {
     /// Acknowledgements or dead-letter records that could not be queued (the broker redelivers
     /// unacknowledged messages; a lost dead-letter record is only counted).
     pub mqtt_dropped: IntCounterVec,
+    /// Open alerts, by category and severity.
+    pub alerts_active: IntGaugeVec,
+    /// Alert transitions, by category, kind (`raised`, `escalated`, …) and severity.
+    pub alert_transitions: IntCounterVec,
+    /// Notifier deliveries, by notifier and outcome (`delivered` counts events; `transport`,
+    /// `refused` count failed attempts).
+    pub alert_notifications: IntCounterVec,
+    /// Alert events a notifier has not delivered yet.
+    pub alert_pending: IntGaugeVec,
 }
 
 /// Registers `metric` and returns it.
@@ -206,6 +215,26 @@ impl Metrics {
                 "citysense_mqtt_requests_dropped_total",
                 "Acknowledgements or dead-letter records not queued because the client queue was full.",
                 &["request"],
+            ),
+            alerts_active: gauges(
+                "citysense_alerts_active",
+                "Open alerts, by category and severity.",
+                &["category", "severity"],
+            ),
+            alert_transitions: counters(
+                "citysense_alert_transitions_total",
+                "Alert transitions, by category, kind and severity.",
+                &["category", "kind", "severity"],
+            ),
+            alert_notifications: counters(
+                "citysense_alert_notifications_total",
+                "Alert deliveries by notifier and outcome (delivered: events; transport/refused: failed attempts).",
+                &["notifier", "outcome"],
+            ),
+            alert_pending: gauges(
+                "citysense_alert_notifier_pending",
+                "Alert events a notifier has not delivered yet.",
+                &["notifier"],
             ),
             registry: r.clone(),
         };

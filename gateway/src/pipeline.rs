@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::aggregate::Aggregators;
+use crate::alert::{Alerts, Changes};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::point::Point;
@@ -70,6 +71,8 @@ pub struct Pipeline {
     pub client: AsyncClient,
     /// Crowd, traffic, pipe and health aggregation (only the pipeline task uses it).
     pub aggregators: Arc<Mutex<Aggregators>>,
+    /// The rule engine: readings and points in, alert changes out, committed with the batch.
+    pub alerts: Alerts,
 }
 
 impl Pipeline {
@@ -148,10 +151,19 @@ impl Pipeline {
                 Vec::new()
             }
         };
+        // Alert changes commit with the readings that caused them, one batch at a time.
+        let held = self.alerts.commit_lock.clone().lock_owned().await;
+        let changes = self.alerts.evaluate(|e| {
+            e.on_readings(&readings);
+            e.on_points(&points);
+        });
         // Accepted means committed to the local store; until then nothing is acknowledged.
-        if !readings.is_empty() || !ledgers.is_empty() {
-            self.commit(readings, points, ledgers).await;
+        if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
+            self.commit(readings, points, ledgers, changes.clone())
+                .await;
         }
+        drop(held);
+        self.alerts.committed(&changes);
         for (topic, payload, r) in &dead {
             self.dead_letter(topic, payload, r, now);
         }
@@ -208,15 +220,16 @@ impl Pipeline {
         readings: Vec<Reading>,
         points: Vec<Point>,
         ledgers: Vec<(String, Ledger)>,
+        alerts: Changes,
     ) {
-        let batch = Arc::new((readings, points, ledgers));
+        let batch = Arc::new((readings, points, ledgers, alerts));
         let mut delay = Duration::from_millis(100);
         loop {
             let (store, b) = (self.store.clone(), batch.clone());
             let committed = tokio::task::spawn_blocking(move || {
                 let ledgers: Vec<(&str, &Ledger)> =
                     b.2.iter().map(|(d, l)| (d.as_str(), l)).collect();
-                store.accept(&b.0, &b.1, &ledgers)
+                store.accept(&b.0, &b.1, &ledgers, &b.3)
             })
             .await;
             match committed {

@@ -11,6 +11,10 @@
 //! - `readings(id, device, time_ms, received_ms, body)`: accepted readings, JSON bodies, in
 //!   acceptance order (`id`).
 //! - `ledgers(device, body)`: replay window and completeness counts per device.
+//! - `points(id, measurement, time_ms, line, body)`: aggregated points, drained by sinks.
+//! - `alert_state(key, body)`: the episode and open alert of each (rule, subject).
+//! - `alert_events(id, at_ms, body)`: the alert outbox, drained by notifiers.
+//! - `cursors(sink, last_id)`: how far each sink and notifier delivered.
 //! - `quarantine(...)`: rows that no longer decode, moved aside and counted instead of crashing.
 //! - `meta(key, value)`: the schema version.
 //!
@@ -23,6 +27,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::alert::{AlertEvent, Changes, SubjectState};
 use crate::ledger::Ledger;
 use crate::point::Point;
 use crate::reading::Reading;
@@ -151,6 +156,11 @@ impl Store {
                  line TEXT NOT NULL,
                  reason TEXT NOT NULL,
                  at_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS alert_state (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS alert_events (
+                 id INTEGER PRIMARY KEY,
+                 at_ms INTEGER NOT NULL,
+                 body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS quarantine (
                  id INTEGER PRIMARY KEY,
                  source TEXT NOT NULL,
@@ -182,14 +192,15 @@ impl Store {
         }
     }
 
-    /// Commits `readings`, the `points` aggregated from them and the `ledgers` of their devices
-    /// in one fsync'd transaction. When
-    /// this returns `Ok`, the messages that produced them may be acknowledged.
+    /// Commits `readings`, the `points` aggregated from them, the `ledgers` of their devices and
+    /// the alert changes they caused in one fsync'd transaction. When this returns `Ok`, the
+    /// messages that produced them may be acknowledged.
     pub fn accept(
         &self,
         readings: &[Reading],
         points: &[Point],
         ledgers: &[(&str, &Ledger)],
+        alerts: &Changes,
     ) -> Result<(), StoreError> {
         if self.full.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Full);
@@ -234,7 +245,149 @@ impl Store {
                     .map_err(|e| self.sqlite(e))?;
             }
         }
+        self.write_alerts(&tx, alerts)?;
         tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    fn write_alerts(&self, tx: &rusqlite::Transaction, alerts: &Changes) -> Result<(), StoreError> {
+        let mut upsert = tx
+            .prepare_cached("INSERT INTO alert_state (key, body) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET body = excluded.body")
+            .map_err(|e| self.sqlite(e))?;
+        for (key, state) in &alerts.states {
+            upsert
+                .execute(params![key, serde_json::to_string(state)?])
+                .map_err(|e| self.sqlite(e))?;
+        }
+        let mut insert = tx
+            .prepare_cached("INSERT INTO alert_events (at_ms, body) VALUES (?1, ?2)")
+            .map_err(|e| self.sqlite(e))?;
+        for e in &alerts.events {
+            insert
+                .execute(params![e.at_ms, serde_json::to_string(e)?])
+                .map_err(|e| self.sqlite(e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits alert changes that no reading caused (presence, acknowledgements). Alerts are
+    /// never refused for space.
+    pub fn commit_alerts(&self, alerts: &Changes) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        self.write_alerts(&tx, alerts)?;
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// Every persisted alert state (to restore the engine at start); rows that do not decode
+    /// are quarantined.
+    pub fn alert_states(&self) -> Result<Vec<(String, SubjectState)>, StoreError> {
+        self.decoded(
+            "alert_state",
+            "SELECT key, body FROM alert_state",
+            "key",
+            params![],
+        )
+    }
+
+    /// Alert events with `id > after`, in order, at most `limit` (for notifiers).
+    pub fn alert_events_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, AlertEvent)>, StoreError> {
+        self.decoded(
+            "alert_events",
+            "SELECT id, body FROM alert_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "id",
+            params![after, limit as i64],
+        )
+    }
+
+    /// The `limit` latest alert events, newest first.
+    pub fn recent_alert_events(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>, StoreError> {
+        self.decoded(
+            "alert_events",
+            "SELECT id, body FROM alert_events ORDER BY id DESC LIMIT ?1",
+            "id",
+            params![limit as i64],
+        )
+    }
+
+    /// How many alert events the cursor `name` has not passed.
+    pub fn alert_events_pending(&self, name: &str) -> Result<u64, StoreError> {
+        let after = self.cursor(name)?;
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM alert_events WHERE id > ?1",
+            [after],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// Deletes alert events older than `before_ms` that every notifier in `cursors` delivered.
+    pub fn expire_alert_events(
+        &self,
+        before_ms: i64,
+        cursors: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut delivered = i64::MAX;
+        for c in cursors {
+            delivered = delivered.min(self.cursor(c)?);
+        }
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.execute(
+            "DELETE FROM alert_events WHERE at_ms < ?1 AND id <= ?2",
+            params![before_ms, delivered],
+        )
+        .map(|n| n as u64)
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// Runs `SELECT key, body ...` on `table` and decodes the bodies; rows that do not decode
+    /// are quarantined and deleted (by `key_column`).
+    fn decoded<K, T>(
+        &self,
+        table: &str,
+        sql: &str,
+        key_column: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(K, T)>, StoreError>
+    where
+        K: rusqlite::types::FromSql + rusqlite::ToSql + ToString,
+        T: serde::de::DeserializeOwned,
+    {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let rows: Vec<(K, String)> = {
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sqlite(e))?;
+            stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.sqlite(e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.sqlite(e))?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, body) in rows {
+            match serde_json::from_str(&body) {
+                Ok(v) => out.push((key, v)),
+                Err(e) => {
+                    quarantine(
+                        &conn,
+                        table,
+                        None,
+                        &format!("{}: {e}", key.to_string()),
+                        body.as_bytes(),
+                    )
+                    .map_err(|e| self.sqlite(e))?;
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE {key_column} = ?1"),
+                        [&key],
+                    )
+                    .map_err(|e| self.sqlite(e))?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every persisted ledger (to restore the registry at start). Rows that do not decode are
@@ -559,6 +712,7 @@ mod tests {
                     &[reading("a", 0.3), reading("a", 0.31)],
                     &[],
                     &[("a", &ledger)],
+                    &Changes::default(),
                 )
                 .unwrap();
         }
@@ -584,7 +738,9 @@ mod tests {
                 time_ms: i * 60_000,
             })
             .collect();
-        store.accept(&readings, &points, &[]).unwrap();
+        store
+            .accept(&readings, &points, &[], &Changes::default())
+            .unwrap();
         let generous = Retention {
             raw_ms: i64::MAX / 2,
             points_ms: i64::MAX / 2,
@@ -622,13 +778,15 @@ mod tests {
         };
         assert!(store.enforce(10_000, &tiny, &["influxdb"]).unwrap().full);
         assert!(matches!(
-            store.accept(&[reading("a", 1.0)], &[], &[]),
+            store.accept(&[reading("a", 1.0)], &[], &[], &Changes::default()),
             Err(StoreError::Full)
         ));
         assert_eq!(store.lines_after(0, 1000).unwrap().len(), 50);
         // Room again: accepting resumes.
         store.enforce(10_000, &generous, &["influxdb"]).unwrap();
-        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
+        store
+            .accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
+            .unwrap();
     }
 
     #[test]
@@ -642,7 +800,12 @@ mod tests {
             time_ms: t,
         };
         store
-            .accept(&[reading("a", 1.0)], &[point(0), point(1)], &[])
+            .accept(
+                &[reading("a", 1.0)],
+                &[point(0), point(1)],
+                &[],
+                &Changes::default(),
+            )
             .unwrap();
         store.advance("influxdb", 1, &[]).unwrap();
         let rules = Retention {
@@ -663,9 +826,13 @@ mod tests {
     fn a_corrupt_row_is_quarantined_and_the_rest_served() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
-        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
+        store
+            .accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
+            .unwrap();
         store.conn.lock().unwrap().execute("INSERT INTO readings (device, time_ms, received_ms, body) VALUES ('a', 1, 1, '{not json')", []).unwrap();
-        store.accept(&[reading("a", 2.0)], &[], &[]).unwrap();
+        store
+            .accept(&[reading("a", 2.0)], &[], &[], &Changes::default())
+            .unwrap();
         assert_eq!(
             store.recent("a", 10).unwrap(),
             vec![reading("a", 1.0), reading("a", 2.0)]
@@ -682,7 +849,9 @@ mod tests {
         let (store, report) = Store::open(&path).unwrap();
         let moved = report.moved_corrupt_file.unwrap();
         assert!(moved.exists());
-        store.accept(&[reading("a", 1.0)], &[], &[]).unwrap();
+        store
+            .accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
+            .unwrap();
         assert_eq!(store.readings_after(0, 10).unwrap().len(), 1);
     }
 }

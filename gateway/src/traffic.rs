@@ -62,6 +62,7 @@ struct Node {
     sequence: u32,
     every: Duration,
     next_due_ms: i64,
+    started_ms: i64,
 }
 
 /// Runs the built-in traffic until `shutdown`.
@@ -110,6 +111,7 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
             sequence: 0,
             every,
             next_due_ms: start + rng.random_range(0..every.as_millis() as i64),
+            started_ms: start,
         });
         let status = format!("cs/v1/{}/{}/{}/status", d.zone, p.kind, d.id);
         let _ = client
@@ -154,7 +156,7 @@ fn frame(node: &mut Node, now: i64, rng: &mut impl Rng) -> Vec<u8> {
             key_fingerprint: node.key.fingerprint(),
         })
     } else {
-        measurement(node, rng)
+        measurement(node, (now - node.started_ms) / 1000, rng)
     };
     let header = Header {
         device_id: &node.id,
@@ -168,7 +170,23 @@ fn frame(node: &mut Node, now: i64, rng: &mut impl Rng) -> Vec<u8> {
     wire::frame::seal_to_vec(&header, &body, &node.key).unwrap_or_default()
 }
 
-fn measurement(node: &Node, rng: &mut impl Rng) -> Body {
+/// The demo's rehearsed incidents, repeating every [`INCIDENT_CYCLE_S`] seconds so that alerts
+/// fire and resolve within minutes of start: gas in the 章贡 utility tunnel (T1) at 22% LEL
+/// from second 20 to 100 (alarm at once), and the manhole cover on M1 lifted to 12° from second
+/// 40 to 130 (alarm once held for 30 s).
+fn incident(device: &str, q: Quantity, elapsed_s: i64) -> Option<f32> {
+    let t = elapsed_s.rem_euclid(INCIDENT_CYCLE_S);
+    match (device, q) {
+        ("gz-t1-gas", Quantity::Gas) if (20..100).contains(&t) => Some(22.0),
+        ("gz-m1-cover", Quantity::Tilt) if (40..130).contains(&t) => Some(12.0),
+        _ => None,
+    }
+}
+
+/// The incidents repeat this often.
+const INCIDENT_CYCLE_S: i64 = 240;
+
+fn measurement(node: &Node, elapsed_s: i64, rng: &mut impl Rng) -> Body {
     match node.category {
         Category::Crowd if node.kind == "people-counter" => Body::GateCounts(GateCounts {
             interval_s: node.every.as_secs() as u16,
@@ -210,7 +228,13 @@ fn measurement(node: &Node, rng: &mut impl Rng) -> Body {
         }
         Category::Pipe => {
             let mut readings = heapless::Vec::new();
+            let mut trigger = Trigger::Periodic;
             for &q in &node.fields {
+                if let Some(value) = incident(&node.id, q, elapsed_s) {
+                    trigger = Trigger::Threshold;
+                    let _ = readings.push(PipeReading { quantity: q, value });
+                    continue;
+                }
                 let value = match q {
                     Quantity::Pressure => rng.random_range(0.27..0.33),
                     Quantity::Flow => rng.random_range(150.0..260.0),
@@ -223,10 +247,7 @@ fn measurement(node: &Node, rng: &mut impl Rng) -> Body {
                 };
                 let _ = readings.push(PipeReading { quantity: q, value });
             }
-            Body::PipeReadings(PipeReadings {
-                trigger: Trigger::Periodic,
-                readings,
-            })
+            Body::PipeReadings(PipeReadings { trigger, readings })
         }
     }
 }

@@ -52,6 +52,7 @@ pub async fn start_gateway_settings(
         influxdb: None,
         retention: gateway::store::Retention::default(),
         aggregate: gateway::aggregate::AggregateSettings::default(),
+        alerts: Default::default(),
     };
     change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()

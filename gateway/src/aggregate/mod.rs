@@ -2,8 +2,8 @@
 //!
 //! | measurement | subject (tags) | window | fields |
 //! |---|---|---|---|
-//! | `crowd` | `area`, `zone` | 1 min | `entries`, `exits`, `occupancy`, `occupancy_ratio`, `daily_entries`, `daily_ratio`, `inflow_per_min`, `outflow_per_min`, `drift` |
-//! | `traffic` | `segment`, `zone`, `class`, `bin` (`1m`, `5m`) | 1 and 5 min | `volume`, `flow_vph`, `occupancy_pct`, `speed_kmh`, `grade`, `tpi` |
+//! | `crowd` | `area`, `zone` (choke points: `area`, `choke_point`, `zone`) | 1 min | `entries`, `exits`, `occupancy`, `occupancy_ratio`, `daily_entries`, `daily_ratio`, `inflow_per_min`, `outflow_per_min`, `drift`, `forecast_ratio` (occupancy + 30 min of smoothed net inflow, over capacity) |
+//! | `traffic` | `segment`, `zone`, `class`, `bin` (`1m`, `5m`), `lane` (5 min only) | 1 and 5 min | `volume`, `flow_vph`, `occupancy_pct`, `speed_kmh`, `grade`, `tpi`, `speed_ratio` (1 min: speed over the previous 15 minutes' mean) |
 //! | `pipe` | `asset`, `zone`, `field` | 1 min | `last`, `min`, `max`, `mean`, `count`, `rate_per_min` |
 //! | `device_health` | `device`, `zone`, `kind` | 5 min | `reports`, `battery_pct`, `signal_dbm` |
 //!
@@ -33,6 +33,12 @@ const DAY: i64 = 24 * 3600 * 1000;
 pub const LATENESS_MS: i64 = 2 * MINUTE;
 /// A tag read again at the same gate within this time is the same passage.
 pub const DEDUPE_MS: i64 = MINUTE;
+/// The crowd forecast looks this many minutes ahead (DOMAIN.md §6.1).
+const FORECAST_MIN: f64 = 30.0;
+/// Weight of the latest minute in the smoothed net inflow (about a five-minute average).
+const FORECAST_SMOOTHING: f64 = 0.2;
+/// The incident baseline: mean speed of the segment's previous 1-minute bins over this span.
+const BASELINE_MS: i64 = 15 * MINUTE;
 
 #[derive(Debug, Clone)]
 enum Place {
@@ -81,6 +87,8 @@ struct Crowd {
     daily_entries: u64,
     day: i64,
     last_emitted_end: i64,
+    /// Net inflow per minute, smoothed over about five minutes: the crowd forecast.
+    net_per_min: f64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -161,6 +169,8 @@ pub struct Aggregators {
     recent_tags: HashMap<(Arc<str>, String), i64>,
     /// By segment, bin and lane (`None`: the whole segment).
     traffic: HashMap<TrafficKey, Windows<TrafficWindow>>,
+    /// Speeds of recent 1-minute segment bins `(window end, km/h)`: the incident baseline.
+    speeds: HashMap<Arc<str>, std::collections::VecDeque<(i64, f64)>>,
     pipe: HashMap<(Arc<str>, String), PipeSeries>,
     health: HashMap<Arc<str>, HealthSeries>,
     /// Counters.
@@ -168,7 +178,7 @@ pub struct Aggregators {
     settings: AggregateSettings,
 }
 
-fn parse_offset(s: &str) -> i64 {
+pub(crate) fn parse_offset(s: &str) -> i64 {
     let sign = if s.starts_with('-') { -1 } else { 1 };
     let digits: Vec<i64> = s[1..].split(':').filter_map(|p| p.parse().ok()).collect();
     match digits.as_slice() {
@@ -278,6 +288,7 @@ impl Aggregators {
             crowd: HashMap::new(),
             recent_tags: HashMap::new(),
             traffic: HashMap::new(),
+            speeds: HashMap::new(),
             pipe: HashMap::new(),
             health: HashMap::new(),
             counts: AggregateCounts::default(),
@@ -434,6 +445,7 @@ impl Aggregators {
                 daily_entries: 0,
                 day: i64::MIN,
                 last_emitted_end: i64::MIN,
+                net_per_min: 0.0,
             })
             .windows
     }
@@ -456,6 +468,7 @@ impl Aggregators {
                 let day = (end - 1 + offset - info.close_ms).div_euclid(DAY);
                 if day != c.day {
                     (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
+                    c.net_per_min = 0.0;
                 }
                 let raw = c.occupancy + w.entries as i64 - w.exits as i64;
                 let drift = raw < 0 || raw as f64 > 1.5 * info.instantaneous;
@@ -466,7 +479,11 @@ impl Aggregators {
                     c.occupancy = raw.max(0);
                     c.daily_entries += w.entries;
                     c.last_emitted_end = end;
+                    let net = w.entries as f64 - w.exits as f64;
+                    c.net_per_min =
+                        FORECAST_SMOOTHING * net + (1.0 - FORECAST_SMOOTHING) * c.net_per_min;
                 }
+                let forecast = (c.occupancy as f64 + c.net_per_min * FORECAST_MIN).max(0.0);
                 let mut fields = vec![
                     ("entries".into(), FieldValue::Int(w.entries as i64)),
                     ("exits".into(), FieldValue::Int(w.exits as i64)),
@@ -482,6 +499,10 @@ impl Aggregators {
                         FieldValue::Int(c.daily_entries as i64),
                     ),
                     ("drift".into(), FieldValue::Bool(drift)),
+                    (
+                        "forecast_ratio".into(),
+                        FieldValue::Float(forecast / info.instantaneous),
+                    ),
                 ];
                 // Choke points have no daily capacity.
                 if info.daily > 0.0 {
@@ -524,6 +545,18 @@ impl Aggregators {
                     ("occupancy_pct".into(), FieldValue::Float(occupancy)),
                     ("grade".into(), FieldValue::Int(grade as i64)),
                 ];
+                if let (Some(s), "1m", None) = (speed, *bin, lane) {
+                    let recent = self.speeds.entry(segment.clone()).or_default();
+                    recent.retain(|(e, _)| *e < end && *e >= end - BASELINE_MS);
+                    if recent.len() >= 3 {
+                        let baseline =
+                            recent.iter().map(|(_, v)| v).sum::<f64>() / recent.len() as f64;
+                        if baseline > 0.0 {
+                            fields.push(("speed_ratio".into(), FieldValue::Float(s / baseline)));
+                        }
+                    }
+                    recent.push_back((end, s));
+                }
                 if let Some(s) = speed {
                     fields.push(("speed_kmh".into(), FieldValue::Float(s)));
                     fields.push((

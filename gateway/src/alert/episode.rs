@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which side of the thresholds is bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Side {
     /// High values are bad (occupancy, gas, tilt).
     Above,
@@ -111,12 +112,25 @@ pub struct Episode {
     last_notified: Option<i64>,
     /// Latest time seen: older values are ignored.
     last_time: Option<i64>,
+    /// How often the value came back past the clear threshold during the open episode without
+    /// staying there: a flapping value.
+    #[serde(default)]
+    pub crossings: u32,
 }
 
 impl Episode {
     /// Whether an episode is open.
     pub fn is_open(&self) -> bool {
         self.grade > 0
+    }
+
+    /// The part of the state worth persisting: everything but the time of the latest value, so
+    /// an unchanged episode is not rewritten for every value.
+    pub fn essence(&self) -> Episode {
+        Episode {
+            last_time: None,
+            ..self.clone()
+        }
     }
 
     /// Feeds one value at `time_ms`; returns what to tell operators, if anything.
@@ -130,6 +144,9 @@ impl Episode {
         // Clearing: only while open, and only once it held long enough.
         if self.is_open() && t.cleared(value) {
             self.rising = None;
+            if self.clearing.is_none() {
+                self.crossings += 1;
+            }
             let since = *self.clearing.get_or_insert(time_ms);
             if time_ms - since >= t.clear_hold_ms {
                 let grade = self.grade;
@@ -234,6 +251,14 @@ mod tests {
         let got = run(&t, &series);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].1, Transition::Raised { grade: 1 });
+        let mut e = Episode::default();
+        for &(time, v) in &series {
+            e.observe(&t, time, v);
+        }
+        assert_eq!(
+            e.crossings, 100,
+            "every dip past the clear threshold is counted"
+        );
     }
 
     #[test]

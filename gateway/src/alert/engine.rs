@@ -1,0 +1,1153 @@
+//! The rule engine: readings, points and presence in; alert transitions out.
+//!
+//! One [`Episode`] per (rule, subject) owns that alert: an episode yields exactly one raise, an
+//! escalation per grade reached, reminders, and one resolution. The engine is plain state with
+//! no clock and no I/O (time comes with the inputs); what changed since the last
+//! [`Engine::take_changes`] is committed by the caller in the same transaction as the readings
+//! that caused it, so a restart neither re-fires nor forgets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use device_profiles::Catalog;
+use serde::{Deserialize, Serialize};
+
+use super::episode::{Episode, Side, Thresholds, Transition};
+use super::rule::{Category, Confirm, DeriveKind, Rule, Source};
+use crate::point::{FieldValue, Point};
+use crate::reading::{Measurement, Reading};
+use crate::registry::{Presence, Registry};
+
+/// History kept for derived values (the longest window a rule may use).
+const HISTORY_MS: i64 = 30 * 60_000;
+/// An episode whose value came back past the clear threshold this often is flagged flapping.
+const FLAPPING_CROSSINGS: u32 = 3;
+
+/// Whether an alert is still on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Open.
+    Firing,
+    /// Over.
+    Resolved,
+}
+
+/// Who acknowledged an alert, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Operator name as given.
+    pub by: String,
+    /// Free text.
+    #[serde(default)]
+    pub note: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
+/// One alert: what operators see, on every notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Unique per episode: `{rule}:{subject}:{started_ms}`.
+    pub id: String,
+    /// The rule.
+    pub rule: String,
+    /// Category (the `{category}` of the MQTT topic).
+    pub category: Category,
+    /// Scenic area, choke point, road segment, pipe asset or device id.
+    pub subject: String,
+    /// The subject's name from the site file, where it has one.
+    pub subject_name: String,
+    /// District code (GB/T 2260).
+    pub zone: String,
+    /// Grade number, 1 = least severe.
+    pub grade: u8,
+    /// Grade name (`blue`, `warning`, `alarm`, …).
+    pub severity: String,
+    /// Grade label for people (蓝, 中度拥堵, …).
+    pub label: String,
+    /// Firing or resolved.
+    pub status: Status,
+    /// The value at the latest transition.
+    pub value: f64,
+    /// The set threshold of the grade.
+    pub threshold: f64,
+    /// When the episode started (event time), Unix ms.
+    pub started_ms: i64,
+    /// The latest transition, Unix ms.
+    pub updated_ms: i64,
+    /// When it resolved.
+    pub resolved_ms: Option<i64>,
+    /// Acknowledgement, cleared by an escalation.
+    pub ack: Option<Ack>,
+    /// The value kept crossing back and forth during this episode.
+    pub flapping: bool,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new alert.
+    Raised,
+    /// A higher grade.
+    Escalated,
+    /// A reminder.
+    Renotified,
+    /// Over.
+    Resolved,
+    /// An operator took it.
+    Acknowledged,
+}
+
+impl EventKind {
+    /// The label and JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Raised => "raised",
+            EventKind::Escalated => "escalated",
+            EventKind::Renotified => "renotified",
+            EventKind::Resolved => "resolved",
+            EventKind::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// One transition, as published on `cs/v1/alerts/events` and handed to every notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// When (event time), Unix ms.
+    pub at_ms: i64,
+    /// For escalations: the severity before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_severity: Option<String>,
+    /// The alert after the transition.
+    pub alert: Alert,
+}
+
+/// The persisted state of one (rule, subject).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubjectState {
+    /// The episode state machine.
+    pub episode: Episode,
+    /// The open alert, if any.
+    pub alert: Option<Alert>,
+}
+
+/// What changed since the last [`Engine::take_changes`]: state rows `("{rule}|{subject}",
+/// state)` and events, to be committed together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Changed states.
+    pub states: Vec<(String, SubjectState)>,
+    /// New events, in order.
+    pub events: Vec<AlertEvent>,
+}
+
+impl Changes {
+    /// Nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Why an acknowledgement failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// No open alert has that id.
+    #[error("no open alert with id \"{0}\"")]
+    NotFound(String),
+}
+
+#[derive(Debug, Clone, Default)]
+struct DeviceCtx {
+    /// The pipe asset it sits on: the subject of its reading rules.
+    asset: Option<Arc<str>>,
+    /// The scenic area of the gate it reads.
+    gate_area: Option<Arc<str>>,
+}
+
+/// What the engine knows about the site.
+#[derive(Debug, Clone, Default)]
+struct Context {
+    devices: HashMap<Arc<str>, DeviceCtx>,
+    /// Subject → (name, zone).
+    subjects: HashMap<Arc<str>, (String, Arc<str>)>,
+    access_roads: HashMap<Arc<str>, Vec<Arc<str>>>,
+    neighbours: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Opening and closing, ms after local midnight.
+    hours: HashMap<Arc<str>, (i64, i64)>,
+    utc_offset_ms: i64,
+}
+
+impl Context {
+    fn new(catalog: &Catalog) -> Context {
+        let site = &catalog.site;
+        let mut c = Context {
+            utc_offset_ms: crate::aggregate::parse_offset(&site.site.utc_offset),
+            ..Context::default()
+        };
+        for d in &site.devices {
+            c.devices.insert(d.id.as_str().into(), DeviceCtx::default());
+            c.subjects
+                .insert(d.id.as_str().into(), (d.id.clone(), d.zone.as_str().into()));
+        }
+        for a in &site.scenic_areas {
+            c.subjects.insert(
+                a.id.as_str().into(),
+                (a.name.clone(), a.zone.as_str().into()),
+            );
+            for p in &a.choke_points {
+                c.subjects.insert(
+                    p.id.as_str().into(),
+                    (format!("{} {}", a.name, p.name), a.zone.as_str().into()),
+                );
+            }
+            c.access_roads.insert(
+                a.id.as_str().into(),
+                a.access_roads.iter().map(|r| r.as_str().into()).collect(),
+            );
+            if let Some((open, close)) = a.hours.minutes() {
+                c.hours.insert(
+                    a.id.as_str().into(),
+                    (i64::from(open) * 60_000, i64::from(close) * 60_000),
+                );
+            }
+        }
+        for g in &site.gates {
+            if let Some(d) = c.devices.get_mut(g.device.as_str()) {
+                d.gate_area = Some(g.area.as_str().into());
+            }
+        }
+        for r in &site.road_segments {
+            c.subjects.insert(
+                r.id.as_str().into(),
+                (r.name.clone(), r.zone.as_str().into()),
+            );
+        }
+        for p in &site.pipe_assets {
+            c.subjects.insert(
+                p.id.as_str().into(),
+                (p.name.clone(), p.zone.as_str().into()),
+            );
+            c.neighbours.insert(
+                p.id.as_str().into(),
+                p.neighbours.iter().map(|n| n.as_str().into()).collect(),
+            );
+            for d in &p.devices {
+                if let Some(dev) = c.devices.get_mut(d.as_str()) {
+                    dev.asset = Some(p.id.as_str().into());
+                }
+            }
+        }
+        c
+    }
+
+    fn is_open(&self, area: &str, now_ms: i64) -> bool {
+        let Some(&(open, close)) = self.hours.get(area) else {
+            return true;
+        };
+        let t = (now_ms + self.utc_offset_ms).rem_euclid(86_400_000);
+        t >= open && t < close
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    rule: Rule,
+    thresholds: Thresholds,
+    /// Indexes of the coupling rules that follow this one.
+    coupled: Vec<usize>,
+}
+
+/// Recent `(time ms, value)` of one field of one subject.
+type History = VecDeque<(i64, f64)>;
+
+/// The rule engine. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    rules: Vec<Compiled>,
+    states: HashMap<(usize, Arc<str>), SubjectState>,
+    /// Recent values per (subject, field), for derived values.
+    history: HashMap<(Arc<str>, String), History>,
+    /// Latest derived value per (rule, subject), for confirmation by neighbours.
+    derived: HashMap<(usize, Arc<str>), (i64, f64)>,
+    ctx: Context,
+    dirty: BTreeSet<(usize, Arc<str>)>,
+    events: Vec<AlertEvent>,
+}
+
+fn field_number(v: &FieldValue) -> Option<f64> {
+    match v {
+        FieldValue::Float(f) => Some(*f),
+        FieldValue::Int(i) => Some(*i as f64),
+        FieldValue::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        FieldValue::Str(_) => None,
+    }
+}
+
+/// The subject of a point: its most specific place tag.
+fn point_subject(p: &Point) -> Option<&str> {
+    ["choke_point", "area", "segment", "asset", "device"]
+        .iter()
+        .find_map(|name| {
+            p.tags
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        })
+}
+
+fn tags_match(rule: &Rule, p: &Point) -> bool {
+    rule.tags.iter().all(|(k, want)| {
+        let have = p.tags.iter().find(|(t, _)| t == k).map(|(_, v)| v.as_str());
+        match (want.as_str(), have) {
+            ("", None) | ("*", Some(_)) => true,
+            (w, Some(h)) => w == h,
+            (_, None) => false,
+        }
+    })
+}
+
+impl Engine {
+    /// An engine for `rules` on the site of `catalog`; open alerts re-notify every
+    /// `renotify_s` unless a rule says otherwise.
+    pub fn new(catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Engine {
+        let mut engine = Self::bare(rules, renotify_s);
+        engine.ctx = Context::new(catalog);
+        engine
+    }
+
+    fn bare(rules: Vec<Rule>, renotify_s: u32) -> Engine {
+        let mut compiled: Vec<Compiled> = rules
+            .into_iter()
+            .map(|rule| Compiled {
+                thresholds: rule.thresholds(renotify_s),
+                rule,
+                coupled: Vec::new(),
+            })
+            .collect();
+        for i in 0..compiled.len() {
+            if let Some(up) = compiled[i].rule.upstream.clone()
+                && let Some(u) = compiled.iter().position(|c| c.rule.id == up)
+            {
+                compiled[u].coupled.push(i);
+            }
+        }
+        Engine {
+            rules: compiled,
+            states: HashMap::new(),
+            history: HashMap::new(),
+            derived: HashMap::new(),
+            ctx: Context::default(),
+            dirty: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|c| &c.rule)
+    }
+
+    /// Restores persisted states (at start). Rows of rules that no longer exist are returned.
+    pub fn restore(&mut self, rows: Vec<(String, SubjectState)>) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for (key, state) in rows {
+            let found = key.split_once('|').and_then(|(rule, subject)| {
+                let i = self.rules.iter().position(|c| c.rule.id == rule)?;
+                Some((i, Arc::<str>::from(subject)))
+            });
+            match found {
+                Some(k) => {
+                    self.states.insert(k, state);
+                }
+                None => unknown.push(key),
+            }
+        }
+        unknown
+    }
+
+    /// Feeds aggregated points.
+    pub fn on_points(&mut self, points: &[Point]) {
+        for p in points {
+            let Some(subject) = point_subject(p) else {
+                continue;
+            };
+            let subject: Arc<str> = subject.into();
+            let zone: Arc<str> = p
+                .tags
+                .iter()
+                .find(|(k, _)| k == "zone")
+                .map_or("", |(_, v)| v.as_str())
+                .into();
+            for i in 0..self.rules.len() {
+                let r = &self.rules[i].rule;
+                if r.source != Source::Point
+                    || r.measurement.as_deref() != Some(p.measurement.as_str())
+                    || !tags_match(r, p)
+                {
+                    continue;
+                }
+                let lookup = |name: &str| {
+                    p.fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| field_number(v))
+                };
+                self.evaluate(i, &subject, &zone, p.time_ms, &lookup);
+            }
+        }
+    }
+
+    /// Feeds readings as they arrive, in event-time order.
+    pub fn on_readings(&mut self, readings: &[Reading]) {
+        let mut ordered: Vec<&Reading> = readings.iter().collect();
+        ordered.sort_by_key(|r| r.time_ms);
+        for r in ordered {
+            let (field, value) = match &r.measurement {
+                Measurement::Value { field, value, .. } => (field.as_str(), *value),
+                Measurement::Status {
+                    battery_pct: Some(b),
+                    ..
+                } => ("battery_pct", f64::from(*b)),
+                _ => continue,
+            };
+            let subject: Arc<str> = self
+                .ctx
+                .devices
+                .get(&r.device)
+                .and_then(|d| d.asset.clone())
+                .unwrap_or_else(|| r.device.clone());
+            self.remember(&subject, field, r.time_ms, value);
+            for i in 0..self.rules.len() {
+                let rule = &self.rules[i].rule;
+                if rule.source != Source::Reading
+                    || rule.field != field
+                    || !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *r.kind))
+                {
+                    continue;
+                }
+                let lookup = |name: &str| (name == field).then_some(value);
+                self.evaluate(i, &subject, &r.zone, r.time_ms, &lookup);
+            }
+        }
+    }
+
+    /// Checks device presence at `now_ms` (every second or so).
+    pub fn on_presence(&mut self, now_ms: i64, registry: &Registry) {
+        for i in 0..self.rules.len() {
+            if self.rules[i].rule.source != Source::Presence {
+                continue;
+            }
+            for d in registry.iter() {
+                let rule = &self.rules[i].rule;
+                if !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *d.info.kind)) {
+                    continue;
+                }
+                let value = match rule.field.as_str() {
+                    "offline" => match d.presence(now_ms) {
+                        Presence::Offline => 1.0,
+                        Presence::Online => 0.0,
+                        Presence::Unknown => continue,
+                    },
+                    "silence_s" => {
+                        let Some(seen) = d.state.last_seen_ms else {
+                            continue;
+                        };
+                        let open = self
+                            .ctx
+                            .devices
+                            .get(&d.info.id)
+                            .and_then(|c| c.gate_area.as_deref())
+                            .is_some_and(|area| self.ctx.is_open(area, now_ms));
+                        if open {
+                            (now_ms - seen).max(0) as f64 / 1000.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => continue,
+                };
+                let (id, zone) = (d.info.id.clone(), d.info.zone.clone());
+                self.evaluate(i, &id, &zone, now_ms, &|_| Some(value));
+            }
+        }
+    }
+
+    fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
+        let wanted = field == "flow"
+            || self
+                .rules
+                .iter()
+                .any(|c| c.rule.derive.is_some() && c.rule.field == field);
+        if !wanted {
+            return;
+        }
+        let h = self
+            .history
+            .entry((subject.clone(), field.to_owned()))
+            .or_default();
+        if h.back().is_some_and(|&(t, _)| t > time_ms) {
+            return; // older than what is known: the window is about now
+        }
+        h.push_back((time_ms, value));
+        while h.front().is_some_and(|&(t, _)| t < time_ms - HISTORY_MS) {
+            h.pop_front();
+        }
+    }
+
+    fn window(&self, subject: &Arc<str>, field: &str, from_ms: i64) -> Vec<f64> {
+        self.history
+            .get(&(subject.clone(), field.to_owned()))
+            .map(|h| {
+                h.iter()
+                    .filter(|(t, _)| *t >= from_ms)
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The value rule `i` watches for one input, `None` when the input does not count (a
+    /// requirement or confirmation failed), and nothing at all when the field is absent.
+    fn value_of(
+        &mut self,
+        i: usize,
+        subject: &Arc<str>,
+        time_ms: i64,
+        lookup: &dyn Fn(&str) -> Option<f64>,
+    ) -> Option<Option<f64>> {
+        let rule = &self.rules[i].rule;
+        let raw = if rule.source == Source::Coupling {
+            lookup("grade")?
+        } else {
+            lookup(&rule.field)?
+        };
+        let mut value = raw;
+        if let Some(d) = &rule.derive {
+            let from = time_ms - i64::from(d.window_s) * 1000;
+            let w = self.window(subject, &rule.field, from);
+            value = match d.kind {
+                DeriveKind::Drop => w.iter().copied().fold(raw, f64::max) - raw,
+                DeriveKind::Rise => raw - w.iter().copied().fold(raw, f64::min),
+            };
+            self.derived.insert((i, subject.clone()), (time_ms, value));
+            let first = rule.grades.first().map_or(f64::INFINITY, |g| g.at);
+            if rule.confirm == Some(Confirm::NeighbourOrFlow) && value >= first {
+                let neighbour = self.ctx.neighbours.get(subject).is_some_and(|ns| {
+                    ns.iter().any(|n| {
+                        self.derived.get(&(i, n.clone())).is_some_and(|&(t, v)| {
+                            (time_ms - t).abs() <= time_ms - from && v >= first / 2.0
+                        })
+                    })
+                });
+                let flow = self.window(subject, "flow", from);
+                let flow_spike = match (flow.iter().copied().reduce(f64::min), flow.last()) {
+                    (Some(lo), Some(&now)) => lo > 0.0 && now >= lo * 1.5,
+                    _ => false,
+                };
+                if !(neighbour || flow_spike) {
+                    return Some(None);
+                }
+            }
+        }
+        let required = rule.require.iter().all(|q| {
+            lookup(&q.field)
+                .is_some_and(|v| q.above.is_none_or(|a| v > a) && q.below.is_none_or(|b| v < b))
+        });
+        Some(required.then_some(value))
+    }
+
+    fn evaluate(
+        &mut self,
+        i: usize,
+        subject: &Arc<str>,
+        zone: &Arc<str>,
+        time_ms: i64,
+        lookup: &dyn Fn(&str) -> Option<f64>,
+    ) {
+        let rule = &self.rules[i].rule;
+        if !rule.subjects.is_empty() && !rule.subjects.iter().any(|s| **s == **subject) {
+            return;
+        }
+        let Some(value) = self.value_of(i, subject, time_ms, lookup) else {
+            return;
+        };
+        let t = &self.rules[i].thresholds;
+        // An input that does not count is a value safely on the clear side.
+        let value = value.unwrap_or_else(|| {
+            let first = t.grades.first().copied().unwrap_or(0.0);
+            match t.side {
+                Side::Above => first - t.clear_margin - 1.0,
+                Side::Below => first + t.clear_margin + 1.0,
+            }
+        });
+        self.feed(i, subject, zone, time_ms, value);
+    }
+
+    fn feed(&mut self, i: usize, subject: &Arc<str>, zone: &Arc<str>, time_ms: i64, value: f64) {
+        let key = (i, subject.clone());
+        let c = &self.rules[i];
+        let state = self.states.entry(key.clone()).or_default();
+        let before = state.episode.essence();
+        let transition = state.episode.observe(&c.thresholds, time_ms, value);
+        if state.episode.essence() != before {
+            self.dirty.insert(key.clone());
+        }
+        let Some(transition) = transition else {
+            return;
+        };
+        let rule = &c.rule;
+        let (name, zone) = self
+            .ctx
+            .subjects
+            .get(subject)
+            .map(|(n, z)| (n.clone(), z.clone()))
+            .unwrap_or_else(|| (subject.to_string(), zone.clone()));
+        let grade_info = |g: u8| {
+            let g = rule.grades.get(usize::from(g.max(1)) - 1);
+            (
+                g.map_or_else(String::new, |g| g.name.clone()),
+                g.map_or_else(String::new, |g| g.label.clone().unwrap_or(g.name.clone())),
+                g.map_or(f64::NAN, |g| g.at),
+            )
+        };
+        let flapping = state.episode.crossings >= FLAPPING_CROSSINGS;
+        let (kind, grade, from) = match transition {
+            Transition::Raised { grade } => (EventKind::Raised, grade, None),
+            Transition::Escalated { from, to } => (EventKind::Escalated, to, Some(from)),
+            Transition::Renotified { grade } => (EventKind::Renotified, grade, None),
+            Transition::Resolved { grade } => (EventKind::Resolved, grade, None),
+        };
+        let previous_severity = from.map(|g| grade_info(g).0);
+        let (severity, label, threshold) = grade_info(grade);
+        let alert = state.alert.get_or_insert_with(|| Alert {
+            id: format!("{}:{}:{}", rule.id, subject, time_ms),
+            rule: rule.id.clone(),
+            category: rule.category,
+            subject: subject.to_string(),
+            subject_name: name.clone(),
+            zone: zone.to_string(),
+            grade,
+            severity: String::new(),
+            label: String::new(),
+            status: Status::Firing,
+            value,
+            threshold,
+            started_ms: time_ms,
+            updated_ms: time_ms,
+            resolved_ms: None,
+            ack: None,
+            flapping,
+            summary: String::new(),
+        });
+        if kind == EventKind::Renotified && alert.ack.is_some() {
+            return; // taken: no reminders
+        }
+        alert.grade = grade;
+        alert.severity = severity;
+        alert.label = label.clone();
+        alert.flapping |= flapping;
+        alert.updated_ms = time_ms;
+        if kind != EventKind::Resolved {
+            alert.value = value;
+            alert.threshold = threshold;
+        }
+        if kind == EventKind::Escalated {
+            alert.ack = None;
+        }
+        let sign = if rule.side == Side::Above {
+            "≥"
+        } else {
+            "≤"
+        };
+        alert.summary = match kind {
+            EventKind::Resolved => format!("{name}: {} — resolved (was {label})", rule.description),
+            _ => format!(
+                "{name}: {} — {label} ({} {} {sign} {})",
+                rule.description,
+                if rule.field.is_empty() {
+                    "grade"
+                } else {
+                    &rule.field
+                },
+                round(alert.value),
+                round(threshold)
+            ),
+        };
+        if kind == EventKind::Resolved {
+            alert.status = Status::Resolved;
+            alert.resolved_ms = Some(time_ms);
+        }
+        let event = AlertEvent {
+            kind,
+            at_ms: time_ms,
+            previous_severity,
+            alert: alert.clone(),
+        };
+        if kind == EventKind::Resolved {
+            state.alert = None;
+        }
+        self.dirty.insert(key);
+        self.events.push(event);
+        let coupled = self.rules[i].coupled.clone();
+        if coupled.is_empty() {
+            return;
+        }
+        let upstream_grade = f64::from(self.states[&(i, subject.clone())].episode.grade);
+        for road in self
+            .ctx
+            .access_roads
+            .get(subject)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let road_zone = self
+                .ctx
+                .subjects
+                .get(&road)
+                .map_or(zone.clone(), |(_, z)| z.clone());
+            for &ci in &coupled {
+                self.evaluate(ci, &road, &road_zone, time_ms, &|n| {
+                    (n == "grade").then_some(upstream_grade)
+                });
+            }
+        }
+    }
+
+    /// Acknowledges an open alert.
+    pub fn ack(&mut self, id: &str, by: &str, note: &str, now_ms: i64) -> Result<Alert, AckError> {
+        let Some((key, state)) = self
+            .states
+            .iter_mut()
+            .find(|(_, s)| s.alert.as_ref().is_some_and(|a| a.id == id))
+        else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        let Some(alert) = state.alert.as_mut() else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        if alert.ack.is_some() {
+            return Ok(alert.clone());
+        }
+        alert.ack = Some(Ack {
+            by: by.to_owned(),
+            note: note.to_owned(),
+            at_ms: now_ms,
+        });
+        let alert = alert.clone();
+        self.dirty.insert(key.clone());
+        self.events.push(AlertEvent {
+            kind: EventKind::Acknowledged,
+            at_ms: now_ms,
+            previous_severity: None,
+            alert: alert.clone(),
+        });
+        Ok(alert)
+    }
+
+    /// What changed since the last call, to commit.
+    pub fn take_changes(&mut self) -> Changes {
+        let states = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|(i, subject)| {
+                let s = self.states.get(&(i, subject.clone()))?;
+                Some((format!("{}|{}", self.rules[i].rule.id, subject), s.clone()))
+            })
+            .collect();
+        Changes {
+            states,
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
+    /// Open alerts, oldest first.
+    pub fn open_alerts(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self
+            .states
+            .values()
+            .filter_map(|s| s.alert.clone())
+            .collect();
+        v.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        v
+    }
+
+    /// Open alerts counted by (category, severity), with a zero for every pair a rule can
+    /// raise (so gauges fall back to zero).
+    pub fn active_counts(&self) -> BTreeMap<(&'static str, String), i64> {
+        let mut counts = BTreeMap::new();
+        for c in &self.rules {
+            for g in &c.rule.grades {
+                counts.insert((c.rule.category.name(), g.name.clone()), 0);
+            }
+        }
+        for s in self.states.values() {
+            if let Some(a) = &s.alert {
+                *counts
+                    .entry((a.category.name(), a.severity.clone()))
+                    .or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Runs one rule-file test case against `rules`; `Err` is a readable diff.
+pub fn run_case(
+    rules: &[Rule],
+    case: &super::rule::TestCase,
+    renotify_s: u32,
+) -> Result<usize, String> {
+    let Some(rule) = rules.iter().find(|r| r.id == case.rule) else {
+        return Err(format!("no rule \"{}\" to test", case.rule));
+    };
+    let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
+    let mut rows: Vec<(i64, BTreeMap<String, f64>)> = case
+        .rows
+        .iter()
+        .map(|r| {
+            let at = r.get("at_s").copied().unwrap_or(0.0);
+            ((at * 1000.0).round() as i64, r.clone())
+        })
+        .collect();
+    for ramp in &case.ramp {
+        let span = f64::from(ramp.to_s - ramp.from_s).max(1.0);
+        let mut t = ramp.from_s;
+        while t <= ramp.to_s {
+            let v = ramp.start + (ramp.end - ramp.start) * f64::from(t - ramp.from_s) / span;
+            let at = i64::from(t) * 1000;
+            match rows.iter_mut().find(|(a, _)| *a == at) {
+                Some((_, row)) => {
+                    row.insert(ramp.field.clone(), v);
+                }
+                None => rows.push((at, BTreeMap::from([(ramp.field.clone(), v)]))),
+            }
+            t += ramp.every_s;
+        }
+    }
+    rows.sort_by_key(|(t, _)| *t);
+    let subject: Arc<str> = case.subject.as_str().into();
+    let zone: Arc<str> = "".into();
+    for (at, row) in &rows {
+        if let Some(v) = row.get(&rule.field) {
+            engine.remember(&subject, &rule.field, *at, *v);
+        }
+        if let Some(v) = row.get("flow") {
+            engine.remember(&subject, "flow", *at, *v);
+        }
+        engine.evaluate(0, &subject, &zone, *at, &|n| row.get(n).copied());
+    }
+    let got: Vec<(f64, String, String)> = engine
+        .take_changes()
+        .events
+        .into_iter()
+        .map(|e| {
+            (
+                e.at_ms as f64 / 1000.0,
+                e.kind.name().to_owned(),
+                e.alert.severity,
+            )
+        })
+        .collect();
+    let want: Vec<(f64, String, String)> = case
+        .expect
+        .iter()
+        .map(|e| (e.at_s, e.kind.clone(), e.grade.clone()))
+        .collect();
+    if got == want {
+        return Ok(got.len());
+    }
+    let show = |v: &[(f64, String, String)]| {
+        if v.is_empty() {
+            return "    (nothing)\n".to_owned();
+        }
+        v.iter()
+            .map(|(t, k, g)| format!("    at_s = {t}: {k} {g}\n"))
+            .collect::<String>()
+    };
+    Err(format!("expected:\n{}got:\n{}", show(&want), show(&got)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::rule::{DefaultsTuning, RuleFile, defaults};
+
+    fn engine() -> Engine {
+        let catalog = Catalog::ganzhou().unwrap();
+        let rules = defaults(&catalog, DefaultsTuning::default());
+        Engine::new(&catalog, rules, 3600)
+    }
+
+    fn crowd_point(area: &str, minute: i64, ratio: f64) -> Point {
+        Point {
+            measurement: "crowd".into(),
+            tags: vec![
+                ("area".into(), area.into()),
+                ("zone".into(), "360702".into()),
+            ],
+            fields: vec![("occupancy_ratio".into(), FieldValue::Float(ratio))],
+            time_ms: minute * 60_000,
+        }
+    }
+
+    fn gas(device: &str, time_ms: i64, value: f64) -> Reading {
+        Reading {
+            device: device.into(),
+            zone: "360702".into(),
+            kind: "tunnel-gas".into(),
+            time_ms,
+            received_ms: time_ms,
+            unsynced_clock: false,
+            origin: None,
+            measurement: Measurement::Value {
+                field: "gas".into(),
+                value,
+                urgent: false,
+            },
+        }
+    }
+
+    fn kinds(c: &Changes) -> Vec<(String, &'static str, String)> {
+        c.events
+            .iter()
+            .map(|e| {
+                (
+                    e.alert.rule.clone(),
+                    e.kind.name(),
+                    e.alert.severity.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_rule_file_passes_its_own_cases() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/ganzhou.toml");
+        let (report, ok) = crate::rules_test(&[path], None).unwrap();
+        assert!(ok, "{report}");
+        assert!(report.contains("0 failed"), "{report}");
+    }
+
+    #[test]
+    fn a_wrong_expectation_fails_with_a_diff() {
+        let file = RuleFile::parse(
+            std::path::Path::new("wrong.toml"),
+            r#"
+[[test]]
+name = "gas at 21% is not an alarm (wrong on purpose)"
+rule = "pipe.gas_high"
+rows = [{ at_s = 0, gas = 21.0 }]
+expect = []
+"#,
+        )
+        .unwrap();
+        let catalog = Catalog::ganzhou().unwrap();
+        let rules = defaults(&catalog, DefaultsTuning::default());
+        let diff = run_case(&rules, &file.test[0], 3600).unwrap_err();
+        assert_eq!(
+            diff,
+            "expected:\n    (nothing)\ngot:\n    at_s = 0: raised alarm\n"
+        );
+    }
+
+    #[test]
+    fn a_surge_on_points_raises_the_area_and_couples_its_access_roads() {
+        let mut e = engine();
+        e.on_points(&[crowd_point("S4", 1, 0.65)]);
+        let c = e.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("crowd.occupancy".into(), "raised", "blue".into())]
+        );
+        let a = &c.events[0].alert;
+        assert_eq!(
+            (a.subject.as_str(), a.subject_name.as_str(), a.zone.as_str()),
+            ("S4", "通天岩", "360702")
+        );
+        assert_eq!(a.id, "crowd.occupancy:S4:60000");
+        e.on_points(&[crowd_point("S4", 2, 0.82)]);
+        let c = e.take_changes();
+        let got = kinds(&c);
+        assert_eq!(
+            got[0],
+            ("crowd.occupancy".into(), "escalated", "yellow".into())
+        );
+        assert_eq!(c.events[0].previous_severity.as_deref(), Some("blue"));
+        let roads: Vec<&str> = c.events[1..]
+            .iter()
+            .map(|e| {
+                assert_eq!(e.alert.rule, "traffic.crowd_coupling");
+                e.alert.subject.as_str()
+            })
+            .collect();
+        let site = Catalog::ganzhou().unwrap().site;
+        let s4 = site.scenic_areas.iter().find(|a| a.id == "S4").unwrap();
+        assert_eq!(
+            roads,
+            s4.access_roads
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        assert!(!roads.is_empty());
+        // The crowd resolves; its coupling follows.
+        e.on_points(&[crowd_point("S4", 3, 0.2), crowd_point("S4", 14, 0.2)]);
+        let c = e.take_changes();
+        assert!(c.events.iter().all(|e| e.kind == EventKind::Resolved));
+        assert_eq!(c.events.len(), 1 + roads.len());
+        assert!(e.open_alerts().is_empty());
+    }
+
+    #[test]
+    fn choke_points_and_areas_are_separate_subjects() {
+        let mut e = engine();
+        let mut p = crowd_point("S3", 1, 0.95);
+        p.tags.insert(1, ("choke_point".into(), "S3-bridge".into()));
+        e.on_points(&[p]);
+        let c = e.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("crowd.choke_point".into(), "raised", "orange".into())]
+        );
+        assert_eq!(c.events[0].alert.subject, "S3-bridge");
+    }
+
+    #[test]
+    fn a_restart_mid_episode_neither_refires_nor_forgets() {
+        let mut e = engine();
+        e.on_readings(&[gas("gz-t1-gas", 1_000, 22.0)]);
+        let c = e.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("pipe.gas_high".into(), "raised", "alarm".into())]
+        );
+        assert_eq!(
+            c.events[0].alert.subject, "T1",
+            "pipe readings alert on their asset"
+        );
+        // What the store kept, through JSON as the store keeps it.
+        let rows: Vec<(String, SubjectState)> = c
+            .states
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        let mut restarted = engine();
+        assert!(restarted.restore(rows).is_empty());
+        assert_eq!(restarted.open_alerts().len(), 1);
+        restarted.on_readings(&[gas("gz-t1-gas", 2_000, 22.5)]);
+        assert!(restarted.take_changes().events.is_empty(), "no re-fire");
+        restarted.on_readings(&[gas("gz-t1-gas", 3_000, 2.0)]);
+        let c = restarted.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("pipe.gas_high".into(), "resolved", "alarm".into())]
+        );
+        assert_eq!(
+            c.events[0].alert.id, "pipe.gas_high:T1:1000",
+            "the same alert resolves"
+        );
+    }
+
+    #[test]
+    fn acknowledging_silences_reminders_until_an_escalation() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let mut e = Engine::new(&catalog, defaults(&catalog, DefaultsTuning::default()), 60);
+        e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
+        let id = e.take_changes().events[0].alert.id.clone();
+        assert_eq!(
+            e.ack("nope", "li", "", 5),
+            Err(AckError::NotFound("nope".into()))
+        );
+        let acked = e.ack(&id, "li", "ventilation on", 5).unwrap();
+        assert_eq!(acked.ack.as_ref().unwrap().by, "li");
+        assert_eq!(
+            kinds(&e.take_changes()),
+            vec![("pipe.gas_high".into(), "acknowledged", "alarm".into())]
+        );
+        e.on_readings(&[gas("gz-t1-gas", 120_000, 21.0)]);
+        assert!(e.take_changes().events.is_empty(), "no reminder once taken");
+        e.on_readings(&[gas("gz-t1-gas", 130_000, 26.0)]);
+        let c = e.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("pipe.gas_high".into(), "escalated", "critical".into())]
+        );
+        assert!(
+            c.events[0].alert.ack.is_none(),
+            "an escalation needs a new acknowledgement"
+        );
+    }
+
+    #[test]
+    fn unchanged_episodes_are_not_rewritten_for_every_value() {
+        let mut e = engine();
+        e.on_readings(&[gas("gz-t1-gas", 0, 1.0)]);
+        e.take_changes();
+        e.on_readings(&[gas("gz-t1-gas", 1_000, 1.5), gas("gz-t1-gas", 2_000, 1.2)]);
+        assert!(e.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_burst_is_confirmed_by_a_neighbour_drop() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let p1 = catalog
+            .site
+            .pipe_assets
+            .iter()
+            .find(|a| a.id == "P1")
+            .unwrap();
+        let neighbour = p1
+            .neighbours
+            .first()
+            .expect("P1 has a neighbour in the site")
+            .clone();
+        let nb_device = catalog
+            .site
+            .pipe_assets
+            .iter()
+            .find(|a| a.id == neighbour)
+            .unwrap()
+            .devices[0]
+            .clone();
+        let pressure = |device: &str, t: i64, v: f64| Reading {
+            kind: "water-pressure".into(),
+            measurement: Measurement::Value {
+                field: "pressure".into(),
+                value: v,
+                urgent: false,
+            },
+            ..gas(device, t, v)
+        };
+        let mut e = engine();
+        e.on_readings(&[
+            pressure(&p1.devices[0], 0, 0.30),
+            pressure(&nb_device, 0, 0.30),
+            pressure(&nb_device, 50_000, 0.22),
+            pressure(&p1.devices[0], 60_000, 0.17),
+        ]);
+        let c = e.take_changes();
+        let bursts: Vec<&str> = c
+            .events
+            .iter()
+            .filter(|e| e.alert.rule == "pipe.burst")
+            .map(|e| e.alert.subject.as_str())
+            .collect();
+        assert_eq!(bursts, vec!["P1"], "{:?}", kinds(&c));
+    }
+}

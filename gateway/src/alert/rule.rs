@@ -1,0 +1,794 @@
+//! Rules: what is watched, on which subjects, with which thresholds.
+//!
+//! The defaults come from `DOMAIN.md` §6 and the site and profiles ([`defaults`]): crowd grades
+//! on every scenic area and choke point, congestion and incidents on every road segment, the
+//! `[[alert]]` thresholds of every profile, bursts, low batteries and offline devices. Rule
+//! files (TOML, [`RuleFile`]) add rules or replace a default by reusing its id, and may carry
+//! test cases that `gateway rules test FILE` runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use device_profiles::Catalog;
+use serde::{Deserialize, Serialize};
+
+use super::episode::{Side, Thresholds};
+
+/// What a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Aggregated points (`crowd`, `traffic`, `pipe`, `device_health`): the subject is the
+    /// point's `choke_point`, `area`, `segment`, `asset` or `device` tag, in that order.
+    Point,
+    /// Readings as they arrive: `Value` fields by name, and `battery_pct` from status reports.
+    /// The subject is the device's pipe asset, or the device.
+    Reading,
+    /// Device presence, checked every second: `offline` (1 when offline) and `silence_s`
+    /// (seconds since the last report, only while the device's scenic area is open).
+    Presence,
+    /// Another rule's grade on a scenic area, applied to the area's access roads.
+    Coupling,
+}
+
+/// The category an alert is filed under (the `{category}` of its MQTT topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Scenic-area crowds.
+    Crowd,
+    /// Road traffic.
+    Traffic,
+    /// Pipes, wells, tunnels and covers.
+    Pipe,
+    /// Device health (battery, presence).
+    Device,
+}
+
+impl Category {
+    /// The label and topic segment.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Crowd => "crowd",
+            Category::Traffic => "traffic",
+            Category::Pipe => "pipe",
+            Category::Device => "device",
+        }
+    }
+}
+
+/// One grade of a rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grade {
+    /// Severity name: label of metrics and Alertmanager (`blue`, `warning`, `alarm`, …).
+    pub name: String,
+    /// What operators read (蓝, 中度拥堵, …); the name when absent.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The set threshold.
+    pub at: f64,
+}
+
+/// Another field that must hold for the rule's value to count (otherwise the value counts as
+/// clear).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Require {
+    /// The field.
+    pub field: String,
+    /// It must be above this.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// It must be below this.
+    #[serde(default)]
+    pub below: Option<f64>,
+}
+
+/// A value derived from the field's recent history instead of the field itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Derive {
+    /// `drop` (highest value in the window minus the current) or `rise` (current minus the
+    /// lowest).
+    pub kind: DeriveKind,
+    /// The window, seconds.
+    pub window_s: u32,
+}
+
+/// See [`Derive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeriveKind {
+    /// Max over the window minus now.
+    Drop,
+    /// Now minus min over the window.
+    Rise,
+}
+
+/// How a derived value is confirmed before it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirm {
+    /// A neighbouring asset (site `neighbours`) saw at least half the first threshold within
+    /// the window, or the asset's `flow` rose by half within it.
+    NeighbourOrFlow,
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique id, e.g. `crowd.occupancy`. A rule file reusing a default's id replaces it.
+    pub id: String,
+    /// Alert category.
+    pub category: Category,
+    /// What it means, for operators.
+    #[serde(default)]
+    pub description: String,
+    /// What it reads.
+    pub source: Source,
+    /// For `point` rules: the measurement.
+    #[serde(default)]
+    pub measurement: Option<String>,
+    /// The field watched (for `coupling` rules: ignored, the upstream grade is watched).
+    #[serde(default)]
+    pub field: String,
+    /// For `point` rules: tags that must match; `""` means the tag must be absent, `"*"` present.
+    #[serde(default, rename = "where")]
+    pub tags: BTreeMap<String, String>,
+    /// Only devices of these kinds (`reading` and `presence` rules); empty means all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only these subjects; empty means all.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Which side of the thresholds is bad.
+    pub side: Side,
+    /// Grades in order of severity, each with its set threshold.
+    pub grades: Vec<Grade>,
+    /// Hysteresis: a value clears this far back past the first threshold.
+    #[serde(default)]
+    pub clear_margin: f64,
+    /// How long a grade must hold before it is raised, seconds.
+    #[serde(default)]
+    pub hold_s: u32,
+    /// How long the value must stay clear before the alert resolves, seconds.
+    #[serde(default)]
+    pub clear_hold_s: u32,
+    /// Re-notify an open alert this often, seconds; absent: `alerts.renotify_s`; 0: never.
+    #[serde(default)]
+    pub renotify_s: Option<u32>,
+    /// Other fields that must hold.
+    #[serde(default)]
+    pub require: Vec<Require>,
+    /// Watch a change over a window instead of the value.
+    #[serde(default)]
+    pub derive: Option<Derive>,
+    /// Confirmation of a derived value.
+    #[serde(default)]
+    pub confirm: Option<Confirm>,
+    /// For `coupling` rules: the crowd rule whose grade is watched.
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+impl Rule {
+    /// The episode thresholds of this rule.
+    pub fn thresholds(&self, default_renotify_s: u32) -> Thresholds {
+        Thresholds {
+            side: self.side,
+            grades: self.grades.iter().map(|g| g.at).collect(),
+            clear_margin: self.clear_margin,
+            hold_ms: i64::from(self.hold_s) * 1000,
+            clear_hold_ms: i64::from(self.clear_hold_s) * 1000,
+            renotify_ms: i64::from(self.renotify_s.unwrap_or(default_renotify_s)) * 1000,
+        }
+    }
+
+    /// Problems with this rule, as `(key, reason)`.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.id.is_empty() || self.id.contains(['/', ' ', '+', '#']) {
+            p.push((
+                "id",
+                format!(
+                    "\"{}\" is not a rule id (non-empty, no '/', '+', '#' or spaces)",
+                    self.id
+                ),
+            ));
+        }
+        if self.grades.is_empty() {
+            p.push(("grades", "a rule needs at least one grade".to_owned()));
+        }
+        let ordered = self.grades.windows(2).all(|w| match self.side {
+            Side::Above => w[0].at < w[1].at,
+            Side::Below => w[0].at > w[1].at,
+        });
+        if !ordered {
+            p.push((
+                "grades",
+                format!(
+                    "thresholds must grow in severity: strictly {} for side = \"{}\"",
+                    if self.side == Side::Above {
+                        "increasing"
+                    } else {
+                        "decreasing"
+                    },
+                    if self.side == Side::Above {
+                        "above"
+                    } else {
+                        "below"
+                    }
+                ),
+            ));
+        }
+        if self.grades.iter().any(|g| !g.at.is_finite()) {
+            p.push(("grades", "thresholds must be finite numbers".to_owned()));
+        }
+        if !(self.clear_margin.is_finite() && self.clear_margin >= 0.0) {
+            p.push(("clear_margin", "must be zero or positive".to_owned()));
+        }
+        match self.source {
+            Source::Point if self.measurement.is_none() => p.push((
+                "measurement",
+                "a point rule names its measurement".to_owned(),
+            )),
+            Source::Coupling if self.upstream.is_none() => p.push((
+                "upstream",
+                "a coupling rule names the crowd rule it follows".to_owned(),
+            )),
+            _ => {}
+        }
+        if self.source != Source::Coupling && self.field.is_empty() {
+            p.push(("field", "the field watched is missing".to_owned()));
+        }
+        if self.confirm.is_some() && self.derive.is_none() {
+            p.push(("confirm", "only a derived value is confirmed".to_owned()));
+        }
+        if self.derive.as_ref().is_some_and(|d| d.window_s == 0) {
+            p.push((
+                "derive.window_s",
+                "the window must be at least 1 s".to_owned(),
+            ));
+        }
+        p
+    }
+}
+
+/// One test case of a rule file: a series of inputs and the alerts it must give.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// What it shows.
+    pub name: String,
+    /// The rule under test (from this file or the defaults).
+    pub rule: String,
+    /// The subject the inputs are for.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// Inputs: `{ at_s = 0, occupancy_ratio = 0.5, ... }`, the time and field values.
+    #[serde(default)]
+    pub rows: Vec<BTreeMap<String, f64>>,
+    /// Inputs generated as straight lines, merged with `rows` by time.
+    #[serde(default)]
+    pub ramp: Vec<Ramp>,
+    /// The transitions expected, in order; nothing else may happen.
+    #[serde(default)]
+    pub expect: Vec<Expected>,
+}
+
+fn default_subject() -> String {
+    "test".to_owned()
+}
+
+/// A straight line of one field's values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    /// The field.
+    pub field: String,
+    /// Start, seconds.
+    pub from_s: u32,
+    /// End, seconds (inclusive).
+    pub to_s: u32,
+    /// One value every this many seconds.
+    pub every_s: u32,
+    /// Value at the start.
+    pub start: f64,
+    /// Value at the end.
+    pub end: f64,
+}
+
+/// One expected transition.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    /// When, seconds.
+    pub at_s: f64,
+    /// `raised`, `escalated`, `renotified` or `resolved`.
+    pub kind: String,
+    /// The grade name after the transition (for `resolved`: the highest reached).
+    pub grade: String,
+}
+
+/// A rule file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Rules.
+    #[serde(default)]
+    pub rule: Vec<Rule>,
+    /// Test cases.
+    #[serde(default)]
+    pub test: Vec<TestCase>,
+}
+
+impl RuleFile {
+    /// Loads and checks a rule file; errors name the file, the rule and the key.
+    pub fn load(path: &Path) -> anyhow::Result<RuleFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks rule-file text.
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<RuleFile> {
+        let file: RuleFile =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut problems = Vec::new();
+        for (i, r) in file.rule.iter().enumerate() {
+            for (key, reason) in r.problems() {
+                problems.push(format!(
+                    "{}: rule[{i}] (\"{}\").{key}: {reason}",
+                    path.display(),
+                    r.id
+                ));
+            }
+            if file.rule[..i].iter().any(|o| o.id == r.id) {
+                problems.push(format!(
+                    "{}: rule[{i}].id: \"{}\" is defined twice in this file",
+                    path.display(),
+                    r.id
+                ));
+            }
+        }
+        for (i, t) in file.test.iter().enumerate() {
+            for (j, row) in t.rows.iter().enumerate() {
+                if !row.contains_key("at_s") {
+                    problems.push(format!(
+                        "{}: test[{i}] (\"{}\").rows[{j}]: every row needs at_s",
+                        path.display(),
+                        t.name
+                    ));
+                }
+            }
+            for (j, r) in t.ramp.iter().enumerate() {
+                if r.every_s == 0 || r.to_s < r.from_s {
+                    problems.push(format!(
+                        "{}: test[{i}] (\"{}\").ramp[{j}]: needs every_s > 0 and to_s >= from_s",
+                        path.display(),
+                        t.name
+                    ));
+                }
+            }
+        }
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        Ok(file)
+    }
+}
+
+/// Site-wide tunables of the default rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DefaultsTuning {
+    /// Policy cap on scenic-area capacity (DOMAIN.md §6.1: 1.0, or 0.3/0.5/0.75 by order).
+    pub cap_factor: f64,
+}
+
+impl Default for DefaultsTuning {
+    fn default() -> Self {
+        DefaultsTuning { cap_factor: 1.0 }
+    }
+}
+
+fn grade(name: &str, label: &str, at: f64) -> Grade {
+    Grade {
+        name: name.to_owned(),
+        label: Some(label.to_owned()),
+        at,
+    }
+}
+
+fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A rule with everything optional left out.
+fn base(id: &str, category: Category, source: Source, field: &str, description: &str) -> Rule {
+    Rule {
+        id: id.to_owned(),
+        category,
+        description: description.to_owned(),
+        source,
+        measurement: None,
+        field: field.to_owned(),
+        tags: BTreeMap::new(),
+        kinds: Vec::new(),
+        subjects: Vec::new(),
+        side: Side::Above,
+        grades: Vec::new(),
+        clear_margin: 0.0,
+        hold_s: 0,
+        clear_hold_s: 0,
+        renotify_s: None,
+        require: Vec::new(),
+        derive: None,
+        confirm: None,
+        upstream: None,
+    }
+}
+
+/// The default rules for a site (DOMAIN.md §6).
+pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
+    let cap = tuning.cap_factor;
+    let lbt = |scale: f64| {
+        vec![
+            grade("blue", "蓝", 0.6 * scale),
+            grade("yellow", "黄", 0.8 * scale),
+            grade("orange", "橙", 0.9 * scale),
+            grade("red", "红", 1.0 * scale),
+        ]
+    };
+    let mut rules = vec![
+        Rule {
+            measurement: Some("crowd".into()),
+            tags: tags(&[("choke_point", "")]),
+            grades: lbt(cap),
+            clear_margin: 0.05,
+            clear_hold_s: 600,
+            ..base(
+                "crowd.occupancy",
+                Category::Crowd,
+                Source::Point,
+                "occupancy_ratio",
+                "visitors in the area against its instantaneous capacity (LB/T 034-2014)",
+            )
+        },
+        Rule {
+            measurement: Some("crowd".into()),
+            tags: tags(&[("choke_point", "*")]),
+            grades: lbt(cap),
+            clear_margin: 0.05,
+            clear_hold_s: 600,
+            ..base(
+                "crowd.choke_point",
+                Category::Crowd,
+                Source::Point,
+                "occupancy_ratio",
+                "people on a choke point (bridge, stairs) against its own capacity",
+            )
+        },
+        Rule {
+            measurement: Some("crowd".into()),
+            tags: tags(&[("choke_point", "")]),
+            grades: lbt(cap),
+            clear_margin: 0.05,
+            clear_hold_s: 600,
+            ..base(
+                "crowd.daily",
+                Category::Crowd,
+                Source::Point,
+                "daily_ratio",
+                "entries today against the daily capacity",
+            )
+        },
+        Rule {
+            measurement: Some("crowd".into()),
+            tags: tags(&[("choke_point", "")]),
+            grades: vec![grade("yellow", "黄 (预警)", 0.8 * cap)],
+            clear_margin: 0.05,
+            clear_hold_s: 600,
+            ..base(
+                "crowd.forecast",
+                Category::Crowd,
+                Source::Point,
+                "forecast_ratio",
+                "occupancy plus 30 minutes of the net inflow reaches 80% of capacity",
+            )
+        },
+        Rule {
+            measurement: Some("crowd".into()),
+            grades: vec![grade("warning", "计数漂移", 1.0)],
+            clear_hold_s: 900,
+            ..base(
+                "crowd.count_drift",
+                Category::Crowd,
+                Source::Point,
+                "drift",
+                "gate counts disagree: occupancy below zero or above 1.5 x capacity",
+            )
+        },
+        Rule {
+            kinds: catalog
+                .profiles
+                .values()
+                .filter(|p| p.category == device_profiles::Category::Crowd)
+                .map(|p| p.kind.clone())
+                .collect(),
+            grades: vec![grade("warning", "闸机无数据", 300.0)],
+            ..base(
+                "crowd.sensor_stale",
+                Category::Crowd,
+                Source::Presence,
+                "silence_s",
+                "a gate has been silent for 5 minutes during opening hours",
+            )
+        },
+        Rule {
+            measurement: Some("traffic".into()),
+            tags: tags(&[("bin", "5m"), ("lane", "")]),
+            grades: vec![
+                grade("warning", "中度拥堵", 4.0),
+                grade("alarm", "严重拥堵", 5.0),
+            ],
+            clear_margin: 0.5,
+            hold_s: 300,
+            clear_hold_s: 300,
+            ..base(
+                "traffic.congestion",
+                Category::Traffic,
+                Source::Point,
+                "grade",
+                "congestion grade by road class held for two 5-minute bins",
+            )
+        },
+        Rule {
+            measurement: Some("traffic".into()),
+            tags: tags(&[("bin", "1m"), ("lane", "")]),
+            side: Side::Below,
+            grades: vec![grade("alarm", "疑似事故", 0.5)],
+            clear_margin: 0.1,
+            clear_hold_s: 300,
+            require: vec![Require {
+                field: "occupancy_pct".into(),
+                above: Some(30.0),
+                below: None,
+            }],
+            ..base(
+                "traffic.incident",
+                Category::Traffic,
+                Source::Point,
+                "speed_ratio",
+                "speed fell below half its 15-minute baseline while occupancy is above 30%",
+            )
+        },
+        Rule {
+            upstream: Some("crowd.occupancy".into()),
+            grades: vec![grade("attention", "景区客流影响", 2.0)],
+            ..base(
+                "traffic.crowd_coupling",
+                Category::Traffic,
+                Source::Coupling,
+                "",
+                "a scenic area at 黄 or worse: watch its access roads, parking and diversion",
+            )
+        },
+        Rule {
+            kinds: kinds_with_field(catalog, "pressure"),
+            derive: Some(Derive {
+                kind: DeriveKind::Drop,
+                window_s: 120,
+            }),
+            confirm: Some(Confirm::NeighbourOrFlow),
+            grades: vec![grade("critical", "爆管", 0.10)],
+            clear_margin: 0.02,
+            clear_hold_s: 600,
+            ..base(
+                "pipe.burst",
+                Category::Pipe,
+                Source::Reading,
+                "pressure",
+                "pressure dropped 0.1 MPa within 2 minutes, confirmed by a neighbour or a flow spike",
+            )
+        },
+        Rule {
+            kinds: kinds_with_field(catalog, "road_water"),
+            derive: Some(Derive {
+                kind: DeriveKind::Rise,
+                window_s: 600,
+            }),
+            grades: vec![grade("warning", "积水上涨", 5.0)],
+            clear_margin: 1.0,
+            clear_hold_s: 600,
+            ..base(
+                "pipe.road_water_rise",
+                Category::Pipe,
+                Source::Reading,
+                "road_water",
+                "water on the road rose 5 cm within 10 minutes",
+            )
+        },
+        Rule {
+            grades: vec![grade("warning", "离线", 1.0)],
+            ..base(
+                "device.offline",
+                Category::Device,
+                Source::Presence,
+                "offline",
+                "no report for offline_after_intervals report periods, or the node said offline",
+            )
+        },
+    ];
+    for profile in catalog.profiles.values() {
+        if let Some(pct) = profile.low_battery_pct {
+            add_or_merge(
+                &mut rules,
+                Rule {
+                    kinds: vec![profile.kind.clone()],
+                    side: Side::Below,
+                    grades: vec![grade("maintenance", "电量低", f64::from(pct))],
+                    clear_margin: 5.0,
+                    ..base(
+                        "device.low_battery",
+                        Category::Device,
+                        Source::Reading,
+                        "battery_pct",
+                        "battery below the profile's low_battery_pct",
+                    )
+                },
+            );
+        }
+        for a in &profile.alerts {
+            let side = match a.side {
+                device_profiles::profile::Side::Above => Side::Above,
+                device_profiles::profile::Side::Below => Side::Below,
+            };
+            let mut grades = Vec::new();
+            if let Some(w) = a.warn {
+                grades.push(grade("warning", "预警", w));
+            }
+            grades.push(grade("alarm", "报警", a.alarm));
+            if let Some(c) = a.critical {
+                grades.push(grade("critical", "严重", c));
+            }
+            let category = match profile.category {
+                device_profiles::Category::Crowd => Category::Crowd,
+                device_profiles::Category::Traffic => Category::Traffic,
+                device_profiles::Category::Pipe => Category::Pipe,
+            };
+            let id = format!(
+                "{}.{}_{}",
+                category.name(),
+                a.field,
+                if side == Side::Above { "high" } else { "low" }
+            );
+            add_or_merge(
+                &mut rules,
+                Rule {
+                    kinds: vec![profile.kind.clone()],
+                    side,
+                    grades,
+                    clear_margin: a.clear_margin,
+                    hold_s: a.hold_s,
+                    clear_hold_s: a.hold_s,
+                    ..base(
+                        &id,
+                        category,
+                        Source::Reading,
+                        &a.field,
+                        &format!("{} thresholds of the device profiles", a.field),
+                    )
+                },
+            );
+        }
+    }
+    rules
+}
+
+fn kinds_with_field(catalog: &Catalog, field: &str) -> Vec<String> {
+    catalog
+        .profiles
+        .values()
+        .filter(|p| p.fields.iter().any(|f| f.name == field))
+        .map(|p| p.kind.clone())
+        .collect()
+}
+
+/// Adds `rule`, or its kinds to an existing rule with the same id and thresholds; a rule with
+/// the same id and other thresholds gets the kind appended to its id.
+fn add_or_merge(rules: &mut Vec<Rule>, mut rule: Rule) {
+    if let Some(same) = rules.iter_mut().find(|r| r.id == rule.id) {
+        let mut a = same.clone();
+        a.kinds.clear();
+        let mut b = rule.clone();
+        b.kinds.clear();
+        if a == b {
+            same.kinds.append(&mut rule.kinds);
+            return;
+        }
+        rule.id = format!("{}@{}", rule.id, rule.kinds.join("+"));
+    }
+    rules.push(rule);
+}
+
+/// The defaults with the rule files' rules: a rule with a default's id replaces it.
+pub fn merge(mut rules: Vec<Rule>, files: &[RuleFile]) -> Vec<Rule> {
+    for f in files {
+        for r in &f.rule {
+            match rules.iter_mut().find(|d| d.id == r.id) {
+                Some(d) => *d = r.clone(),
+                None => rules.push(r.clone()),
+            }
+        }
+    }
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_cover_every_category_and_pass_their_own_checks() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let rules = defaults(&catalog, DefaultsTuning::default());
+        for r in &rules {
+            assert!(r.problems().is_empty(), "{}: {:?}", r.id, r.problems());
+        }
+        let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+        for id in [
+            "crowd.occupancy",
+            "crowd.daily",
+            "crowd.forecast",
+            "traffic.congestion",
+            "traffic.incident",
+            "pipe.burst",
+            "pipe.gas_high",
+            "pipe.tilt_high",
+            "pipe.pressure_low",
+            "device.offline",
+            "device.low_battery",
+        ] {
+            assert!(ids.contains(&id), "{id} missing from {ids:?}");
+        }
+        // Water-pressure sensors and Modbus RTUs share one low-pressure rule.
+        let low = rules.iter().find(|r| r.id == "pipe.pressure_low").unwrap();
+        assert!(low.kinds.len() >= 2, "{:?}", low.kinds);
+    }
+
+    #[test]
+    fn the_policy_cap_scales_the_crowd_thresholds() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let rules = defaults(&catalog, DefaultsTuning { cap_factor: 0.5 });
+        let r = rules.iter().find(|r| r.id == "crowd.occupancy").unwrap();
+        assert_eq!(r.grades[3].at, 0.5);
+        assert!((r.grades[0].at - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_bad_rule_file_names_the_rule_and_the_key() {
+        let text = r#"
+[[rule]]
+id = "pipe.gas_custom"
+category = "pipe"
+source = "reading"
+field = "gas"
+side = "above"
+grades = [{ name = "alarm", at = 50.0 }, { name = "warning", at = 25.0 }]
+"#;
+        let e = RuleFile::parse(Path::new("rules.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rules.toml: rule[0] (\"pipe.gas_custom\").grades: thresholds must grow"),
+            "{e}"
+        );
+        let e = RuleFile::parse(Path::new("r.toml"), "[[rule]]\nid = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("r.toml: TOML parse error at line 2"), "{e}");
+    }
+}
