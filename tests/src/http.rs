@@ -1,14 +1,30 @@
-//! A minimal HTTP/1.1 GET for tests (one request per connection).
+//! Minimal HTTP/1.1 for tests: GET and POST (one request per connection), and a webhook
+//! receiver that can be told to fail.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// `GET path` on `addr`: status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, "").await
+}
+
+/// `POST path` with a JSON `body` on `addr`: status code and body.
+pub async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    request(addr, "POST", path, body).await
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -49,4 +65,83 @@ fn dechunk(body: &str) -> String {
         rest = tail[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A webhook receiver on a free loopback port: answers robots' `{"errcode":0}` with 200, or 503
+/// while `failing` is set, and keeps the bodies it accepted.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Bodies answered with 200, in order.
+    pub accepted: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Answer 503 while set.
+    pub failing: Arc<AtomicBool>,
+    /// Requests answered 503.
+    pub refused: Arc<AtomicUsize>,
+}
+
+impl Webhook {
+    /// Starts it (on the current tokio runtime).
+    pub async fn start(failing: bool) -> Webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = Webhook {
+            addr: listener.local_addr().unwrap(),
+            accepted: Arc::default(),
+            failing: Arc::new(AtomicBool::new(failing)),
+            refused: Arc::default(),
+        };
+        let h = hook.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, h.clone()));
+            }
+        });
+        hook
+    }
+}
+
+/// Serves requests on one (keep-alive) connection.
+async fn serve(stream: tokio::net::TcpStream, hook: Webhook) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0;
+        let mut line = String::new();
+        let mut started = false;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if l.is_empty() && started {
+                break;
+            }
+            started = true;
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let reply = if hook.failing.load(Ordering::SeqCst) {
+            hook.refused.fetch_add(1, Ordering::SeqCst);
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_owned()
+        } else {
+            let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            hook.accepted.lock().unwrap().push(value);
+            let ok = r#"{"errcode":0,"errmsg":"ok"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{ok}",
+                ok.len()
+            )
+        };
+        if reader.get_mut().write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
 }

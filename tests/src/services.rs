@@ -313,3 +313,63 @@ impl Drop for VictoriaMetrics {
         }
     }
 }
+
+/// A Prometheus Alertmanager of this test (Debian `prometheus-alertmanager`): clustering off,
+/// one receiver that delivers nowhere, data in a temporary directory.
+#[derive(Debug)]
+pub struct Alertmanager {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    /// Starts it on a free port.
+    pub fn start() -> Alertmanager {
+        let bin = require("prometheus-alertmanager", "prometheus-alertmanager");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let log_path = dir.path().join("alertmanager.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_until_listening(&mut child, port, "prometheus-alertmanager", &log_path);
+        Alertmanager {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -405,7 +405,8 @@ pub fn gateway_binary() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
+async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_within_two_minutes()
+{
     let (http, mqtt) = (free_port(), free_port());
     let data = tempfile::tempdir().unwrap();
     let store = data.path().join("demo.db");
@@ -450,12 +451,50 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         reporting >= 50,
         "only {reporting} devices reported within 30 s"
     );
+    // The demo's rehearsed incidents raise alerts: on the alerts topic, the API and the log.
+    let (watcher, mut alerts) = client("demo-alerts", mqtt, true).await;
+    watcher
+        .subscribe(
+            "cs/v1/alerts/events",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let deadline = started + Duration::from_secs(120);
+    let raised = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, alerts.recv()).await {
+            Ok(Some((_, body))) => {
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                if event["kind"] == "raised" {
+                    break event;
+                }
+            }
+            _ => panic!("no alert raised on cs/v1/alerts/events within two minutes of start"),
+        }
+    };
+    let (_, body) = system_tests::http::get(addr, "/api/v1/alerts").await;
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = raised["alert"]["id"].as_str().unwrap().to_owned();
+    let listed = api["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            api["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| &e["alert"]),
+        )
+        .any(|a| a["id"] == id.as_str());
+    assert!(listed, "alert {id} is on the API: {api}");
+    let _ = child.kill();
+    let _ = child.wait();
     let log = format!(
         "{}\n{}",
         out.lock().unwrap().join("\n"),
@@ -464,6 +503,10 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds() {
     assert!(
         log.contains("device online"),
         "the live log shows devices coming online:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("alert={id}")),
+        "the live log shows the alert:\n{log}"
     );
     assert!(
         log.contains(&format!("http://127.0.0.1:{http}/api/v1/devices")),

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod alerts;
 mod gateway_ingest;
 mod store_durability;
 mod support;

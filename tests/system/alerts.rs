@@ -1,0 +1,428 @@
+//! Alerts end to end over a real Mosquitto: a Golden Week surge at 通天岩 from real RFID frames,
+//! one alert per episode across a restart, acknowledgement through the API, a real Alertmanager,
+//! and a webhook that is down while the other notifiers carry on.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gateway::alert::notify::{AlertmanagerSection, WebhookFormat, WebhookSection};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::Value;
+use system_tests::http::{Webhook, get, post};
+use system_tests::services::{Alertmanager, Mosquitto};
+use tokio::sync::mpsc::UnboundedReceiver;
+use wire::{Body, Direction, GateEvent, GateEvents, Quantity, TagHash};
+
+use crate::support::*;
+
+const MINUTE: i64 = 60_000;
+
+/// The next event on `cs/v1/alerts/events` that `wanted` accepts (others are skipped), within
+/// `limit`.
+async fn next_event(
+    rx: &mut UnboundedReceiver<(String, Vec<u8>)>,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((topic, body))) if topic == "cs/v1/alerts/events" => {
+                let event: Value = serde_json::from_slice(&body).unwrap();
+                if wanted(&event) {
+                    return event;
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("no matching alert event within {limit:?}"),
+        }
+    }
+}
+
+fn is_rule(event: &Value, rule: &str) -> bool {
+    event["alert"]["rule"] == rule
+}
+
+async fn watch_alerts(name: &str, port: u16) -> UnboundedReceiver<(String, Vec<u8>)> {
+    let (c, rx) = client(name, port, true).await;
+    c.subscribe("cs/v1/alerts/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Keep the client alive for the test's duration.
+    std::mem::forget(c);
+    rx
+}
+
+/// One RFID frame with `n` passages (at most 32) at `time_ms`.
+fn passages(n: usize, direction: Direction, rng: &mut impl rand::Rng) -> Body {
+    let mut events = heapless::Vec::new();
+    for i in 0..n {
+        events
+            .push(GateEvent {
+                tag: TagHash(rng.random()),
+                direction,
+                offset_ms: i as u32,
+            })
+            .unwrap();
+    }
+    Body::GateEvents(GateEvents { events })
+}
+
+/// The start of a 26-minute stretch in the past that lies within one crowd day of 通天岩 (its
+/// day ends at closing time, 18:00 +08:00 = 10:00 UTC).
+fn surge_start(now: i64) -> i64 {
+    let day = 24 * 60 * MINUTE;
+    let closing = (now - 10 * 60 * MINUTE).div_euclid(day) * day + 10 * 60 * MINUTE;
+    let start = (now - 30 * MINUTE).div_euclid(MINUTE) * MINUTE;
+    if start < closing && closing <= start + 26 * MINUTE {
+        closing - 30 * MINUTE
+    } else {
+        start
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_then_resolves() {
+    let broker = Mosquitto::start();
+    let gw = start_gateway("surge", broker.port, 10).await;
+    let mut events = watch_alerts("surge-watch", broker.port).await;
+    let (node, _) = client("surge-gates", broker.port, true).await;
+    let mut rng = rand::rng();
+    // Occupancy of 通天岩 (6,000) at the end of each minute: 50%, then 62% (蓝), 82% (黄),
+    // 92% (橙), back to 50% from minute 8, held there (one entry and one exit a minute) until
+    // the ten minutes of clearing have passed.
+    let targets = [3000, 3700, 4000, 4900, 5000, 5500, 5600, 4000, 3000];
+    let base = surge_start(gateway::pipeline::now_ms());
+    let (mut occupancy, mut seq) = (0i64, 0u32);
+    let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(32);
+            let body = passages(batch, direction, &mut rng);
+            seq += 1;
+            publish(&node, &up_topic(device), frame_at(device, 7, seq, t, &body)).await;
+            left -= batch;
+        }
+    };
+    for minute in 0..=21 {
+        let t = base + minute * MINUTE + 1_000;
+        let target = targets.get(minute as usize).copied().unwrap_or(3000);
+        let change = target - occupancy;
+        occupancy = target;
+        // One entry and one exit every minute keep the windows coming while nothing changes.
+        send("gz-s4-g1", change.max(0) as usize + 1, Direction::Entry, t).await;
+        send(
+            "gz-s4-g3",
+            (-change).max(0) as usize + 1,
+            Direction::Exit,
+            t + 500,
+        )
+        .await;
+    }
+    // A last frame moves event time past minute 21, closing its window.
+    send("gz-s4-g1", 1, Direction::Entry, base + 22 * MINUTE + 1_000).await;
+
+    let surge = |e: &Value| is_rule(e, "crowd.occupancy") && e["alert"]["subject"] == "S4";
+    let mut got = Vec::new();
+    let mut last_seq = 0;
+    for _ in 0..4 {
+        let e = next_event(&mut events, Duration::from_secs(30), surge).await;
+        let seq = e["seq"].as_i64().unwrap();
+        assert!(seq > last_seq, "events arrive in outbox order");
+        last_seq = seq;
+        got.push((
+            e["kind"].as_str().unwrap().to_owned(),
+            e["alert"]["severity"].as_str().unwrap().to_owned(),
+            (e["at_ms"].as_i64().unwrap() - base) / MINUTE,
+            e["alert"]["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let kinds: Vec<(&str, &str, i64)> = got
+        .iter()
+        .map(|(k, s, m, _)| (k.as_str(), s.as_str(), *m))
+        .collect();
+    // Points carry the end of their minute: minute 1's window ends at minute 2.
+    assert_eq!(
+        kinds,
+        vec![
+            ("raised", "blue", 2),
+            ("escalated", "yellow", 4),
+            ("escalated", "orange", 6),
+            ("resolved", "orange", 19),
+        ]
+    );
+    assert!(
+        got.iter().all(|g| g.3 == got[0].3),
+        "one alert from raise to resolution: {got:?}"
+    );
+    // Nothing else about the surge: the API shows it resolved, and exactly four events for it.
+    let (_, body) = get(gw.http_addr(), "/api/v1/alerts?events=1000").await;
+    let api: Value = serde_json::from_str(&body).unwrap();
+    let for_surge = api["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| surge(e))
+        .count();
+    assert_eq!(for_surge, 4, "{api}");
+    assert!(
+        !api["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "crowd.occupancy"),
+        "{api}"
+    );
+    // At 黄 the access roads of 通天岩 were flagged, and released with the resolution.
+    let coupled: Vec<&Value> = api["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| is_rule(e, "traffic.crowd_coupling"))
+        .collect();
+    assert!(
+        coupled.iter().any(|e| e["kind"] == "raised")
+            && coupled.iter().any(|e| e["kind"] == "resolved"),
+        "{coupled:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("gateway.db");
+    let settings = |s: &mut gateway::Settings| s.store_path = store.clone();
+    let gw = start_gateway_settings("restart", broker.port, settings).await;
+    let mut events = watch_alerts("restart-watch", broker.port).await;
+    let (node, _) = client("restart-node", broker.port, true).await;
+    let topic = up_topic("gz-t1-gas");
+    let t0 = gateway::pipeline::now_ms() - 10_000;
+    // Two triggering readings 1 ms apart: one alert.
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 1, t0, &pipe(Quantity::Gas, 22.0)),
+    )
+    .await;
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 2, t0 + 1, &pipe(Quantity::Gas, 22.4)),
+    )
+    .await;
+    let gas = |e: &Value| is_rule(e, "pipe.gas_high");
+    let raised = next_event(&mut events, Duration::from_secs(10), gas).await;
+    assert_eq!(raised["kind"], "raised");
+    assert_eq!(raised["alert"]["subject"], "T1");
+    assert_eq!(raised["alert"]["severity"], "alarm");
+    let id = raised["alert"]["id"].as_str().unwrap().to_owned();
+    wait_for(
+        "both readings accepted",
+        Duration::from_secs(10),
+        || async { accepted(&gw, "gz-t1-gas") == 2 },
+    )
+    .await;
+    // The retained state of T1 shows the open alert.
+    let state = next_event_on(&mut events, "cs/v1/alerts/360702/pipe/T1").await;
+    assert_eq!(state["firing"], 1, "{state}");
+
+    // An operator takes it; an unknown id is refused.
+    let (status, body) = post(
+        gw.http_addr(),
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": "duty officer Li", "note": "ventilation started"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(gw.http_addr(), "/api/v1/alerts/nope/ack", "").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no open alert with id \\\"nope\\\""),
+        "{body}"
+    );
+    let acked = next_event(&mut events, Duration::from_secs(10), gas).await;
+    assert_eq!(acked["kind"], "acknowledged");
+    assert_eq!(acked["alert"]["ack"]["by"], "duty officer Li");
+    let before_restart = acked["seq"].as_i64().unwrap();
+
+    gw.stop().await;
+    let gw = start_gateway_settings("restart", broker.port, settings).await;
+    let (_, body) = get(gw.http_addr(), "/api/v1/alerts").await;
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        api["alerts"][0]["id"],
+        id.as_str(),
+        "the open alert survives: {api}"
+    );
+    // Still above the threshold after the restart: nothing new. Then the gas clears: the
+    // resolution of the same alert is the next event, and nothing came between.
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 3, t0 + 2_000, &pipe(Quantity::Gas, 22.5)),
+    )
+    .await;
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 4, t0 + 3_000, &pipe(Quantity::Gas, 2.0)),
+    )
+    .await;
+    let next = next_event(&mut events, Duration::from_secs(10), gas).await;
+    assert_eq!(
+        next["kind"], "resolved",
+        "no re-fire after the restart: {next}"
+    );
+    assert_eq!(next["alert"]["id"], id.as_str());
+    assert_eq!(next["seq"].as_i64().unwrap(), before_restart + 1);
+    let state = next_event_on(&mut events, "cs/v1/alerts/360702/pipe/T1").await;
+    assert_eq!(state["firing"], 0, "{state}");
+    let metrics = get(gw.http_addr(), "/metrics").await.1;
+    assert!(
+        metrics.contains("citysense_alert_transitions_total{category=\"pipe\",kind=\"resolved\",severity=\"alarm\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+/// The next message on `topic` (JSON).
+async fn next_event_on(rx: &mut UnboundedReceiver<(String, Vec<u8>)>, topic: &str) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some((t, body))) if t == topic => return serde_json::from_slice(&body).unwrap(),
+            Ok(Some(_)) => {}
+            _ => panic!("nothing on {topic} within 10 s"),
+        }
+    }
+}
+
+/// Active alerts in Alertmanager with `alertname`.
+async fn am_alerts(am: &Alertmanager, alertname: &str) -> Vec<Value> {
+    let addr = ([127, 0, 0, 1], am.port).into();
+    let (status, body) = get(
+        addr,
+        "/api/v2/alerts?active=true&silenced=false&inhibited=false",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let all: Vec<Value> = serde_json::from_str(&body).unwrap();
+    all.into_iter()
+        .filter(|a| a["labels"]["alertname"] == alertname)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_gets_labelled_alerts_and_resolutions_while_a_dead_webhook_delays_only_itself()
+{
+    let broker = Mosquitto::start();
+    let am = Alertmanager::start();
+    let hook = Webhook::start(true).await;
+    let (am_url, hook_url) = (am.url(), format!("http://{}/robot/send", hook.addr));
+    let gw = start_gateway_settings("notify", broker.port, |s| {
+        s.alerts.alertmanager = Some(AlertmanagerSection {
+            url: am_url,
+            resend_s: 60,
+            timeout_ms: 5_000,
+        });
+        s.alerts.webhook.push(WebhookSection {
+            name: "duty".into(),
+            url: hook_url,
+            format: WebhookFormat::Dingtalk,
+            secret_env: None,
+            timeout_ms: 2_000,
+        });
+    })
+    .await;
+    let mut events = watch_alerts("notify-watch", broker.port).await;
+    let (node, _) = client("notify-node", broker.port, true).await;
+    let topic = up_topic("gz-t1-gas");
+    let t0 = gateway::pipeline::now_ms() - 5_000;
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 5, 1, t0, &pipe(Quantity::Gas, 23.0)),
+    )
+    .await;
+
+    // MQTT and Alertmanager get it while the webhook refuses.
+    let raised = next_event(&mut events, Duration::from_secs(10), |e| {
+        is_rule(e, "pipe.gas_high")
+    })
+    .await;
+    assert_eq!(raised["kind"], "raised");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let firing = loop {
+        let firing = am_alerts(&am, "pipe.gas_high").await;
+        if !firing.is_empty() {
+            break firing;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alert never reached Alertmanager"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let labels = &firing[0]["labels"];
+    assert_eq!(labels["category"], "pipe");
+    assert_eq!(labels["subject"], "T1");
+    assert_eq!(labels["zone"], "360702");
+    assert_eq!(labels["severity"], "alarm");
+    assert!(
+        labels["gateway"]
+            .as_str()
+            .unwrap()
+            .starts_with("gw-notify-")
+    );
+    assert_eq!(firing[0]["annotations"]["alert_id"], raised["alert"]["id"]);
+    wait_for(
+        "the webhook refused at least once",
+        Duration::from_secs(10),
+        || async { hook.refused.load(Ordering::SeqCst) > 0 },
+    )
+    .await;
+    assert!(hook.accepted.lock().unwrap().is_empty());
+
+    // The gas clears: Alertmanager resolves it.
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 5, 2, t0 + 1_000, &pipe(Quantity::Gas, 1.0)),
+    )
+    .await;
+    let resolved = next_event(&mut events, Duration::from_secs(10), |e| {
+        is_rule(e, "pipe.gas_high")
+    })
+    .await;
+    assert_eq!(resolved["kind"], "resolved");
+    wait_for(
+        "Alertmanager resolves the alert",
+        Duration::from_secs(20),
+        || async { am_alerts(&am, "pipe.gas_high").await.is_empty() },
+    )
+    .await;
+
+    // The webhook comes back: it gets both, in order, nothing lost.
+    hook.failing.store(false, Ordering::SeqCst);
+    wait_for(
+        "the webhook catches up",
+        Duration::from_secs(40),
+        || async { hook.accepted.lock().unwrap().len() >= 2 },
+    )
+    .await;
+    let bodies = hook.accepted.lock().unwrap().clone();
+    let texts: Vec<&str> = bodies
+        .iter()
+        .map(|b| {
+            assert_eq!(b["msgtype"], "markdown", "{b}");
+            b["markdown"]["text"].as_str().unwrap()
+        })
+        .collect();
+    assert!(
+        texts[0].contains("告警 raised") && texts[1].contains("解除 resolved"),
+        "{texts:?}"
+    );
+    gw.stop().await;
+}
