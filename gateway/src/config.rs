@@ -59,6 +59,10 @@ pub struct AlertsSection {
     /// Policy cap on scenic-area capacities (DOMAIN.md §6.1): 1.0, or 0.75 / 0.5 / 0.3 by order.
     #[serde(default = "default_cap_factor")]
     pub cap_factor: f64,
+    /// The cap of single scenic areas or choke points by id, instead of `cap_factor`:
+    /// `{ S7 = 0.5, S3-bridge = 0.75 }`.
+    #[serde(default)]
+    pub cap_factor_by_area: std::collections::BTreeMap<String, f64>,
     /// Re-notify open, unacknowledged alerts this often, seconds (0: never).
     #[serde(default = "default_renotify")]
     pub renotify_s: u32,
@@ -79,6 +83,7 @@ impl Default for AlertsSection {
         AlertsSection {
             rule_files: Vec::new(),
             cap_factor: default_cap_factor(),
+            cap_factor_by_area: Default::default(),
             renotify_s: default_renotify(),
             mqtt: true,
             webhook: Vec::new(),
@@ -510,6 +515,14 @@ impl Config {
                 "alerts.cap_factor".into(),
                 format!("cap_factor must be in (0, 1], not {}", a.cap_factor),
             ));
+        }
+        for (area, f) in &a.cap_factor_by_area {
+            if !(*f > 0.0 && *f <= 1.0) {
+                p.push((
+                    format!("alerts.cap_factor_by_area.{area}"),
+                    format!("a cap factor must be in (0, 1], not {f}"),
+                ));
+            }
         }
         for (i, f) in a.rule_files.iter().enumerate() {
             if let Err(e) = crate::alert::RuleFile::load(f) {

@@ -55,6 +55,12 @@ pub struct AlertsQuery {
     /// How many recent events to include under `events` (default 50, at most 1000).
     #[serde(default)]
     pub events: Option<usize>,
+    /// Only this category (`crowd`, `traffic`, `pipe`, `device`).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Only this district code.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 fn bad_request(status: StatusCode, error: String) -> Response {
@@ -66,17 +72,25 @@ async fn alerts(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<AlertsQuery>,
 ) -> Response {
-    let open = s
+    let wanted = |a: &crate::alert::Alert| {
+        q.category.as_deref().is_none_or(|c| a.category.name() == c)
+            && q.zone.as_deref().is_none_or(|z| a.zone == z)
+    };
+    let open: Vec<crate::alert::Alert> = s
         .alerts
         .engine
         .lock()
         .map(|e| e.open_alerts())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| wanted(a))
+        .collect();
     let (store, limit) = (s.store.clone(), q.events.unwrap_or(50).min(1000));
     let events = tokio::task::spawn_blocking(move || store.recent_alert_events(limit)).await;
     let events: Vec<serde_json::Value> = match events {
         Ok(Ok(e)) => e
             .iter()
+            .filter(|(_, event)| wanted(&event.alert))
             .map(|(seq, event)| {
                 serde_json::json!(crate::alert::notify::Envelope { seq: *seq, event })
             })

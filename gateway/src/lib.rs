@@ -127,12 +127,26 @@ pub fn load_rules(
         .iter()
         .map(|f| alert::RuleFile::load(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let defaults = alert::rule::defaults(
-        catalog,
-        alert::rule::DefaultsTuning {
-            cap_factor: section.cap_factor,
-        },
+    let tuning = alert::rule::DefaultsTuning {
+        cap_factor: section.cap_factor,
+        cap_factor_by_area: section.cap_factor_by_area.clone(),
+    };
+    let unknown: Vec<&String> = tuning
+        .cap_factor_by_area
+        .keys()
+        .filter(|id| {
+            !catalog
+                .site
+                .scenic_areas
+                .iter()
+                .any(|a| a.id == **id || a.choke_points.iter().any(|c| c.id == **id))
+        })
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "alerts.cap_factor_by_area names no scenic area or choke point of the site: {unknown:?}"
     );
+    let defaults = alert::rule::defaults(catalog, &tuning);
     Ok(alert::rule::merge(defaults, &files))
 }
 
@@ -510,6 +524,21 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         path.display(),
         config.site.zones
     );
+    let rules = load_rules(&catalog, &config.alerts).with_context(|| path.display().to_string())?;
+    let mut notifiers: Vec<String> = Vec::new();
+    if config.alerts.mqtt {
+        notifiers.push("mqtt".into());
+    }
+    notifiers.extend(
+        config
+            .alerts
+            .webhook
+            .iter()
+            .map(|w| format!("webhook:{}", w.name)),
+    );
+    if config.alerts.alertmanager.is_some() {
+        notifiers.push("alertmanager".into());
+    }
     let unknown_keys: Vec<String> = catalog
         .site
         .devices
@@ -518,7 +547,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         .filter(|id| keys.get(id).is_none())
         .collect();
     Ok(format!(
-        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys; devices without a key: {}",
+        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys; {} alert rules, notifiers: {}; devices without a key: {}",
         path.display(),
         config.gateway.id,
         config.mqtt.host,
@@ -526,6 +555,12 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         registry.len(),
         registry.zones(),
         keys.len(),
+        rules.len(),
+        if notifiers.is_empty() {
+            "none".to_owned()
+        } else {
+            notifiers.join(", ")
+        },
         if unknown_keys.is_empty() {
             "none".to_owned()
         } else {

@@ -260,6 +260,8 @@ impl Context {
 struct Compiled {
     rule: Rule,
     thresholds: Thresholds,
+    /// Thresholds of the subjects the rule scales.
+    scaled: HashMap<Arc<str>, Thresholds>,
     /// Indexes of the coupling rules that follow this one.
     coupled: Vec<usize>,
 }
@@ -313,6 +315,12 @@ fn tags_match(rule: &Rule, p: &Point) -> bool {
     })
 }
 
+impl Compiled {
+    fn thresholds(&self, subject: &str) -> &Thresholds {
+        self.scaled.get(subject).unwrap_or(&self.thresholds)
+    }
+}
+
 impl Engine {
     /// An engine for `rules` on the site of `catalog`; open alerts re-notify every
     /// `renotify_s` unless a rule says otherwise.
@@ -327,6 +335,11 @@ impl Engine {
             .into_iter()
             .map(|rule| Compiled {
                 thresholds: rule.thresholds(renotify_s),
+                scaled: rule
+                    .scale
+                    .keys()
+                    .map(|s| (Arc::from(s.as_str()), rule.thresholds_for(s, renotify_s)))
+                    .collect(),
                 rule,
                 coupled: Vec::new(),
             })
@@ -578,7 +591,7 @@ impl Engine {
         let Some(value) = self.value_of(i, subject, time_ms, lookup) else {
             return;
         };
-        let t = &self.rules[i].thresholds;
+        let t = self.rules[i].thresholds(subject);
         // An input that does not count is a value safely on the clear side.
         let value = value.unwrap_or_else(|| {
             let first = t.grades.first().copied().unwrap_or(0.0);
@@ -595,7 +608,8 @@ impl Engine {
         let c = &self.rules[i];
         let state = self.states.entry(key.clone()).or_default();
         let before = state.episode.essence();
-        let transition = state.episode.observe(&c.thresholds, time_ms, value);
+        let thresholds = c.thresholds(subject);
+        let transition = state.episode.observe(thresholds, time_ms, value);
         if state.episode.essence() != before {
             self.dirty.insert(key.clone());
         }
@@ -610,11 +624,12 @@ impl Engine {
             .map(|(n, z)| (n.clone(), z.clone()))
             .unwrap_or_else(|| (subject.to_string(), zone.clone()));
         let grade_info = |g: u8| {
-            let g = rule.grades.get(usize::from(g.max(1)) - 1);
+            let i = usize::from(g.max(1)) - 1;
+            let g = rule.grades.get(i);
             (
                 g.map_or_else(String::new, |g| g.name.clone()),
                 g.map_or_else(String::new, |g| g.label.clone().unwrap_or(g.name.clone())),
-                g.map_or(f64::NAN, |g| g.at),
+                thresholds.grades.get(i).copied().unwrap_or(f64::NAN),
             )
         };
         let flapping = state.episode.crossings >= FLAPPING_CROSSINGS;
@@ -884,7 +899,7 @@ mod tests {
 
     fn engine() -> Engine {
         let catalog = Catalog::ganzhou().unwrap();
-        let rules = defaults(&catalog, DefaultsTuning::default());
+        let rules = defaults(&catalog, &DefaultsTuning::default());
         Engine::new(&catalog, rules, 3600)
     }
 
@@ -953,7 +968,7 @@ expect = []
         )
         .unwrap();
         let catalog = Catalog::ganzhou().unwrap();
-        let rules = defaults(&catalog, DefaultsTuning::default());
+        let rules = defaults(&catalog, &DefaultsTuning::default());
         let diff = run_case(&rules, &file.test[0], 3600).unwrap_err();
         assert_eq!(
             diff,
@@ -1067,7 +1082,7 @@ expect = []
     #[test]
     fn acknowledging_silences_reminders_until_an_escalation() {
         let catalog = Catalog::ganzhou().unwrap();
-        let mut e = Engine::new(&catalog, defaults(&catalog, DefaultsTuning::default()), 60);
+        let mut e = Engine::new(&catalog, defaults(&catalog, &DefaultsTuning::default()), 60);
         e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
         let id = e.take_changes().events[0].alert.id.clone();
         assert_eq!(

@@ -665,6 +665,53 @@ mod tests {
     }
 
     #[test]
+    fn a_dingtalk_secret_signs_the_url() {
+        let mut w = WebhookNotifier::new(WebhookSection {
+            name: "duty".into(),
+            url: "https://oapi.dingtalk.com/robot/send?access_token=abc".into(),
+            format: WebhookFormat::Dingtalk,
+            secret_env: None,
+            timeout_ms: 1000,
+        })
+        .unwrap();
+        assert_eq!(
+            w.url(),
+            "https://oapi.dingtalk.com/robot/send?access_token=abc"
+        );
+        w.secret = Some("SEC123".into());
+        let url = w.url();
+        let (_, query) = url.split_once("&timestamp=").unwrap();
+        let (ts, sign) = query.split_once("&sign=").unwrap();
+        // The signature is HMAC-SHA256 of "{timestamp}\n{secret}" keyed by the secret.
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"SEC123").unwrap();
+        mac.update(format!("{ts}\nSEC123").as_bytes());
+        let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let decoded: String = url::form_urlencoded::parse(format!("s={sign}").as_bytes())
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(decoded, want);
+    }
+
+    #[test]
+    fn a_missing_secret_variable_is_named() {
+        let e = WebhookNotifier::new(WebhookSection {
+            name: "duty".into(),
+            url: "https://example.invalid/".into(),
+            format: WebhookFormat::Dingtalk,
+            secret_env: Some("CITYSENSE_TEST_SURELY_UNSET".into()),
+            timeout_ms: 1000,
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "webhook \"duty\": environment variable CITYSENSE_TEST_SURELY_UNSET (secret_env) is not set"
+        );
+    }
+
+    #[test]
     fn alertmanager_alerts_carry_the_documented_labels_and_end_times() {
         let e = event(EventKind::Raised);
         let a = AlertmanagerNotifier::am_alert("gw-1", &e.alert, "yellow", 1_764_200_060_000);

@@ -171,6 +171,10 @@ pub struct Rule {
     /// For `coupling` rules: the crowd rule whose grade is watched.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Thresholds multiplied by this factor for some subjects (a policy cap on one scenic area
+    /// or choke point: `{ S7 = 0.5 }`).
+    #[serde(default)]
+    pub scale: BTreeMap<String, f64>,
 }
 
 impl Rule {
@@ -184,6 +188,18 @@ impl Rule {
             clear_hold_ms: i64::from(self.clear_hold_s) * 1000,
             renotify_ms: i64::from(self.renotify_s.unwrap_or(default_renotify_s)) * 1000,
         }
+    }
+
+    /// The thresholds for one subject: scaled where `scale` names it.
+    pub fn thresholds_for(&self, subject: &str, default_renotify_s: u32) -> Thresholds {
+        let mut t = self.thresholds(default_renotify_s);
+        if let Some(f) = self.scale.get(subject) {
+            for g in &mut t.grades {
+                *g *= f;
+            }
+            t.clear_margin *= f;
+        }
+        t
     }
 
     /// Problems with this rule, as `(key, reason)`.
@@ -245,6 +261,16 @@ impl Rule {
         }
         if self.confirm.is_some() && self.derive.is_none() {
             p.push(("confirm", "only a derived value is confirmed".to_owned()));
+        }
+        if let Some((subject, f)) = self
+            .scale
+            .iter()
+            .find(|(_, f)| !(f.is_finite() && **f > 0.0))
+        {
+            p.push((
+                "scale",
+                format!("the factor for \"{subject}\" must be a positive number, not {f}"),
+            ));
         }
         if self.derive.as_ref().is_some_and(|d| d.window_s == 0) {
             p.push((
@@ -379,15 +405,20 @@ impl RuleFile {
 }
 
 /// Site-wide tunables of the default rules.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DefaultsTuning {
     /// Policy cap on scenic-area capacity (DOMAIN.md §6.1: 1.0, or 0.3/0.5/0.75 by order).
     pub cap_factor: f64,
+    /// The cap of single scenic areas or choke points, by id, instead of `cap_factor`.
+    pub cap_factor_by_area: BTreeMap<String, f64>,
 }
 
 impl Default for DefaultsTuning {
     fn default() -> Self {
-        DefaultsTuning { cap_factor: 1.0 }
+        DefaultsTuning {
+            cap_factor: 1.0,
+            cap_factor_by_area: BTreeMap::new(),
+        }
     }
 }
 
@@ -428,12 +459,19 @@ fn base(id: &str, category: Category, source: Source, field: &str, description: 
         derive: None,
         confirm: None,
         upstream: None,
+        scale: BTreeMap::new(),
     }
 }
 
 /// The default rules for a site (DOMAIN.md §6).
-pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
+pub fn defaults(catalog: &Catalog, tuning: &DefaultsTuning) -> Vec<Rule> {
     let cap = tuning.cap_factor;
+    // Per-area caps replace the site-wide one: the thresholds are already scaled by `cap`.
+    let by_area: BTreeMap<String, f64> = tuning
+        .cap_factor_by_area
+        .iter()
+        .map(|(area, f)| (area.clone(), f / cap))
+        .collect();
     let lbt = |scale: f64| {
         vec![
             grade("blue", "蓝", 0.6 * scale),
@@ -447,6 +485,7 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
             measurement: Some("crowd".into()),
             tags: tags(&[("choke_point", "")]),
             grades: lbt(cap),
+            scale: by_area.clone(),
             clear_margin: 0.05,
             clear_hold_s: 600,
             ..base(
@@ -461,6 +500,7 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
             measurement: Some("crowd".into()),
             tags: tags(&[("choke_point", "*")]),
             grades: lbt(cap),
+            scale: by_area.clone(),
             clear_margin: 0.05,
             clear_hold_s: 600,
             ..base(
@@ -475,6 +515,7 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
             measurement: Some("crowd".into()),
             tags: tags(&[("choke_point", "")]),
             grades: lbt(cap),
+            scale: by_area.clone(),
             clear_margin: 0.05,
             clear_hold_s: 600,
             ..base(
@@ -489,6 +530,7 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
             measurement: Some("crowd".into()),
             tags: tags(&[("choke_point", "")]),
             grades: vec![grade("yellow", "黄 (预警)", 0.8 * cap)],
+            scale: by_area.clone(),
             clear_margin: 0.05,
             clear_hold_s: 600,
             ..base(
@@ -665,6 +707,20 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
                 a.field,
                 if side == Side::Above { "high" } else { "low" }
             );
+            let unit = profile
+                .fields
+                .iter()
+                .find(|f| f.name == a.field)
+                .map_or(String::new(), |f| format!(" ({})", f.unit));
+            let description = format!(
+                "{}{unit} {} the thresholds of the device profile",
+                a.field.replace('_', " "),
+                if side == Side::Above {
+                    "above"
+                } else {
+                    "below"
+                }
+            );
             add_or_merge(
                 &mut rules,
                 Rule {
@@ -674,13 +730,7 @@ pub fn defaults(catalog: &Catalog, tuning: DefaultsTuning) -> Vec<Rule> {
                     clear_margin: a.clear_margin,
                     hold_s: a.hold_s,
                     clear_hold_s: a.hold_s,
-                    ..base(
-                        &id,
-                        category,
-                        Source::Reading,
-                        &a.field,
-                        &format!("{} thresholds of the device profiles", a.field),
-                    )
+                    ..base(&id, category, Source::Reading, &a.field, &description)
                 },
             );
         }
@@ -734,7 +784,7 @@ mod tests {
     #[test]
     fn the_defaults_cover_every_category_and_pass_their_own_checks() {
         let catalog = Catalog::ganzhou().unwrap();
-        let rules = defaults(&catalog, DefaultsTuning::default());
+        let rules = defaults(&catalog, &DefaultsTuning::default());
         for r in &rules {
             assert!(r.problems().is_empty(), "{}: {:?}", r.id, r.problems());
         }
@@ -762,10 +812,17 @@ mod tests {
     #[test]
     fn the_policy_cap_scales_the_crowd_thresholds() {
         let catalog = Catalog::ganzhou().unwrap();
-        let rules = defaults(&catalog, DefaultsTuning { cap_factor: 0.5 });
+        let tuning = DefaultsTuning {
+            cap_factor: 0.5,
+            cap_factor_by_area: BTreeMap::from([("S7".to_owned(), 0.3)]),
+        };
+        let rules = defaults(&catalog, &tuning);
         let r = rules.iter().find(|r| r.id == "crowd.occupancy").unwrap();
         assert_eq!(r.grades[3].at, 0.5);
         assert!((r.grades[0].at - 0.3).abs() < 1e-12);
+        let s7 = r.thresholds_for("S7", 3600);
+        assert!((s7.grades[3] - 0.3).abs() < 1e-12, "{s7:?}");
+        assert_eq!(r.thresholds_for("S4", 3600).grades[3], 0.5);
     }
 
     #[test]
