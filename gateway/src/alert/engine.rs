@@ -1165,4 +1165,52 @@ expect = []
             .collect();
         assert_eq!(bursts, vec!["P1"], "{:?}", kinds(&c));
     }
+
+    #[test]
+    fn a_gate_silent_in_opening_hours_is_stale_and_a_silent_device_offline() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let keys = crate::traffic::demo_keys(&catalog);
+        let mut registry = Registry::new(&catalog, &keys, &[]);
+        // 2026-11-27 10:00 in Ganzhou (+08:00): 通天岩 is open (07:00–18:00).
+        let ten_am = 1_795_744_800_000;
+        registry.get_mut("gz-s4-g1").unwrap().state.last_seen_ms = Some(ten_am - 60_000);
+        let mut e = engine();
+        let stale = |c: &Changes| -> Vec<(String, &'static str, String)> {
+            kinds(c)
+                .into_iter()
+                .filter(|k| k.0 == "crowd.sensor_stale")
+                .collect()
+        };
+        e.on_presence(ten_am, &registry);
+        assert!(
+            stale(&e.take_changes()).is_empty(),
+            "a minute of silence is fine"
+        );
+        e.on_presence(ten_am + 5 * 60_000, &registry);
+        let c = e.take_changes();
+        assert_eq!(
+            stale(&c),
+            vec![("crowd.sensor_stale".into(), "raised", "warning".into())]
+        );
+        let raised = c
+            .events
+            .iter()
+            .find(|e| e.alert.rule == "crowd.sensor_stale")
+            .unwrap();
+        assert_eq!(raised.alert.subject, "gz-s4-g1");
+        // Silent for six minutes, over twice its report interval: offline too.
+        assert!(
+            kinds(&c).contains(&("device.offline".into(), "raised", "warning".into())),
+            "{:?}",
+            kinds(&c)
+        );
+        // The same silence after closing time is no longer a data-quality problem.
+        let eight_pm = ten_am + 10 * 3_600_000;
+        e.on_presence(eight_pm, &registry);
+        let got = stale(&e.take_changes());
+        assert_eq!(
+            got,
+            vec![("crowd.sensor_stale".into(), "resolved", "warning".into())]
+        );
+    }
 }
