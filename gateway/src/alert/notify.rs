@@ -192,6 +192,9 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         wake.borrow_and_update();
         let (s, c) = (store.clone(), cursor_name.clone());
         let read = tokio::task::spawn_blocking(move || {
@@ -225,10 +228,9 @@ pub async fn run(
             continue;
         }
         let last = events.last().map_or(0, |(id, _)| *id);
-        let outcome = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = notifier.deliver(&events) => r,
-        };
+        // A delivery under way is finished (each is bounded by its timeout) and its cursor
+        // moved, so a clean stop repeats nothing.
+        let outcome = notifier.deliver(&events).await;
         match outcome {
             Ok(()) => {
                 backoff.reset();
