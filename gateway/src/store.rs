@@ -448,27 +448,7 @@ impl Store {
         sql: &str,
         args: impl rusqlite::Params,
     ) -> Result<Vec<(i64, Reading)>, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let rows: Vec<(i64, String)> = {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sqlite(e))?;
-            stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| self.sqlite(e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.sqlite(e))?
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, body) in rows {
-            match serde_json::from_str(&body) {
-                Ok(r) => out.push((id, r)),
-                Err(e) => {
-                    quarantine(&conn, "readings", Some(id), &e.to_string(), body.as_bytes())
-                        .map_err(|e| self.sqlite(e))?;
-                    conn.execute("DELETE FROM readings WHERE id = ?1", [id])
-                        .map_err(|e| self.sqlite(e))?;
-                }
-            }
-        }
-        Ok(out)
+        self.decoded("readings", sql, "id", args)
     }
 
     /// Points with `id > after` as line protocol, in order, at most `limit` (for sinks).

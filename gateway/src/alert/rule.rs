@@ -480,67 +480,47 @@ pub fn defaults(catalog: &Catalog, tuning: &DefaultsTuning) -> Vec<Rule> {
             grade("red", "红", 1.0 * scale),
         ]
     };
+    // A crowd rule on areas (choke_point "") or choke points ("*"): clear 5 points lower for
+    // 10 minutes (DOMAIN.md §6.1).
+    let crowd =
+        |id: &str, choke_point: &str, field: &str, grades: Vec<Grade>, description: &str| Rule {
+            measurement: Some("crowd".into()),
+            tags: tags(&[("choke_point", choke_point)]),
+            grades,
+            scale: by_area.clone(),
+            clear_margin: 0.05,
+            clear_hold_s: 600,
+            ..base(id, Category::Crowd, Source::Point, field, description)
+        };
     let mut rules = vec![
-        Rule {
-            measurement: Some("crowd".into()),
-            tags: tags(&[("choke_point", "")]),
-            grades: lbt(cap),
-            scale: by_area.clone(),
-            clear_margin: 0.05,
-            clear_hold_s: 600,
-            ..base(
-                "crowd.occupancy",
-                Category::Crowd,
-                Source::Point,
-                "occupancy_ratio",
-                "visitors in the area against its instantaneous capacity (LB/T 034-2014)",
-            )
-        },
-        Rule {
-            measurement: Some("crowd".into()),
-            tags: tags(&[("choke_point", "*")]),
-            grades: lbt(cap),
-            scale: by_area.clone(),
-            clear_margin: 0.05,
-            clear_hold_s: 600,
-            ..base(
-                "crowd.choke_point",
-                Category::Crowd,
-                Source::Point,
-                "occupancy_ratio",
-                "people on a choke point (bridge, stairs) against its own capacity",
-            )
-        },
-        Rule {
-            measurement: Some("crowd".into()),
-            tags: tags(&[("choke_point", "")]),
-            grades: lbt(cap),
-            scale: by_area.clone(),
-            clear_margin: 0.05,
-            clear_hold_s: 600,
-            ..base(
-                "crowd.daily",
-                Category::Crowd,
-                Source::Point,
-                "daily_ratio",
-                "entries today against the daily capacity",
-            )
-        },
-        Rule {
-            measurement: Some("crowd".into()),
-            tags: tags(&[("choke_point", "")]),
-            grades: vec![grade("yellow", "黄 (预警)", 0.8 * cap)],
-            scale: by_area.clone(),
-            clear_margin: 0.05,
-            clear_hold_s: 600,
-            ..base(
-                "crowd.forecast",
-                Category::Crowd,
-                Source::Point,
-                "forecast_ratio",
-                "occupancy plus 30 minutes of the net inflow reaches 80% of capacity",
-            )
-        },
+        crowd(
+            "crowd.occupancy",
+            "",
+            "occupancy_ratio",
+            lbt(cap),
+            "visitors in the area against its instantaneous capacity (LB/T 034-2014)",
+        ),
+        crowd(
+            "crowd.choke_point",
+            "*",
+            "occupancy_ratio",
+            lbt(cap),
+            "people on a choke point (bridge, stairs) against its own capacity",
+        ),
+        crowd(
+            "crowd.daily",
+            "",
+            "daily_ratio",
+            lbt(cap),
+            "entries today against the daily capacity",
+        ),
+        crowd(
+            "crowd.forecast",
+            "",
+            "forecast_ratio",
+            vec![grade("yellow", "黄 (预警)", 0.8 * cap)],
+            "occupancy plus 30 minutes of the net inflow reaches 80% of capacity",
+        ),
         Rule {
             measurement: Some("crowd".into()),
             grades: vec![grade("warning", "计数漂移", 1.0)],
