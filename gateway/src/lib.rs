@@ -147,7 +147,10 @@ pub fn load_rules(
         "alerts.cap_factor_by_area names no scenic area or choke point of the site: {unknown:?}"
     );
     let defaults = alert::rule::defaults(catalog, &tuning);
-    Ok(alert::rule::merge(defaults, &files))
+    let rules = alert::rule::merge(defaults, &files);
+    let problems = alert::rule::check_against(catalog, &rules);
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(rules)
 }
 
 impl Gateway {

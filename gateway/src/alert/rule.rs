@@ -744,6 +744,49 @@ fn add_or_merge(rules: &mut Vec<Rule>, mut rule: Rule) {
     rules.push(rule);
 }
 
+/// Problems of rules against the site's profiles: kinds that do not exist or lack the field,
+/// measurements that are never produced, coupling to a rule that is not there.
+pub fn check_against(catalog: &Catalog, rules: &[Rule]) -> Vec<String> {
+    const MEASUREMENTS: [&str; 4] = ["crowd", "traffic", "pipe", "device_health"];
+    let mut p = Vec::new();
+    for r in rules {
+        for kind in &r.kinds {
+            match catalog.profiles.get(kind) {
+                None => p.push(format!("rule \"{}\": no device kind \"{kind}\"", r.id)),
+                Some(profile)
+                    if r.source == Source::Reading
+                        && r.field != "battery_pct"
+                        && !profile.fields.iter().any(|f| f.name == r.field) =>
+                {
+                    p.push(format!(
+                        "rule \"{}\": device kind \"{kind}\" has no field \"{}\"",
+                        r.id, r.field
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(m) = &r.measurement
+            && !MEASUREMENTS.contains(&m.as_str())
+        {
+            p.push(format!(
+                "rule \"{}\": no measurement \"{m}\" (one of {})",
+                r.id,
+                MEASUREMENTS.join(", ")
+            ));
+        }
+        if let Some(up) = &r.upstream
+            && !rules.iter().any(|o| &o.id == up)
+        {
+            p.push(format!(
+                "rule \"{}\": upstream rule \"{up}\" does not exist",
+                r.id
+            ));
+        }
+    }
+    p
+}
+
 /// The defaults with the rule files' rules: a rule with a default's id replaces it.
 pub fn merge(mut rules: Vec<Rule>, files: &[RuleFile]) -> Vec<Rule> {
     for f in files {
@@ -787,6 +830,25 @@ mod tests {
         // Water-pressure sensors and Modbus RTUs share one low-pressure rule.
         let low = rules.iter().find(|r| r.id == "pipe.pressure_low").unwrap();
         assert!(low.kinds.len() >= 2, "{:?}", low.kinds);
+    }
+
+    #[test]
+    fn rules_are_checked_against_the_profiles() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let mut rules = defaults(&catalog, &DefaultsTuning::default());
+        assert!(check_against(&catalog, &rules).is_empty());
+        rules.push(Rule {
+            kinds: vec!["people-counter".into(), "no-such-kind".into()],
+            grades: vec![grade("alarm", "报警", 1.0)],
+            ..base("x.gas", Category::Pipe, Source::Reading, "gas", "")
+        });
+        assert_eq!(
+            check_against(&catalog, &rules),
+            vec![
+                "rule \"x.gas\": device kind \"people-counter\" has no field \"gas\"",
+                "rule \"x.gas\": no device kind \"no-such-kind\"",
+            ]
+        );
     }
 
     #[test]
