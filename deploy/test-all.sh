@@ -42,14 +42,25 @@ install_missing() {
 
 [[ -n "${SKIP_INSTALL:-}" ]] || install_missing
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd firmware/boards/qemu && cargo fmt -- --check)
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "firmware/wire builds for the Cortex-M4F target without std"
+step "firmware/wire and firmware/node build for the Cortex-M4F target without std"
 cargo build --locked -p wire --target thumbv7em-none-eabihf --release
+cargo build --locked -p node --target thumbv7em-none-eabihf --release
+cargo build --locked -p node --target thumbv7em-none-eabihf --release --no-default-features
+
+step "the node's self-checks on an emulated Cortex-M4F (QEMU mps2-an386)"
+(cd firmware/boards/qemu &&
+  cargo clippy --locked --release --target-dir ../../../target -- -D warnings &&
+  timeout 300 cargo run --locked --release --target-dir ../../../target) 2>&1 | tee -a "$log"
 
 step "the wire fuzz target still builds"
 cargo check --locked --manifest-path firmware/wire/fuzz/Cargo.toml --target-dir target
@@ -58,10 +69,10 @@ step "build the binaries the system tests run (gateway demo, check-config)"
 cargo build --workspace --bins --locked
 
 step "cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked 2>&1 | tee -a "$log"
 
-# One closing line for the whole run (the last cargo line is a doc-test summary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+# One closing line for the whole run: cargo's test results and the QEMU run's own line.
+awk '/^test result:/ || /^[0-9]+ passed, [0-9]+ failed$/ {
+       gsub(/[;,]/, " ")
+       for (i = 1; i < NF; i++) { if ($(i+1) == "passed") p += $i; if ($(i+1) == "failed") f += $i } }
      END { printf "\nsummary: %d passed, %d failed\n", p, f }' "$log"

@@ -20,6 +20,7 @@
 //! - [`pipe`]: ADS1115 transducers with calibration, a Modbus RTU master, thresholds with
 //!   immediate reports, the report schedule.
 //! - [`mqtt`] (feature `mqtt`): the MQTT 5 session (minimq) behind [`node::Uplink`].
+//! - `selftest` (feature `selftest`): checks that run on the host and in QEMU.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -32,6 +33,8 @@ pub mod pipe;
 pub mod qmc5883l;
 pub mod queue;
 pub mod rfid;
+#[cfg(any(test, feature = "selftest"))]
+pub mod selftest;
 pub mod traffic;
 pub mod uhf;
 
