@@ -392,16 +392,7 @@ async fn promtool_accepts_the_metrics_exposition() {
 
 /// The `gateway` binary built by `cargo build` (deploy/test-all.sh builds it first).
 pub fn gateway_binary() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/gateway");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p gateway` first (deploy/test-all.sh does)",
-        bin.display()
-    );
-    bin
+    workspace_binary("gateway")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod gateway_ingest;
+mod nodectl;
 mod store_durability;
 mod support;
 mod timeseries;

@@ -165,3 +165,18 @@ pub fn accepted(gw: &Gateway, device: &str) -> u64 {
         .get(device)
         .map_or(0, |d| d.state.accepted)
 }
+
+/// A binary of the workspace, built beforehand (`cargo build --workspace --bins`, as
+/// deploy/test-all.sh does).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test-all.sh does)",
+        bin.display()
+    );
+    bin
+}

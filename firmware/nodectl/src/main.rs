@@ -1,0 +1,356 @@
+//! `nodectl`: provision, inspect, flash and listen to CitySense nodes. See `nodectl --help`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use device_profiles::Catalog;
+
+/// Field tool for CitySense nodes: give a node its identity, check it, flash it, and hear it.
+///
+/// A typical day: `nodectl provision --device gz-p1-press --out prov/` in the office, then on
+/// site `nodectl flash --firmware node.elf --config prov/gz-p1-press.cscb`, and
+/// `nodectl listen gz-p1-press --keys keys.toml` until its first verified frame shows.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Give a device of the site its key and config block, and register it with the gateway and
+    /// the broker.
+    ///
+    /// Writes OUT/DEVICE.cscb (the config block image) and appends the device to the gateway's
+    /// keys file, Mosquitto's password file and its ACL file (each created if missing; a device
+    /// already present is refused). The key is generated unless --key imports one. The tag salt
+    /// of the site is read from OUT/site-salt.hex, created on first use: every gate of a site
+    /// must share it.
+    Provision {
+        /// Device id, as in the site file (e.g. gz-p1-press).
+        #[arg(long)]
+        device: String,
+        /// The site file [default: the built-in Ganzhou site].
+        #[arg(long, requires = "profiles")]
+        site: Option<PathBuf>,
+        /// The profiles folder (with --site).
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// Import this key (64 hex digits) instead of generating one.
+        #[arg(long)]
+        key: Option<String>,
+        /// The broker as the node will reach it, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// Report interval in seconds [default: the profile's].
+        #[arg(long)]
+        report_interval_s: Option<u32>,
+        /// Where the image and the site salt go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The gateway's keys file to append to.
+        #[arg(long, default_value = "keys.toml")]
+        keys: PathBuf,
+        /// Mosquitto's password file to append to.
+        #[arg(long, default_value = "mosquitto.passwd")]
+        passwd: PathBuf,
+        /// Mosquitto's ACL file to append to.
+        #[arg(long, default_value = "mosquitto.acl")]
+        acl: PathBuf,
+    },
+    /// Decode and check a config block image (the key is shown only by its fingerprint).
+    Inspect {
+        /// The image (DEVICE.cscb).
+        image: PathBuf,
+    },
+    /// Flash the firmware and the config block with probe-rs (`cargo install probe-rs-tools`).
+    Flash {
+        /// The firmware ELF.
+        #[arg(long)]
+        firmware: PathBuf,
+        /// The config block image.
+        #[arg(long)]
+        config: PathBuf,
+        /// The chip, as probe-rs names it.
+        #[arg(long, default_value = "STM32F407VGTx")]
+        chip: String,
+        /// Print the commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show the node's first frames from the broker, decoded and verified: is it alive?
+    ///
+    /// Exits 0 once --count frames verified with the key from --keys, 1 otherwise.
+    Listen {
+        /// Device id.
+        device: String,
+        /// The broker, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// The gateway's keys file (to verify the frames).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Stop after this many frames.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+        /// Broker user name (password from CITYSENSE_MQTT_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn broker(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("broker \"{s}\" must be HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("broker port \"{port}\" is not a number"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// Appends `text` to `path` unless `marker` is already in it.
+fn append_once(path: &Path, marker: &str, text: &str, what: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    if existing
+        .lines()
+        .any(|l| l.trim() == marker || l.starts_with(marker))
+    {
+        bail!(
+            "{} already has {what}; remove it first to provision again",
+            path.display()
+        );
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn site_salt(out: &Path) -> anyhow::Result<[u8; 16]> {
+    let path = out.join("site-salt.hex");
+    let hex_salt = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().to_owned(),
+        Err(_) => {
+            let mut salt = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut salt);
+            let s = hex::encode(salt);
+            std::fs::write(&path, format!("{s}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("created the site's tag salt in {}", path.display());
+            s
+        }
+    };
+    let bytes = hex::decode(&hex_salt)
+        .ok()
+        .filter(|b| b.len() == 16)
+        .with_context(|| format!("{} must hold 16 bytes in hex", path.display()))?;
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&bytes);
+    Ok(salt)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Provision {
+            device,
+            site,
+            profiles,
+            key,
+            broker: b,
+            report_interval_s,
+            out,
+            keys,
+            passwd,
+            acl,
+        } => {
+            let catalog = match (site, profiles) {
+                (Some(site), Some(profiles)) => Catalog::load(&profiles, &site)?,
+                _ => Catalog::ganzhou()?,
+            };
+            let (broker_host, broker_port) = broker(&b)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let p = nodectl::provision(
+                &catalog,
+                &nodectl::Request {
+                    device: device.clone(),
+                    key,
+                    broker_host,
+                    broker_port,
+                    password: None,
+                    report_interval_s,
+                    tag_salt: site_salt(&out)?,
+                },
+            )?;
+            append_once(
+                &keys,
+                &format!("id = \"{device}\""),
+                &p.keys_entry,
+                "a key for this device",
+            )?;
+            append_once(
+                &passwd,
+                &format!("{device}:"),
+                &p.passwd_line,
+                "a password for this device",
+            )?;
+            append_once(
+                &acl,
+                &format!("user {device}"),
+                &p.acl_block,
+                "an ACL for this device",
+            )?;
+            let image = out.join(format!("{device}.cscb"));
+            std::fs::write(&image, p.image)
+                .with_context(|| format!("cannot write {}", image.display()))?;
+            println!("{}", nodectl::inspect(&p.image)?);
+            println!("image       {}", image.display());
+            println!("keys file   {} (keep it chmod 600)", keys.display());
+            println!(
+                "broker      {} and {} (reload Mosquitto)",
+                passwd.display(),
+                acl.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { image } => {
+            let bytes = std::fs::read(&image)
+                .with_context(|| format!("cannot read {}", image.display()))?;
+            let summary = nodectl::inspect(&bytes)
+                .with_context(|| format!("{} is not a valid config block", image.display()))?;
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flash {
+            firmware,
+            config,
+            chip,
+            dry_run,
+        } => {
+            let bytes = std::fs::read(&config)
+                .with_context(|| format!("cannot read {}", config.display()))?;
+            nodectl::inspect(&bytes)
+                .with_context(|| format!("refusing to flash {}", config.display()))?;
+            let commands = nodectl::flash_commands(
+                &chip,
+                &firmware.display().to_string(),
+                &config.display().to_string(),
+            )?;
+            for c in &commands {
+                println!("{}", c.join(" "));
+                if dry_run {
+                    continue;
+                }
+                let status = std::process::Command::new(&c[0])
+                    .args(&c[1..])
+                    .status()
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot run probe-rs ({e}): install it with `cargo install probe-rs-tools`"
+                        )
+                    })?;
+                if !status.success() {
+                    bail!(
+                        "probe-rs failed ({status}); is the probe connected and the chip powered?"
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Listen {
+            device,
+            broker: b,
+            keys,
+            count,
+            timeout_s,
+            username,
+        } => {
+            let (host, port) = broker(&b)?;
+            let key =
+                match &keys {
+                    Some(path) => {
+                        let keys = read_keys(path)?;
+                        Some(keys.get(&device).cloned().with_context(|| {
+                            format!("{} has no key for {device}", path.display())
+                        })?)
+                    }
+                    None => None,
+                };
+            let credentials = username.map(|u| {
+                (
+                    u,
+                    std::env::var("CITYSENSE_MQTT_PASSWORD").unwrap_or_default(),
+                )
+            });
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            println!("listening for {device} on {host}:{port} (up to {timeout_s} s)");
+            let heard = runtime.block_on(nodectl::listen(
+                &host,
+                port,
+                credentials,
+                &device,
+                key,
+                count,
+                Duration::from_secs(timeout_s),
+            ))?;
+            for h in &heard {
+                println!("{}  {}", h.topic, h.line);
+            }
+            let verified = heard.iter().filter(|h| h.verified).count();
+            if verified >= count || (key_less(&keys) && !heard.is_empty()) {
+                println!("{device} is alive: {verified} verified frames");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{device}: {verified} of {count} frames verified within {timeout_s} s");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+fn key_less(keys: &Option<PathBuf>) -> bool {
+    keys.is_none()
+}
+
+/// Reads `[[device]] id key` entries (the gateway's keys file format).
+fn read_keys(path: &Path) -> anyhow::Result<std::collections::HashMap<String, wire::DeviceKey>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = std::collections::HashMap::new();
+    let mut id = None;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(v) = line.strip_prefix("id = ") {
+            id = Some(v.trim_matches('"').to_owned());
+        } else if let (Some(v), Some(d)) = (line.strip_prefix("key = "), id.take()) {
+            let key = nodectl::parse_key(v.trim_matches('"'))
+                .with_context(|| format!("{}: key of {d}", path.display()))?;
+            out.insert(d, wire::DeviceKey::from_bytes(key));
+        }
+    }
+    Ok(out)
+}
