@@ -18,6 +18,7 @@ declare -A PACKAGES=(
   [promtool]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager
   [qemu-system-arm]=qemu-system-arm
+  [llvm-size]=llvm
 )
 
 install_missing() {
@@ -48,6 +49,7 @@ trap 'rm -f "$log"' EXIT
 step "cargo fmt --check"
 cargo fmt --all -- --check
 (cd firmware/boards/qemu && cargo fmt -- --check)
+(cd firmware/boards/stm32f407-w5500 && cargo fmt -- --check)
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -64,6 +66,15 @@ step "the node's self-checks on an emulated Cortex-M4F (QEMU mps2-an386)"
 
 step "the wire fuzz target still builds"
 cargo check --locked --manifest-path firmware/wire/fuzz/Cargo.toml --target-dir target
+
+step "the STM32F407 + W5500 board image builds and fits its budget (256 KiB flash, 64 KiB RAM)"
+(cd firmware/boards/stm32f407-w5500 &&
+  cargo clippy --locked --release --target-dir ../../../target -- -D warnings &&
+  cargo build --locked --release --target-dir ../../../target)
+llvm-size target/thumbv7em-none-eabihf/release/board-stm32f407-w5500 |
+  awk 'NR == 2 { flash = $1 + $2; ram = $2 + $3
+         printf "flash %d B of 262144 (%.0f%%), static RAM %d B of 65536 (%.0f%%)\n", flash, flash / 2621.44, ram, ram / 655.36
+         if (flash > 262144 || ram > 65536) { print "over budget"; exit 1 } }'
 
 step "build the binaries the system tests run (gateway demo, check-config)"
 cargo build --workspace --bins --locked
