@@ -357,7 +357,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn block_on<F: core::future::Future>(f: F) -> F::Output {
+    pub(crate) fn block_on<F: core::future::Future>(f: F) -> F::Output {
         // The futures here never wait: poll once with a no-op waker.
         let mut f = core::pin::pin!(f);
         let mut cx = core::task::Context::from_waker(core::task::Waker::noop());

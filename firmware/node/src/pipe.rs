@@ -158,6 +158,39 @@ impl ModbusMaster {
     }
 }
 
+/// One request and its reply over RS-485: drives the transceiver's DE line high while sending,
+/// waits for the last byte to leave, releases the line, reads `reply_len` bytes, and keeps the
+/// 3.5-character silence before the next request. Bound it with a timeout (`with_timeout`);
+/// after a timeout, drain the UART before the next request, so a late reply never answers
+/// the next one.
+pub async fn exchange<U, DE, D>(
+    uart: &mut U,
+    de: &mut DE,
+    delay: &mut D,
+    baud: u32,
+    request: &[u8],
+    reply: &mut [u8],
+) -> Result<(), ModbusError>
+where
+    U: embedded_io_async::Read + embedded_io_async::Write,
+    DE: embedded_hal::digital::OutputPin,
+    D: embedded_hal_async::delay::DelayNs,
+{
+    delay.delay_us(rtu_gap_us(baud)).await;
+    de.set_high().map_err(|_| ModbusError::BadRequest)?;
+    let sent = async {
+        uart.write_all(request).await?;
+        uart.flush().await
+    }
+    .await;
+    // Release the bus whatever happened, or the slave can never answer.
+    de.set_low().map_err(|_| ModbusError::BadRequest)?;
+    sent.map_err(|_| ModbusError::BadReply)?;
+    uart.read_exact(reply)
+        .await
+        .map_err(|_| ModbusError::BadReply)
+}
+
 /// A threshold watched on the node: crossing it reports at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Watch {
@@ -314,6 +347,65 @@ mod tests {
         assert_eq!(m.registers(&exception), Err(ModbusError::Exception(2)));
         assert_eq!(rtu_gap_us(9_600), 4_010);
         assert_eq!(rtu_gap_us(115_200), 1_750);
+    }
+
+    /// A UART that answers with a canned reply and records what was written.
+    struct Uart {
+        written: std::vec::Vec<u8>,
+        reply: std::vec::Vec<u8>,
+    }
+
+    impl embedded_io_async::ErrorType for Uart {
+        type Error = core::convert::Infallible;
+    }
+
+    impl embedded_io_async::Write for Uart {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        async fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    impl embedded_io_async::Read for Uart {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            let n = buf.len().min(self.reply.len());
+            buf[..n].copy_from_slice(&self.reply[..n]);
+            self.reply.drain(..n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_rs485_exchange_keys_the_transmitter_only_while_sending() {
+        use embedded_hal_mock::eh1::delay::NoopDelay;
+        use embedded_hal_mock::eh1::digital::{Mock as Pin, State, Transaction as P};
+        let mut m = ModbusMaster::new(1);
+        let req = m.read_holdings(0, 2).unwrap();
+        let mut reply = std::vec![0x01, 0x03, 0x04, 0x00, 0x0A, 0x01, 0x02];
+        let crc = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS).checksum(&reply);
+        reply.extend_from_slice(&crc.to_le_bytes());
+        let mut uart = Uart {
+            written: std::vec::Vec::new(),
+            reply: reply.clone(),
+        };
+        let mut de = Pin::new(&[P::set(State::High), P::set(State::Low)]);
+        let mut got = [0u8; 9];
+        let done = crate::node::tests::block_on(exchange(
+            &mut uart,
+            &mut de,
+            &mut NoopDelay,
+            9_600,
+            &req,
+            &mut got,
+        ));
+        assert_eq!(done, Ok(()));
+        assert_eq!(uart.written, req.to_vec());
+        assert_eq!(&m.registers(&got).unwrap()[..], &[10, 258]);
+        de.done();
     }
 
     fn samples(w: &Watch, series: &[(u64, f32)]) -> std::vec::Vec<(u64, bool)> {
