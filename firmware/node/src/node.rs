@@ -165,6 +165,12 @@ impl<const Q: usize> Node<Q> {
         self.storage_failed
     }
 
+    /// Sets the clock from a time source of the node's own (GNSS, NTP, a battery-backed RTC):
+    /// `unix_ms` is the time at `uptime_ms`.
+    pub fn set_clock(&mut self, unix_ms: u64, uptime_ms: u64) {
+        self.clock_offset_ms = Some(unix_ms as i64 - uptime_ms as i64);
+    }
+
     /// The timestamp of an event at `uptime_ms`: Unix time once synced.
     pub fn timestamp(&self, uptime_ms: u64) -> Timestamp {
         match self.clock_offset_ms {
