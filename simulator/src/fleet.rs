@@ -593,12 +593,16 @@ impl Fleet {
                     let congestion = self
                         .event(EventKind::Congestion, segment, t)
                         .map_or(1.0, |(v, _)| v);
-                    let incident = self.event(EventKind::Incident, segment, t).is_some();
+                    // An incident: speed falls to a quarter and the queue behind it makes the
+                    // lanes `value` times denser.
+                    let incident = self.event(EventKind::Incident, segment, t);
                     let q = demand * traffic_curve(m) * congestion;
                     let x = q / capacity;
                     let mut v = vf / (1.0 + 0.15 * x.powi(4));
-                    if incident {
+                    let mut q = q;
+                    if let Some((density, _)) = incident {
                         v *= 0.25;
+                        q *= density;
                     }
                     Some((q, v))
                 }

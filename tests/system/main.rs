@@ -5,6 +5,7 @@
 mod alerts;
 mod gateway_ingest;
 mod nodectl;
+mod scenarios;
 mod store_durability;
 mod support;
 mod timeseries;

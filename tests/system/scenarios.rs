@@ -1,0 +1,107 @@
+//! The simulator's scenarios against a gateway and a real Mosquitto, accelerated; and proof
+//! that the oracle fails, with a readable diff, when an expectation is wrong.
+
+use std::path::Path;
+use std::time::Duration;
+
+use simulator::run::{Outcome, RunOptions, run};
+use simulator::scenario::Scenario;
+use system_tests::services::Mosquitto;
+
+use crate::support::*;
+
+fn scenario(name: &str) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../simulator/scenarios")
+        .join(format!("{name}.toml"));
+    Scenario::load(&path).unwrap()
+}
+
+/// Runs `scenario` against a fresh gateway on a fresh broker.
+async fn play(name: &str, s: &Scenario, acceleration: f64) -> Outcome {
+    let broker = Mosquitto::start();
+    let gw = start_gateway(name, broker.port, 10).await;
+    let outcome = run(
+        &catalog(),
+        s,
+        &RunOptions {
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: broker.port,
+            gateway: format!("http://{}", gw.http_addr()),
+            acceleration: Some(acceleration),
+            seed: 1,
+            settle: Duration::from_secs(15),
+            progress: false,
+        },
+    )
+    .await
+    .unwrap();
+    gw.stop().await;
+    outcome
+}
+
+async fn passes(name: &str, acceleration: f64) {
+    let outcome = play(name, &scenario(name), acceleration).await;
+    assert!(outcome.passed, "{}", outcome.report);
+    assert!(outcome.counts.published > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_golden_week_tongtianyan() {
+    passes("golden-week-tongtianyan", 2400.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_rush_hour_hongqi() {
+    passes("rush-hour-hongqi", 2400.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_incident_xinshiji_bridge() {
+    passes("incident-xinshiji-bridge", 2400.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_water_main_burst() {
+    passes("water-main-burst", 1200.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_gas_leak_tunnel() {
+    passes("gas-leak-tunnel", 1200.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_stolen_cover_and_the_oracle_fails_on_a_wrong_expectation() {
+    passes("stolen-cover", 1200.0).await;
+    // The same run with a wrong expectation (the cover is critical, not an alarm) fails, and
+    // says what the gateway did instead.
+    let mut wrong = scenario("stolen-cover");
+    wrong.expects[0].grade = Some("alarm".into());
+    let outcome = play("stolen-cover-wrong", &wrong, 1200.0).await;
+    assert!(!outcome.passed, "{}", outcome.report);
+    assert!(
+        outcome
+            .report
+            .contains("FAIL  pipe.tilt_high M1 raised alarm×1 between 02:10 and 02:13: saw 0"),
+        "{}",
+        outcome.report
+    );
+    assert!(
+        outcome
+            .report
+            .contains("what M1 got: pipe.tilt_high raised critical at 02:1"),
+        "{}",
+        outcome.report
+    );
+    assert!(
+        outcome
+            .report
+            .ends_with("FAILED: the gateway did not do what the scenario expects\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_faults() {
+    passes("faults", 1200.0).await;
+}
