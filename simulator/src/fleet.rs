@@ -62,7 +62,7 @@ enum Sensing {
     Gate {
         area: String,
         direction: GateDirection,
-        gate: Gate,
+        gate: Box<Gate>,
     },
     /// A people counter at a gate.
     Counter {
@@ -282,7 +282,7 @@ impl Fleet {
                         Sensing::Gate {
                             area,
                             direction: dir,
-                            gate: Gate::new(salt, role, 3_000),
+                            gate: Box::new(Gate::new(salt, role, 3_000)),
                         }
                     }
                 }

@@ -90,10 +90,10 @@ async fn connect(
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    if let (Some(inbox), Ok(v)) = (&inbox, serde_json::from_slice(&p.payload)) {
-                        if let Ok(mut i) = inbox.lock() {
-                            i.push(v);
-                        }
+                    if let (Some(inbox), Ok(v)) = (&inbox, serde_json::from_slice(&p.payload))
+                        && let Ok(mut i) = inbox.lock()
+                    {
+                        i.push(v);
                     }
                 }
                 Ok(_) => {}
