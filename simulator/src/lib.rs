@@ -15,5 +15,6 @@
 
 pub mod fleet;
 pub mod hardware;
+pub mod load;
 pub mod run;
 pub mod scenario;

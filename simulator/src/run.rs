@@ -69,7 +69,8 @@ async fn connect(
     subscribe: Option<&str>,
     inbox: Option<Arc<Mutex<Vec<Value>>>>,
 ) -> anyhow::Result<(AsyncClient, Arc<AtomicU64>)> {
-    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), host, port);
+    let run_id: u32 = rand::random();
+    let mut o = MqttOptions::new(format!("{id}-{run_id:08x}"), host, port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(Some(256 * 1024));
     let (client, mut eventloop) = AsyncClient::new(o, capacity);
@@ -97,6 +98,8 @@ async fn connect(
                     }
                 }
                 Ok(_) => {}
+                // Every handle dropped: this connection's work is over.
+                Err(rumqttc::v5::ConnectionError::RequestsDone) => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }

@@ -105,3 +105,62 @@ async fn scenario_stolen_cover_and_the_oracle_fails_on_a_wrong_expectation() {
 async fn scenario_faults() {
     passes("faults", 1200.0).await;
 }
+
+/// `simulator load` against a gateway on the generated load site: its figures match the
+/// gateway's own counters within 1 %, over shared connections and with one per device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_figures_match_the_gateway_counters() {
+    use simulator::load::{LoadOptions, load, write_site};
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let site = write_site(dir.path(), 300, &format!("127.0.0.1:{}", broker.port)).unwrap();
+    let catalog = std::sync::Arc::new(
+        device_profiles::Catalog::load(Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
+    );
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker.port).into());
+    mqtt.reconnect_min_ms = 50;
+    let settings = gateway::Settings {
+        gateway_id: format!("gw-load-{}", std::process::id()),
+        mqtt,
+        verify: Default::default(),
+        http_listen: ([127, 0, 0, 1], 0).into(),
+        zones: Vec::new(),
+        store_path: ":memory:".into(),
+        influxdb: None,
+        retention: Default::default(),
+        aggregate: Default::default(),
+        alerts: Default::default(),
+    };
+    let gw = gateway::Gateway::start(settings, catalog, keys)
+        .await
+        .unwrap();
+    for (devices, per_device, connections) in [(300, false, 2), (60, true, 0)] {
+        let r = load(&LoadOptions {
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: broker.port,
+            gateway: format!("http://{}", gw.http_addr()),
+            devices,
+            rate: 400.0,
+            duration: Duration::from_secs(3),
+            connections,
+            per_device,
+            qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            progress: false,
+        })
+        .await
+        .unwrap();
+        assert!(r.published >= 1000, "{r:?}");
+        assert!(
+            (r.ratio - 1.0).abs() <= 0.01,
+            "published and received differ by more than 1 %: {r:?}"
+        );
+        assert_eq!(r.gateway_readings, 2 * r.gateway_received, "{r:?}");
+        assert_eq!(
+            r.connections,
+            if per_device { devices } else { connections }
+        );
+        assert!(r.alert_samples >= 1, "{r:?}");
+    }
+    gw.stop().await;
+}
