@@ -88,6 +88,47 @@ enum Command {
         #[arg(long)]
         write_site: Option<PathBuf>,
     },
+    /// Serve a Modbus slave for a site device with a register map (e.g. gz-p3-rtu), over TCP
+    /// or over RTU on a serial device (a UART, or one end of a pseudo-terminal).
+    Modbus {
+        /// The site device.
+        #[arg(long, default_value = "gz-p3-rtu")]
+        device: String,
+        /// Listen for Modbus TCP here.
+        #[arg(long, conflicts_with = "serial")]
+        listen: Option<String>,
+        /// Serve Modbus RTU on this serial device.
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// Baud rate (RTU).
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// A fault: `slow:MS`, `exception:CODE` (1–11) or `silence`.
+        #[arg(long)]
+        fault: Option<String>,
+    },
+}
+
+fn parse_fault(s: &str) -> anyhow::Result<simulator::modbus::Fault> {
+    use simulator::modbus::Fault;
+    use tokio_modbus::ExceptionCode as E;
+    let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+    Ok(match kind {
+        "slow" => Fault::Slow(Duration::from_millis(
+            arg.parse()
+                .map_err(|_| anyhow::anyhow!("slow:MS needs milliseconds"))?,
+        )),
+        "silence" => Fault::Silence,
+        "exception" => Fault::Exception(match arg {
+            "1" => E::IllegalFunction,
+            "2" => E::IllegalDataAddress,
+            "3" => E::IllegalDataValue,
+            "4" => E::ServerDeviceFailure,
+            "6" => E::ServerDeviceBusy,
+            other => anyhow::bail!("exception code {other}: use 1, 2, 3, 4 or 6"),
+        }),
+        other => anyhow::bail!("fault \"{other}\": slow:MS, exception:CODE or silence"),
+    })
 }
 
 fn split_host(s: &str) -> anyhow::Result<(String, u16)> {
@@ -208,6 +249,53 @@ fn main() -> ExitCode {
                 if let Some(path) = report {
                     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
                     println!("report written to {}", path.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Modbus {
+                device,
+                listen,
+                serial,
+                baud,
+                fault,
+            } => {
+                let catalog = Catalog::ganzhou()?;
+                let d = catalog
+                    .site
+                    .device(&device)
+                    .ok_or_else(|| anyhow::anyhow!("device \"{device}\" is not in the site"))?;
+                let map = catalog
+                    .profiles
+                    .get(&d.profile)
+                    .and_then(|p| p.modbus.clone())
+                    .ok_or_else(|| anyhow::anyhow!("device {device} has no register map"))?;
+                let unit = d.modbus.as_ref().and_then(|m| m.unit_id).unwrap_or(map.unit_id);
+                let slave = simulator::modbus::Slave::new(
+                    unit,
+                    &map,
+                    &[
+                        ("pressure", 0.30),
+                        ("flow", 200.0),
+                        ("total_volume", 1_234_567.0),
+                        ("well_level", 1.9),
+                        ("temperature", 18.0),
+                        ("pump_running", 1.0),
+                    ],
+                );
+                if let Some(f) = fault {
+                    slave.set_fault(parse_fault(&f)?);
+                }
+                match (listen, serial) {
+                    (_, Some(path)) => {
+                        println!("Modbus RTU slave {unit} for {device} on {} at {baud} baud", path.display());
+                        simulator::modbus::serve_rtu(&path, baud, slave).await?;
+                    }
+                    (listen, None) => {
+                        let addr = listen.unwrap_or_else(|| "127.0.0.1:5020".into());
+                        let listener = tokio::net::TcpListener::bind(&addr).await?;
+                        println!("Modbus TCP slave {unit} for {device} on {addr}");
+                        simulator::modbus::serve_tcp(listener, slave).await?;
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod gateway_ingest;
+mod modbus_slaves;
 mod nodectl;
 mod scenarios;
 mod store_durability;
