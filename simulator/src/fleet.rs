@@ -433,7 +433,11 @@ impl Fleet {
                 t.segment
             );
         }
-        for f in &scenario.faults {
+        for f in scenario
+            .faults
+            .iter()
+            .filter(|f| f.kind != FaultKind::BrokerOutage)
+        {
             anyhow::ensure!(
                 nodes.iter().any(|n| n.id == f.device),
                 "fault on \"{}\": not a simulated CitySense node",
@@ -478,7 +482,8 @@ impl Fleet {
     fn fault(&self, kind: FaultKind, device: &str, t: i64) -> Option<(usize, f64)> {
         let m = self.minute_of_day(t);
         self.scenario.faults.iter().enumerate().find_map(|(i, f)| {
-            if f.kind != kind || f.device != device {
+            let everyone = kind == FaultKind::BrokerOutage;
+            if f.kind != kind || (!everyone && f.device != device) {
                 return None;
             }
             let from = f64::from(minutes(&f.at).ok()?);
@@ -748,7 +753,8 @@ impl Fleet {
         for i in 0..self.nodes.len() {
             let down = self
                 .fault(FaultKind::LinkDown, &self.nodes[i].id, t)
-                .is_some();
+                .is_some()
+                || self.fault(FaultKind::BrokerOutage, "", t).is_some();
             let vn = &mut self.nodes[i];
             let before = vn.node.counters.published;
             let mut up = Uplinked {

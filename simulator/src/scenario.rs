@@ -193,7 +193,8 @@ pub enum EventKind {
 pub struct Fault {
     /// What.
     pub kind: FaultKind,
-    /// The device.
+    /// The device (all of them for `broker_outage`).
+    #[serde(default)]
     pub device: String,
     /// From, local `HH:MM`.
     pub at: String,
@@ -217,6 +218,8 @@ pub enum FaultKind {
     Replay,
     /// `value` frames for this device signed with a wrong key.
     Forged,
+    /// The broker is unreachable for every node: they queue and send when it is back.
+    BrokerOutage,
 }
 
 /// One expected alert transition.
@@ -307,6 +310,9 @@ impl Scenario {
         }
         for f in &self.faults {
             minutes(&f.at)?;
+            if f.kind != FaultKind::BrokerOutage && f.device.is_empty() {
+                bail!("fault {:?} at {} names no device", f.kind, f.at);
+            }
         }
         for x in &self.expects {
             if !["raised", "escalated", "resolved", "renotified"].contains(&x.kind.as_str()) {

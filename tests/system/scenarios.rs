@@ -52,6 +52,11 @@ async fn scenario_golden_week_tongtianyan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_festival_night_songcheng() {
+    passes("festival-night-songcheng", 2400.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_rush_hour_hongqi() {
     passes("rush-hour-hongqi", 2400.0).await;
 }
