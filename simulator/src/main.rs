@@ -103,7 +103,8 @@ enum Command {
         /// Baud rate (RTU).
         #[arg(long, default_value_t = 9600)]
         baud: u32,
-        /// A fault: `slow:MS`, `exception:CODE` (1–11) or `silence`.
+        /// A fault: `slow:MS`, `exception:CODE` (1, 2, 3, 4, 6), `silence` or `unit:ID`
+        /// (replies carry another unit id; TCP).
         #[arg(long)]
         fault: Option<String>,
     },
@@ -119,6 +120,10 @@ fn parse_fault(s: &str) -> anyhow::Result<simulator::modbus::Fault> {
                 .map_err(|_| anyhow::anyhow!("slow:MS needs milliseconds"))?,
         )),
         "silence" => Fault::Silence,
+        "unit" => Fault::WrongUnit(
+            arg.parse()
+                .map_err(|_| anyhow::anyhow!("unit:ID needs a unit id 0–255"))?,
+        ),
         "exception" => Fault::Exception(match arg {
             "1" => E::IllegalFunction,
             "2" => E::IllegalDataAddress,
@@ -127,7 +132,7 @@ fn parse_fault(s: &str) -> anyhow::Result<simulator::modbus::Fault> {
             "6" => E::ServerDeviceBusy,
             other => anyhow::bail!("exception code {other}: use 1, 2, 3, 4 or 6"),
         }),
-        other => anyhow::bail!("fault \"{other}\": slow:MS, exception:CODE or silence"),
+        other => anyhow::bail!("fault \"{other}\": slow:MS, exception:CODE, silence or unit:ID"),
     })
 }
 

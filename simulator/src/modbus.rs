@@ -27,6 +27,9 @@ pub enum Fault {
     Exception(ExceptionCode),
     /// Nothing is answered.
     Silence,
+    /// Replies come with this unit id instead of the slave's (Modbus TCP): a misconfigured
+    /// device, or a gateway mixing up the replies of a shared line.
+    WrongUnit(u8),
 }
 
 #[derive(Debug, Default)]
@@ -210,7 +213,8 @@ impl tokio_modbus::server::Service for Slave {
                     answer.map(Some)
                 }
                 Fault::Exception(code) => Err(code),
-                Fault::Silence => Ok(None),
+                // Served by `wrong_unit` below; a serial line answers nothing.
+                Fault::Silence | Fault::WrongUnit(_) => Ok(None),
             }
         })
     }
@@ -219,11 +223,60 @@ impl tokio_modbus::server::Service for Slave {
 /// Serves `slave` on `listener` (Modbus TCP) until the task is dropped.
 pub async fn serve_tcp(listener: tokio::net::TcpListener, slave: Slave) -> std::io::Result<()> {
     let server = tokio_modbus::server::tcp::Server::new(listener);
-    let on_connected = |stream, _addr| {
+    let on_connected = |stream: tokio::net::TcpStream, _addr| {
         let slave = slave.clone();
-        async move { Ok(Some((slave, stream))) }
+        async move {
+            let fault = slave.fault.lock().map(|f| *f).unwrap_or_default();
+            if let Fault::WrongUnit(unit) = fault {
+                // tokio-modbus always answers with the request's unit id: this fault needs
+                // frames of our own.
+                tokio::spawn(wrong_unit(stream, slave, unit));
+                return Ok(None);
+            }
+            Ok(Some((slave, stream)))
+        }
     };
     server.serve(&on_connected, |e| tracing_free_log(&e)).await
+}
+
+/// Answers read requests on one Modbus TCP connection with `unit` in the MBAP header.
+async fn wrong_unit(mut stream: tokio::net::TcpStream, slave: Slave, unit: u8) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        // MBAP: transaction (2), protocol (2), length (2), unit (1); then the PDU.
+        let mut head = [0u8; 7];
+        if stream.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes([head[4], head[5]])).saturating_sub(1);
+        let mut pdu = vec![0u8; len];
+        if stream.read_exact(&mut pdu).await.is_err() || pdu.len() < 5 {
+            return;
+        }
+        let (address, count) = (
+            u16::from_be_bytes([pdu[1], pdu[2]]),
+            u16::from_be_bytes([pdu[3], pdu[4]]),
+        );
+        let table = match pdu[0] {
+            3 => RegisterTable::Holding,
+            4 => RegisterTable::Input,
+            _ => return,
+        };
+        let Ok(words) = slave.words(table, address, count) else {
+            return;
+        };
+        let mut reply = vec![pdu[0], (words.len() * 2) as u8];
+        for w in words {
+            reply.extend_from_slice(&w.to_be_bytes());
+        }
+        let mut frame = head[..4].to_vec();
+        frame.extend_from_slice(&((reply.len() + 1) as u16).to_be_bytes());
+        frame.push(unit);
+        frame.extend_from_slice(&reply);
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Serves `slave` over RTU on a serial device (a UART, or one end of a pseudo-terminal).

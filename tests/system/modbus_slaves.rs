@@ -85,6 +85,17 @@ async fn a_tcp_slave_serves_the_register_map_and_its_faults() {
             .await
             .is_err()
     );
+    // A slave answering with another unit id: the poller sees the mismatch.
+    slave.set_fault(Fault::WrongUnit(7));
+    let mut mixed = tokio_modbus::client::tcp::connect_slave(addr, Unit(1))
+        .await
+        .unwrap();
+    let e = mixed
+        .read_holding_registers(0, 2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unit_id: 7"), "{e}");
     slave.set_fault(Fault::None);
     // Another unit id on the same line gets no answer.
     let mut other = tokio_modbus::client::tcp::connect_slave(addr, Unit(2))
