@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use device_profiles::site::GateDirection;
 use device_profiles::{Catalog, Category, Encoding};
 use node::config::Role;
-use node::node::{Node, Persisted, Storage, StorageFailed};
+use node::node::{Node, Persisted, RamStorage};
 use node::pipe::{Calibration, Input, Transducers, Watch, WatchState};
 use node::qmc5883l::{Qmc5883l, Range, Rate};
 use node::rfid::{Gate, TagRead};
@@ -30,20 +30,6 @@ const MAG_HZ: u64 = 25;
 const EARTH: [i16; 3] = [1200, -300, 4100];
 /// A car's footprint over a sensor, metres.
 const CAR_M: f64 = 4.5;
-
-/// A record kept in RAM (the simulator's nodes boot once).
-#[derive(Debug, Default)]
-struct Ram(Option<Persisted>);
-
-impl Storage for Ram {
-    fn load(&mut self) -> Option<Persisted> {
-        self.0.clone()
-    }
-    fn save(&mut self, record: &Persisted) -> Result<(), StorageFailed> {
-        self.0 = Some(record.clone());
-        Ok(())
-    }
-}
 
 /// A detected lane: two sensors a known distance apart.
 #[derive(Debug)]
@@ -254,7 +240,7 @@ impl Fleet {
             )?;
             // A boot epoch from the wall clock, as if the node had booted many times: a second run
             // against the same gateway is a new boot, not a replay.
-            let mut ram = Ram(Some(Persisted {
+            let mut ram = RamStorage(Some(Persisted {
                 boot_epoch: (std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()) as u32)
@@ -911,11 +897,4 @@ fn sense_lane(lane: &mut Lane, t: i64, spacing_m: f64, uptime_end: u64) {
 }
 
 /// A `+08:00` offset in ms.
-pub(crate) fn parse_offset(s: &str) -> i64 {
-    let sign = if s.starts_with('-') { -1 } else { 1 };
-    let digits: Vec<i64> = s[1..].split(':').filter_map(|p| p.parse().ok()).collect();
-    match digits.as_slice() {
-        [h, m] => sign * (h * 3600 + m * 60) * 1000,
-        _ => 0,
-    }
-}
+pub(crate) use gateway::aggregate::parse_offset;

@@ -131,19 +131,7 @@ impl Slave {
         address: u16,
         count: u16,
     ) -> Result<Vec<u16>, ExceptionCode> {
-        let image = self
-            .image
-            .lock()
-            .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
-        (address..address.saturating_add(count))
-            .map(|a| {
-                image
-                    .words
-                    .get(&(table, a))
-                    .copied()
-                    .ok_or(ExceptionCode::IllegalDataAddress)
-            })
-            .collect()
+        self.read(|image| &image.words, table, address, count)
     }
 
     fn bits(
@@ -152,14 +140,26 @@ impl Slave {
         address: u16,
         count: u16,
     ) -> Result<Vec<bool>, ExceptionCode> {
+        self.read(|image| &image.bits, table, address, count)
+    }
+
+    /// `count` entries of one table from `address`; an address outside the map is an
+    /// exception, as on a real slave.
+    fn read<T: Copy>(
+        &self,
+        part: impl Fn(&Image) -> &BTreeMap<(RegisterTable, u16), T>,
+        table: RegisterTable,
+        address: u16,
+        count: u16,
+    ) -> Result<Vec<T>, ExceptionCode> {
         let image = self
             .image
             .lock()
             .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+        let entries = part(&image);
         (address..address.saturating_add(count))
             .map(|a| {
-                image
-                    .bits
+                entries
                     .get(&(table, a))
                     .copied()
                     .ok_or(ExceptionCode::IllegalDataAddress)

@@ -43,6 +43,21 @@ pub trait Storage {
     fn save(&mut self, record: &Persisted) -> Result<(), StorageFailed>;
 }
 
+/// A [`Storage`] in RAM: the record lives as long as the value (host tools, the simulator,
+/// tests; a board keeps its record in flash).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RamStorage(pub Option<Persisted>);
+
+impl Storage for RamStorage {
+    fn load(&mut self) -> Option<Persisted> {
+        self.0.clone()
+    }
+    fn save(&mut self, record: &Persisted) -> Result<(), StorageFailed> {
+        self.0 = Some(record.clone());
+        Ok(())
+    }
+}
+
 /// The way out to the broker: QoS 1, `Ok` only once the broker acknowledged.
 #[allow(async_fn_in_trait)] // single-threaded embedded executors; no Send bound wanted
 pub trait Uplink {

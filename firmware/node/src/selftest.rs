@@ -6,7 +6,7 @@
 use wire::{Body, DeviceKey, Direction, FrameError, Header, Quantity, Timestamp, Trigger};
 
 use crate::config::{BLOCK_LEN, Config, ConfigError, GateRole, Role};
-use crate::node::{Node, Persisted, Storage, StorageFailed, Uplink};
+use crate::node::{Node, Uplink};
 use crate::pipe::{Watch, WatchState};
 use crate::rfid::{Gate, TagRead};
 use crate::traffic::{Change, Detector, LaneCounter, Tuning};
@@ -113,18 +113,7 @@ fn config_block() -> Result<(), &'static str> {
     )
 }
 
-#[derive(Default)]
-struct Ram(Option<Persisted>);
-
-impl Storage for Ram {
-    fn load(&mut self) -> Option<Persisted> {
-        self.0.clone()
-    }
-    fn save(&mut self, record: &Persisted) -> Result<(), StorageFailed> {
-        self.0 = Some(record.clone());
-        Ok(())
-    }
-}
+type Ram = crate::node::RamStorage;
 
 /// Keeps the last frame published.
 struct LastFrame(heapless::Vec<u8, 640>, u32);

@@ -178,7 +178,8 @@ pub struct Aggregators {
     settings: AggregateSettings,
 }
 
-pub(crate) fn parse_offset(s: &str) -> i64 {
+/// A UTC offset such as `+08:00`, in milliseconds (0 when malformed).
+pub fn parse_offset(s: &str) -> i64 {
     let sign = if s.starts_with('-') { -1 } else { 1 };
     let digits: Vec<i64> = s[1..].split(':').filter_map(|p| p.parse().ok()).collect();
     match digits.as_slice() {
