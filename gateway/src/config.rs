@@ -46,6 +46,9 @@ pub struct Config {
     /// Alert rules and where alerts go.
     #[serde(default)]
     pub alerts: AlertsSection,
+    /// Polling the site's Modbus devices.
+    #[serde(default)]
+    pub modbus: crate::modbus::ModbusSection,
 }
 
 /// Alert rules and notifiers.

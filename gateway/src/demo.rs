@@ -68,6 +68,11 @@ pub async fn run(
         retention: crate::store::Retention::default(),
         aggregate: crate::aggregate::AggregateSettings::default(),
         alerts: crate::config::AlertsSection::default(),
+        // The demo's Modbus RTU (gz-p3-rtu) has no slave behind it: `simulator modbus` plays one.
+        modbus: crate::modbus::ModbusSection {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();

@@ -35,6 +35,7 @@ pub mod influxdb;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod modbus;
 pub mod mqtt;
 pub mod pipeline;
 pub mod point;
@@ -85,6 +86,8 @@ pub struct Settings {
     pub influxdb: Option<influxdb::InfluxSection>,
     /// Alert rules and notifiers.
     pub alerts: config::AlertsSection,
+    /// Modbus polling.
+    pub modbus: modbus::ModbusSection,
 }
 
 impl Settings {
@@ -101,6 +104,7 @@ impl Settings {
             aggregate: c.aggregate.settings(),
             influxdb: c.influxdb.clone(),
             alerts: c.alerts.clone(),
+            modbus: c.modbus.clone(),
         }
     }
 }
@@ -268,6 +272,20 @@ impl Gateway {
         let options = mqtt::options(&settings.mqtt, &settings.gateway_id)?;
         let (client, eventloop) = mqtt::client(options);
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
+        let (polled_tx, polled_rx) = mpsc::channel(64);
+        if settings.modbus.enabled {
+            for device in modbus::devices(&catalog, &settings.zones, &settings.modbus)? {
+                tracing::info!(device = %device.id, address = %device.address, interval_s = device.interval.as_secs(), "polling Modbus device");
+                tasks.spawn(modbus::poll(
+                    device,
+                    settings.modbus.clone(),
+                    polled_tx.clone(),
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
+        }
+        drop(polled_tx);
         let pipeline = pipeline::Pipeline {
             verifier: Arc::new(verify::Verifier::new(
                 catalog,
@@ -281,7 +299,7 @@ impl Gateway {
             aggregators: Arc::new(Mutex::new(aggregators)),
             alerts: alerts.clone(),
         };
-        tasks.spawn(pipeline.run(inbound_rx));
+        tasks.spawn(pipeline.run(inbound_rx, polled_rx));
         tasks.spawn(mqtt::run(
             eventloop,
             client,

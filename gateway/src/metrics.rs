@@ -72,6 +72,16 @@ pub struct Metrics {
     pub alert_notifications: IntCounterVec,
     /// Alert events a notifier has not delivered yet.
     pub alert_pending: IntGaugeVec,
+    /// Modbus polls by device and outcome (`ok`, `partial`, `failed`).
+    pub modbus_polls: IntCounterVec,
+    /// Duration of one Modbus poll (every block of a device), by device.
+    pub modbus_poll_seconds: prometheus::HistogramVec,
+    /// Modbus exception replies by device and code.
+    pub modbus_exceptions: IntCounterVec,
+    /// Modbus errors by device and kind (`connect`, `timeout`, `transport`, `protocol`).
+    pub modbus_errors: IntCounterVec,
+    /// 1 while a device's circuit breaker is open.
+    pub modbus_breaker_open: IntGaugeVec,
 }
 
 /// Registers `metric` and returns it.
@@ -235,6 +245,39 @@ impl Metrics {
                 "citysense_alert_notifier_pending",
                 "Alert events a notifier has not delivered yet.",
                 &["notifier"],
+            ),
+            modbus_polls: counters(
+                "citysense_modbus_polls_total",
+                "Modbus polls by device and outcome.",
+                &["device", "outcome"],
+            ),
+            modbus_poll_seconds: register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "citysense_modbus_poll_seconds",
+                        "Duration of one Modbus poll of a device (all its block reads).",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                    &["device"],
+                ),
+            ),
+            modbus_exceptions: counters(
+                "citysense_modbus_exceptions_total",
+                "Modbus exception replies by device and exception code.",
+                &["device", "code"],
+            ),
+            modbus_errors: counters(
+                "citysense_modbus_errors_total",
+                "Modbus errors by device and kind (connect, timeout, transport, protocol).",
+                &["device", "kind"],
+            ),
+            modbus_breaker_open: gauges(
+                "citysense_modbus_breaker_open",
+                "1 while a Modbus device's circuit breaker is open.",
+                &["device"],
             ),
             registry: r.clone(),
         };

@@ -21,7 +21,7 @@ use crate::alert::{Alerts, Changes};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::point::Point;
-use crate::reading::Reading;
+use crate::reading::{Measurement, Reading};
 use crate::registry::{Registry, category_name};
 use crate::store::Store;
 use crate::verify::{Rejection, Stream, Verifier, parse_topic};
@@ -76,19 +76,77 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs until the inbound channel closes.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Publish>) {
+    /// Runs until the inbound channel closes: MQTT messages in batches, and the readings of
+    /// polled (Modbus) devices.
+    pub async fn run(
+        self,
+        mut inbound: mpsc::Receiver<Publish>,
+        mut polled: mpsc::Receiver<Vec<Reading>>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = inbound.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match inbound.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+        let mut polling = true;
+        loop {
+            tokio::select! {
+                first = inbound.recv() => {
+                    let Some(first) = first else { return };
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        match inbound.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(&mut batch).await;
                 }
+                readings = polled.recv(), if polling => match readings {
+                    Some(r) => self.process_polled(r).await,
+                    None => polling = false,
+                },
             }
-            self.process(&mut batch).await;
         }
+    }
+
+    /// Readings of a polled device: checked against the profile's ranges, then aggregated,
+    /// evaluated and committed like reports.
+    pub async fn process_polled(&self, mut readings: Vec<Reading>) {
+        let Some(first) = readings.first() else {
+            return;
+        };
+        let device = first.device.clone();
+        let mut rejected = Vec::new();
+        if let Ok(mut registry) = self.registry.lock()
+            && let Some(d) = registry.get_mut(&device)
+        {
+            let profile = self.verifier.profile(&d.info.kind);
+            readings.retain(|r| match (&r.measurement, profile) {
+                (Measurement::Value { field, value, .. }, Some(p)) => {
+                    let ok = p
+                        .fields
+                        .iter()
+                        .find(|f| f.name == *field)
+                        .is_some_and(|f| *value >= f.min && *value <= f.max);
+                    if !ok {
+                        rejected.push(format!("{field} = {value}"));
+                    }
+                    ok
+                }
+                _ => true,
+            });
+            d.state.accepted += 1;
+            d.state.last_seen_ms = Some(now_ms());
+        }
+        for r in &rejected {
+            self.metrics
+                .rejected
+                .with_label_values(&["out_of_range"])
+                .inc();
+            tracing::debug!(device = %device, value = %r, "polled value out of the profile's range");
+        }
+        self.metrics
+            .readings
+            .with_label_values(&["pipe"])
+            .inc_by(readings.len() as u64);
+        self.accept(readings, Vec::new()).await;
     }
 
     /// Verifies, stores and acknowledges one batch.
@@ -131,6 +189,20 @@ impl Pipeline {
                 })
                 .collect()
         };
+        self.accept(readings, ledgers).await;
+        for (topic, payload, r) in &dead {
+            self.dead_letter(topic, payload, r, now);
+        }
+        for p in batch.drain(..) {
+            if p.qos != QoS::AtMostOnce && self.client.try_ack(&p).is_err() {
+                self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
+            }
+        }
+    }
+
+    /// Aggregates, evaluates the rules, and commits readings, points, ledgers and alert changes
+    /// in one transaction.
+    async fn accept(&self, readings: Vec<Reading>, ledgers: Vec<(String, Ledger)>) {
         let points = match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
@@ -164,14 +236,6 @@ impl Pipeline {
         }
         drop(held);
         self.alerts.committed(&changes);
-        for (topic, payload, r) in &dead {
-            self.dead_letter(topic, payload, r, now);
-        }
-        for p in batch.drain(..) {
-            if p.qos != QoS::AtMostOnce && self.client.try_ack(&p).is_err() {
-                self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
-            }
-        }
     }
 
     /// One message: its readings and its device's ledger are appended to the batch's.

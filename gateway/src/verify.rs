@@ -102,6 +102,11 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// The profile of a device kind.
+    pub fn profile(&self, kind: &str) -> Option<&device_profiles::Profile> {
+        self.catalog.profiles.get(kind)
+    }
+
     /// A verifier for `catalog` with `keys`.
     pub fn new(catalog: Arc<Catalog>, keys: Keys, rules: VerifySection) -> Verifier {
         Verifier {

@@ -5,6 +5,7 @@
 mod alerts;
 mod gateway_ingest;
 mod modbus_slaves;
+mod modbus_source;
 mod nodectl;
 mod scenarios;
 mod store_durability;

@@ -136,6 +136,7 @@ async fn load_figures_match_the_gateway_counters() {
         retention: Default::default(),
         aggregate: Default::default(),
         alerts: Default::default(),
+        modbus: Default::default(),
     };
     let gw = gateway::Gateway::start(settings, catalog, keys)
         .await

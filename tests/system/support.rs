@@ -53,6 +53,11 @@ pub async fn start_gateway_settings(
         retention: gateway::store::Retention::default(),
         aggregate: gateway::aggregate::AggregateSettings::default(),
         alerts: Default::default(),
+        // Tests that poll Modbus turn it on with their own slave's endpoint.
+        modbus: gateway::modbus::ModbusSection {
+            enabled: false,
+            ..Default::default()
+        },
     };
     change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()

@@ -99,6 +99,10 @@ async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
         aggregate: Default::default(),
         influxdb: None,
         alerts: Default::default(),
+        modbus: gateway::modbus::ModbusSection {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let keys = gateway::traffic::demo_keys(&catalog);
     let gw = Gateway::start(settings, catalog, keys).await.unwrap();
