@@ -274,10 +274,30 @@ impl Gateway {
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
         let (polled_tx, polled_rx) = mpsc::channel(64);
         if settings.modbus.enabled {
+            let mut buses: HashMap<(String, u32), Vec<modbus::Device>> = HashMap::new();
             for device in modbus::devices(&catalog, &settings.zones, &settings.modbus)? {
-                tracing::info!(device = %device.id, address = %device.address, interval_s = device.interval.as_secs(), "polling Modbus device");
-                tasks.spawn(modbus::poll(
-                    device,
+                tracing::info!(device = %device.id, endpoint = ?device.endpoint, interval_s = device.interval.as_secs(), "polling Modbus device");
+                match device.endpoint.clone() {
+                    modbus::Endpoint::Tcp(_) => {
+                        tasks.spawn(modbus::poll(
+                            device,
+                            settings.modbus.clone(),
+                            polled_tx.clone(),
+                            metrics.clone(),
+                            shutdown_rx.clone(),
+                        ));
+                    }
+                    modbus::Endpoint::Rtu { path, baud } => {
+                        buses.entry((path, baud)).or_default().push(device);
+                    }
+                }
+            }
+            // One poller per RS-485 port: the bus is shared, one request at a time.
+            for ((path, baud), devices) in buses {
+                tasks.spawn(modbus::poll_bus(
+                    path,
+                    baud,
+                    devices,
                     settings.modbus.clone(),
                     polled_tx.clone(),
                     metrics.clone(),

@@ -220,6 +220,31 @@ impl tokio_modbus::server::Service for Slave {
     }
 }
 
+/// Several slaves on one RS-485 line: each request goes to the slave with its unit id; other
+/// unit ids get no answer.
+#[derive(Debug, Clone)]
+pub struct Bus(pub Vec<Slave>);
+
+impl tokio_modbus::server::Service for Bus {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
+        match self.0.iter().find(|s| s.unit == req.slave) {
+            Some(s) => s.call(req),
+            None => Box::pin(async { Ok(None) }),
+        }
+    }
+}
+
+/// Serves a bus of slaves over RTU on a serial device.
+pub async fn serve_rtu_bus(path: &std::path::Path, baud: u32, bus: Bus) -> std::io::Result<()> {
+    let server = tokio_modbus::server::rtu::Server::new_from_path(path, baud)?;
+    server.serve_forever(bus).await
+}
+
 /// Serves `slave` on `listener` (Modbus TCP) until the task is dropped.
 pub async fn serve_tcp(listener: tokio::net::TcpListener, slave: Slave) -> std::io::Result<()> {
     let server = tokio_modbus::server::tcp::Server::new(listener);

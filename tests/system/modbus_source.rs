@@ -138,3 +138,133 @@ async fn a_polled_rtu_feeds_the_pipeline_raises_a_pipe_alert_and_recovers_from_f
     server.abort();
     gw.stop().await;
 }
+
+/// Two linked pseudo-terminals: what is written to one's port comes out of the other's.
+fn pty_pair() -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<std::os::fd::OwnedFd>,
+) {
+    let a = nix::pty::openpty(None, None).unwrap();
+    let b = nix::pty::openpty(None, None).unwrap();
+    let (pa, pb) = (
+        nix::unistd::ttyname(&a.slave).unwrap(),
+        nix::unistd::ttyname(&b.slave).unwrap(),
+    );
+    let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
+    let (ma, mb) = (file(a.master), file(b.master));
+    let (ra, rb) = (ma.try_clone().unwrap(), mb.try_clone().unwrap());
+    let copy = |from: std::fs::File, to: std::fs::File| {
+        tokio::spawn(async move {
+            let mut from = tokio::fs::File::from_std(from);
+            let mut to = tokio::fs::File::from_std(to);
+            let mut buf = [0u8; 256];
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 || to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let tasks = vec![copy(ra, mb), copy(rb, ma)];
+    (pa, pb, tasks, vec![a.slave, b.slave])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rtus_share_an_rs485_line_and_a_dead_one_does_not_stall_the_other() {
+    let broker = Mosquitto::start();
+    let (line, port, bridge, _keep) = pty_pair();
+    let first = rtu_slave(0.31);
+    let map = catalog().profiles["modbus-pipe-rtu"]
+        .modbus
+        .clone()
+        .unwrap();
+    let second = Slave::new(
+        2,
+        &map,
+        &[
+            ("pressure", 0.27),
+            ("flow", 10.0),
+            ("total_volume", 1.0),
+            ("well_level", 2.0),
+            ("temperature", 20.0),
+            ("pump_running", 0.0),
+        ],
+    );
+    let line2 = line.clone();
+    let bus = simulator::modbus::Bus(vec![first.clone(), second.clone()]);
+    let server =
+        tokio::spawn(async move { simulator::modbus::serve_rtu_bus(&line2, 9600, bus).await });
+    // The Ganzhou site with a second RTU (unit 2) on the same line.
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    let mut text = std::fs::read_to_string(device_profiles::GANZHOU_SITE).unwrap();
+    text.push_str("\n[[device]]\nid = \"gz-p4-rtu\"\nprofile = \"modbus-pipe-rtu\"\nzone = \"360702\"\nmodbus = { url = \"rtu:///dev/null\", unit_id = 2 }\n\n[[pipe_asset]]\nid = \"P4\"\nname = \"水东泵站\"\nzone = \"360702\"\nkind = \"pump_station\"\ndevices = [\"gz-p4-rtu\"]\n");
+    std::fs::write(&site, text).unwrap();
+    let catalog = std::sync::Arc::new(
+        device_profiles::Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site)
+            .unwrap(),
+    );
+    let keys = gateway::traffic::demo_keys(&catalog);
+    let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker.port).into());
+    mqtt.reconnect_min_ms = 50;
+    let url = format!("rtu://{}?baud=9600", port.display());
+    let mut modbus = gateway::modbus::ModbusSection {
+        interval_s: Some(1),
+        timeout_ms: 400,
+        breaker_after: 2,
+        breaker_open_s: 2,
+        ..Default::default()
+    };
+    modbus.endpoints.insert("gz-p3-rtu".into(), url.clone());
+    modbus.endpoints.insert("gz-p4-rtu".into(), url);
+    let settings = gateway::Settings {
+        gateway_id: format!("gw-bus-{}", std::process::id()),
+        mqtt,
+        verify: Default::default(),
+        http_listen: ([127, 0, 0, 1], 0).into(),
+        zones: Vec::new(),
+        store_path: ":memory:".into(),
+        influxdb: None,
+        retention: Default::default(),
+        aggregate: Default::default(),
+        alerts: Default::default(),
+        modbus,
+    };
+    let gw = gateway::Gateway::start(settings, catalog, keys)
+        .await
+        .unwrap();
+    let http = gw.http_addr();
+    wait_for(
+        "both RTUs polled over the shared line",
+        Duration::from_secs(15),
+        || async { accepted(&gw, "gz-p3-rtu") >= 2 && accepted(&gw, "gz-p4-rtu") >= 2 },
+    )
+    .await;
+    // Unit 2 dies: its breaker opens, unit 1 keeps its one-second period.
+    second.set_fault(Fault::Silence);
+    wait_for(
+        "the dead RTU's breaker opens",
+        Duration::from_secs(15),
+        || async {
+            let m = system_tests::http::get(http, "/metrics").await.1;
+            metric(&m, "citysense_modbus_breaker_open", "gz-p4-rtu") == 1.0
+        },
+    )
+    .await;
+    // Three more polls of the live one within 6 s: its one-second period holds.
+    let before = accepted(&gw, "gz-p3-rtu");
+    wait_for(
+        "the live RTU keeps its period",
+        Duration::from_secs(6),
+        || async { accepted(&gw, "gz-p3-rtu") >= before + 3 },
+    )
+    .await;
+    server.abort();
+    for t in bridge {
+        t.abort();
+    }
+    gw.stop().await;
+}

@@ -47,9 +47,21 @@ pub struct ModbusSection {
     /// Poll interval, seconds; the profile's `report_interval_s` when absent.
     #[serde(default)]
     pub interval_s: Option<u64>,
-    /// Endpoints replacing the site's, by device id (`"gz-p3-rtu" = "tcp://10.0.0.9:502"`).
+    /// Endpoints replacing the site's, by device id (`"gz-p3-rtu" = "tcp://10.0.0.9:502"` or
+    /// `"rtu:///dev/ttyUSB0?baud=9600"`).
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
+    /// RS-485: extra silence before each request beyond the 3.5 characters, milliseconds (slow
+    /// slaves and RS-485 converters need some).
+    #[serde(default)]
+    pub rtu_delay_ms: u64,
+    /// RS-485: pause after opening the port before the first request, milliseconds.
+    #[serde(default = "default_open_pause")]
+    pub rtu_open_pause_ms: u64,
+}
+
+fn default_open_pause() -> u64 {
+    100
 }
 
 fn yes() -> bool {
@@ -74,7 +86,49 @@ impl Default for ModbusSection {
             breaker_open_s: default_breaker_open(),
             interval_s: None,
             endpoints: BTreeMap::new(),
+            rtu_delay_ms: 0,
+            rtu_open_pause_ms: default_open_pause(),
         }
+    }
+}
+
+/// Where a device is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Modbus TCP, `host:port`.
+    Tcp(String),
+    /// Modbus RTU on a serial port (RS-485), shared by every device on that port.
+    Rtu {
+        /// The serial device, e.g. `/dev/ttyUSB0`.
+        path: String,
+        /// Baud rate.
+        baud: u32,
+    },
+}
+
+impl Endpoint {
+    /// `tcp://HOST:PORT` or `rtu:///dev/ttyUSB0?baud=9600` (default 9600 baud).
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        if let Some(addr) = url.strip_prefix("tcp://") {
+            return Ok(Endpoint::Tcp(addr.to_owned()));
+        }
+        if let Some(rest) = url.strip_prefix("rtu://") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let baud = match query.strip_prefix("baud=") {
+                Some(b) => b
+                    .parse()
+                    .map_err(|_| format!("baud \"{b}\" in \"{url}\""))?,
+                None if query.is_empty() => 9600,
+                None => return Err(format!("\"{url}\": only ?baud=N is understood")),
+            };
+            return Ok(Endpoint::Rtu {
+                path: path.to_owned(),
+                baud,
+            });
+        }
+        Err(format!(
+            "Modbus endpoint \"{url}\" is neither tcp://HOST:PORT nor rtu:///dev/PORT?baud=N"
+        ))
     }
 }
 
@@ -87,8 +141,8 @@ pub struct Device {
     pub zone: Arc<str>,
     /// Kind.
     pub kind: Arc<str>,
-    /// `host:port`.
-    pub address: String,
+    /// Where it is.
+    pub endpoint: Endpoint,
     /// Unit id.
     pub unit: u8,
     /// The register map.
@@ -116,18 +170,17 @@ pub fn devices(
             continue;
         };
         let url = section.endpoints.get(&d.id).unwrap_or(&endpoint.url);
-        let Some(address) = url.strip_prefix("tcp://") else {
-            anyhow::bail!(
-                "device {}: Modbus endpoint \"{url}\" is not tcp://HOST:PORT (RTU over serial is not polled yet)",
-                d.id
-            );
-        };
+        let endpoint = Endpoint::parse(url).map_err(|e| anyhow::anyhow!("device {}: {e}", d.id))?;
         out.push(Device {
             id: d.id.as_str().into(),
             zone: d.zone.as_str().into(),
             kind: profile.kind.as_str().into(),
-            address: address.to_owned(),
-            unit: endpoint.unit_id.unwrap_or(map.unit_id),
+            endpoint,
+            unit: d
+                .modbus
+                .as_ref()
+                .and_then(|m| m.unit_id)
+                .unwrap_or(map.unit_id),
             interval: Duration::from_secs(
                 section
                     .interval_s
@@ -148,7 +201,76 @@ enum Outcome {
     Failed,
 }
 
-/// Polls `device` until shutdown, sending its readings to `out`.
+/// A device's poll bookkeeping: metrics and the circuit breaker.
+#[derive(Debug)]
+struct Health {
+    id: String,
+    failures: u32,
+    /// While open: no poll before this.
+    open_until: Option<Instant>,
+}
+
+impl Health {
+    fn new(id: &str) -> Health {
+        Health {
+            id: id.to_owned(),
+            failures: 0,
+            open_until: None,
+        }
+    }
+
+    /// Whether the breaker lets a poll through now.
+    fn may_poll(&self) -> bool {
+        self.open_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        took: Duration,
+        section: &ModbusSection,
+        metrics: &Metrics,
+    ) {
+        metrics
+            .modbus_poll_seconds
+            .with_label_values(&[&self.id])
+            .observe(took.as_secs_f64());
+        let label = match outcome {
+            Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+        };
+        metrics
+            .modbus_polls
+            .with_label_values(&[&self.id, label])
+            .inc();
+        if outcome == Outcome::Failed {
+            self.failures += 1;
+            if self.failures >= section.breaker_after {
+                if self.open_until.is_none() {
+                    tracing::warn!(device = %self.id, failures = self.failures, "Modbus device not answering: circuit breaker open, next try in {} s", section.breaker_open_s);
+                }
+                self.open_until =
+                    Some(Instant::now() + Duration::from_secs(section.breaker_open_s));
+                metrics
+                    .modbus_breaker_open
+                    .with_label_values(&[&self.id])
+                    .set(1);
+            }
+        } else {
+            if self.open_until.take().is_some() {
+                tracing::info!(device = %self.id, "Modbus device answers again: circuit breaker closed");
+            }
+            self.failures = 0;
+            metrics
+                .modbus_breaker_open
+                .with_label_values(&[&self.id])
+                .set(0);
+        }
+    }
+}
+
+/// Polls a Modbus TCP `device` until shutdown, sending its readings to `out`.
 pub async fn poll(
     device: Device,
     section: ModbusSection,
@@ -156,11 +278,13 @@ pub async fn poll(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Endpoint::Tcp(address) = device.endpoint.clone() else {
+        return;
+    };
     let blocks = plan(&device.map);
     let timeout = Duration::from_millis(section.timeout_ms.max(1));
-    let id = device.id.to_string();
+    let mut health = Health::new(&device.id);
     let mut ctx: Option<Context> = None;
-    let mut failures = 0u32;
     let mut tick = tokio::time::interval(device.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,74 +292,155 @@ pub async fn poll(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        if failures >= section.breaker_after {
-            // Open: wait out the cool-down, then one half-open try.
-            metrics.modbus_breaker_open.with_label_values(&[&id]).set(1);
-            tracing::warn!(device = %id, address = %device.address, failures, "Modbus device not answering: circuit breaker open for {} s", section.breaker_open_s);
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(section.breaker_open_s)) => {}
-            }
-            failures = section.breaker_after - 1;
+        if !health.may_poll() {
+            continue;
         }
         let started = Instant::now();
-        let (outcome, readings) = poll_once(&device, &blocks, &mut ctx, timeout, &metrics).await;
-        metrics
-            .modbus_poll_seconds
-            .with_label_values(&[&id])
-            .observe(started.elapsed().as_secs_f64());
-        let label = match outcome {
-            Outcome::Ok => "ok",
-            Outcome::Partial => "partial",
-            Outcome::Failed => "failed",
-        };
-        metrics.modbus_polls.with_label_values(&[&id, label]).inc();
-        if outcome == Outcome::Failed {
-            failures += 1;
-        } else {
-            if failures >= section.breaker_after.saturating_sub(1) && failures > 0 {
-                tracing::info!(device = %id, "Modbus device answers again");
+        if ctx.is_none() {
+            let connect = async {
+                let addr = address.parse().map_err(std::io::Error::other)?;
+                tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(device.unit))
+                    .await
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(c)) => ctx = Some(c),
+                _ => {
+                    metrics
+                        .modbus_errors
+                        .with_label_values(&[&health.id, "connect"])
+                        .inc();
+                    health.record(Outcome::Failed, started.elapsed(), &section, &metrics);
+                    continue;
+                }
             }
-            failures = 0;
-            metrics.modbus_breaker_open.with_label_values(&[&id]).set(0);
         }
+        let Some(c) = ctx.as_mut() else { continue };
+        let (outcome, readings, reset) = read_blocks(&device, &blocks, c, timeout, &metrics).await;
+        if reset {
+            // A late reply must never answer the next request: a new connection.
+            ctx = None;
+        }
+        health.record(outcome, started.elapsed(), &section, &metrics);
         if !readings.is_empty() && out.send(readings).await.is_err() {
             return;
         }
     }
 }
 
-/// One round over every block.
-async fn poll_once(
-    device: &Device,
-    blocks: &[Block],
-    ctx: &mut Option<Context>,
-    timeout: Duration,
-    metrics: &Metrics,
-) -> (Outcome, Vec<Reading>) {
-    let id = device.id.to_string();
-    if ctx.is_none() {
-        let Ok(addr) = device.address.parse() else {
-            return (Outcome::Failed, Vec::new());
-        };
-        let connect =
-            tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(device.unit));
-        match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(c)) => *ctx = Some(c),
-            _ => {
-                metrics
-                    .modbus_errors
-                    .with_label_values(&[&id, "connect"])
-                    .inc();
-                return (Outcome::Failed, Vec::new());
+/// Polls every device on one RS-485 port, one request at a time: the 3.5-character silence
+/// before each request, `rtu_delay_ms` more per device switch, a pause after opening the port;
+/// a device that times out costs its own poll only, and the port is reopened (stale bytes
+/// dropped) before the next device is asked.
+pub async fn poll_bus(
+    path: String,
+    baud: u32,
+    devices: Vec<Device>,
+    section: ModbusSection,
+    out: mpsc::Sender<Vec<Reading>>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio_modbus::prelude::SlaveContext;
+    use tokio_serial::SerialPortBuilderExt;
+    let timeout = Duration::from_millis(section.timeout_ms.max(1));
+    let gap = Duration::from_micros(u64::from(node_gap_us(baud)));
+    let mut state: Vec<(Device, Vec<Block>, Health, Instant)> = devices
+        .into_iter()
+        .map(|d| {
+            let blocks = plan(&d.map);
+            let health = Health::new(&d.id);
+            (d, blocks, health, Instant::now())
+        })
+        .collect();
+    let mut ctx: Option<Context> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = Instant::now();
+        let next = state
+            .iter()
+            .map(|s| s.3)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
+        if next > now {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(next - now) => {}
+            }
+        }
+        for (device, blocks, health, due) in state.iter_mut() {
+            if Instant::now() < *due {
+                continue;
+            }
+            *due += device.interval;
+            if *due < Instant::now() {
+                *due = Instant::now() + device.interval;
+            }
+            if !health.may_poll() {
+                continue;
+            }
+            let started = Instant::now();
+            if ctx.is_none() {
+                match tokio_serial::new(&path, baud).open_native_async() {
+                    Ok(port) => {
+                        ctx = Some(tokio_modbus::client::rtu::attach(port));
+                        tokio::time::sleep(Duration::from_millis(section.rtu_open_pause_ms)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(port = %path, error = %e, "cannot open the RS-485 port");
+                        metrics
+                            .modbus_errors
+                            .with_label_values(&[&health.id, "connect"])
+                            .inc();
+                        health.record(Outcome::Failed, started.elapsed(), &section, &metrics);
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = ctx.as_mut() else { continue };
+            c.set_slave(tokio_modbus::Slave(device.unit));
+            tokio::time::sleep(gap + Duration::from_millis(section.rtu_delay_ms)).await;
+            let (outcome, readings, reset) =
+                read_blocks(device, blocks, c, timeout, &metrics).await;
+            if reset {
+                ctx = None;
+            }
+            health.record(outcome, started.elapsed(), &section, &metrics);
+            if !readings.is_empty() && out.send(readings).await.is_err() {
+                return;
             }
         }
     }
+}
+
+/// The silence that ends an RTU frame, microseconds (3.5 characters of 11 bits; 1,750 µs above
+/// 19,200 baud).
+fn node_gap_us(baud: u32) -> u32 {
+    if baud > 19_200 {
+        1_750
+    } else {
+        (35 * 11 * 1_000_000 / 10) / baud.max(1)
+    }
+}
+
+/// Reads every block of `device` on `ctx`; `reset` when the connection must be replaced.
+async fn read_blocks(
+    device: &Device,
+    blocks: &[Block],
+    c: &mut Context,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> (Outcome, Vec<Reading>, bool) {
+    let id = device.id.to_string();
     let now = crate::pipeline::now_ms();
     let mut readings = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut reset) = (0, false);
     for b in blocks {
-        let Some(c) = ctx.as_mut() else { break };
+        if reset {
+            failed += 1;
+            continue;
+        }
         let read = async {
             match b.table {
                 RegisterTable::Holding => c
@@ -293,13 +498,14 @@ async fn poll_once(
             }
             Ok(Err(e)) => {
                 failed += 1;
-                let kind = if e.to_string().contains("CRC") || e.to_string().contains("mismatch") {
+                let text = e.to_string();
+                let kind = if text.contains("CRC") || text.contains("mismatch") {
                     "protocol"
                 } else {
                     "transport"
                 };
                 metrics.modbus_errors.with_label_values(&[&id, kind]).inc();
-                *ctx = None; // reconnect next round
+                reset = true;
             }
             Err(_) => {
                 failed += 1;
@@ -307,8 +513,7 @@ async fn poll_once(
                     .modbus_errors
                     .with_label_values(&[&id, "timeout"])
                     .inc();
-                // A late reply must never answer the next request: start a new connection.
-                *ctx = None;
+                reset = true;
             }
         }
     }
@@ -317,7 +522,7 @@ async fn poll_once(
         (_, false) => Outcome::Partial,
         (_, true) => Outcome::Failed,
     };
-    (outcome, readings)
+    (outcome, readings, reset)
 }
 
 enum Values {
