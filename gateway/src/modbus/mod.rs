@@ -55,6 +55,9 @@ pub struct ModbusSection {
     /// slaves and RS-485 converters need some).
     #[serde(default)]
     pub rtu_delay_ms: u64,
+    /// RS-485: the extra silence for single devices, by id, instead of `rtu_delay_ms`.
+    #[serde(default)]
+    pub rtu_delays_ms: BTreeMap<String, u64>,
     /// RS-485: pause after opening the port before the first request, milliseconds.
     #[serde(default = "default_open_pause")]
     pub rtu_open_pause_ms: u64,
@@ -87,6 +90,7 @@ impl Default for ModbusSection {
             interval_s: None,
             endpoints: BTreeMap::new(),
             rtu_delay_ms: 0,
+            rtu_delays_ms: BTreeMap::new(),
             rtu_open_pause_ms: default_open_pause(),
         }
     }
@@ -400,7 +404,12 @@ pub async fn poll_bus(
             }
             let Some(c) = ctx.as_mut() else { continue };
             c.set_slave(tokio_modbus::Slave(device.unit));
-            tokio::time::sleep(gap + Duration::from_millis(section.rtu_delay_ms)).await;
+            let extra = section
+                .rtu_delays_ms
+                .get(&*device.id)
+                .copied()
+                .unwrap_or(section.rtu_delay_ms);
+            tokio::time::sleep(gap + Duration::from_millis(extra)).await;
             let (outcome, readings, reset) =
                 read_blocks(device, blocks, c, timeout, &metrics).await;
             if reset {
