@@ -104,6 +104,7 @@ async fn a_polled_rtu_feeds_the_pipeline_raises_a_pipe_alert_and_recovers_from_f
     wait_for("the exception counted", Duration::from_secs(10), || async {
         let m = system_tests::http::get(http, "/metrics").await.1;
         m.contains("citysense_modbus_exceptions_total{code=\"0x06\",device=\"gz-p3-rtu\"}")
+            && m.contains("citysense_modbus_errors_total{device=\"gz-p3-rtu\",kind=\"retry\"}")
     })
     .await;
     // A late reply: the request times out, the connection is replaced, and the next polls

@@ -47,6 +47,13 @@ pub struct ModbusSection {
     /// Poll interval, seconds; the profile's `report_interval_s` when absent.
     #[serde(default)]
     pub interval_s: Option<u64>,
+    /// Times a block read is asked again within a poll after a busy or acknowledge exception
+    /// (codes 5 and 6) or, on TCP, after a transport error on a fresh connection.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Interval, timeout and retries of single devices, by id.
+    #[serde(default)]
+    pub device: BTreeMap<String, DeviceTuning>,
     /// Endpoints replacing the site's, by device id (`"gz-p3-rtu" = "tcp://10.0.0.9:502"` or
     /// `"rtu:///dev/ttyUSB0?baud=9600"`).
     #[serde(default)]
@@ -61,6 +68,25 @@ pub struct ModbusSection {
     /// RS-485: pause after opening the port before the first request, milliseconds.
     #[serde(default = "default_open_pause")]
     pub rtu_open_pause_ms: u64,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// One device's own poll interval, timeout and retries.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTuning {
+    /// Poll interval, seconds.
+    #[serde(default)]
+    pub interval_s: Option<u64>,
+    /// Request timeout, milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Retries.
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 fn default_open_pause() -> u64 {
@@ -88,6 +114,8 @@ impl Default for ModbusSection {
             breaker_after: default_breaker_after(),
             breaker_open_s: default_breaker_open(),
             interval_s: None,
+            retries: default_retries(),
+            device: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             rtu_delay_ms: 0,
             rtu_delays_ms: BTreeMap::new(),
@@ -153,6 +181,10 @@ pub struct Device {
     pub map: RegisterMap,
     /// Poll interval.
     pub interval: Duration,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Retries per block.
+    pub retries: u32,
 }
 
 /// The Modbus devices of the served zones.
@@ -175,6 +207,7 @@ pub fn devices(
         };
         let url = section.endpoints.get(&d.id).unwrap_or(&endpoint.url);
         let endpoint = Endpoint::parse(url).map_err(|e| anyhow::anyhow!("device {}: {e}", d.id))?;
+        let tuning = section.device.get(&d.id).copied().unwrap_or_default();
         out.push(Device {
             id: d.id.as_str().into(),
             zone: d.zone.as_str().into(),
@@ -186,11 +219,14 @@ pub fn devices(
                 .and_then(|m| m.unit_id)
                 .unwrap_or(map.unit_id),
             interval: Duration::from_secs(
-                section
+                tuning
                     .interval_s
+                    .or(section.interval_s)
                     .unwrap_or(u64::from(profile.report_interval_s))
                     .max(1),
             ),
+            timeout: Duration::from_millis(tuning.timeout_ms.unwrap_or(section.timeout_ms).max(1)),
+            retries: tuning.retries.unwrap_or(section.retries),
             map,
         });
     }
@@ -286,8 +322,10 @@ pub async fn poll(
         return;
     };
     let blocks = plan(&device.map);
-    let timeout = Duration::from_millis(section.timeout_ms.max(1));
+    let timeout = device.timeout;
     let mut health = Health::new(&device.id);
+    let mut backoff =
+        crate::mqtt::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut ctx: Option<Context> = None;
     let mut tick = tokio::time::interval(device.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,9 +352,16 @@ pub async fn poll(
                         .with_label_values(&[&health.id, "connect"])
                         .inc();
                     health.record(Outcome::Failed, started.elapsed(), &section, &metrics);
+                    // Reconnect with backoff (and jitter), on top of the poll period.
+                    let delay = backoff.next_delay(&mut rand::rng());
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                     continue;
                 }
             }
+            backoff.reset();
         }
         let Some(c) = ctx.as_mut() else { continue };
         let (outcome, readings, reset) = read_blocks(&device, &blocks, c, timeout, &metrics).await;
@@ -346,7 +391,6 @@ pub async fn poll_bus(
 ) {
     use tokio_modbus::prelude::SlaveContext;
     use tokio_serial::SerialPortBuilderExt;
-    let timeout = Duration::from_millis(section.timeout_ms.max(1));
     let gap = Duration::from_micros(u64::from(node_gap_us(baud)));
     let mut state: Vec<(Device, Vec<Block>, Health, Instant)> = devices
         .into_iter()
@@ -411,7 +455,7 @@ pub async fn poll_bus(
                 .unwrap_or(section.rtu_delay_ms);
             tokio::time::sleep(gap + Duration::from_millis(extra)).await;
             let (outcome, readings, reset) =
-                read_blocks(device, blocks, c, timeout, &metrics).await;
+                read_blocks(device, blocks, c, device.timeout, &metrics).await;
             if reset {
                 ctx = None;
             }
@@ -450,27 +494,23 @@ async fn read_blocks(
             failed += 1;
             continue;
         }
-        let read = async {
-            match b.table {
-                RegisterTable::Holding => c
-                    .read_holding_registers(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Values::Words)),
-                RegisterTable::Input => c
-                    .read_input_registers(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Values::Words)),
-                RegisterTable::Coil => c
-                    .read_coils(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Values::Bits)),
-                RegisterTable::Discrete => c
-                    .read_discrete_inputs(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Values::Bits)),
-            }
-        };
-        match tokio::time::timeout(timeout, read).await {
+        let mut result = tokio::time::timeout(timeout, read_block(c, b)).await;
+        let mut attempts = 0;
+        while attempts < device.retries
+            && matches!(
+                result,
+                Ok(Ok(Err(tokio_modbus::ExceptionCode::ServerDeviceBusy
+                    | tokio_modbus::ExceptionCode::Acknowledge)))
+            )
+        {
+            attempts += 1;
+            metrics
+                .modbus_errors
+                .with_label_values(&[&id, "retry"])
+                .inc();
+            result = tokio::time::timeout(timeout, read_block(c, b)).await;
+        }
+        match result {
             Ok(Ok(Ok(values))) => {
                 for &(i, offset) in &b.registers {
                     let r = &device.map.registers[i];
@@ -532,6 +572,28 @@ async fn read_blocks(
         (_, true) => Outcome::Failed,
     };
     (outcome, readings, reset)
+}
+
+/// One block read.
+async fn read_block(c: &mut Context, b: &Block) -> tokio_modbus::Result<Values> {
+    match b.table {
+        RegisterTable::Holding => c
+            .read_holding_registers(b.start, b.count)
+            .await
+            .map(|r| r.map(Values::Words)),
+        RegisterTable::Input => c
+            .read_input_registers(b.start, b.count)
+            .await
+            .map(|r| r.map(Values::Words)),
+        RegisterTable::Coil => c
+            .read_coils(b.start, b.count)
+            .await
+            .map(|r| r.map(Values::Bits)),
+        RegisterTable::Discrete => c
+            .read_discrete_inputs(b.start, b.count)
+            .await
+            .map(|r| r.map(Values::Bits)),
+    }
 }
 
 enum Values {
