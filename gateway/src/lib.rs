@@ -566,6 +566,13 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         config.site.zones
     );
     let rules = load_rules(&catalog, &config.alerts).with_context(|| path.display().to_string())?;
+    let polled = if config.modbus.enabled {
+        modbus::devices(&catalog, &config.site.zones, &config.modbus)
+            .with_context(|| path.display().to_string())?
+            .len()
+    } else {
+        0
+    };
     let mut notifiers: Vec<String> = Vec::new();
     if config.alerts.mqtt {
         notifiers.push("mqtt".into());
@@ -588,7 +595,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         .filter(|id| keys.get(id).is_none())
         .collect();
     Ok(format!(
-        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys; {} alert rules, notifiers: {}; devices without a key: {}",
+        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys, {} polled over Modbus; {} alert rules, notifiers: {}; devices without a key: {}",
         path.display(),
         config.gateway.id,
         config.mqtt.host,
@@ -596,6 +603,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         registry.len(),
         registry.zones(),
         keys.len(),
+        polled,
         rules.len(),
         if notifiers.is_empty() {
             "none".to_owned()
