@@ -247,6 +247,7 @@ impl Gateway {
             ));
         }
         let sinks: Vec<&'static str> = settings.influxdb.iter().map(|_| influxdb::SINK).collect();
+        let sinks_for_alerts = sinks.clone();
         let notifiers = notifiers(&settings, &alerts)?;
         let notifier_cursors: Vec<String> = notifiers
             .iter()
@@ -334,6 +335,7 @@ impl Gateway {
             alerts.clone(),
             store.clone(),
             metrics.clone(),
+            (sinks_for_alerts, not_ready.clone()),
             shutdown_rx,
         ));
         tracing::info!(http = %http_addr, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "gateway started");
@@ -487,6 +489,7 @@ async fn sweep_presence(
     alerts: alert::Alerts,
     store: Arc<Store>,
     metrics: Metrics,
+    (sinks, not_ready): (Vec<&'static str>, influxdb::NotReady),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last: HashMap<Arc<str>, Presence> = HashMap::new();
@@ -497,10 +500,16 @@ async fn sweep_presence(
             _ = tick.tick() => {}
         }
         let now = pipeline::now_ms();
+        let refused: Vec<(&str, bool)> = {
+            let down = not_ready.lock().map(|m| m.clone()).unwrap_or_default();
+            sinks.iter().map(|s| (*s, down.contains_key(*s))).collect()
+        };
         let checked = alerts
             .apply(&store, |e| {
                 if let Ok(r) = registry.lock() {
                     e.on_presence(now, &r);
+                    let zone = r.zones().first().map_or("000000", |z| &**z);
+                    e.on_sinks(now, zone, &refused);
                 }
             })
             .await;

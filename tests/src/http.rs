@@ -2,7 +2,7 @@
 //! receiver that can be told to fail.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -67,17 +67,21 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-/// A webhook receiver on a free loopback port: answers robots' `{"errcode":0}` with 200, or 503
-/// while `failing` is set, and keeps the bodies it accepted.
+/// A webhook (or any HTTP) receiver on a free loopback port: answers robots' `{"errcode":0}`
+/// with 200, or `fail_status` while `failing` is set, and keeps the bodies it accepted.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Bodies answered with 200, in order.
     pub accepted: Arc<Mutex<Vec<serde_json::Value>>>,
-    /// Answer 503 while set.
+    /// Answer `fail_status` (503 unless changed) while set.
     pub failing: Arc<AtomicBool>,
-    /// Requests answered 503.
+    /// The status of refusals.
+    pub fail_status: Arc<AtomicU16>,
+    /// Answer `204 No Content` instead of the robot's 200 (an InfluxDB write API).
+    pub no_content: Arc<AtomicBool>,
+    /// Requests refused.
     pub refused: Arc<AtomicUsize>,
 }
 
@@ -89,6 +93,8 @@ impl Webhook {
             addr: listener.local_addr().unwrap(),
             accepted: Arc::default(),
             failing: Arc::new(AtomicBool::new(failing)),
+            fail_status: Arc::new(AtomicU16::new(503)),
+            no_content: Arc::default(),
             refused: Arc::default(),
         };
         let h = hook.clone();
@@ -130,7 +136,13 @@ async fn serve(stream: tokio::net::TcpStream, hook: Webhook) {
         }
         let reply = if hook.failing.load(Ordering::SeqCst) {
             hook.refused.fetch_add(1, Ordering::SeqCst);
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_owned()
+            format!(
+                "HTTP/1.1 {} Refused\r\nContent-Length: 0\r\n\r\n",
+                hook.fail_status.load(Ordering::SeqCst)
+            )
+        } else if hook.no_content.load(Ordering::SeqCst) {
+            hook.accepted.lock().unwrap().push(serde_json::Value::Null);
+            "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
         } else {
             let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             hook.accepted.lock().unwrap().push(value);

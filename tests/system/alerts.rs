@@ -430,3 +430,53 @@ async fn alertmanager_gets_labelled_alerts_and_resolutions_while_a_dead_webhook_
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influxdb_that_refuses_the_gateway_raises_an_alert_that_resolves_once_it_accepts() {
+    let broker = Mosquitto::start();
+    let influx = Webhook::start(true).await;
+    influx.fail_status.store(401, Ordering::SeqCst);
+    influx.no_content.store(true, Ordering::SeqCst);
+    let url = format!("http://{}", influx.addr);
+    let gw = start_gateway_settings("sink-refused", broker.port, |s| {
+        s.influxdb = Some(gateway::influxdb::InfluxSection {
+            url,
+            org: "ganzhou".into(),
+            bucket: "citysense".into(),
+            batch_lines: 100,
+            flush_ms: 100,
+            timeout_ms: 2_000,
+            gzip: false,
+            token: "wrong".into(),
+        });
+    })
+    .await;
+    let mut events = watch_alerts("sink-watch", broker.port).await;
+    let (node, _) = client("sink-node", broker.port, true).await;
+    // Two readings three minutes apart close a pipe window: a point for the sink to write.
+    let topic = up_topic("gz-t1-gas");
+    let t0 = gateway::pipeline::now_ms() - 600_000;
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 6, 1, t0, &pipe(Quantity::Gas, 1.0)),
+    )
+    .await;
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 6, 2, t0 + 180_000, &pipe(Quantity::Gas, 1.2)),
+    )
+    .await;
+    let sink = |e: &Value| is_rule(e, "gateway.sink_refused");
+    let raised = next_event(&mut events, Duration::from_secs(15), sink).await;
+    assert_eq!(raised["kind"], "raised");
+    assert_eq!(raised["alert"]["subject"], "influxdb");
+    assert_eq!(raised["alert"]["category"], "gateway");
+    // Credentials fixed: the next write goes through and the alert resolves.
+    influx.failing.store(false, Ordering::SeqCst);
+    let resolved = next_event(&mut events, Duration::from_secs(20), sink).await;
+    assert_eq!(resolved["kind"], "resolved");
+    assert_eq!(resolved["alert"]["id"], raised["alert"]["id"]);
+    gw.stop().await;
+}

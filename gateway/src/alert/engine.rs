@@ -492,6 +492,20 @@ impl Engine {
         }
     }
 
+    /// Checks the gateway's sinks at `now_ms`: `(sink, refused)`; alerts are filed under `zone`.
+    pub fn on_sinks(&mut self, now_ms: i64, zone: &str, sinks: &[(&str, bool)]) {
+        let zone: Arc<str> = zone.into();
+        for i in 0..self.rules.len() {
+            if self.rules[i].rule.source != Source::Sink {
+                continue;
+            }
+            for &(sink, refused) in sinks {
+                let value = if refused { 1.0 } else { 0.0 };
+                self.evaluate(i, &sink.into(), &zone, now_ms, &|_| Some(value));
+            }
+        }
+    }
+
     fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
         let wanted = field == "flow"
             || self
@@ -1164,6 +1178,28 @@ expect = []
             .map(|e| e.alert.subject.as_str())
             .collect();
         assert_eq!(bursts, vec!["P1"], "{:?}", kinds(&c));
+    }
+
+    #[test]
+    fn a_refused_sink_raises_a_gateway_alert_until_it_delivers_again() {
+        let mut e = engine();
+        e.on_sinks(1_000, "360702", &[("influxdb", false)]);
+        assert!(e.take_changes().events.is_empty());
+        e.on_sinks(2_000, "360702", &[("influxdb", true)]);
+        let c = e.take_changes();
+        assert_eq!(
+            kinds(&c),
+            vec![("gateway.sink_refused".into(), "raised", "alarm".into())]
+        );
+        assert_eq!(c.events[0].alert.subject, "influxdb");
+        assert_eq!(c.events[0].alert.category, Category::Gateway);
+        e.on_sinks(3_000, "360702", &[("influxdb", true)]);
+        assert!(e.take_changes().events.is_empty(), "one alert per episode");
+        e.on_sinks(4_000, "360702", &[("influxdb", false)]);
+        assert_eq!(
+            kinds(&e.take_changes()),
+            vec![("gateway.sink_refused".into(), "resolved", "alarm".into())]
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Source {
     Presence,
     /// Another rule's grade on a scenic area, applied to the area's access roads.
     Coupling,
+    /// The gateway's sinks, checked every second: `refused` is 1 while a sink's server refuses
+    /// the gateway (401/403/404). The subject is the sink.
+    Sink,
 }
 
 /// The category an alert is filed under (the `{category}` of its MQTT topic).
@@ -43,6 +46,8 @@ pub enum Category {
     Pipe,
     /// Device health (battery, presence).
     Device,
+    /// The gateway itself (its sinks).
+    Gateway,
 }
 
 impl Category {
@@ -53,6 +58,7 @@ impl Category {
             Category::Traffic => "traffic",
             Category::Pipe => "pipe",
             Category::Device => "device",
+            Category::Gateway => "gateway",
         }
     }
 }
@@ -631,6 +637,16 @@ pub fn defaults(catalog: &Catalog, tuning: &DefaultsTuning) -> Vec<Rule> {
                 Source::Reading,
                 "road_water",
                 "water on the road rose 5 cm within 10 minutes",
+            )
+        },
+        Rule {
+            grades: vec![grade("alarm", "数据未送达", 1.0)],
+            ..base(
+                "gateway.sink_refused",
+                Category::Gateway,
+                Source::Sink,
+                "refused",
+                "a sink's server refuses the gateway (credentials, org or bucket): points are kept in the local store until it is fixed",
             )
         },
         Rule {
