@@ -114,15 +114,7 @@ impl<O: Out> node::Uplink for Uplinked<'_, O> {
     }
 }
 
-/// Polls a future that never waits.
-fn ready<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
+use node::node::poll_once as ready;
 
 #[derive(Debug)]
 struct Area {

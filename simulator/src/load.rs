@@ -23,6 +23,7 @@ use serde::Serialize;
 use wire::{Quantity, Trigger};
 
 use crate::run::Gateway;
+use gateway::pipeline::now_ms;
 
 /// The zone of the generated site.
 pub const ZONE: &str = "360702";
@@ -466,10 +467,4 @@ fn boot(c: Config, epoch: u32) -> Node<4> {
         report_interval_s: c.report_interval_s,
     };
     Node::boot(c, &mut Persisting(record))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

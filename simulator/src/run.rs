@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::fleet::{Fleet, FleetCounts, Out, parse_offset};
 use crate::scenario::{Scenario, minutes};
+use gateway::pipeline::now_ms;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -429,12 +430,6 @@ async fn judge(
         }
     );
     Ok((report, all))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -209,8 +209,6 @@ async fn two_rtus_share_an_rs485_line_and_a_dead_one_does_not_stall_the_other() 
             .unwrap(),
     );
     let keys = gateway::traffic::demo_keys(&catalog);
-    let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker.port).into());
-    mqtt.reconnect_min_ms = 50;
     let url = format!("rtu://{}?baud=9600", port.display());
     let mut modbus = gateway::modbus::ModbusSection {
         interval_s: Some(1),
@@ -221,22 +219,7 @@ async fn two_rtus_share_an_rs485_line_and_a_dead_one_does_not_stall_the_other() 
     };
     modbus.endpoints.insert("gz-p3-rtu".into(), url.clone());
     modbus.endpoints.insert("gz-p4-rtu".into(), url);
-    let settings = gateway::Settings {
-        gateway_id: format!("gw-bus-{}", std::process::id()),
-        mqtt,
-        verify: Default::default(),
-        http_listen: ([127, 0, 0, 1], 0).into(),
-        zones: Vec::new(),
-        store_path: ":memory:".into(),
-        influxdb: None,
-        retention: Default::default(),
-        aggregate: Default::default(),
-        alerts: Default::default(),
-        modbus,
-    };
-    let gw = gateway::Gateway::start(settings, catalog, keys)
-        .await
-        .unwrap();
+    let gw = start_gateway_on(catalog, keys, "bus", broker.port, |s| s.modbus = modbus).await;
     let http = gw.http_addr();
     wait_for(
         "both RTUs polled over the shared line",

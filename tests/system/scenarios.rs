@@ -123,24 +123,7 @@ async fn load_figures_match_the_gateway_counters() {
         device_profiles::Catalog::load(Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
-    let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker.port).into());
-    mqtt.reconnect_min_ms = 50;
-    let settings = gateway::Settings {
-        gateway_id: format!("gw-load-{}", std::process::id()),
-        mqtt,
-        verify: Default::default(),
-        http_listen: ([127, 0, 0, 1], 0).into(),
-        zones: Vec::new(),
-        store_path: ":memory:".into(),
-        influxdb: None,
-        retention: Default::default(),
-        aggregate: Default::default(),
-        alerts: Default::default(),
-        modbus: Default::default(),
-    };
-    let gw = gateway::Gateway::start(settings, catalog, keys)
-        .await
-        .unwrap();
+    let gw = start_gateway_on(catalog, keys, "load", broker.port, |_| {}).await;
     for (devices, per_device, connections) in [(300, false, 2), (60, true, 0)] {
         let r = load(&LoadOptions {
             mqtt_host: "127.0.0.1".into(),

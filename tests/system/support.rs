@@ -39,6 +39,18 @@ pub async fn start_gateway_settings(
 ) -> Gateway {
     let catalog = catalog();
     let keys = gateway::traffic::demo_keys(&catalog);
+    start_gateway_on(catalog, keys, name, broker_port, change).await
+}
+
+/// A gateway on any catalog and keys, with the tests' settings (in-memory store, quick
+/// reconnects, no Modbus polling unless a test turns it on) changed by `change`.
+pub async fn start_gateway_on(
+    catalog: Arc<Catalog>,
+    keys: gateway::keys::Keys,
+    name: &str,
+    broker_port: u16,
+    change: impl FnOnce(&mut Settings),
+) -> Gateway {
     let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker_port).into());
     mqtt.reconnect_min_ms = 50;
     mqtt.reconnect_max_ms = 500;

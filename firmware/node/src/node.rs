@@ -58,6 +58,17 @@ impl Storage for RamStorage {
     }
 }
 
+/// Polls `f` once with a waker that does nothing: the result of a future that never waits
+/// (an [`Uplink`] that answers at once, as in the simulator and the self-checks), or `None`.
+pub fn poll_once<F: core::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = core::pin::pin!(f);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(v) => Some(v),
+        core::task::Poll::Pending => None,
+    }
+}
+
 /// The way out to the broker: QoS 1, `Ok` only once the broker acknowledged.
 #[allow(async_fn_in_trait)] // single-threaded embedded executors; no Send bound wanted
 pub trait Uplink {
@@ -379,13 +390,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn block_on<F: core::future::Future>(f: F) -> F::Output {
-        // The futures here never wait: poll once with a no-op waker.
-        let mut f = core::pin::pin!(f);
-        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-        match f.as_mut().poll(&mut cx) {
-            core::task::Poll::Ready(v) => v,
-            core::task::Poll::Pending => panic!("future pending"),
-        }
+        super::poll_once(f).expect("the futures here never wait")
     }
 
     fn pipe_body(v: f32) -> Body {

@@ -127,15 +127,7 @@ impl Uplink for LastFrame {
     }
 }
 
-/// Polls a future that never waits.
-fn ready<F: core::future::Future>(f: F) -> Option<F::Output> {
-    let mut f = core::pin::pin!(f);
-    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        core::task::Poll::Ready(v) => Some(v),
-        core::task::Poll::Pending => None,
-    }
-}
+use crate::node::poll_once as ready;
 
 fn tilt(v: f32) -> Body {
     crate::pipe::report(Trigger::Threshold, &[(Quantity::Tilt, v)])

@@ -14,7 +14,7 @@
 //!   resolves what is not re-sent), resolutions carry `endsAt`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
@@ -545,14 +545,8 @@ impl AlertmanagerNotifier {
         })
     }
 
-    fn now_ms() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
-
     fn valid_until(&self) -> i64 {
-        Self::now_ms() + 3 * self.section.resend_s as i64 * 1000
+        crate::pipeline::now_ms() + 3 * self.section.resend_s as i64 * 1000
     }
 
     async fn post(&self, alerts: Vec<serde_json::Value>) -> Result<(), DeliveryError> {
