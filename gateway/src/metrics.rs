@@ -26,7 +26,7 @@ pub struct Metrics {
     pub devices: IntGaugeVec,
     /// Reports expected from sequence numbers but never received, all devices.
     pub ledger_missing: IntGauge,
-    /// 1 while connected to the broker.
+    /// 1 while connected to the broker with the subscription granted.
     pub broker_connected: IntGauge,
     /// Connection attempts that failed or connections that dropped.
     pub broker_disconnects: IntCounterVec,
@@ -149,7 +149,7 @@ impl Metrics {
             ),
             broker_connected: gauge(
                 "citysense_broker_connected",
-                "1 while connected to the MQTT broker.",
+                "1 while connected to the MQTT broker with the uplink subscription granted.",
             ),
             broker_disconnects: counters(
                 "citysense_broker_disconnects_total",

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rand::Rng;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -207,7 +207,6 @@ pub async fn run(
                     match packet {
                         Packet::ConnAck(ack) => {
                             backoff.reset();
-                            metrics.broker_connected.set(1);
                             if ack.session_present {
                                 metrics.sessions_resumed.inc();
                             }
@@ -223,6 +222,20 @@ pub async fn run(
                             let sent = inbound.send(p).await;
                             if sent.is_err() {
                                 return;
+                            }
+                        }
+                        // Ready only once the broker holds the subscription: a report
+                        // published between CONNACK and SUBACK would not reach us.
+                        Packet::SubAck(ack) => {
+                            let refused: Vec<_> = ack
+                                .return_codes
+                                .iter()
+                                .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                                .collect();
+                            if refused.is_empty() {
+                                metrics.broker_connected.set(1);
+                            } else {
+                                tracing::error!(codes = ?refused, "broker refused the subscription (check the ACL for the gateway's user)");
                             }
                         }
                         Packet::Disconnect(d) => {
