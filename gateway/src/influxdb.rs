@@ -439,6 +439,7 @@ mod tests {
             tags: vec![("asset".into(), "P1".into())],
             fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
             time_ms: 60_000,
+            quality: Default::default(),
         };
         store
             .accept(&[], &[point], &[], &Default::default())

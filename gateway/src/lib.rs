@@ -450,7 +450,7 @@ async fn maintain_store(
         let (s, sinks2, notifiers2) = (store.clone(), sinks.clone(), notifiers.clone());
         let done = tokio::task::spawn_blocking(move || {
             let now = pipeline::now_ms();
-            let r = s.enforce(now, &rules, &sinks2)?;
+            let r = s.enforce(now, &rules, &sinks2, &[])?;
             s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
             Ok::<_, store::StoreError>((r, s.quarantined()?))
         })

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rand::Rng;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -121,6 +121,136 @@ impl Backoff {
     /// A connection succeeded.
     pub fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+/// One QoS1 message for a [`ConfirmedPublisher`].
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Retained.
+    pub retain: bool,
+    /// MQTT 5 properties (content type, user properties), if any.
+    pub properties: Option<PublishProperties>,
+}
+
+/// Why a [`ConfirmedPublisher`] batch did not go through; nothing of it counts as delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The broker refused: a PUBACK reason code, or the connection (credentials, not authorised).
+    #[error("{0}")]
+    Refused(String),
+    /// The TLS handshake failed (certificate not trusted, expired, wrong name, no client
+    /// certificate).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Unreachable, closed, or no PUBACK in time.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// A connection of its own that publishes QoS1 batches and reports success only once the broker
+/// acknowledged every message with a PUBACK. A failed batch drops the connection, so the retry
+/// starts clean; messages of a failed batch may have arrived (at-least-once).
+pub struct ConfirmedPublisher {
+    options: MqttOptions,
+    link: Option<(AsyncClient, EventLoop)>,
+    capacity: usize,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConfirmedPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (host, port) = self.options.broker_address();
+        write!(f, "ConfirmedPublisher({host}:{port})")
+    }
+}
+
+impl ConfirmedPublisher {
+    /// Publishes through `options` (a clean session of its own), batches of up to `capacity`
+    /// messages, each batch acknowledged within `ack_timeout`.
+    pub fn new(mut options: MqttOptions, capacity: usize, ack_timeout: Duration) -> Self {
+        options.set_clean_start(true).set_manual_acks(false);
+        ConfirmedPublisher {
+            options,
+            link: None,
+            capacity,
+            ack_timeout,
+        }
+    }
+
+    /// Publishes every message at QoS1; `Ok` once every PUBACK came back with success.
+    pub async fn publish_all(&mut self, messages: Vec<Message>) -> Result<(), PublishError> {
+        let result = self.try_publish_all(messages).await;
+        if result.is_err() {
+            self.link = None; // a new connection for the retry
+        }
+        result
+    }
+
+    async fn try_publish_all(&mut self, messages: Vec<Message>) -> Result<(), PublishError> {
+        let expected = messages.len();
+        let capacity = self.capacity.max(expected) + 16;
+        let (client, eventloop) = self
+            .link
+            .get_or_insert_with(|| AsyncClient::new(self.options.clone(), capacity));
+        for m in messages {
+            let sent = match m.properties {
+                Some(props) => client.try_publish_with_properties(
+                    m.topic,
+                    QoS::AtLeastOnce,
+                    m.retain,
+                    m.payload,
+                    props,
+                ),
+                None => client.try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload),
+            };
+            sent.map_err(|e| PublishError::Transport(e.to_string()))?;
+        }
+        let mut acked = 0;
+        let wait = async {
+            while acked < expected {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                        if !matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ) {
+                            return Err(PublishError::Refused(format!(
+                                "the broker refused a publish: {:?}",
+                                ack.reason
+                            )));
+                        }
+                        acked += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(classify_connection_error(&e)),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.ack_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Transport(format!(
+                "{acked} of {expected} PUBACKs within {} ms",
+                self.ack_timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+fn classify_connection_error(e: &rumqttc::v5::ConnectionError) -> PublishError {
+    use rumqttc::v5::ConnectionError as E;
+    match e {
+        E::Tls(t) => PublishError::Tls(t.to_string()),
+        E::ConnectionRefused(code) => {
+            PublishError::Refused(format!("the broker refused the connection: {code:?}"))
+        }
+        other => PublishError::Transport(format!("broker: {other}")),
     }
 }
 

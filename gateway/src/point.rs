@@ -21,6 +21,28 @@ pub enum FieldValue {
     Str(String),
 }
 
+/// How far a point can be trusted (forwarded to the city platform; not in line protocol).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quality {
+    /// The window was emitted again: data arrived after it first closed.
+    #[serde(default)]
+    pub late: bool,
+    /// Some reading in the window came from a node whose clock was not set (receive time used).
+    #[serde(default)]
+    pub unsynced_clock: bool,
+    /// A value is estimated: a congestion grade from occupancy (no speed), or an occupancy
+    /// clamped after count drift.
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+impl Quality {
+    /// No flag set.
+    pub fn is_clean(&self) -> bool {
+        *self == Quality::default()
+    }
+}
+
 /// One row of a time series.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -32,6 +54,9 @@ pub struct Point {
     pub fields: Vec<(String, FieldValue)>,
     /// Unix milliseconds: the end of the window the point summarises.
     pub time_ms: i64,
+    /// Quality flags.
+    #[serde(default, skip_serializing_if = "Quality::is_clean")]
+    pub quality: Quality,
 }
 
 /// Escapes a name or tag value. Line protocol cannot carry a backslash at the end of a name
@@ -129,6 +154,7 @@ mod tests {
                 ("n".into(), FieldValue::Int(5)),
             ],
             time_ms: 1_759_284_060_000,
+            quality: Default::default(),
         };
         assert_eq!(
             p.line(),
@@ -146,6 +172,7 @@ mod tests {
                 ("b".into(), FieldValue::Float(1.0)),
             ],
             time_ms: 1,
+            quality: Default::default(),
         };
         assert_eq!(p.line(), "m b=1.0 1\n");
     }
@@ -166,6 +193,7 @@ mod tests {
             tags: vec![],
             fields: vec![("f\\".into(), FieldValue::Int(1))],
             time_ms: 0,
+            quality: Default::default(),
         };
         assert_eq!(p.line(), "a/b f/=1i 0\n");
     }
@@ -188,7 +216,7 @@ mod tests {
             let mut tags = tags;
             tags.sort();
             tags.dedup_by(|a, b| a.0 == b.0);
-            let p = Point { measurement: measurement.clone(), tags: tags.clone(), fields: fields.clone(), time_ms };
+            let p = Point { measurement: measurement.clone(), tags: tags.clone(), fields: fields.clone(), time_ms, quality: Quality::default() };
             let line = p.line();
             let parsed: Vec<_> = parse_lines(&line).collect();
             prop_assert_eq!(parsed.len(), 1, "{}", line);

@@ -34,6 +34,27 @@ use crate::reading::Reading;
 
 const SCHEMA_VERSION: &str = "1";
 
+/// The tables sinks drain by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Aggregated points.
+    Points,
+    /// Raw readings.
+    Readings,
+    /// The alert outbox.
+    AlertEvents,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Points => "points",
+            Table::Readings => "readings",
+            Table::AlertEvents => "alert_events",
+        }
+    }
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -173,6 +194,13 @@ impl Store {
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
             [SCHEMA_VERSION],
+        )
+        .map_err(err)?;
+        // Row ids restart when a store is replaced (corrupt, deleted): the instance id keeps
+        // ids forwarded upstream unique across stores.
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)",
+            [format!("{:x}", crate::pipeline::now_ms())],
         )
         .map_err(err)?;
         Ok((
@@ -338,7 +366,8 @@ impl Store {
         }
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         conn.execute(
-            "DELETE FROM alert_events WHERE at_ms < ?1 AND id <= ?2",
+            "DELETE FROM alert_events WHERE at_ms < ?1 AND id <= ?2
+             AND id < (SELECT MAX(id) FROM alert_events)",
             params![before_ms, delivered],
         )
         .map(|n| n as u64)
@@ -466,6 +495,56 @@ impl Store {
         rows
     }
 
+    /// Points with `id > after` and `id <= until`, in order, at most `limit` (for sinks that
+    /// forward the points themselves, not their line protocol).
+    pub fn points_after(
+        &self,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Point)>, StoreError> {
+        self.decoded(
+            "points",
+            "SELECT id, body FROM points WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            "id",
+            params![after, until, limit as i64],
+        )
+    }
+
+    /// This store's instance id: set when the file was created, kept for its life.
+    pub fn instance(&self) -> Result<String, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get(0)
+        })
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// The highest id of `table` (`points`, `readings` or `alert_events`; 0 when empty).
+    pub fn last_id(&self, table: Table) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.query_row(
+            &format!("SELECT COALESCE(MAX(id), 0) FROM {}", table.name()),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// Sets cursors to exactly these values in one transaction (a sink with several lanes).
+    pub fn set_cursors(&self, cursors: &[(&str, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        for (name, value) in cursors {
+            tx.execute(
+                "INSERT INTO cursors (sink, last_id) VALUES (?1, ?2) ON CONFLICT(sink) DO UPDATE SET last_id = excluded.last_id",
+                params![name, value],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
     /// A sink's cursor: the last point id it delivered (0 for a new sink).
     pub fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -504,9 +583,7 @@ impl Store {
 
     /// The highest point id (0 when empty).
     pub fn last_point_id(&self) -> Result<i64, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM points", [], |r| r.get(0))
-            .map_err(|e| self.sqlite(e))
+        self.last_id(Table::Points)
     }
 
     /// Recent points of a measurement, optionally of one subject (any tag value), oldest first.
@@ -548,42 +625,54 @@ impl Store {
     }
     /// Applies retention and the size bound (the explicit policy when full):
     /// 1. raw readings older than `raw_ms` and points older than `points_ms` go, but a point goes
-    ///    only once every sink in `sinks` delivered it;
+    ///    only once every sink in `sinks` delivered it, and a reading only once every cursor in
+    ///    `raw_sinks` (sinks forwarding raw readings) passed it;
     /// 2. while the database is larger than `max_bytes`, the oldest raw readings go (counted);
     /// 3. if it is still larger, the store reports full: [`Store::accept`] refuses, messages stay
     ///    unacknowledged with the broker (back-pressure), nothing accepted is dropped.
+    ///
+    /// The newest row of each table always stays, so ids never restart and no cursor ends up
+    /// ahead of new rows.
     pub fn enforce(
         &self,
         now_ms: i64,
         rules: &Retention,
         sinks: &[&str],
+        raw_sinks: &[&str],
     ) -> Result<Enforced, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let e = |e| self.sqlite(e);
+        let passed_by_all = |cursors: &[&str]| -> Result<i64, StoreError> {
+            let mut min = i64::MAX;
+            for s in cursors {
+                let c: i64 = conn
+                    .query_row("SELECT last_id FROM cursors WHERE sink = ?1", [s], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(e)?
+                    .unwrap_or(0);
+                min = min.min(c);
+            }
+            Ok(min)
+        };
+        let (points_delivered, readings_delivered) =
+            (passed_by_all(sinks)?, passed_by_all(raw_sinks)?);
         let mut report = Enforced {
             expired_readings: conn
                 .execute(
-                    "DELETE FROM readings WHERE received_ms < ?1",
-                    [now_ms - rules.raw_ms],
+                    "DELETE FROM readings WHERE received_ms < ?1 AND id <= ?2
+                     AND id < (SELECT MAX(id) FROM readings)",
+                    params![now_ms - rules.raw_ms, readings_delivered],
                 )
                 .map_err(e)? as u64,
             ..Enforced::default()
         };
-        let mut delivered = i64::MAX;
-        for s in sinks {
-            let c: i64 = conn
-                .query_row("SELECT last_id FROM cursors WHERE sink = ?1", [s], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(e)?
-                .unwrap_or(0);
-            delivered = delivered.min(c);
-        }
         report.expired_points = conn
             .execute(
-                "DELETE FROM points WHERE time_ms < ?1 AND id <= ?2",
-                params![now_ms - rules.points_ms, delivered],
+                "DELETE FROM points WHERE time_ms < ?1 AND id <= ?2
+                 AND id < (SELECT MAX(id) FROM points)",
+                params![now_ms - rules.points_ms, points_delivered],
             )
             .map_err(e)? as u64;
         let used = |conn: &Connection| -> rusqlite::Result<u64> {
@@ -595,7 +684,7 @@ impl Store {
         report.bytes = used(&conn).map_err(e)?;
         while report.bytes > rules.max_bytes {
             let n = conn
-                .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT 1000)", [])
+                .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT 1000) AND id < (SELECT MAX(id) FROM readings)", [])
                 .map_err(e)? as u64;
             if n == 0 {
                 break;
@@ -716,6 +805,7 @@ mod tests {
                 tags: vec![("asset".into(), "P1".into())],
                 fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
                 time_ms: i * 60_000,
+                quality: Default::default(),
             })
             .collect();
         store
@@ -726,7 +816,9 @@ mod tests {
             points_ms: i64::MAX / 2,
             max_bytes: u64::MAX,
         };
-        let before = store.enforce(10_000, &generous, &["influxdb"]).unwrap();
+        let before = store
+            .enforce(10_000, &generous, &["influxdb"], &[])
+            .unwrap();
         assert_eq!(
             (
                 before.expired_readings,
@@ -740,7 +832,7 @@ mod tests {
             max_bytes: before.bytes / 2,
             ..generous
         };
-        let r = store.enforce(10_000, &half, &["influxdb"]).unwrap();
+        let r = store.enforce(10_000, &half, &["influxdb"], &[]).unwrap();
         assert!(r.dropped_readings_for_space > 0 && !r.full, "{r:?}");
         assert_eq!(
             store.lines_after(0, 1000).unwrap().len(),
@@ -756,14 +848,21 @@ mod tests {
             max_bytes: 4096,
             ..generous
         };
-        assert!(store.enforce(10_000, &tiny, &["influxdb"]).unwrap().full);
+        assert!(
+            store
+                .enforce(10_000, &tiny, &["influxdb"], &[])
+                .unwrap()
+                .full
+        );
         assert!(matches!(
             store.accept(&[reading("a", 1.0)], &[], &[], &Changes::default()),
             Err(StoreError::Full)
         ));
         assert_eq!(store.lines_after(0, 1000).unwrap().len(), 50);
         // Room again: accepting resumes.
-        store.enforce(10_000, &generous, &["influxdb"]).unwrap();
+        store
+            .enforce(10_000, &generous, &["influxdb"], &[])
+            .unwrap();
         store
             .accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
             .unwrap();
@@ -778,10 +877,11 @@ mod tests {
             tags: vec![],
             fields: vec![("v".into(), crate::point::FieldValue::Int(1))],
             time_ms: t,
+            quality: Default::default(),
         };
         store
             .accept(
-                &[reading("a", 1.0)],
+                &[reading("a", 1.0), reading("a", 2.0)],
                 &[point(0), point(1)],
                 &[],
                 &Changes::default(),
@@ -793,13 +893,74 @@ mod tests {
             points_ms: 500,
             max_bytes: u64::MAX,
         };
-        let r = store.enforce(1_000_000, &rules, &["influxdb"]).unwrap();
+        let r = store
+            .enforce(1_000_000, &rules, &["influxdb"], &[])
+            .unwrap();
         assert_eq!(
             (r.expired_readings, r.expired_points),
             (1, 1),
-            "the undelivered point stays"
+            "the undelivered point stays, and the newest reading (it holds the next id)"
         );
         assert_eq!(store.lines_after(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ids_never_restart_after_retention_so_no_cursor_skips_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let point = |t| Point {
+            measurement: "pipe".into(),
+            tags: vec![],
+            fields: vec![("v".into(), crate::point::FieldValue::Int(1))],
+            time_ms: t,
+            quality: Default::default(),
+        };
+        store
+            .accept(
+                &[reading("a", 1.0)],
+                &[point(0), point(1)],
+                &[],
+                &Changes::default(),
+            )
+            .unwrap();
+        store.advance("influxdb", 2, &[]).unwrap();
+        let rules = Retention {
+            raw_ms: 500,
+            points_ms: 500,
+            max_bytes: u64::MAX,
+        };
+        store
+            .enforce(1_000_000, &rules, &["influxdb"], &[])
+            .unwrap();
+        store
+            .accept(&[], &[point(2_000_000)], &[], &Changes::default())
+            .unwrap();
+        let after = store
+            .lines_after(store.cursor("influxdb").unwrap(), 10)
+            .unwrap();
+        assert_eq!(after.len(), 1, "the new point is after the cursor");
+        assert_eq!(after[0].0, 3);
+    }
+
+    #[test]
+    fn raw_readings_wait_for_the_sinks_that_forward_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let readings: Vec<Reading> = (0..4).map(|i| reading("a", f64::from(i))).collect();
+        store
+            .accept(&readings, &[], &[], &Changes::default())
+            .unwrap();
+        store.advance("city:raw", 2, &[]).unwrap();
+        let rules = Retention {
+            raw_ms: 500,
+            points_ms: 500,
+            max_bytes: u64::MAX,
+        };
+        let r = store
+            .enforce(1_000_000, &rules, &[], &["city:raw"])
+            .unwrap();
+        assert_eq!(r.expired_readings, 2, "only what the raw cursor passed");
+        assert_eq!(store.readings_after(0, 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use device_profiles::Catalog;
 use device_profiles::site::{GateDirection, RoadClass};
 
-use crate::point::{FieldValue, Point};
+use crate::point::{FieldValue, Point, Quality};
 use crate::reading::{Measurement, Reading};
 use window::Windows;
 
@@ -318,7 +318,7 @@ impl Aggregators {
             .health
             .entry(r.device.clone())
             .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, lateness)));
-        let hw = h.2.get_mut(r.time_ms, wm)?;
+        let hw = h.2.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
         match r.origin {
             Some(origin) => {
                 if hw.frames.insert(origin, r.time_ms).is_none() {
@@ -365,7 +365,11 @@ impl Aggregators {
                     GateDirection::Both => *entry,
                 };
                 for subject in &subjects {
-                    let w = self.crowd_windows(subject).get_mut(r.time_ms, wm)?;
+                    let w = self.crowd_windows(subject).get_mut_from(
+                        r.time_ms,
+                        r.unsynced_clock,
+                        wm,
+                    )?;
                     if is_entry {
                         w.entries += 1
                     } else {
@@ -375,7 +379,11 @@ impl Aggregators {
             }
             (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => {
                 for subject in &subjects {
-                    let w = self.crowd_windows(subject).get_mut(r.time_ms, wm)?;
+                    let w = self.crowd_windows(subject).get_mut_from(
+                        r.time_ms,
+                        r.unsynced_clock,
+                        wm,
+                    )?;
                     w.entries += u64::from(*entries);
                     w.exits += u64::from(*exits);
                 }
@@ -397,7 +405,7 @@ impl Aggregators {
                         .traffic
                         .entry((segment.clone(), bin, lane))
                         .or_insert_with(|| Windows::new(size, lateness))
-                        .get_mut(r.time_ms, wm)?;
+                        .get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
                     w.vehicles += u64::from(*vehicles);
                     w.occupancy_sum += occupancy_pct;
                     w.occupancy_n += 1;
@@ -415,7 +423,7 @@ impl Aggregators {
                     .pipe
                     .entry((asset, field.clone()))
                     .or_insert_with(|| (zone, Windows::new(MINUTE, lateness)));
-                let w = entry.1.get_mut(r.time_ms, wm)?;
+                let w = entry.1.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
                 if w.n == 0 {
                     (w.min, w.max) = (*value, *value);
                 }
@@ -461,7 +469,8 @@ impl Aggregators {
             let Some(info) = self.areas.get(subject) else {
                 continue;
             };
-            for (_, end, w) in c.windows.drain_closed(wm) {
+            for closed in c.windows.drain_closed(wm) {
+                let (end, w) = (closed.end, closed.state);
                 // Windows close in order; a late re-emission recomputes from the state after
                 // the previous emission, which is what the operators saw then.
                 // The crowd's day ends at closing time: occupancy and daily entries start again
@@ -517,6 +526,11 @@ impl Aggregators {
                     tags: info.tags.clone(),
                     fields,
                     time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: drift,
+                    },
                 });
             }
         }
@@ -524,7 +538,8 @@ impl Aggregators {
             let Some(info) = self.segments.get(segment) else {
                 continue;
             };
-            for (start, end, w) in windows.drain_closed(wm) {
+            for closed in windows.drain_closed(wm) {
+                let (start, end, w) = (closed.start, closed.end, closed.state);
                 let hours = (end - start) as f64 / 3_600_000.0;
                 let occupancy = if w.occupancy_n > 0 {
                     w.occupancy_sum / w.occupancy_n as f64
@@ -579,11 +594,17 @@ impl Aggregators {
                     tags,
                     fields,
                     time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: speed.is_none() && w.vehicles > 0,
+                    },
                 });
             }
         }
         for ((asset, field), (zone, windows)) in &mut self.pipe {
-            for (_, end, w) in windows.drain_closed(wm) {
+            for closed in windows.drain_closed(wm) {
+                let (end, w) = (closed.end, closed.state);
                 let mut fields = vec![
                     ("min".into(), FieldValue::Float(w.min)),
                     ("max".into(), FieldValue::Float(w.max)),
@@ -610,11 +631,17 @@ impl Aggregators {
                     ],
                     fields,
                     time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: false,
+                    },
                 });
             }
         }
         for (device, (zone, kind, windows)) in &mut self.health {
-            for (_, end, w) in windows.drain_closed(wm) {
+            for closed in windows.drain_closed(wm) {
+                let (end, w) = (closed.end, closed.state);
                 let mut fields = vec![("reports".into(), FieldValue::Int(w.reports as i64))];
                 let mut times: Vec<i64> = w
                     .frames
@@ -657,6 +684,11 @@ impl Aggregators {
                     ],
                     fields,
                     time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: false,
+                    },
                 });
             }
         }

@@ -18,6 +18,23 @@ pub struct TooLate;
 struct Slot<S> {
     state: S,
     dirty: bool,
+    emitted: bool,
+    unsynced_clock: bool,
+}
+
+/// A window that closed: its bounds, its state, and what the city platform is told about it.
+#[derive(Debug)]
+pub struct Closed<'a, S> {
+    /// Start, Unix ms.
+    pub start: i64,
+    /// End, Unix ms (the point's timestamp).
+    pub end: i64,
+    /// The aggregated state.
+    pub state: &'a S,
+    /// Emitted before: late data changed it.
+    pub late: bool,
+    /// Some reading in it had an unsynced clock.
+    pub unsynced_clock: bool,
 }
 
 /// Windows of one size for one subject (an area, a segment, an asset and field, ...).
@@ -46,6 +63,16 @@ impl<S: Default> Windows<S> {
     /// The state of the window containing `t`, to update; `TooLate` when the window is final
     /// under `watermark`.
     pub fn get_mut(&mut self, t: i64, watermark: i64) -> Result<&mut S, TooLate> {
+        self.get_mut_from(t, false, watermark)
+    }
+
+    /// [`Windows::get_mut`] for a reading that may come from a node with an unsynced clock.
+    pub fn get_mut_from(
+        &mut self,
+        t: i64,
+        unsynced_clock: bool,
+        watermark: i64,
+    ) -> Result<&mut S, TooLate> {
         let start = self.start_of(t);
         if start + self.size_ms + self.lateness_ms <= watermark {
             return Err(TooLate);
@@ -53,14 +80,17 @@ impl<S: Default> Windows<S> {
         let slot = self.slots.entry(start).or_insert_with(|| Slot {
             state: S::default(),
             dirty: false,
+            emitted: false,
+            unsynced_clock: false,
         });
         slot.dirty = true;
+        slot.unsynced_clock |= unsynced_clock;
         Ok(&mut slot.state)
     }
 
-    /// Windows that closed (end ≤ watermark) and changed since last emitted, oldest first, as
-    /// (start, end, state); then forgets windows past their lateness.
-    pub fn drain_closed(&mut self, watermark: i64) -> Vec<(i64, i64, &S)> {
+    /// Windows that closed (end ≤ watermark) and changed since last emitted, oldest first;
+    /// then forgets windows past their lateness.
+    pub fn drain_closed(&mut self, watermark: i64) -> Vec<Closed<'_, S>> {
         let (size, lateness) = (self.size_ms, self.lateness_ms);
         // Forget windows that are final and were emitted.
         self.slots
@@ -69,7 +99,15 @@ impl<S: Default> Windows<S> {
         for (start, slot) in self.slots.iter_mut() {
             if start + size <= watermark && slot.dirty {
                 slot.dirty = false;
-                out.push((*start, start + size, &slot.state));
+                let late = slot.emitted;
+                slot.emitted = true;
+                out.push(Closed {
+                    start: *start,
+                    end: start + size,
+                    state: &slot.state,
+                    late,
+                    unsynced_clock: slot.unsynced_clock,
+                });
             }
         }
         out
@@ -99,7 +137,7 @@ mod tests {
         let closed: Vec<_> = w
             .drain_closed(60_000)
             .into_iter()
-            .map(|(s, e, v)| (s, e, *v))
+            .map(|c| (c.start, c.end, *c.state))
             .collect();
         assert_eq!(closed, vec![(0, 60_000, 2)]);
         assert!(w.drain_closed(70_000).is_empty(), "emitted once");
@@ -114,9 +152,9 @@ mod tests {
         let again: Vec<_> = w
             .drain_closed(85_000)
             .into_iter()
-            .map(|(s, _, v)| (s, *v))
+            .map(|c| (c.start, *c.state, c.late))
             .collect();
-        assert_eq!(again, vec![(0, 2)]);
+        assert_eq!(again, vec![(0, 2, true)], "re-emitted, marked late");
         assert_eq!(w.get_mut(30_000, 90_000), Err(TooLate));
     }
 

@@ -926,6 +926,7 @@ mod tests {
             ],
             fields: vec![("occupancy_ratio".into(), FieldValue::Float(ratio))],
             time_ms: minute * 60_000,
+            quality: Default::default(),
         }
     }
 

@@ -16,15 +16,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::engine::{Alert, AlertEvent, Engine, EventKind, Status};
 use crate::metrics::Metrics;
-use crate::mqtt::Backoff;
+use crate::mqtt::{Backoff, ConfirmedPublisher, Message, PublishError};
 use crate::store::Store;
 
 /// Events delivered per attempt.
@@ -262,18 +260,15 @@ pub async fn run(
 
 /// MQTT: its own connection; a batch counts as delivered when every PUBACK came back.
 pub struct MqttNotifier {
-    options: rumqttc::v5::MqttOptions,
-    link: Option<(AsyncClient, EventLoop)>,
+    publisher: ConfirmedPublisher,
     engine: Arc<Mutex<Engine>>,
 }
 
 impl MqttNotifier {
     /// A notifier connecting with `options` (client id and session of its own).
-    pub fn new(mut options: rumqttc::v5::MqttOptions, engine: Arc<Mutex<Engine>>) -> MqttNotifier {
-        options.set_clean_start(true).set_manual_acks(false);
+    pub fn new(options: rumqttc::v5::MqttOptions, engine: Arc<Mutex<Engine>>) -> MqttNotifier {
         MqttNotifier {
-            options,
-            link: None,
+            publisher: ConfirmedPublisher::new(options, 2 * BATCH, Duration::from_secs(10)),
             engine,
         }
     }
@@ -306,7 +301,12 @@ impl MqttNotifier {
         for (seq, event) in events {
             let body = serde_json::to_vec(&Envelope { seq: *seq, event })
                 .map_err(|e| DeliveryError::Refused(e.to_string()))?;
-            messages.push(("cs/v1/alerts/events".to_owned(), body, false));
+            messages.push(Message {
+                topic: "cs/v1/alerts/events".to_owned(),
+                payload: body,
+                retain: false,
+                properties: None,
+            });
             let a = &event.alert;
             let topic = format!(
                 "cs/v1/alerts/{}/{}/{}",
@@ -316,52 +316,20 @@ impl MqttNotifier {
             );
             let state = serde_json::to_vec(&self.subject_state(a))
                 .map_err(|e| DeliveryError::Refused(e.to_string()))?;
-            messages.push((topic, state, true));
+            messages.push(Message {
+                topic,
+                payload: state,
+                retain: true,
+                properties: None,
+            });
         }
-        let (client, eventloop) = self.link.get_or_insert_with(|| {
-            let (c, e) = AsyncClient::new(self.options.clone(), 2 * BATCH + 16);
-            (c, e)
-        });
-        let expected = messages.len();
-        for (topic, body, retain) in messages {
-            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, retain, body) {
-                self.link = None;
-                return Err(DeliveryError::Transport(e.to_string()));
-            }
-        }
-        let mut acked = 0;
-        let wait = async {
-            while acked < expected {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                        use rumqttc::v5::mqttbytes::v5::PubAckReason;
-                        if !matches!(
-                            ack.reason,
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                        ) {
-                            return Err(DeliveryError::Refused(format!(
-                                "broker refused an alert publish: {:?}",
-                                ack.reason
-                            )));
-                        }
-                        acked += 1;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(DeliveryError::Transport(format!("broker: {e}"))),
-                }
-            }
-            Ok(())
-        };
-        let result = match tokio::time::timeout(Duration::from_secs(10), wait).await {
-            Ok(r) => r,
-            Err(_) => Err(DeliveryError::Transport(
-                "no PUBACK from the broker within 10 s".into(),
-            )),
-        };
-        if result.is_err() {
-            self.link = None; // a new connection for the retry
-        }
-        result
+        self.publisher
+            .publish_all(messages)
+            .await
+            .map_err(|e| match e {
+                PublishError::Refused(r) => DeliveryError::Refused(r),
+                other => DeliveryError::Transport(other.to_string()),
+            })
     }
 }
 
