@@ -18,6 +18,10 @@ pub const ENV_MQTT_USERNAME: &str = "CITYSENSE_MQTT_USERNAME";
 pub const ENV_MQTT_PASSWORD: &str = "CITYSENSE_MQTT_PASSWORD";
 /// Environment variable that supplies the InfluxDB API token.
 pub const ENV_INFLUX_TOKEN: &str = "CITYSENSE_INFLUX_TOKEN";
+/// Environment variable that supplies the city platform's MQTT password.
+pub const ENV_CITY_MQTT_PASSWORD: &str = "CITYSENSE_CITY_MQTT_PASSWORD";
+/// Environment variable that supplies the city platform's HTTPS bearer token.
+pub const ENV_CITY_TOKEN: &str = "CITYSENSE_CITY_TOKEN";
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +53,9 @@ pub struct Config {
     /// Polling the site's Modbus devices.
     #[serde(default)]
     pub modbus: crate::modbus::ModbusSection,
+    /// Forwarding to the city's data-sharing and exchange platform; absent means none.
+    #[serde(default)]
+    pub city_platform: Option<crate::city_platform::CityPlatformSection>,
 }
 
 /// Alert rules and notifiers.
@@ -337,6 +344,13 @@ fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+/// The first line of a password file.
+fn read_password(file: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
+    Ok(Secret(text.lines().next().unwrap_or_default().to_owned()))
+}
+
 /// A secret string: `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -377,6 +391,7 @@ impl Config {
         ]
         .into_iter()
         .chain(config.alerts.rule_files.iter_mut())
+        .chain(config.city_platform.iter_mut().flat_map(|c| c.paths_mut()))
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -387,8 +402,8 @@ impl Config {
             .into_iter()
             .map(|(key, reason)| file.problem(&key, reason))
             .collect();
-        if let Err(p) = config.apply_environment(base, env) {
-            problems.push(file.problem("mqtt.password_file", p));
+        if let Err((key, p)) = config.apply_environment(base, env) {
+            problems.push(file.problem(key, p));
         }
         if problems.is_empty() {
             Ok(config)
@@ -401,7 +416,21 @@ impl Config {
         &mut self,
         base: &Path,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), (&'static str, String)> {
+        if let Some(city) = &mut self.city_platform {
+            if let Some(h) = &mut city.https {
+                h.token = env(ENV_CITY_TOKEN).map(Secret);
+            }
+            if let Some(m) = &mut city.mqtt {
+                if let Some(pass) = env(ENV_CITY_MQTT_PASSWORD) {
+                    m.password = Some(Secret(pass));
+                } else if let Some(file) = &m.password_file {
+                    m.password = Some(
+                        read_password(file).map_err(|e| ("city_platform.mqtt.password_file", e))?,
+                    );
+                }
+            }
+        }
         if let Some(user) = env(ENV_MQTT_USERNAME) {
             self.mqtt.username = Some(user);
         }
@@ -416,9 +445,7 @@ impl Config {
             } else {
                 file.clone()
             };
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
-            self.mqtt.password = Some(Secret(text.lines().next().unwrap_or_default().to_owned()));
+            self.mqtt.password = Some(read_password(&file).map_err(|e| ("mqtt.password_file", e))?);
         }
         Ok(())
     }
@@ -511,6 +538,9 @@ impl Config {
                     store_dir.display()
                 ),
             ));
+        }
+        if let Some(city) = &self.city_platform {
+            p.extend(city.check());
         }
         let a = &self.alerts;
         if !(a.cap_factor > 0.0 && a.cap_factor <= 1.0) {

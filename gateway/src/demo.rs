@@ -73,6 +73,7 @@ pub async fn run(
             enabled: false,
             ..Default::default()
         },
+        city_platform: None,
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
     println!();

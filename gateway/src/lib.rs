@@ -27,6 +27,7 @@
 
 pub mod aggregate;
 pub mod alert;
+pub mod city_platform;
 pub mod config;
 pub mod demo;
 
@@ -88,6 +89,8 @@ pub struct Settings {
     pub alerts: config::AlertsSection,
     /// Modbus polling.
     pub modbus: modbus::ModbusSection,
+    /// Forwarding to the city platform, if any.
+    pub city_platform: Option<city_platform::CityPlatformSection>,
 }
 
 impl Settings {
@@ -105,6 +108,7 @@ impl Settings {
             influxdb: c.influxdb.clone(),
             alerts: c.alerts.clone(),
             modbus: c.modbus.clone(),
+            city_platform: c.city_platform.clone(),
         }
     }
 }
@@ -246,13 +250,30 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
         }
-        let sinks: Vec<&'static str> = settings.influxdb.iter().map(|_| influxdb::SINK).collect();
-        let sinks_for_alerts = sinks.clone();
+        let mut sinks: Vec<String> = settings
+            .influxdb
+            .iter()
+            .map(|_| influxdb::SINK.to_owned())
+            .collect();
+        let mut sinks_for_alerts = sinks.clone();
         let notifiers = notifiers(&settings, &alerts)?;
-        let notifier_cursors: Vec<String> = notifiers
+        let mut notifier_cursors: Vec<String> = notifiers
             .iter()
             .map(|n| format!("alerts:{}", n.name()))
             .collect();
+        let mut raw_sinks = Vec::new();
+        if let Some(city) = &settings.city_platform {
+            let forwarders =
+                city_forwarders(city, &settings, &catalog, &store, &metrics, &not_ready)?;
+            for f in forwarders {
+                tasks.spawn(f.run(shutdown_rx.clone()));
+            }
+            let (points, readings, events) = city.retention_cursors();
+            sinks.extend(points);
+            raw_sinks.extend(readings);
+            notifier_cursors.extend(events);
+            sinks_for_alerts.extend(city.sink_names());
+        }
         for n in notifiers {
             tasks.spawn(alert::notify::run(
                 n,
@@ -265,7 +286,7 @@ impl Gateway {
         tasks.spawn(maintain_store(
             store.clone(),
             settings.retention,
-            sinks,
+            (sinks, raw_sinks),
             notifier_cursors,
             metrics.clone(),
             shutdown_rx.clone(),
@@ -383,6 +404,58 @@ impl Gateway {
     }
 }
 
+/// One forwarder per enabled dataset of the city platform, each with its own connection.
+fn city_forwarders(
+    city: &city_platform::CityPlatformSection,
+    settings: &Settings,
+    catalog: &Catalog,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    not_ready: &influxdb::NotReady,
+) -> anyhow::Result<Vec<city_platform::Forwarder>> {
+    use city_platform::transport::{HttpsPlatform, MqttUpstream, Transport};
+    let region = city
+        .region
+        .clone()
+        .unwrap_or_else(|| catalog.site.site.region.clone());
+    let exchange = Arc::new(city_platform::exchange::Exchange::new(
+        catalog,
+        &settings.gateway_id,
+        &store.instance()?,
+        &region,
+    ));
+    let section = Arc::new(city.clone());
+    let mut out = Vec::new();
+    for d in city_platform::Dataset::ALL {
+        if !city.enabled(d) {
+            continue;
+        }
+        let transport = match (&city.mqtt, &city.https) {
+            (Some(m), _) => Transport::Mqtt(Box::new(MqttUpstream::new(
+                m,
+                &format!("{}-city-{}", settings.gateway_id, d.name()),
+                city.batch_records,
+            )?)),
+            (None, Some(h)) => Transport::Https(HttpsPlatform::new(h)?),
+            (None, None) => anyhow::bail!(
+                "city_platform has no transport: add [city_platform.mqtt] or [city_platform.https]"
+            ),
+        };
+        tracing::info!(dataset = d.name(), id = %city.dataset_id(d), endpoint = %transport.endpoint(), "forwarding to the city platform");
+        out.push(city_platform::Forwarder {
+            dataset: d,
+            section: section.clone(),
+            store: store.clone(),
+            exchange: exchange.clone(),
+            transport,
+            metrics: metrics.clone(),
+            not_ready: not_ready.clone(),
+            lateness_ms: settings.aggregate.lateness_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// The notifiers the settings ask for.
 fn notifiers(
     settings: &Settings,
@@ -435,7 +508,7 @@ fn replay_recent(store: &Store, aggregators: &mut aggregate::Aggregators) -> any
 async fn maintain_store(
     store: Arc<Store>,
     rules: store::Retention,
-    sinks: Vec<&'static str>,
+    (sinks, raw_sinks): (Vec<String>, Vec<String>),
     notifiers: Vec<String>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -447,10 +520,19 @@ async fn maintain_store(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let (s, sinks2, notifiers2) = (store.clone(), sinks.clone(), notifiers.clone());
+        let (s, sinks2, raw2, notifiers2) = (
+            store.clone(),
+            sinks.clone(),
+            raw_sinks.clone(),
+            notifiers.clone(),
+        );
         let done = tokio::task::spawn_blocking(move || {
             let now = pipeline::now_ms();
-            let r = s.enforce(now, &rules, &sinks2, &[])?;
+            let (points, raw): (Vec<&str>, Vec<&str>) = (
+                sinks2.iter().map(String::as_str).collect(),
+                raw2.iter().map(String::as_str).collect(),
+            );
+            let r = s.enforce(now, &rules, &points, &raw)?;
             s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
             Ok::<_, store::StoreError>((r, s.quarantined()?))
         })
@@ -489,7 +571,7 @@ async fn sweep_presence(
     alerts: alert::Alerts,
     store: Arc<Store>,
     metrics: Metrics,
-    (sinks, not_ready): (Vec<&'static str>, influxdb::NotReady),
+    (sinks, not_ready): (Vec<String>, influxdb::NotReady),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last: HashMap<Arc<str>, Presence> = HashMap::new();
@@ -502,7 +584,10 @@ async fn sweep_presence(
         let now = pipeline::now_ms();
         let refused: Vec<(&str, bool)> = {
             let down = not_ready.lock().map(|m| m.clone()).unwrap_or_default();
-            sinks.iter().map(|s| (*s, down.contains_key(*s))).collect()
+            sinks
+                .iter()
+                .map(|s| (s.as_str(), down.contains_key(s)))
+                .collect()
         };
         let checked = alerts
             .apply(&store, |e| {

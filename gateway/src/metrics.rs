@@ -50,6 +50,16 @@ pub struct Metrics {
     pub sink_pending: IntGaugeVec,
     /// 0 while a sink's server refuses us (credentials, org, bucket), by sink.
     pub sink_ready: IntGaugeVec,
+    /// Records the city platform confirmed, by dataset.
+    pub city_forwarded: IntCounterVec,
+    /// Records not yet confirmed by the city platform, by dataset.
+    pub city_pending: IntGaugeVec,
+    /// Age of the oldest record not yet confirmed (event time), seconds, by dataset.
+    pub city_oldest_unsent: prometheus::GaugeVec,
+    /// City-platform failures, by dataset and class.
+    pub city_errors: IntCounterVec,
+    /// 1 while a dataset catches up on a backlog beside live data.
+    pub city_catching_up: IntGaugeVec,
     /// Used bytes of the local store.
     pub store_bytes: IntGauge,
     /// Seconds until the size bound at the current write rate.
@@ -199,6 +209,36 @@ impl Metrics {
                 "citysense_sink_ready",
                 "0 while a sink's server refuses us, by sink.",
                 &["sink"],
+            ),
+            city_forwarded: counters(
+                "citysense_city_platform_forwarded_total",
+                "Records the city platform confirmed (PUBACK or 2xx), by dataset.",
+                &["dataset"],
+            ),
+            city_pending: gauges(
+                "citysense_city_platform_pending_records",
+                "Records not yet confirmed by the city platform, by dataset.",
+                &["dataset"],
+            ),
+            city_oldest_unsent: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "citysense_city_platform_oldest_unsent_age_seconds",
+                        "Age (from event time) of the oldest record the city platform has not confirmed; 0 when none, by dataset.",
+                    ),
+                    &["dataset"],
+                ),
+            ),
+            city_errors: counters(
+                "citysense_city_platform_errors_total",
+                "City-platform failures by dataset and class (rejected, too_large, refused, tls, timeout, unavailable).",
+                &["dataset", "class"],
+            ),
+            city_catching_up: gauges(
+                "citysense_city_platform_catching_up",
+                "1 while a dataset sends a backlog beside live data.",
+                &["dataset"],
             ),
             store_bytes: gauge("citysense_store_bytes", "Used bytes of the local store."),
             store_runway_seconds: register(

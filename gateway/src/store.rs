@@ -531,10 +531,23 @@ impl Store {
         .map_err(|e| self.sqlite(e))
     }
 
-    /// Sets cursors to exactly these values in one transaction (a sink with several lanes).
-    pub fn set_cursors(&self, cursors: &[(&str, i64)]) -> Result<(), StoreError> {
+    /// Sets cursors to exactly these values and records what `sink` refused for good (dead
+    /// letters: id, record, reason), in one transaction (a sink with several lanes).
+    pub fn set_cursors(
+        &self,
+        sink: &str,
+        cursors: &[(&str, i64)],
+        refused: &[(i64, String, String)],
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        for (id, record, reason) in refused {
+            tx.execute(
+                "INSERT INTO sink_dead_letters (sink, point_id, line, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sink, id, record, reason, crate::pipeline::now_ms()],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
         for (name, value) in cursors {
             tx.execute(
                 "INSERT INTO cursors (sink, last_id) VALUES (?1, ?2) ON CONFLICT(sink) DO UPDATE SET last_id = excluded.last_id",
@@ -543,6 +556,43 @@ impl Store {
             .map_err(|e| self.sqlite(e))?;
         }
         tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// The event time of the first row of `table` after id `after` (the oldest a sink has not
+    /// delivered), if any.
+    pub fn time_after(&self, table: Table, after: i64) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let column = match table {
+            Table::AlertEvents => "at_ms",
+            Table::Points | Table::Readings => "time_ms",
+        };
+        conn.query_row(
+            &format!(
+                "SELECT {column} FROM {} WHERE id > ?1 ORDER BY id LIMIT 1",
+                table.name()
+            ),
+            [after],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// The dead letters of `sink` (records refused for good): id, record, reason.
+    #[allow(clippy::let_and_return)] // the binding ends the borrow of `stmt` before it drops
+    pub fn dead_letters(&self, sink: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT point_id, line, reason FROM sink_dead_letters WHERE sink = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sqlite(e));
+        rows
     }
 
     /// A sink's cursor: the last point id it delivered (0 for a new sink).

@@ -70,6 +70,7 @@ pub async fn start_gateway_on(
             enabled: false,
             ..Default::default()
         },
+        city_platform: None,
     };
     change(&mut settings);
     Gateway::start(settings, catalog, keys).await.unwrap()

@@ -103,6 +103,7 @@ async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
             enabled: false,
             ..Default::default()
         },
+        city_platform: None,
     };
     let keys = gateway::traffic::demo_keys(&catalog);
     let gw = Gateway::start(settings, catalog, keys).await.unwrap();

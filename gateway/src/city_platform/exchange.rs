@@ -1,0 +1,399 @@
+//! The exchange format: what the city platform receives, one [`Record`] per point, alert event
+//! or raw reading. Versioned; the JSON Schema is `gateway/schema/exchange-v1.schema.json`
+//! ([`SCHEMA_JSON`]), and every record built here validates against it (tests).
+//!
+//! A record's `id` is `{gateway}.{store}.{stream}.{seq}`: the gateway, its local store's
+//! instance, the stream (`aggregates`, `alerts`, `raw`) and the row id in that stream. A record
+//! sent twice (at-least-once delivery) carries the same id and the same content, so the platform
+//! de-duplicates by id.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, FixedOffset, Offset, Utc};
+use device_profiles::Catalog;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::alert::AlertEvent;
+use crate::alert::engine::Status;
+use crate::point::{FieldValue, Point, Quality};
+use crate::reading::{Measurement, Reading};
+
+/// The schema version every record names.
+pub const SCHEMA: &str = "citysense.exchange.v1";
+/// The JSON Schema (draft 2020-12) of records and HTTPS batches.
+pub const SCHEMA_JSON: &str = include_str!("../../schema/exchange-v1.schema.json");
+
+/// One value with its unit (UCUM-like text: `MPa`, `km/h`, `veh/h`, `%`, `1` for ratios).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Field {
+    /// A number, a string or a boolean.
+    pub value: Value,
+    /// The unit.
+    pub unit: String,
+}
+
+/// Where a record comes from, for de-duplication and ordering upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The gateway id.
+    pub gateway: String,
+    /// The local store's instance id (row ids restart only with a new store).
+    pub store: String,
+    /// `aggregates`, `alerts` or `raw`.
+    pub stream: String,
+    /// The row id in that stream: increasing, gaps where rows were filtered or expired.
+    pub seq: i64,
+}
+
+/// An alert transition (the alerts dataset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertInfo {
+    /// `raised`, `escalated`, `renotified`, `resolved`, `acknowledged`.
+    pub event: String,
+    /// The alert id (one per episode).
+    pub alert_id: String,
+    /// The rule.
+    pub rule: String,
+    /// `crowd`, `traffic`, `pipe`, `device`, `gateway`.
+    pub category: String,
+    /// Grade name (`blue` … `red`, `warning`, `alarm`, `critical`).
+    pub severity: String,
+    /// Grade label for people (蓝, 中度拥堵, …).
+    pub label: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The severity before an escalation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_severity: Option<String>,
+    /// When the episode started, Unix ms.
+    pub started_ms: i64,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// One record of the exchange format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// Unique and stable: `{gateway}.{store}.{stream}.{seq}`.
+    pub id: String,
+    /// The dataset id the platform files it under (configurable per dataset).
+    pub dataset: String,
+    /// GB/T 2260 code of the district (or the city).
+    pub region: String,
+    /// Subject ids: `area`, `segment`, `asset`, `device`, … by role.
+    pub subjects: BTreeMap<String, String>,
+    /// `crowd`, `traffic`, `pipe`, `device_health`, `alert`, or a raw reading's kind.
+    pub measurement: String,
+    /// Values with units.
+    pub fields: BTreeMap<String, Field>,
+    /// Event time, Unix milliseconds (UTC).
+    pub event_time_ms: i64,
+    /// Event time, ISO 8601 with the site's offset (`+08:00`).
+    pub event_time: String,
+    /// Quality flags.
+    pub quality: Quality,
+    /// Origin, for de-duplication.
+    pub source: Source,
+    /// The alert, for the alerts dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertInfo>,
+}
+
+/// Builds records for one gateway and store.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    gateway: String,
+    store: String,
+    region: String,
+    offset: FixedOffset,
+    /// Profile field units by field name (pipe aggregates) and by (kind, field) (raw readings).
+    units_by_field: HashMap<String, String>,
+    units_by_kind: HashMap<(String, String), String>,
+}
+
+impl Exchange {
+    /// For the gateway `gateway` with the store instance `store`; `region` is used when a
+    /// record has no district of its own.
+    pub fn new(catalog: &Catalog, gateway: &str, store: &str, region: &str) -> Exchange {
+        let offset_s = crate::aggregate::parse_offset(&catalog.site.site.utc_offset) / 1000;
+        let offset = FixedOffset::east_opt(offset_s as i32).unwrap_or_else(|| Utc.fix());
+        let mut units_by_field = HashMap::new();
+        let mut units_by_kind = HashMap::new();
+        for (kind, profile) in &catalog.profiles {
+            for f in &profile.fields {
+                units_by_field
+                    .entry(f.name.clone())
+                    .or_insert_with(|| f.unit.clone());
+                units_by_kind.insert((kind.clone(), f.name.clone()), f.unit.clone());
+            }
+        }
+        Exchange {
+            gateway: gateway.to_owned(),
+            store: store.to_owned(),
+            region: region.to_owned(),
+            offset,
+            units_by_field,
+            units_by_kind,
+        }
+    }
+
+    fn time(&self, ms: i64) -> String {
+        DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .with_timezone(&self.offset)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        dataset: &str,
+        stream: &str,
+        seq: i64,
+        region: Option<&str>,
+        subjects: BTreeMap<String, String>,
+        measurement: &str,
+        fields: BTreeMap<String, Field>,
+        time_ms: i64,
+        quality: Quality,
+    ) -> Record {
+        Record {
+            schema: SCHEMA.to_owned(),
+            id: format!("{}.{}.{stream}.{seq}", self.gateway, self.store),
+            dataset: dataset.to_owned(),
+            region: region
+                .filter(|r| is_region_code(r))
+                .unwrap_or(&self.region)
+                .to_owned(),
+            subjects,
+            measurement: measurement.to_owned(),
+            fields,
+            event_time_ms: time_ms,
+            event_time: self.time(time_ms),
+            quality,
+            source: Source {
+                gateway: self.gateway.clone(),
+                store: self.store.clone(),
+                stream: stream.to_owned(),
+                seq,
+            },
+            alert: None,
+        }
+    }
+
+    /// A point of the aggregates stream (row `seq`).
+    pub fn point(&self, dataset: &str, seq: i64, p: &Point) -> Record {
+        let mut region = None;
+        let mut subjects = BTreeMap::new();
+        for (k, v) in &p.tags {
+            if k == "zone" {
+                region = Some(v.as_str());
+            } else if !v.is_empty() {
+                subjects.insert(k.clone(), v.clone());
+            }
+        }
+        let profile_unit = p
+            .tags
+            .iter()
+            .find(|(k, _)| k == "field")
+            .and_then(|(_, f)| self.units_by_field.get(f))
+            .map_or("1", String::as_str);
+        let fields = p
+            .fields
+            .iter()
+            .filter_map(|(name, v)| {
+                let value = match v {
+                    FieldValue::Float(f) if !f.is_finite() => return None,
+                    FieldValue::Float(f) => Value::from(*f),
+                    FieldValue::Int(i) => Value::from(*i),
+                    FieldValue::Bool(b) => Value::from(*b),
+                    FieldValue::Str(s) => Value::from(s.clone()),
+                };
+                let unit = aggregate_unit(&p.measurement, name, profile_unit);
+                Some((name.clone(), Field { value, unit }))
+            })
+            .collect();
+        self.record(
+            dataset,
+            "aggregates",
+            seq,
+            region,
+            subjects,
+            &p.measurement,
+            fields,
+            p.time_ms,
+            p.quality,
+        )
+    }
+
+    /// An alert transition of the alerts stream (outbox row `seq`).
+    pub fn alert(&self, dataset: &str, seq: i64, e: &AlertEvent) -> Record {
+        let a = &e.alert;
+        let subjects = BTreeMap::from([
+            ("category".to_owned(), a.category.name().to_owned()),
+            ("subject".to_owned(), a.subject.clone()),
+        ]);
+        let mut fields = BTreeMap::from([("grade".to_owned(), field(i64::from(a.grade), "1"))]);
+        number(&mut fields, "value", a.value, "");
+        number(&mut fields, "threshold", a.threshold, "");
+        let mut r = self.record(
+            dataset,
+            "alerts",
+            seq,
+            Some(&a.zone),
+            subjects,
+            "alert",
+            fields,
+            e.at_ms,
+            Quality::default(),
+        );
+        r.alert = Some(AlertInfo {
+            event: e.kind.name().to_owned(),
+            alert_id: a.id.clone(),
+            rule: a.rule.clone(),
+            category: a.category.name().to_owned(),
+            severity: a.severity.clone(),
+            label: a.label.clone(),
+            status: match a.status {
+                Status::Firing => "firing",
+                Status::Resolved => "resolved",
+            }
+            .to_owned(),
+            previous_severity: e.previous_severity.clone(),
+            started_ms: a.started_ms,
+            summary: a.summary.clone(),
+        });
+        r
+    }
+
+    /// A raw reading (row `seq`). `lateness_ms`: how late a reading may arrive and still count
+    /// as live; later ones are flagged `late`.
+    pub fn reading(&self, dataset: &str, seq: i64, r: &Reading, lateness_ms: i64) -> Record {
+        let mut subjects = BTreeMap::from([
+            ("device".to_owned(), r.device.to_string()),
+            ("kind".to_owned(), r.kind.to_string()),
+        ]);
+        let mut fields = BTreeMap::new();
+        let measurement = match &r.measurement {
+            Measurement::Passage { tag, entry } => {
+                fields.insert("tag".into(), field(tag.clone(), ""));
+                fields.insert("entry".into(), field(*entry, ""));
+                "passage"
+            }
+            Measurement::Counts {
+                entries,
+                exits,
+                interval_s,
+            } => {
+                fields.insert("entries".into(), field(*entries, "visitors"));
+                fields.insert("exits".into(), field(*exits, "visitors"));
+                fields.insert("interval".into(), field(*interval_s, "s"));
+                "counts"
+            }
+            Measurement::Lane {
+                lane,
+                vehicles,
+                occupancy_pct,
+                speed_kmh,
+                interval_s,
+            } => {
+                subjects.insert("lane".into(), lane.to_string());
+                fields.insert("vehicles".into(), field(*vehicles, "veh"));
+                number(&mut fields, "occupancy", *occupancy_pct, "%");
+                if let Some(s) = speed_kmh {
+                    number(&mut fields, "speed", *s, "km/h");
+                }
+                fields.insert("interval".into(), field(*interval_s, "s"));
+                "lane"
+            }
+            Measurement::Value {
+                field: name,
+                value,
+                urgent,
+            } => {
+                subjects.insert("field".into(), name.clone());
+                let unit = self
+                    .units_by_kind
+                    .get(&(r.kind.to_string(), name.clone()))
+                    .map_or("", String::as_str);
+                number(&mut fields, name, *value, unit);
+                fields.insert("urgent".into(), field(*urgent, ""));
+                "value"
+            }
+            Measurement::Status {
+                battery_pct,
+                signal_dbm,
+                uptime_s,
+                firmware,
+                key_fingerprint: _,
+            } => {
+                if let Some(b) = battery_pct {
+                    fields.insert("battery".into(), field(*b, "%"));
+                }
+                fields.insert("signal".into(), field(*signal_dbm, "dBm"));
+                fields.insert("uptime".into(), field(*uptime_s, "s"));
+                fields.insert("firmware".into(), field(firmware.clone(), ""));
+                "status"
+            }
+        };
+        let quality = Quality {
+            late: r.received_ms - r.time_ms > lateness_ms,
+            unsynced_clock: r.unsynced_clock,
+            estimated: false,
+        };
+        self.record(
+            dataset,
+            "raw",
+            seq,
+            Some(&r.zone),
+            subjects,
+            measurement,
+            fields,
+            r.time_ms,
+            quality,
+        )
+    }
+}
+
+fn field(value: impl Into<Value>, unit: &str) -> Field {
+    Field {
+        value: value.into(),
+        unit: unit.to_owned(),
+    }
+}
+
+/// Adds a float field; JSON has no NaN or infinity, so such values are left out.
+fn number(fields: &mut BTreeMap<String, Field>, name: &str, v: f64, unit: &str) {
+    if v.is_finite() {
+        fields.insert(name.to_owned(), field(v, unit));
+    }
+}
+
+fn is_region_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The unit of an aggregate field (see the table in [`crate::aggregate`]).
+fn aggregate_unit(measurement: &str, field: &str, profile_unit: &str) -> String {
+    let unit = match (measurement, field) {
+        ("crowd", "entries" | "exits" | "occupancy" | "daily_entries") => "visitors",
+        ("crowd", "inflow_per_min" | "outflow_per_min") => "visitors/min",
+        ("crowd", "drift") => "",
+        ("traffic", "volume") => "veh",
+        ("traffic", "flow_vph") => "veh/h",
+        ("traffic", "occupancy_pct") => "%",
+        ("traffic", "speed_kmh") => "km/h",
+        ("pipe", "min" | "max" | "mean" | "last") => profile_unit,
+        ("pipe", "rate_per_min") => return format!("{profile_unit}/min"),
+        ("device_health", "battery_pct") => "%",
+        ("device_health", "signal_dbm") => "dBm",
+        ("device_health", "max_gap_s") => "s",
+        // Counts, ratios, grades, indices.
+        _ => "1",
+    };
+    unit.to_owned()
+}
