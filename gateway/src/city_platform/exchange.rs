@@ -397,3 +397,183 @@ fn aggregate_unit(measurement: &str, field: &str, profile_unit: &str) -> String 
     };
     unit.to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::alert::engine::{Alert, EventKind};
+    use crate::alert::rule::Category;
+
+    fn exchange() -> Exchange {
+        let catalog = Catalog::ganzhou().unwrap();
+        Exchange::new(&catalog, "gw-1", "18c2f", "360700")
+    }
+
+    fn validate(r: &Record) {
+        let schema: Value = serde_json::from_str(SCHEMA_JSON).unwrap();
+        let v = jsonschema::validator_for(&schema).unwrap();
+        let instance = serde_json::to_value(r).unwrap();
+        let errors: Vec<String> = v.iter_errors(&instance).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{instance:#}");
+    }
+
+    // 2026-10-01 10:00 +08:00.
+    const T: i64 = 1_790_820_000_000;
+
+    #[test]
+    fn a_pipe_point_carries_the_profile_unit_the_district_and_local_time() {
+        let p = Point {
+            measurement: "pipe".into(),
+            tags: vec![
+                ("asset".into(), "P1".into()),
+                ("zone".into(), "360702".into()),
+                ("field".into(), "pressure".into()),
+            ],
+            fields: vec![
+                ("mean".into(), FieldValue::Float(0.305)),
+                ("count".into(), FieldValue::Int(2)),
+                ("rate_per_min".into(), FieldValue::Float(0.01)),
+                ("nan".into(), FieldValue::Float(f64::NAN)),
+            ],
+            time_ms: T,
+            quality: Quality {
+                late: true,
+                ..Quality::default()
+            },
+        };
+        let r = exchange().point("citysense.aggregates", 42, &p);
+        validate(&r);
+        assert_eq!(r.id, "gw-1.18c2f.aggregates.42");
+        assert_eq!(r.region, "360702");
+        assert_eq!(r.event_time, "2026-10-01T10:00:00.000+08:00");
+        assert_eq!(r.subjects["asset"], "P1");
+        assert!(!r.subjects.contains_key("zone"));
+        assert_eq!(r.fields["mean"].unit, "MPa");
+        assert_eq!(r.fields["rate_per_min"].unit, "MPa/min");
+        assert_eq!(r.fields["count"].unit, "1");
+        assert!(!r.fields.contains_key("nan"), "NaN has no JSON form");
+        assert!(r.quality.late);
+    }
+
+    #[test]
+    fn an_alert_event_and_every_raw_reading_validate() {
+        let x = exchange();
+        let alert = Alert {
+            id: "crowd.occupancy:S4:1".into(),
+            rule: "crowd.occupancy".into(),
+            category: Category::Crowd,
+            subject: "S4".into(),
+            subject_name: "通天岩".into(),
+            zone: "360702".into(),
+            grade: 2,
+            severity: "yellow".into(),
+            label: "黄".into(),
+            status: Status::Firing,
+            value: 0.83,
+            threshold: 0.8,
+            started_ms: T,
+            updated_ms: T,
+            resolved_ms: None,
+            ack: None,
+            flapping: false,
+            summary: "通天岩 occupancy 83 %".into(),
+        };
+        let e = AlertEvent {
+            kind: EventKind::Escalated,
+            at_ms: T,
+            previous_severity: Some("blue".into()),
+            alert,
+        };
+        let r = x.alert("citysense.alerts", 7, &e);
+        validate(&r);
+        let a = r.alert.as_ref().unwrap();
+        assert_eq!((a.event.as_str(), a.status.as_str()), ("escalated", "firing"));
+        assert_eq!(r.subjects["subject"], "S4");
+
+        let reading = |device: &str, kind: &str, m: Measurement| Reading {
+            device: Arc::from(device),
+            zone: Arc::from("360702"),
+            kind: Arc::from(kind),
+            time_ms: T,
+            received_ms: T + 600_000,
+            unsynced_clock: true,
+            origin: Some((1, 9)),
+            measurement: m,
+        };
+        let all = [
+            Measurement::Passage {
+                tag: "00aa".into(),
+                entry: true,
+            },
+            Measurement::Counts {
+                entries: 3,
+                exits: 1,
+                interval_s: 60,
+            },
+            Measurement::Lane {
+                lane: 2,
+                vehicles: 5,
+                occupancy_pct: 10.0,
+                speed_kmh: Some(30.0),
+                interval_s: 30,
+            },
+            Measurement::Value {
+                field: "pressure".into(),
+                value: 0.3,
+                urgent: false,
+            },
+            Measurement::Status {
+                battery_pct: Some(80),
+                signal_dbm: -70,
+                uptime_s: 100,
+                firmware: "1.0.0".into(),
+                key_fingerprint: "ab".into(),
+            },
+        ];
+        for m in all {
+            let r = x.reading(
+                "citysense.raw",
+                3,
+                &reading("gz-p1-press", "pipe-pressure", m),
+                120_000,
+            );
+            validate(&r);
+            assert!(r.quality.late && r.quality.unsynced_clock, "{r:?}");
+            assert!(
+                !serde_json::to_string(&r).unwrap().contains("\"ab\""),
+                "no key fingerprint upstream"
+            );
+        }
+    }
+
+    #[test]
+    fn the_schema_refuses_what_it_should() {
+        let schema: Value = serde_json::from_str(SCHEMA_JSON).unwrap();
+        let v = jsonschema::validator_for(&schema).unwrap();
+        let p = Point {
+            measurement: "crowd".into(),
+            tags: vec![("area".into(), "S4".into())],
+            fields: vec![("occupancy".into(), FieldValue::Int(600))],
+            time_ms: T,
+            quality: Quality::default(),
+        };
+        let good = serde_json::to_value(exchange().point("citysense.aggregates", 1, &p)).unwrap();
+        assert!(v.is_valid(&good));
+        assert_eq!(good["region"], "360700", "no district: the city's code");
+        for (path, bad) in [
+            ("/region", Value::from("36070")),
+            ("/event_time", Value::from("2026-10-01 10:00")),
+            ("/fields/occupancy/unit", Value::Null),
+            ("/source/stream", Value::from("points")),
+        ] {
+            let mut b = good.clone();
+            *b.pointer_mut(path).unwrap() = bad;
+            assert!(!v.is_valid(&b), "{path} accepted");
+        }
+        let mut extra = good.clone();
+        extra["unexpected"] = Value::from(1);
+        assert!(!v.is_valid(&extra));
+    }
+}
