@@ -489,7 +489,10 @@ mod tests {
         let r = x.alert("citysense.alerts", 7, &e);
         validate(&r);
         let a = r.alert.as_ref().unwrap();
-        assert_eq!((a.event.as_str(), a.status.as_str()), ("escalated", "firing"));
+        assert_eq!(
+            (a.event.as_str(), a.status.as_str()),
+            ("escalated", "firing")
+        );
         assert_eq!(r.subjects["subject"], "S4");
 
         let reading = |device: &str, kind: &str, m: Measurement| Reading {

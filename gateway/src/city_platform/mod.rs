@@ -57,6 +57,9 @@ pub struct CityPlatformSection {
     /// A backlog of more records than this opens a catch-up lane beside live data.
     #[serde(default = "default_catch_up_after")]
     pub catch_up_after: u64,
+    /// Retries after timeouts and 5xx back off up to this, milliseconds (with jitter).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
     /// Aggregated points (crowd, traffic, pipe, device health): forwarded unless disabled.
     #[serde(default)]
     pub aggregates: DatasetSection,
@@ -82,6 +85,9 @@ fn default_batch() -> usize {
 }
 fn default_catch_up_after() -> u64 {
     1000
+}
+fn default_retry_max() -> u64 {
+    30_000
 }
 
 /// `[city_platform.aggregates]`, `[city_platform.alerts]`, `[city_platform.raw]`.
@@ -326,9 +332,17 @@ pub enum Lane {
 
 impl Lanes {
     /// Opens a catch-up lane when more than `threshold` records wait: what is stored now is the
-    /// backlog. Returns whether it opened.
+    /// backlog. While the platform stays down nothing moves, so the backlog grows with it (the
+    /// live lane starts at the newest record when sending resumes). Returns whether the lanes
+    /// changed.
     pub fn open_catch_up(&mut self, newest: i64, threshold: u64) -> bool {
-        if self.split == 0 && newest - self.done > threshold as i64 {
+        let backlog_from = match (self.catching_up(), self.live == self.split) {
+            (false, _) => self.done,
+            (true, true) => self.split,
+            // The live lane made progress: its own backlog is sent in order.
+            (true, false) => return false,
+        };
+        if newest - backlog_from > threshold as i64 {
             self.split = newest;
             self.live = newest;
             true
@@ -618,12 +632,15 @@ impl Forwarder {
                 ))
             })
             .await?;
+            let was_catching_up = lanes.catching_up();
             if lanes.open_catch_up(newest, self.section.catch_up_after) {
-                tracing::info!(
-                    dataset = d.name(),
-                    backlog = newest - lanes.done,
-                    "city platform: catching up a backlog beside live data"
-                );
+                if !was_catching_up {
+                    tracing::info!(
+                        dataset = d.name(),
+                        backlog = newest - lanes.done,
+                        "city platform: catching up a backlog beside live data"
+                    );
+                }
                 let (store, l) = (self.store.clone(), *lanes);
                 blocking(move || l.save(&store, d, &[])).await?;
             }
@@ -685,7 +702,10 @@ impl Forwarder {
         let d = self.dataset;
         let rate = self.section.dataset(d).max_records_per_s;
         let mut bucket = Bucket::new(rate);
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_millis(self.section.retry_max_ms.max(200)),
+        );
         let mut lanes = match Lanes::load(&self.store, d) {
             Ok(l) => l,
             Err(e) => {
@@ -780,14 +800,23 @@ mod tests {
         l.sent(Lane::Live, 10);
         assert_eq!(l.done, 10);
 
-        // An outage: 1000 records wait.
-        assert!(l.open_catch_up(1010, 100));
+        // An outage: 500 records wait, then 500 more while the platform stays down.
+        assert!(l.open_catch_up(510, 100));
+        assert!(
+            l.open_catch_up(1010, 100),
+            "the backlog grows while nothing moves"
+        );
+        assert_eq!((l.split, l.live), (1010, 1010));
         assert!(l.catching_up());
         assert_eq!(l.range(Lane::CatchUp, 1010), Some((10, 1010)));
         assert_eq!(l.range(Lane::Live, 1010), None, "nothing live yet");
         // Live records arrive and are sent while the backlog drains.
         assert_eq!(l.range(Lane::Live, 1015), Some((1010, 1015)));
         l.sent(Lane::Live, 1015);
+        assert!(
+            !l.open_catch_up(2000, 100),
+            "live made progress: no new split"
+        );
         l.sent(Lane::CatchUp, 510);
         assert_eq!(l.pending(1020), 500 + 5);
         assert_eq!(
