@@ -6,5 +6,6 @@
 
 pub mod http;
 pub mod pki;
+pub mod platform;
 pub mod proxy;
 pub mod services;

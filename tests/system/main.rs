@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod alerts;
+mod city_platform;
 mod gateway_ingest;
 mod modbus_slaves;
 mod modbus_source;

@@ -741,7 +741,7 @@ impl Forwarder {
                     let endpoint = self.transport.endpoint();
                     if e.needs_operator() {
                         tracing::error!(dataset = d.name(), %endpoint, error = %e, "city platform refuses the gateway; records stay in the local store until an operator fixes it");
-                        self.set_ready(Some(format!("city platform {endpoint}: {e}")));
+                        self.set_ready(Some(e.to_string()));
                         Duration::from_secs(5)
                     } else {
                         let delay = match &e {

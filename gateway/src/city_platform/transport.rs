@@ -230,20 +230,23 @@ impl MqttUpstream {
         self.publisher
             .publish_all(messages)
             .await
-            .map_err(|e| match e {
-                PublishError::Refused(r) => SendError::Refused(r),
-                PublishError::Tls(t) => SendError::Tls(format!(
-                    "{t} (check city_platform.mqtt.tls: the CA must have signed the platform's certificate)"
-                )),
-                PublishError::Transport(t) => SendError::Transient {
-                    class: if t.contains("PUBACK") {
-                        "timeout"
-                    } else {
-                        "unavailable"
+            .map_err(|e| {
+                let at = &self.endpoint;
+                match e {
+                    PublishError::Refused(r) => SendError::Refused(format!("{at}: {r}")),
+                    PublishError::Tls(t) => SendError::Tls(format!(
+                        "{at}: {t} (check city_platform.mqtt.tls: the CA must have signed the platform's certificate)"
+                    )),
+                    PublishError::Transport(t) => SendError::Transient {
+                        class: if t.contains("PUBACK") {
+                            "timeout"
+                        } else {
+                            "unavailable"
+                        },
+                        reason: format!("{at}: {t}"),
+                        retry_after: None,
                     },
-                    reason: t,
-                    retry_after: None,
-                },
+                }
             })
     }
 }
@@ -378,7 +381,7 @@ impl HttpsPlatform {
         Err(match status.as_u16() {
             400 | 422 => SendError::Rejected(reason),
             413 => SendError::TooLarge,
-            401 | 403 | 404 => SendError::Refused(reason),
+            401 | 403 | 404 => SendError::Refused(format!("{}: {reason}", self.url)),
             408 => SendError::Transient {
                 class: "timeout",
                 reason,
