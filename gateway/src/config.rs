@@ -653,6 +653,31 @@ host = \"127.0.0.1\"
     }
 
     #[test]
+    fn the_city_platform_section_resolves_paths_takes_secrets_from_the_environment_and_names_problems()
+     {
+        let dir = tempdir("city");
+        let text = format!(
+            "{MINIMAL}\n[city_platform]\n[city_platform.raw]\nenabled = true\n\
+             [city_platform.mqtt]\nhost = \"platform\"\n[city_platform.mqtt.tls]\nca = \"ca.pem\"\n"
+        );
+        let env = |name: &str| (name == ENV_CITY_MQTT_PASSWORD).then(|| "pw".to_owned());
+        let c = Config::load_with_env(&write(&dir, &text), env).unwrap();
+        let city = c.city_platform.unwrap();
+        let mqtt = city.mqtt.unwrap();
+        assert_eq!(mqtt.tls.unwrap().ca, dir.join("ca.pem"));
+        assert_eq!(mqtt.password, Some(Secret("pw".into())));
+        assert_eq!(mqtt.port, 8883);
+        assert!(city.raw.enabled == Some(true));
+
+        let both = format!(
+            "{MINIMAL}\n[city_platform]\n[city_platform.https]\nurl = \"http://platform\"\n"
+        );
+        let err = Config::load(&write(&dir, &both)).unwrap_err().to_string();
+        assert!(err.contains("must start with https://"), "{err}");
+        assert!(err.contains("gateway.toml:17:1"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempdir("unknown");
         let path = write(&dir, &format!("{MINIMAL}keepalive = 5\n"));

@@ -681,6 +681,25 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
     if config.alerts.alertmanager.is_some() {
         notifiers.push("alertmanager".into());
     }
+    let city = match &config.city_platform {
+        Some(city) => {
+            // Build the transport: certificate and key files are read and checked now.
+            use city_platform::transport::{HttpsPlatform, MqttUpstream, Transport};
+            let transport = match (&city.mqtt, &city.https) {
+                (Some(m), _) => Transport::Mqtt(Box::new(MqttUpstream::new(m, "check", 1)?)),
+                (None, Some(h)) => Transport::Https(HttpsPlatform::new(h)?),
+                (None, None) => anyhow::bail!("city_platform has no transport"),
+            };
+            let endpoint = transport.endpoint();
+            let datasets: Vec<String> = city_platform::Dataset::ALL
+                .into_iter()
+                .filter(|d| city.enabled(*d))
+                .map(|d| city.dataset_id(d))
+                .collect();
+            format!("{endpoint} ({})", datasets.join(", "))
+        }
+        None => "none".to_owned(),
+    };
     let unknown_keys: Vec<String> = catalog
         .site
         .devices
@@ -689,7 +708,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         .filter(|id| keys.get(id).is_none())
         .collect();
     Ok(format!(
-        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys, {} polled over Modbus; {} alert rules, notifiers: {}; devices without a key: {}",
+        "{}: ok — gateway {}, broker {}:{}, {} devices in zones {:?}, {} with keys, {} polled over Modbus; {} alert rules, notifiers: {}; city platform: {city}; devices without a key: {}",
         path.display(),
         config.gateway.id,
         config.mqtt.host,

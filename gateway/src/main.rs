@@ -20,7 +20,8 @@ struct Cli {
 enum Command {
     /// Run the gateway daemon with a config file (see deploy/gateway/gateway.toml).
     ///
-    /// Secrets come from the environment: CITYSENSE_MQTT_USERNAME, CITYSENSE_MQTT_PASSWORD.
+    /// Secrets come from the environment: CITYSENSE_MQTT_USERNAME, CITYSENSE_MQTT_PASSWORD,
+    /// CITYSENSE_INFLUX_TOKEN, CITYSENSE_CITY_MQTT_PASSWORD, CITYSENSE_CITY_TOKEN.
     /// Stops cleanly on SIGINT or SIGTERM, keeping its broker session.
     Run {
         /// The config file.
@@ -33,6 +34,11 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of the exchange format the city platform receives:
+    /// one record per MQTT message, one batch per HTTPS request.
+    ///
+    /// Example: gateway exchange-schema > exchange-v1.schema.json
+    ExchangeSchema,
     /// Alert rules: run a rule file's test cases, or list the rules in force.
     Rules {
         #[command(subcommand)]
@@ -110,6 +116,10 @@ fn main() -> ExitCode {
             Command::Run { config } => {
                 let config = Config::load(&config)?;
                 gateway::run(config, shutdown_signal()).await
+            }
+            Command::ExchangeSchema => {
+                print!("{}", gateway::city_platform::exchange::SCHEMA_JSON);
+                Ok(())
             }
             Command::CheckConfig { config } => {
                 gateway::check_config(&config).map(|summary| println!("{summary}"))
