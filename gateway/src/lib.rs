@@ -9,6 +9,7 @@
 //! Readings ──▶ aggregate (crowd, traffic, pipe, device health) ──▶ Points
 //! Readings + Points + ledgers ──▶ store (one fsync'd commit) ──▶ ack to the broker
 //!                                   ├──▶ influxdb sink (own cursor)
+//!                                   ├──▶ city_platform sink (a cursor per dataset: aggregates, alerts, raw)
 //!                                   └──▶ http: /api/v1/series, /api/v1/devices[/{id}]
 //! http: /metrics /healthz /readyz
 //! ```
@@ -21,7 +22,7 @@
 //! - [`verify`]: topics, frames and JSON to [`reading::Reading`]s, or a rejection reason.
 //! - [`registry`] and [`ledger`]: device state, replay window, completeness.
 //! - [`aggregate`]: event-time windows to [`point::Point`]s. [`store`]: the local store.
-//!   [`influxdb`]: the InfluxDB sink.
+//!   [`influxdb`]: the InfluxDB sink. [`city_platform`]: forwarding to the city platform.
 //! - [`metrics`], [`http`]: what operators scrape and query.
 //! - [`demo`] and [`traffic`]: `gateway demo`, the whole system in one process.
 
