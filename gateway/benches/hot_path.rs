@@ -288,9 +288,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(size as u64));
         g.bench_function(format!("batch_{size}"), |b| {
             b.iter(|| {
-                store
-                    .accept(&batch, &[], &[], &Default::default())
-                    .unwrap();
+                store.accept(&batch, &[], &[], &Default::default()).unwrap();
             });
         });
     }

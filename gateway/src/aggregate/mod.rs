@@ -17,7 +17,8 @@
 pub mod grade;
 pub mod window;
 
-use std::collections::HashMap;
+// Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
@@ -197,8 +198,8 @@ impl Aggregators {
     /// Aggregators for the site of `catalog`.
     pub fn with_settings(catalog: &Catalog, settings: AggregateSettings) -> Aggregators {
         let site = &catalog.site;
-        let mut places = HashMap::new();
-        let mut areas = HashMap::new();
+        let mut places = HashMap::default();
+        let mut areas = HashMap::default();
         for a in &site.scenic_areas {
             let close_ms = a
                 .hours
@@ -251,7 +252,7 @@ impl Aggregators {
                 },
             );
         }
-        let mut segments = HashMap::new();
+        let mut segments = HashMap::default();
         for r in &site.road_segments {
             segments.insert(
                 Arc::from(r.id.as_str()),
@@ -286,12 +287,12 @@ impl Aggregators {
             segments,
             utc_offset_ms: parse_offset(&site.site.utc_offset),
             watermark: i64::MIN,
-            crowd: HashMap::new(),
-            recent_tags: HashMap::new(),
-            traffic: HashMap::new(),
-            speeds: HashMap::new(),
-            pipe: HashMap::new(),
-            health: HashMap::new(),
+            crowd: HashMap::default(),
+            recent_tags: HashMap::default(),
+            traffic: HashMap::default(),
+            speeds: HashMap::default(),
+            pipe: HashMap::default(),
+            health: HashMap::default(),
             counts: AggregateCounts::default(),
             settings,
         }

@@ -6,7 +6,10 @@
 //! [`Engine::take_changes`] is committed by the caller in the same transaction as the readings
 //! that caused it, so a restart neither re-fires nor forgets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// Keys are rule indices, subjects and fields of the site (never raw input): a fast hasher is safe.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use device_profiles::Catalog;
@@ -274,8 +277,13 @@ type History = VecDeque<(i64, f64)>;
 pub struct Engine {
     rules: Vec<Compiled>,
     states: HashMap<(usize, Arc<str>), SubjectState>,
-    /// Recent values per (subject, field), for derived values.
-    history: HashMap<(Arc<str>, String), History>,
+    /// Recent values per subject and field, for derived values (nested so that a lookup by
+    /// `&str` allocates nothing).
+    history: HashMap<Arc<str>, HashMap<Box<str>, History>>,
+    /// Fields whose history is kept: `flow`, and the fields of rules with a derivation.
+    history_fields: HashSet<Box<str>>,
+    /// The reading rules by field: a reading is offered only to the rules that watch its field.
+    reading_rules: HashMap<Box<str>, Vec<usize>>,
     /// Latest derived value per (rule, subject), for confirmation by neighbours.
     derived: HashMap<(usize, Arc<str>), (i64, f64)>,
     ctx: Context,
@@ -351,11 +359,26 @@ impl Engine {
                 compiled[u].coupled.push(i);
             }
         }
+        let mut history_fields: HashSet<Box<str>> = HashSet::from_iter(["flow".into()]);
+        let mut reading_rules: HashMap<Box<str>, Vec<usize>> = HashMap::default();
+        for (i, c) in compiled.iter().enumerate() {
+            if c.rule.derive.is_some() {
+                history_fields.insert(c.rule.field.as_str().into());
+            }
+            if c.rule.source == Source::Reading {
+                reading_rules
+                    .entry(c.rule.field.as_str().into())
+                    .or_default()
+                    .push(i);
+            }
+        }
         Engine {
             rules: compiled,
-            states: HashMap::new(),
-            history: HashMap::new(),
-            derived: HashMap::new(),
+            states: HashMap::default(),
+            history: HashMap::default(),
+            history_fields,
+            reading_rules,
+            derived: HashMap::default(),
             ctx: Context::default(),
             dirty: BTreeSet::new(),
             events: Vec::new(),
@@ -437,16 +460,20 @@ impl Engine {
                 .and_then(|d| d.asset.clone())
                 .unwrap_or_else(|| r.device.clone());
             self.remember(&subject, field, r.time_ms, value);
-            for i in 0..self.rules.len() {
+            // Taken out while the rules run (they need `&mut self`), put back after.
+            let Some(candidates) = self.reading_rules.get_mut(field).map(std::mem::take) else {
+                continue;
+            };
+            for &i in &candidates {
                 let rule = &self.rules[i].rule;
-                if rule.source != Source::Reading
-                    || rule.field != field
-                    || !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *r.kind))
-                {
+                if !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *r.kind)) {
                     continue;
                 }
                 let lookup = |name: &str| (name == field).then_some(value);
                 self.evaluate(i, &subject, &r.zone, r.time_ms, &lookup);
+            }
+            if let Some(slot) = self.reading_rules.get_mut(field) {
+                *slot = candidates;
             }
         }
     }
@@ -507,18 +534,17 @@ impl Engine {
     }
 
     fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
-        let wanted = field == "flow"
-            || self
-                .rules
-                .iter()
-                .any(|c| c.rule.derive.is_some() && c.rule.field == field);
-        if !wanted {
+        if !self.history_fields.contains(field) {
             return;
         }
-        let h = self
-            .history
-            .entry((subject.clone(), field.to_owned()))
-            .or_default();
+        let fields = match self.history.get_mut(&**subject) {
+            Some(f) => f,
+            None => self.history.entry(subject.clone()).or_default(),
+        };
+        let h = match fields.get_mut(field) {
+            Some(h) => h,
+            None => fields.entry(field.into()).or_default(),
+        };
         if h.back().is_some_and(|&(t, _)| t > time_ms) {
             return; // older than what is known: the window is about now
         }
@@ -528,16 +554,23 @@ impl Engine {
         }
     }
 
-    fn window(&self, subject: &Arc<str>, field: &str, from_ms: i64) -> Vec<f64> {
+    /// The values of `field` since `from_ms`, newest first.
+    fn window<'a>(
+        &'a self,
+        subject: &str,
+        field: &str,
+        from_ms: i64,
+    ) -> impl Iterator<Item = f64> + 'a {
         self.history
-            .get(&(subject.clone(), field.to_owned()))
-            .map(|h| {
+            .get(subject)
+            .and_then(|f| f.get(field))
+            .into_iter()
+            .flat_map(move |h| {
                 h.iter()
-                    .filter(|(t, _)| *t >= from_ms)
+                    .rev()
+                    .take_while(move |(t, _)| *t >= from_ms)
                     .map(|(_, v)| *v)
-                    .collect()
             })
-            .unwrap_or_default()
     }
 
     /// The value rule `i` watches for one input, `None` when the input does not count (a
@@ -560,8 +593,8 @@ impl Engine {
             let from = time_ms - i64::from(d.window_s) * 1000;
             let w = self.window(subject, &rule.field, from);
             value = match d.kind {
-                DeriveKind::Drop => w.iter().copied().fold(raw, f64::max) - raw,
-                DeriveKind::Rise => raw - w.iter().copied().fold(raw, f64::min),
+                DeriveKind::Drop => w.fold(raw, f64::max) - raw,
+                DeriveKind::Rise => raw - w.fold(raw, f64::min),
             };
             self.derived.insert((i, subject.clone()), (time_ms, value));
             let first = rule.grades.first().map_or(f64::INFINITY, |g| g.at);
@@ -573,9 +606,10 @@ impl Engine {
                         })
                     })
                 });
-                let flow = self.window(subject, "flow", from);
-                let flow_spike = match (flow.iter().copied().reduce(f64::min), flow.last()) {
-                    (Some(lo), Some(&now)) => lo > 0.0 && now >= lo * 1.5,
+                let latest = self.window(subject, "flow", from).next();
+                let lowest = self.window(subject, "flow", from).reduce(f64::min);
+                let flow_spike = match (lowest, latest) {
+                    (Some(lo), Some(now)) => lo > 0.0 && now >= lo * 1.5,
                     _ => false,
                 };
                 if !(neighbour || flow_spike) {

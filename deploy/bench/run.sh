@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# CitySense benchmarks (issue 10): the gateway's hot path on one core (criterion), and the whole
+# gateway against Mosquitto's own delivery rate to mosquitto_sub (throughput ratios at QoS 0 and
+# 1, 1 and 4 publishers, interleaved, median of 3), then publish → alert latency with a stock
+# broker and with TCP_NODELAY. Mosquitto and VictoriaMetrics are started on free loopback ports
+# by the measuring binaries and stopped by pid.
+#
+#   deploy/bench/run.sh           # full run (about 15 minutes on 2 cores)
+#   deploy/bench/run.sh --quick   # a smaller run, within five minutes
+#
+# Prints a table per part, then one line per target, and appends the figures (date, machine,
+# command) to target/bench/BENCHMARKS-rows.md for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+quick=false
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=true ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+for prog in mosquitto mosquitto_sub victoria-metrics; do
+  command -v "$prog" >/dev/null || {
+    echo "missing $prog: apt-get install mosquitto mosquitto-clients victoria-metrics" >&2; exit 1; }
+done
+
+out=target/bench
+mkdir -p "$out"
+if $quick; then
+  criterion=(--warm-up-time 0.3 --measurement-time 1)
+  throughput=(--messages 30000 --rounds 1)
+  samples=50
+else
+  criterion=()
+  throughput=(--messages 100000 --rounds 3)
+  samples=200
+fi
+
+echo "==> hot path (criterion, one core, no I/O)"
+cargo bench -p gateway --bench hot_path -- "${criterion[@]}" 2>&1 | tee "$out/hot_path.txt" \
+  | grep -E '^[a-z_]+/|time:'
+
+echo "==> throughput: the gateway against mosquitto_sub on the same broker"
+cargo run --release -q -p system-tests --bin throughput -- "${throughput[@]}" \
+  --report "$out/throughput.json" | tee "$out/throughput.txt"
+
+echo "==> latency: publish → alert on cs/v1/alerts/events"
+cargo run --release -q -p system-tests --bin alert-latency -- --samples "$samples" \
+  | tee "$out/latency.txt"
+
+receive=$(awk '/^receive_path\//{f=1} f&&/time:/{print $4, $5; exit}' "$out/hot_path.txt")
+echo
+echo "==> targets"
+echo "cost per message (receive path): $receive (target ≤ 2 µs)"
+grep '^throughput ratio' "$out/throughput.txt" | sed 's/$/ (target ≥ 0.90)/'
+awk '/^mosquitto \(/{print "latency p99 publish → alert " $2 ": " $5 " ms (target: stock ≤ 50 ms, nodelay ≤ 5 ms)"}' "$out/latency.txt"
+
+{
+  echo
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores, $(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo | xargs) · \`deploy/bench/run.sh $*\`"
+  echo
+  echo "- receive path (verify + decode + aggregate + rules): $receive per message"
+  grep '^qos' "$out/throughput.txt" | sed 's/^/- /'
+  awk '/^mosquitto \(/{print "- publish → alert " $2 ": p50 " $3 " ms, p99 " $5 " ms"}' "$out/latency.txt"
+} >> "$out/BENCHMARKS-rows.md"
+echo "rows appended to $out/BENCHMARKS-rows.md"

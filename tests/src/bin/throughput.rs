@@ -1,0 +1,338 @@
+//! Throughput: the gateway with every stage on (verify, decode, aggregate, rules, fsync'd local
+//! store, InfluxDB sink into a real VictoriaMetrics) against the rate at which the same
+//! Mosquitto delivers the same stream to `mosquitto_sub -t 'cs/v1/#' > /dev/null`, at QoS 0 and
+//! QoS 1, with 1 and 4 publisher connections, interleaved, median of the rounds.
+//!
+//! ```text
+//! cargo run --release -p system-tests --bin throughput -- [--messages N] [--devices D]
+//!     [--rounds R] [--report FILE]
+//! ```
+//!
+//! Frames are signed before the clock starts (pressure loggers of a generated site, one water
+//! main per hundred), so the publisher never limits the measurement by sealing. A run's rate is
+//! messages over the time from the first publish to the last message received (baseline:
+//! `mosquitto_sub -C N` exits) or committed (gateway: `citysense_readings_accepted_total`).
+//! Sequence gaps are the gateway's own `citysense_ledger_missing_reports`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: failing loudly is right
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use device_profiles::Catalog;
+use gateway::influxdb::InfluxSection;
+use gateway::{Gateway, Settings};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
+use system_tests::services::{Mosquitto, VictoriaMetrics, require};
+use wire::{Body, Header, PipeReading, PipeReadings, Quantity, Timestamp, Trigger};
+
+struct Args {
+    messages: usize,
+    devices: usize,
+    rounds: usize,
+    report: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        messages: 100_000,
+        devices: 1000,
+        rounds: 3,
+        report: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().expect("a value after the flag");
+        match flag.as_str() {
+            "--messages" => a.messages = value().parse().expect("--messages N"),
+            "--devices" => a.devices = value().parse().expect("--devices D"),
+            "--rounds" => a.rounds = value().parse().expect("--rounds R"),
+            "--report" => a.report = Some(value().into()),
+            "--help" | "-h" => {
+                println!(
+                    "throughput [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--report FILE.json]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other} (try --help)"),
+        }
+    }
+    a
+}
+
+/// `messages` signed frames round-robin over `devices`, boot epoch `epoch`.
+fn frames(devices: usize, messages: usize, epoch: u32) -> Vec<(String, Vec<u8>)> {
+    let now = gateway::pipeline::now_ms();
+    (0..messages)
+        .map(|k| {
+            let d = k % devices;
+            let id = simulator::load::device_id(d);
+            let mut readings = heapless::Vec::new();
+            let _ = readings.push(PipeReading {
+                quantity: Quantity::Pressure,
+                value: 0.30 + 0.001 * (k % 7) as f32,
+            });
+            let header = Header {
+                device_id: &id,
+                boot_epoch: epoch,
+                sequence: (k / devices) as u32,
+                timestamp: Timestamp::Synced {
+                    unix_ms: (now - messages as i64 + k as i64) as u64,
+                },
+            };
+            let body = Body::PipeReadings(PipeReadings {
+                trigger: Trigger::Periodic,
+                readings,
+            });
+            let key = gateway::traffic::demo_key(&id);
+            let topic = format!("cs/v1/360702/water-pressure/{id}/up");
+            (
+                topic,
+                wire::frame::seal_to_vec(&header, &body, &key).unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn publisher(port: u16, id: String) -> AsyncClient {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(60))
+        .set_outgoing_inflight_upper_limit(1000);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
+    let (c, mut eventloop) = AsyncClient::new(o, 100_000);
+    let (up_tx, mut up_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    let _ = up_tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::RequestsDone) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    up_rx.recv().await;
+    c
+}
+
+/// Publishes `frames` over `connections` connections, as fast as the clients go.
+async fn publish_all(
+    port: u16,
+    frames: &Arc<Vec<(String, Vec<u8>)>>,
+    connections: usize,
+    qos: QoS,
+) {
+    let mut clients = Vec::new();
+    for c in 0..connections {
+        clients.push(publisher(port, format!("bench-pub-{}-{c}", rand::random::<u32>())).await);
+    }
+    let mut tasks = Vec::new();
+    for (c, client) in clients.into_iter().enumerate() {
+        let frames = frames.clone();
+        tasks.push(tokio::spawn(async move {
+            for (topic, payload) in frames.iter().skip(c).step_by(connections) {
+                client
+                    .publish(topic.as_str(), qos, false, payload.clone())
+                    .await
+                    .unwrap();
+            }
+            client
+        }));
+    }
+    for t in tasks {
+        // Keep the client alive until the stream is drained by its event loop.
+        let _client = t.await.unwrap();
+    }
+}
+
+fn qos_of(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Messages per second Mosquitto delivers to `mosquitto_sub`.
+async fn baseline(
+    broker: &Mosquitto,
+    frames: &Arc<Vec<(String, Vec<u8>)>>,
+    pubs: usize,
+    q: u8,
+) -> f64 {
+    let n = frames.len();
+    let mut sub = Command::new(require("mosquitto_sub", "mosquitto-clients"))
+        .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p"])
+        .arg(broker.port.to_string())
+        .args(["-t", "cs/v1/#", "-q", &q.to_string(), "-C", &n.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // mosquitto_sub gives no signal once subscribed; half a second is ample on loopback.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    publish_all(broker.port, frames, pubs, qos_of(q)).await;
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        if let Some(status) = sub.try_wait().unwrap() {
+            assert!(status.success(), "mosquitto_sub failed");
+            return n as f64 / started.elapsed().as_secs_f64();
+        }
+        if Instant::now() > deadline {
+            let _ = sub.kill();
+            return 0.0;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+struct GatewayRun {
+    rate: f64,
+    accepted: u64,
+    gaps: i64,
+    points: i64,
+}
+
+async fn through_gateway(
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    catalog: &Arc<Catalog>,
+    keys: &gateway::keys::Keys,
+    frames: &Arc<Vec<(String, Vec<u8>)>>,
+    pubs: usize,
+    q: u8,
+) -> GatewayRun {
+    let n = frames.len() as u64;
+    let store = tempfile::tempdir().unwrap();
+    let mut mqtt = gateway::demo::demo_mqtt(broker.addr());
+    mqtt.clean_start = true;
+    let settings = Settings {
+        gateway_id: format!("bench-{}", rand::random::<u32>()),
+        mqtt,
+        verify: Default::default(),
+        http_listen: ([127, 0, 0, 1], 0).into(),
+        zones: Vec::new(),
+        store_path: store.path().join("gateway.db"),
+        retention: Default::default(),
+        aggregate: Default::default(),
+        influxdb: Some(InfluxSection {
+            url: vm.url(),
+            org: "bench".into(),
+            bucket: "bench".into(),
+            batch_lines: 5000,
+            flush_ms: 1000,
+            timeout_ms: 10_000,
+            gzip: true,
+            token: String::new(),
+        }),
+        alerts: Default::default(),
+        modbus: gateway::modbus::ModbusSection {
+            enabled: false,
+            ..Default::default()
+        },
+        city_platform: None,
+    };
+    let gw = Gateway::start(settings, catalog.clone(), keys.clone())
+        .await
+        .unwrap();
+    while gw.metrics().broker_connected.get() != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let accepted = |gw: &Gateway| gw.metrics().readings.with_label_values(&["pipe"]).get();
+    let started = Instant::now();
+    publish_all(broker.port, frames, pubs, qos_of(q)).await;
+    // Until every reading is committed, or nothing moved for three seconds (QoS 0 losses).
+    let (mut last, mut moved) = (0, Instant::now());
+    let mut done_at = Instant::now();
+    loop {
+        let a = accepted(&gw);
+        if a != last {
+            (last, moved, done_at) = (a, Instant::now(), Instant::now());
+        }
+        if a >= n || moved.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let run = GatewayRun {
+        rate: last as f64 / done_at.duration_since(started).as_secs_f64(),
+        accepted: last,
+        gaps: gw.metrics().ledger_missing.get(),
+        points: gw.store().last_point_id().unwrap(),
+    };
+    gw.stop().await;
+    run
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().unwrap();
+    let site = simulator::load::write_site(dir.path(), a.devices, "127.0.0.1:1883").unwrap();
+    let catalog = Arc::new(
+        Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
+    );
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let broker = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    println!(
+        "throughput: {} messages of {} devices per run, {} rounds, Mosquitto on 127.0.0.1:{}, VictoriaMetrics on {}",
+        a.messages,
+        a.devices,
+        a.rounds,
+        broker.port,
+        vm.url()
+    );
+    let mut rows = Vec::new();
+    let mut epoch = 1u32;
+    for q in [0u8, 1] {
+        for pubs in [1usize, 4] {
+            let (mut base, mut gw_rates, mut worst_gaps, mut lost, mut points) =
+                (Vec::new(), Vec::new(), 0i64, 0u64, 0i64);
+            for _ in 0..a.rounds {
+                epoch += 1;
+                let f = Arc::new(frames(a.devices, a.messages, epoch));
+                base.push(baseline(&broker, &f, pubs, q).await);
+                epoch += 1;
+                let f = Arc::new(frames(a.devices, a.messages, epoch));
+                let g = through_gateway(&broker, &vm, &catalog, &keys, &f, pubs, q).await;
+                gw_rates.push(g.rate);
+                worst_gaps = worst_gaps.max(g.gaps);
+                lost = lost.max(a.messages as u64 - g.accepted);
+                points = points.max(g.points);
+            }
+            let (b, g) = (median(base), median(gw_rates));
+            println!(
+                "qos{q} publishers {pubs}: mosquitto_sub {b:>9.0} msg/s   gateway {g:>9.0} msg/s   ratio {:.2}   gaps {worst_gaps}   lost {lost}   points {points}",
+                g / b
+            );
+            rows.push(serde_json::json!({
+                "qos": q, "publishers": pubs, "baseline_msg_s": b, "gateway_msg_s": g,
+                "ratio": g / b, "gaps": worst_gaps, "lost": lost, "points_per_run": points,
+            }));
+        }
+    }
+    for r in &rows {
+        println!(
+            "throughput ratio qos{} {}pub: {:.2}",
+            r["qos"],
+            r["publishers"],
+            r["ratio"].as_f64().unwrap()
+        );
+    }
+    if let Some(path) = a.report {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    }
+}
