@@ -33,6 +33,7 @@ struct Args {
     messages: usize,
     devices: usize,
     rounds: usize,
+    memory: Vec<usize>,
     report: Option<PathBuf>,
 }
 
@@ -41,6 +42,7 @@ fn args() -> Args {
         messages: 100_000,
         devices: 1000,
         rounds: 3,
+        memory: vec![10_000, 100_000],
         report: None,
     };
     let mut it = std::env::args().skip(1);
@@ -51,9 +53,16 @@ fn args() -> Args {
             "--devices" => a.devices = value().parse().expect("--devices D"),
             "--rounds" => a.rounds = value().parse().expect("--rounds R"),
             "--report" => a.report = Some(value().into()),
+            "--memory" => {
+                a.memory = value()
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.parse().expect("--memory N[,N...]"))
+                    .collect()
+            }
             "--help" | "-h" => {
                 println!(
-                    "throughput [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--report FILE.json]"
+                    "throughput [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--memory N,N (10000,100000)] [--report FILE.json]"
                 );
                 std::process::exit(0);
             }
@@ -200,26 +209,16 @@ struct GatewayRun {
     points: i64,
 }
 
-async fn through_gateway(
-    broker: &Mosquitto,
-    vm: &VictoriaMetrics,
-    catalog: &Arc<Catalog>,
-    keys: &gateway::keys::Keys,
-    frames: &Arc<Vec<(String, Vec<u8>)>>,
-    pubs: usize,
-    q: u8,
-) -> GatewayRun {
-    let n = frames.len() as u64;
-    let store = tempfile::tempdir().unwrap();
+fn settings(broker: &Mosquitto, vm: &VictoriaMetrics, store: &std::path::Path) -> Settings {
     let mut mqtt = gateway::demo::demo_mqtt(broker.addr());
     mqtt.clean_start = true;
-    let settings = Settings {
+    Settings {
         gateway_id: format!("bench-{}", rand::random::<u32>()),
         mqtt,
         verify: Default::default(),
         http_listen: ([127, 0, 0, 1], 0).into(),
         zones: Vec::new(),
-        store_path: store.path().join("gateway.db"),
+        store_path: store.join("gateway.db"),
         retention: Default::default(),
         aggregate: Default::default(),
         influxdb: Some(InfluxSection {
@@ -238,13 +237,75 @@ async fn through_gateway(
             ..Default::default()
         },
         city_platform: None,
-    };
-    let gw = Gateway::start(settings, catalog.clone(), keys.clone())
+    }
+}
+
+/// A gateway with every stage on, subscribed.
+async fn started(
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    catalog: &Arc<Catalog>,
+    keys: &gateway::keys::Keys,
+    store: &std::path::Path,
+) -> Gateway {
+    let gw = Gateway::start(settings(broker, vm, store), catalog.clone(), keys.clone())
         .await
         .unwrap();
     while gw.metrics().broker_connected.get() != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    gw
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Resident bytes per tracked device, for a gateway on a site of `devices` loggers: with the
+/// site loaded and the gateway started (registry, ledgers), and then what one report from each
+/// adds (latest values, windows, alert state).
+async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
+    let frames = Arc::new(frames(devices, devices, 1));
+    let empty = rss();
+    let catalog = Arc::new(
+        Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
+    );
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
+    let idle = rss();
+    publish_all(broker.port, &frames, 1, QoS::AtLeastOnce).await;
+    while gw.metrics().readings.with_label_values(&["pipe"]).get() < devices as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reporting = rss();
+    gw.stop().await;
+    (
+        idle.saturating_sub(empty) as f64 / devices as f64,
+        reporting.saturating_sub(idle) as f64 / devices as f64,
+    )
+}
+
+async fn through_gateway(
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    catalog: &Arc<Catalog>,
+    keys: &gateway::keys::Keys,
+    frames: &Arc<Vec<(String, Vec<u8>)>>,
+    pubs: usize,
+    q: u8,
+) -> GatewayRun {
+    let n = frames.len() as u64;
+    let store = tempfile::tempdir().unwrap();
+    let gw = started(broker, vm, catalog, keys, store.path()).await;
     let accepted = |gw: &Gateway| gw.metrics().readings.with_label_values(&["pipe"]).get();
     let started = Instant::now();
     publish_all(broker.port, frames, pubs, qos_of(q)).await;
@@ -324,6 +385,59 @@ async fn main() {
             }));
         }
     }
+    // Publish → alert under load: half of the gateway's QoS 1 rate, probes raising and resolving
+    // a gas alarm (simulator load), against this broker and one with TCP_NODELAY.
+    let half = rows
+        .iter()
+        .find(|r| r["qos"] == 1 && r["publishers"] == 1)
+        .and_then(|r| r["gateway_msg_s"].as_f64())
+        .unwrap_or(1000.0)
+        / 2.0;
+    let nodelay = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true")
+    });
+    let mut latency = Vec::new();
+    for (label, b) in [("stock", &broker), ("nodelay", &nodelay)] {
+        let store = tempfile::tempdir().unwrap();
+        let gw = started(b, &vm, &catalog, &keys, store.path()).await;
+        let report = simulator::load::load(&simulator::load::LoadOptions {
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: b.port,
+            gateway: format!("http://{}", gw.http_addr()),
+            devices: a.devices,
+            rate: half,
+            duration: Duration::from_secs(20),
+            connections: 1,
+            per_device: false,
+            qos: QoS::AtLeastOnce,
+            progress: false,
+        })
+        .await
+        .unwrap();
+        gw.stop().await;
+        println!(
+            "latency under load ({label} broker, {:.0} msg/s = half the gateway's QoS 1 rate): publish → alert p50 {:.1} ms, p99 {:.1} ms ({} samples), lost {}",
+            report.publish_rate,
+            report.alert_p50_ms,
+            report.alert_p99_ms,
+            report.alert_samples,
+            report.lost
+        );
+        latency.push(serde_json::json!({
+            "broker": label, "rate": report.publish_rate, "p50_ms": report.alert_p50_ms,
+            "p99_ms": report.alert_p99_ms, "samples": report.alert_samples,
+        }));
+    }
+    let mut memory = Vec::new();
+    for &devices in &a.memory {
+        let (registry, state) = memory_per_device(&broker, &vm, devices).await;
+        println!(
+            "memory at {devices} devices: {registry:.0} B per device for the site and registry, {state:.0} B per device added by its first report"
+        );
+        memory.push(serde_json::json!({
+            "devices": devices, "registry_bytes_per_device": registry, "state_bytes_per_device": state,
+        }));
+    }
     for r in &rows {
         println!(
             "throughput ratio qos{} {}pub: {:.2}",
@@ -332,7 +446,20 @@ async fn main() {
             r["ratio"].as_f64().unwrap()
         );
     }
+    for l in &latency {
+        println!(
+            "latency p99 under load {}: {:.1} ms",
+            l["broker"].as_str().unwrap_or_default(),
+            l["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for m in &memory {
+        let per = m["registry_bytes_per_device"].as_f64().unwrap_or(0.0)
+            + m["state_bytes_per_device"].as_f64().unwrap_or(0.0);
+        println!("memory per device at {}: {per:.0} B", m["devices"]);
+    }
     if let Some(path) = a.report {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+        let all = serde_json::json!({"throughput": rows, "latency": latency, "memory": memory});
+        std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     }
 }
