@@ -476,10 +476,11 @@ impl Config {
                 "a persistent session (clean_start = false) needs session_expiry_s > 0: with 0 the broker drops the session and its queued reports at every disconnect".into(),
             ));
         }
-        if m.keep_alive_s < 2 || m.keep_alive_s > 3600 {
+        // rumqttc refuses keepalives under 5 s (it panics): say so here instead.
+        if m.keep_alive_s < 5 || m.keep_alive_s > 3600 {
             p.push((
                 "mqtt.keep_alive_s".into(),
-                format!("keep_alive_s must be 2..=3600, not {}", m.keep_alive_s),
+                format!("keep_alive_s must be 5..=3600, not {}", m.keep_alive_s),
             ));
         }
         if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {

@@ -226,6 +226,12 @@ impl CityPlatformSection {
             }
         }
         if let Some(m) = &self.mqtt {
+            if m.keep_alive_s < 5 || m.keep_alive_s > 3600 {
+                p.push((
+                    key("mqtt.keep_alive_s"),
+                    format!("keep_alive_s must be 5..=3600, not {}", m.keep_alive_s),
+                ));
+            }
             if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) {
                 p.push((
                     key("mqtt.topic_prefix"),
@@ -549,12 +555,11 @@ impl Forwarder {
         batch: &[(i64, Record)],
     ) -> Result<Vec<(i64, String, String)>, SendError> {
         let id = self.section.dataset_id(self.dataset);
-        let stream = self.dataset.name();
         let mut refused = Vec::new();
         let mut todo: Vec<&[(i64, Record)]> = vec![batch];
         while let Some(part) = todo.pop() {
             let records: Vec<Record> = part.iter().map(|(_, r)| r.clone()).collect();
-            match self.transport.send(&id, stream, &records).await {
+            match self.transport.send(&id, &records).await {
                 Ok(()) => {}
                 Err(SendError::Rejected(reason)) if part.len() == 1 => {
                     let json = serde_json::to_string(&part[0].1).unwrap_or_default();
@@ -853,6 +858,7 @@ mod tests {
             id = "a/b"
             [mqtt]
             host = "platform"
+            keep_alive_s = 1
             topic_prefix = "x/#"
             [https]
             url = "http://platform"
@@ -867,6 +873,7 @@ mod tests {
             "city_platform.batch_records",
             "city_platform.raw.id",
             "city_platform.mqtt.topic_prefix",
+            "city_platform.mqtt.keep_alive_s",
             "city_platform.https.url",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");

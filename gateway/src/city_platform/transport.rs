@@ -145,16 +145,11 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Sends `records` of `dataset` (stream `stream`); `Ok` only when all were confirmed.
-    pub async fn send(
-        &mut self,
-        dataset: &str,
-        stream: &str,
-        records: &[Record],
-    ) -> Result<(), SendError> {
+    /// Sends `records` of `dataset`; `Ok` only when all were confirmed.
+    pub async fn send(&mut self, dataset: &str, records: &[Record]) -> Result<(), SendError> {
         match self {
             Transport::Mqtt(m) => m.send(dataset, records).await,
-            Transport::Https(h) => h.send(dataset, stream, records).await,
+            Transport::Https(h) => h.send(dataset, records).await,
         }
     }
 
@@ -334,12 +329,7 @@ impl HttpsPlatform {
         }
     }
 
-    async fn send(
-        &self,
-        dataset: &str,
-        _stream: &str,
-        records: &[Record],
-    ) -> Result<(), SendError> {
+    async fn send(&self, dataset: &str, records: &[Record]) -> Result<(), SendError> {
         let Some(first) = records.first() else {
             return Ok(());
         };
