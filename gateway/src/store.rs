@@ -918,17 +918,20 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn retention_expires_raw_readings_and_only_delivered_points() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
-        let point = |t| Point {
+    fn point(t: i64) -> Point {
+        Point {
             measurement: "pipe".into(),
             tags: vec![],
             fields: vec![("v".into(), crate::point::FieldValue::Int(1))],
             time_ms: t,
             quality: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn retention_expires_raw_readings_and_only_delivered_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
         store
             .accept(
                 &[reading("a", 1.0), reading("a", 2.0)],
@@ -958,13 +961,6 @@ mod tests {
     fn ids_never_restart_after_retention_so_no_cursor_skips_new_rows() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
-        let point = |t| Point {
-            measurement: "pipe".into(),
-            tags: vec![],
-            fields: vec![("v".into(), crate::point::FieldValue::Int(1))],
-            time_ms: t,
-            quality: Default::default(),
-        };
         store
             .accept(
                 &[reading("a", 1.0)],
