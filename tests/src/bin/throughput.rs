@@ -26,8 +26,19 @@ use gateway::influxdb::InfluxSection;
 use gateway::{Gateway, Settings};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use system_tests::services::{Mosquitto, VictoriaMetrics, require};
 use wire::{Body, Header, PipeReading, PipeReadings, Quantity, Timestamp, Trigger};
+
+/// Counts heap bytes, so memory per device is live heap, not resident pages the allocator keeps.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not freed, this process.
+fn live_heap() -> i64 {
+    let s = GLOBAL.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
+}
 
 struct Args {
     messages: usize,
@@ -268,30 +279,38 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-/// Resident bytes per tracked device, for a gateway on a site of `devices` loggers: with the
-/// site loaded and the gateway started (registry, ledgers), and then what one report from each
-/// adds (latest values, windows, alert state).
-async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: usize) -> (f64, f64) {
+/// Live heap bytes per tracked device, for a gateway on a site of `devices` loggers: the site,
+/// catalog and registry (static facts, ledgers), and then what one report from each adds
+/// (latest values, windows, alert state). Resident memory of the whole process alongside.
+struct Memory {
+    static_per_device: f64,
+    state_per_device: f64,
+    rss_per_device: f64,
+}
+
+async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: usize) -> Memory {
     let dir = tempfile::tempdir().unwrap();
     let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
     let frames = Arc::new(frames(devices, devices, 1));
-    let empty = rss();
+    let (heap0, rss0) = (live_heap(), rss());
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
     let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
-    let idle = rss();
+    let heap1 = live_heap();
     publish_all(broker.port, &frames, 1, QoS::AtLeastOnce).await;
     while gw.metrics().readings.with_label_values(&["pipe"]).get() < devices as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let reporting = rss();
+    let (heap2, rss2) = (live_heap(), rss());
     gw.stop().await;
-    (
-        idle.saturating_sub(empty) as f64 / devices as f64,
-        reporting.saturating_sub(idle) as f64 / devices as f64,
-    )
+    let per = |bytes: i64| bytes.max(0) as f64 / devices as f64;
+    Memory {
+        static_per_device: per(heap1 - heap0),
+        state_per_device: per(heap2 - heap1),
+        rss_per_device: per(rss2 as i64 - rss0 as i64),
+    }
 }
 
 async fn through_gateway(
@@ -430,12 +449,14 @@ async fn main() {
     }
     let mut memory = Vec::new();
     for &devices in &a.memory {
-        let (registry, state) = memory_per_device(&broker, &vm, devices).await;
+        let m = memory_per_device(&broker, &vm, devices).await;
         println!(
-            "memory at {devices} devices: {registry:.0} B per device for the site and registry, {state:.0} B per device added by its first report"
+            "memory at {devices} devices (live heap): {:.0} B per device for the site, catalog and registry, {:.0} B per device of state after its first report; resident {:.0} B per device",
+            m.static_per_device, m.state_per_device, m.rss_per_device
         );
         memory.push(serde_json::json!({
-            "devices": devices, "registry_bytes_per_device": registry, "state_bytes_per_device": state,
+            "devices": devices, "static_bytes_per_device": m.static_per_device,
+            "state_bytes_per_device": m.state_per_device, "rss_bytes_per_device": m.rss_per_device,
         }));
     }
     for r in &rows {
@@ -454,9 +475,12 @@ async fn main() {
         );
     }
     for m in &memory {
-        let per = m["registry_bytes_per_device"].as_f64().unwrap_or(0.0)
-            + m["state_bytes_per_device"].as_f64().unwrap_or(0.0);
-        println!("memory per device at {}: {per:.0} B", m["devices"]);
+        println!(
+            "memory per tracked device at {}: {:.0} B of state (+ {:.0} B of site and registry)",
+            m["devices"],
+            m["state_bytes_per_device"].as_f64().unwrap_or(0.0),
+            m["static_bytes_per_device"].as_f64().unwrap_or(0.0)
+        );
     }
     if let Some(path) = a.report {
         let all = serde_json::json!({"throughput": rows, "latency": latency, "memory": memory});
