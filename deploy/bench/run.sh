@@ -63,7 +63,7 @@ awk '/^mosquitto \(/{print "latency p99 publish → alert " $2 ": " $5 " ms (tar
   echo "### $(date -u +%Y-%m-%d) · $(nproc) cores, $(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo | xargs) · \`deploy/bench/run.sh $*\`"
   echo
   echo "- receive path (verify + decode + aggregate + rules): $receive per message"
-  grep '^qos' "$out/throughput.txt" | sed 's/^/- /'
+  grep -E '^(qos|latency under|memory at)' "$out/throughput.txt" | sed 's/^/- /'
   awk '/^mosquitto \(/{print "- publish → alert " $2 ": p50 " $3 " ms, p99 " $5 " ms"}' "$out/latency.txt"
 } >> "$out/BENCHMARKS-rows.md"
 echo "rows appended to $out/BENCHMARKS-rows.md"
