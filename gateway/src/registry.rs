@@ -6,6 +6,8 @@
 //! topic does not say `offline`; it is *unknown* until it is first heard.
 
 use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use device_profiles::{Catalog, Category, Encoding};
@@ -130,7 +132,10 @@ impl Device {
 /// All served devices.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    devices: BTreeMap<Arc<str>, Device>,
+    /// Every device, sorted by id.
+    devices: Vec<Device>,
+    /// Where each device is in `devices`: one hash lookup for every message.
+    index: FxHashMap<Arc<str>, usize>,
     zones: Vec<Arc<str>>,
 }
 
@@ -175,13 +180,20 @@ impl Registry {
                 },
             );
         }
-        let mut zones: Vec<Arc<str>> = devices
-            .values()
-            .map(|d: &Device| d.info.zone.clone())
+        let devices: Vec<Device> = devices.into_values().collect();
+        let index = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.info.id.clone(), i))
             .collect();
+        let mut zones: Vec<Arc<str>> = devices.iter().map(|d| d.info.zone.clone()).collect();
         zones.sort();
         zones.dedup();
-        Registry { devices, zones }
+        Registry {
+            devices,
+            index,
+            zones,
+        }
     }
 
     /// The served zone with this code.
@@ -196,17 +208,18 @@ impl Registry {
 
     /// A device by id.
     pub fn get(&self, id: &str) -> Option<&Device> {
-        self.devices.get(id)
+        self.index.get(id).and_then(|&i| self.devices.get(i))
     }
 
     /// A device by id, to update.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Device> {
-        self.devices.get_mut(id)
+        let i = *self.index.get(id)?;
+        self.devices.get_mut(i)
     }
 
     /// Every device, by id.
     pub fn iter(&self) -> impl Iterator<Item = &Device> {
-        self.devices.values()
+        self.devices.iter()
     }
 
     /// How many devices.
@@ -222,7 +235,7 @@ impl Registry {
     /// Restores persisted ledgers (replay windows and completeness) of known devices.
     pub fn restore_ledgers(&mut self, ledgers: Vec<(String, Ledger)>) {
         for (device, ledger) in ledgers {
-            if let Some(d) = self.devices.get_mut(device.as_str()) {
+            if let Some(d) = self.get_mut(device.as_str()) {
                 d.state.ledger = ledger;
             }
         }
@@ -231,7 +244,7 @@ impl Registry {
     /// Online, offline and unknown counts at `now_ms`.
     pub fn presence_counts(&self, now_ms: i64) -> PresenceCounts {
         let mut c = PresenceCounts::default();
-        for d in self.devices.values() {
+        for d in &self.devices {
             match d.presence(now_ms) {
                 Presence::Online => c.online += 1,
                 Presence::Offline => c.offline += 1,
@@ -243,9 +256,6 @@ impl Registry {
 
     /// Reports expected but never received, over all devices.
     pub fn missing_reports(&self) -> u64 {
-        self.devices
-            .values()
-            .map(|d| d.state.ledger.missing())
-            .sum()
+        self.devices.iter().map(|d| d.state.ledger.missing()).sum()
     }
 }
