@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use gateway::config::Config;
 use gateway::demo::DemoOptions;
 
-/// The CitySense edge gateway: MQTT ingest, verification, device registry, metrics.
+/// The CitySense edge gateway: MQTT and Modbus ingest, verification, aggregation, alerts, the local
+/// store, and forwarding to InfluxDB and the city platform.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
