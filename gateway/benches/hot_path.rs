@@ -136,6 +136,22 @@ fn readings_of(f: &Fixture) -> Vec<Reading> {
         .collect()
 }
 
+/// Runs `iters` messages as passes over the fixture: `pass(n)` starts from fresh state (sequence
+/// numbers start over) and returns the time its first `n` messages took.
+fn over_the_messages(
+    iters: u64,
+    total: usize,
+    mut pass: impl FnMut(usize) -> Duration,
+) -> Duration {
+    let (mut spent, mut left) = (Duration::ZERO, iters as usize);
+    while left > 0 {
+        let n = left.min(total);
+        spent += pass(n);
+        left -= n;
+    }
+    spent
+}
+
 fn bench(c: &mut Criterion) {
     let f = fixture(100_000);
     let now = gateway::pipeline::now_ms();
@@ -146,19 +162,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("per_message", |b| {
         let v = verifier(&f);
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut left = iters as usize;
-            while left > 0 {
+            over_the_messages(iters, f.messages.len(), |n| {
                 let mut registry = Registry::new(&f.catalog, &f.keys, &[]);
-                let n = left.min(f.messages.len());
                 let started = Instant::now();
                 for (t, p) in &f.messages[..n] {
                     std::hint::black_box(v.report(&mut registry, t, p, now).unwrap());
                 }
-                spent += started.elapsed();
-                left -= n;
-            }
-            spent
+                started.elapsed()
+            })
         });
     });
     g.finish();
@@ -169,13 +180,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_decode_aggregate_rules", |b| {
         let v = verifier(&f);
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut left = iters as usize;
-            while left > 0 {
+            over_the_messages(iters, f.messages.len(), |n| {
                 let mut registry = Registry::new(&f.catalog, &f.keys, &[]);
                 let mut aggregators = Aggregators::new(&f.catalog);
                 let mut engine = engine(&f.catalog);
-                let n = left.min(f.messages.len());
                 let started = Instant::now();
                 for chunk in f.messages[..n].chunks(BATCH) {
                     let mut readings = Vec::with_capacity(chunk.len() * 4);
@@ -187,10 +195,8 @@ fn bench(c: &mut Criterion) {
                     engine.on_points(&points);
                     std::hint::black_box(engine.take_changes());
                 }
-                spent += started.elapsed();
-                left -= n;
-            }
-            spent
+                started.elapsed()
+            })
         });
     });
     g.finish();

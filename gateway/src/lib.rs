@@ -414,7 +414,7 @@ fn city_forwarders(
     metrics: &Metrics,
     not_ready: &influxdb::NotReady,
 ) -> anyhow::Result<Vec<city_platform::Forwarder>> {
-    use city_platform::transport::{HttpsPlatform, MqttUpstream, Transport};
+    use city_platform::transport::Transport;
     let region = city
         .region
         .clone()
@@ -431,17 +431,8 @@ fn city_forwarders(
         if !city.enabled(d) {
             continue;
         }
-        let transport = match (&city.mqtt, &city.https) {
-            (Some(m), _) => Transport::Mqtt(Box::new(MqttUpstream::new(
-                m,
-                &format!("{}-city-{}", settings.gateway_id, d.name()),
-                city.batch_records,
-            )?)),
-            (None, Some(h)) => Transport::Https(HttpsPlatform::new(h)?),
-            (None, None) => anyhow::bail!(
-                "city_platform has no transport: add [city_platform.mqtt] or [city_platform.https]"
-            ),
-        };
+        let transport =
+            Transport::new(city, &format!("{}-city-{}", settings.gateway_id, d.name()))?;
         tracing::info!(dataset = d.name(), id = %city.dataset_id(d), endpoint = %transport.endpoint(), "forwarding to the city platform");
         out.push(city_platform::Forwarder {
             dataset: d,
@@ -685,13 +676,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
     let city = match &config.city_platform {
         Some(city) => {
             // Build the transport: certificate and key files are read and checked now.
-            use city_platform::transport::{HttpsPlatform, MqttUpstream, Transport};
-            let transport = match (&city.mqtt, &city.https) {
-                (Some(m), _) => Transport::Mqtt(Box::new(MqttUpstream::new(m, "check", 1)?)),
-                (None, Some(h)) => Transport::Https(HttpsPlatform::new(h)?),
-                (None, None) => anyhow::bail!("city_platform has no transport"),
-            };
-            let endpoint = transport.endpoint();
+            let endpoint = city_platform::transport::Transport::new(city, "check")?.endpoint();
             let datasets: Vec<String> = city_platform::Dataset::ALL
                 .into_iter()
                 .filter(|d| city.enabled(*d))

@@ -541,13 +541,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
-        for (id, record, reason) in refused {
-            tx.execute(
-                "INSERT INTO sink_dead_letters (sink, point_id, line, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sink, id, record, reason, crate::pipeline::now_ms()],
-            )
-            .map_err(|e| self.sqlite(e))?;
-        }
+        self.dead_letter(&tx, sink, refused)?;
         for (name, value) in cursors {
             tx.execute(
                 "INSERT INTO cursors (sink, last_id) VALUES (?1, ?2) ON CONFLICT(sink) DO UPDATE SET last_id = excluded.last_id",
@@ -556,6 +550,23 @@ impl Store {
             .map_err(|e| self.sqlite(e))?;
         }
         tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// Records what `sink` refused for good (id, line or record, reason) within `tx`.
+    fn dead_letter(
+        &self,
+        tx: &rusqlite::Transaction,
+        sink: &str,
+        refused: &[(i64, String, String)],
+    ) -> Result<(), StoreError> {
+        for (id, record, reason) in refused {
+            tx.execute(
+                "INSERT INTO sink_dead_letters (sink, point_id, line, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sink, id, record, reason, crate::pipeline::now_ms()],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
+        Ok(())
     }
 
     /// The event time of the first row of `table` after id `after` (the oldest a sink has not
@@ -616,13 +627,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
-        for (id, line, reason) in refused {
-            tx.execute(
-                "INSERT INTO sink_dead_letters (sink, point_id, line, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sink, id, line, reason, crate::pipeline::now_ms()],
-            )
-            .map_err(|e| self.sqlite(e))?;
-        }
+        self.dead_letter(&tx, sink, refused)?;
         tx.execute(
             "INSERT INTO cursors (sink, last_id) VALUES (?1, ?2) ON CONFLICT(sink) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
             params![sink, last_id],

@@ -283,7 +283,7 @@ pub struct Engine {
     /// Fields whose history is kept: `flow`, and the fields of rules with a derivation.
     history_fields: HashSet<Box<str>>,
     /// The reading rules by field: a reading is offered only to the rules that watch its field.
-    reading_rules: HashMap<Box<str>, Vec<usize>>,
+    reading_rules: HashMap<Box<str>, Arc<[usize]>>,
     /// Latest derived value per (rule, subject), for confirmation by neighbours.
     derived: HashMap<(usize, Arc<str>), (i64, f64)>,
     ctx: Context,
@@ -360,18 +360,22 @@ impl Engine {
             }
         }
         let mut history_fields: HashSet<Box<str>> = HashSet::from_iter(["flow".into()]);
-        let mut reading_rules: HashMap<Box<str>, Vec<usize>> = HashMap::default();
+        let mut by_field: HashMap<Box<str>, Vec<usize>> = HashMap::default();
         for (i, c) in compiled.iter().enumerate() {
             if c.rule.derive.is_some() {
                 history_fields.insert(c.rule.field.as_str().into());
             }
             if c.rule.source == Source::Reading {
-                reading_rules
+                by_field
                     .entry(c.rule.field.as_str().into())
                     .or_default()
                     .push(i);
             }
         }
+        let reading_rules = by_field
+            .into_iter()
+            .map(|(field, rules)| (field, Arc::from(rules)))
+            .collect();
         Engine {
             rules: compiled,
             states: HashMap::default(),
@@ -460,20 +464,17 @@ impl Engine {
                 .and_then(|d| d.asset.clone())
                 .unwrap_or_else(|| r.device.clone());
             self.remember(&subject, field, r.time_ms, value);
-            // Taken out while the rules run (they need `&mut self`), put back after.
-            let Some(candidates) = self.reading_rules.get_mut(field).map(std::mem::take) else {
+            // A shared handle: the rules run with `&mut self`.
+            let Some(candidates) = self.reading_rules.get(field).cloned() else {
                 continue;
             };
-            for &i in &candidates {
+            for &i in candidates.iter() {
                 let rule = &self.rules[i].rule;
                 if !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *r.kind)) {
                     continue;
                 }
                 let lookup = |name: &str| (name == field).then_some(value);
                 self.evaluate(i, &subject, &r.zone, r.time_ms, &lookup);
-            }
-            if let Some(slot) = self.reading_rules.get_mut(field) {
-                *slot = candidates;
             }
         }
     }

@@ -502,52 +502,59 @@ struct Read {
     upto: i64,
 }
 
-/// Reads up to `limit` records of `d` with ids in `(after, until]`.
-#[allow(clippy::too_many_arguments)]
-fn read(
-    d: Dataset,
-    section: &CityPlatformSection,
-    store: &Store,
-    x: &Exchange,
-    lateness_ms: i64,
-    after: i64,
-    until: i64,
-    limit: usize,
-) -> Result<Read, StoreError> {
-    let id = section.dataset_id(d);
-    let wanted = &section.dataset(d).measurements;
-    let keep = |r: &Record| wanted.is_empty() || wanted.contains(&r.measurement);
-    let records: Vec<(i64, Record)> = match d {
-        Dataset::Aggregates => store
-            .points_after(after, until, limit)?
-            .into_iter()
-            .map(|(seq, p)| (seq, x.point(&id, seq, &p)))
-            .collect(),
-        Dataset::Alerts => store
-            .alert_events_after(after, limit)?
-            .into_iter()
-            .filter(|(seq, _)| *seq <= until)
-            .map(|(seq, e)| (seq, x.alert(&id, seq, &e)))
-            .collect(),
-        Dataset::Raw => store
-            .readings_after(after, limit)?
-            .into_iter()
-            .filter(|(seq, _)| *seq <= until)
-            .map(|(seq, r)| (seq, x.reading(&id, seq, &r, lateness_ms)))
-            .collect(),
-    };
-    // A short read means the rest of the range holds no rows (expired or quarantined).
-    let upto = match records.last() {
-        Some((last, _)) if records.len() == limit => *last,
-        _ => until,
-    };
-    Ok(Read {
-        records: records.into_iter().filter(|(_, r)| keep(r)).collect(),
-        upto,
-    })
-}
-
 impl Forwarder {
+    /// Reads up to `limit` records with ids in `(after, until]`, off the async threads. The
+    /// future does not borrow `self` (whose MQTT connection is not `Sync`).
+    fn read(
+        &self,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Read, StoreError>> + use<> {
+        let (d, section, store, x, lateness_ms) = (
+            self.dataset,
+            self.section.clone(),
+            self.store.clone(),
+            self.exchange.clone(),
+            self.lateness_ms,
+        );
+        blocking(move || {
+            let id = section.dataset_id(d);
+            let records: Vec<(i64, Record)> = match d {
+                Dataset::Aggregates => store
+                    .points_after(after, until, limit)?
+                    .into_iter()
+                    .map(|(seq, p)| (seq, x.point(&id, seq, &p)))
+                    .collect(),
+                Dataset::Alerts => store
+                    .alert_events_after(after, limit)?
+                    .into_iter()
+                    .filter(|(seq, _)| *seq <= until)
+                    .map(|(seq, e)| (seq, x.alert(&id, seq, &e)))
+                    .collect(),
+                Dataset::Raw => store
+                    .readings_after(after, limit)?
+                    .into_iter()
+                    .filter(|(seq, _)| *seq <= until)
+                    .map(|(seq, r)| (seq, x.reading(&id, seq, &r, lateness_ms)))
+                    .collect(),
+            };
+            // A short read means the rest of the range holds no rows (expired or quarantined).
+            let upto = match records.last() {
+                Some((last, _)) if records.len() == limit => *last,
+                _ => until,
+            };
+            let wanted = &section.dataset(d).measurements;
+            Ok(Read {
+                records: records
+                    .into_iter()
+                    .filter(|(_, r)| wanted.is_empty() || wanted.contains(&r.measurement))
+                    .collect(),
+                upto,
+            })
+        })
+    }
+
     /// Sends `batch`; on rejected records or a batch too large, splits until the refused
     /// records are alone. Returns the dead letters (id, record, reason).
     async fn deliver(
@@ -558,7 +565,7 @@ impl Forwarder {
         let mut refused = Vec::new();
         let mut todo: Vec<&[(i64, Record)]> = vec![batch];
         while let Some(part) = todo.pop() {
-            let records: Vec<Record> = part.iter().map(|(_, r)| r.clone()).collect();
+            let records: Vec<&Record> = part.iter().map(|(_, r)| r).collect();
             match self.transport.send(&id, &records).await {
                 Ok(()) => {}
                 Err(SendError::Rejected(reason)) if part.len() == 1 => {
@@ -659,14 +666,7 @@ impl Forwarder {
                 if n == 0 {
                     return Ok(bucket.wait());
                 }
-                let (section, store, x, late) = (
-                    self.section.clone(),
-                    self.store.clone(),
-                    self.exchange.clone(),
-                    self.lateness_ms,
-                );
-                let read =
-                    blocking(move || read(d, &section, &store, &x, late, after, until, n)).await?;
+                let read = self.read(after, until, n).await?;
                 let refused = if read.records.is_empty() {
                     Vec::new()
                 } else {

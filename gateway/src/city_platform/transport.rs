@@ -146,7 +146,7 @@ pub enum Transport {
 
 impl Transport {
     /// Sends `records` of `dataset`; `Ok` only when all were confirmed.
-    pub async fn send(&mut self, dataset: &str, records: &[Record]) -> Result<(), SendError> {
+    pub async fn send(&mut self, dataset: &str, records: &[&Record]) -> Result<(), SendError> {
         match self {
             Transport::Mqtt(m) => m.send(dataset, records).await,
             Transport::Https(h) => h.send(dataset, records).await,
@@ -158,6 +158,23 @@ impl Transport {
         match self {
             Transport::Mqtt(m) => m.endpoint.clone(),
             Transport::Https(h) => h.url.to_string(),
+        }
+    }
+}
+
+impl Transport {
+    /// The transport `city` configures, with its own connection (`client_id` for MQTT).
+    pub fn new(city: &super::CityPlatformSection, client_id: &str) -> anyhow::Result<Transport> {
+        match (&city.mqtt, &city.https) {
+            (Some(m), _) => Ok(Transport::Mqtt(Box::new(MqttUpstream::new(
+                m,
+                client_id,
+                city.batch_records,
+            )?))),
+            (None, Some(h)) => Ok(Transport::Https(HttpsPlatform::new(h)?)),
+            (None, None) => anyhow::bail!(
+                "city_platform has no transport: add [city_platform.mqtt] or [city_platform.https]"
+            ),
         }
     }
 }
@@ -206,7 +223,7 @@ impl MqttUpstream {
         format!("{prefix}/{dataset}/{}/{}", r.region, r.measurement)
     }
 
-    async fn send(&mut self, dataset: &str, records: &[Record]) -> Result<(), SendError> {
+    async fn send(&mut self, dataset: &str, records: &[&Record]) -> Result<(), SendError> {
         let mut messages = Vec::with_capacity(records.len());
         for r in records {
             let payload = serde_json::to_vec(r).map_err(|e| SendError::Rejected(e.to_string()))?;
@@ -258,7 +275,7 @@ pub struct Batch<'a> {
     /// The dataset id.
     pub dataset: &'a str,
     /// The records, in order.
-    pub records: &'a [Record],
+    pub records: &'a [&'a Record],
 }
 
 /// HTTPS batches with an idempotency key.
@@ -315,7 +332,7 @@ impl HttpsPlatform {
     }
 
     /// The idempotency key of a batch: the same records always get the same key.
-    pub fn idempotency_key(records: &[Record]) -> String {
+    pub fn idempotency_key(records: &[&Record]) -> String {
         match (records.first(), records.last()) {
             (Some(first), Some(last)) => format!(
                 "{}.{}.{}.{}-{}",
@@ -329,7 +346,7 @@ impl HttpsPlatform {
         }
     }
 
-    async fn send(&self, dataset: &str, records: &[Record]) -> Result<(), SendError> {
+    async fn send(&self, dataset: &str, records: &[&Record]) -> Result<(), SendError> {
         let Some(first) = records.first() else {
             return Ok(());
         };
