@@ -111,15 +111,70 @@ struct PipeWindow {
     n: u64,
 }
 
+/// One device's 5-minute health window, in constant space (a series per device).
 #[derive(Debug, Default, Clone)]
 struct HealthWindow {
-    reports: u64,
-    /// Frames seen: (boot epoch, sequence) → time; readings of one frame count once.
-    frames: std::collections::BTreeMap<(u32, u32), i64>,
-    /// Times of reports without sequence numbers (JSON devices).
-    times: Vec<i64>,
+    /// Frames and reports without sequence numbers.
+    reports: u32,
+    /// Frames seen: readings of one frame count once (they arrive together).
+    frames: u32,
+    /// The frame counted last.
+    last_origin: Option<(u32, u32)>,
+    /// Boot epoch and the lowest and highest sequence seen in it.
+    sequences: Option<(u32, u32, u32)>,
+    /// Sequence numbers spanned in earlier epochs.
+    span_before: u32,
+    /// First and last report time, and the longest gap between reports taken in time order; a
+    /// report arriving out of order inside that span leaves the gap as measured (an upper bound).
+    first_ms: i64,
+    last_ms: i64,
+    max_gap_ms: i64,
     battery_pct: Option<u8>,
     signal_dbm: Option<i8>,
+}
+
+impl HealthWindow {
+    /// Counts a report at `t` (frame `origin`, or none for JSON devices).
+    fn report(&mut self, origin: Option<(u32, u32)>, t: i64) {
+        if let Some(o) = origin {
+            if self.last_origin == Some(o) {
+                return;
+            }
+            self.last_origin = Some(o);
+            self.frames += 1;
+            let (epoch, seq) = o;
+            self.sequences = match self.sequences {
+                None => Some((epoch, seq, seq)),
+                Some((e, lo, hi)) if e == epoch => Some((e, lo.min(seq), hi.max(seq))),
+                Some((e, lo, hi)) if e < epoch => {
+                    self.span_before += hi - lo + 1;
+                    Some((epoch, seq, seq))
+                }
+                // A late frame of an earlier epoch: a span of its own.
+                current => {
+                    self.span_before += 1;
+                    current
+                }
+            };
+        }
+        if self.reports == 0 {
+            (self.first_ms, self.last_ms) = (t, t);
+        } else if t >= self.last_ms {
+            self.max_gap_ms = self.max_gap_ms.max(t - self.last_ms);
+            self.last_ms = t;
+        } else if t < self.first_ms {
+            self.max_gap_ms = self.max_gap_ms.max(self.first_ms - t);
+            self.first_ms = t;
+        }
+        self.reports += 1;
+    }
+
+    /// Frames seen over the sequence numbers they span.
+    fn completeness(&self) -> Option<f64> {
+        let (_, lo, hi) = self.sequences?;
+        let span = self.span_before + (hi - lo + 1);
+        Some((f64::from(self.frames) / f64::from(span)).min(1.0))
+    }
 }
 
 /// A road segment, a bin (`1m`, `5m`) and a lane (`None`: the whole segment).
@@ -166,6 +221,12 @@ pub struct Aggregators {
     segments: HashMap<Arc<str>, SegmentInfo>,
     utc_offset_ms: i64,
     watermark: i64,
+    /// The minute of the watermark at the last drain. Every window size is a whole number of
+    /// minutes, so windows can only close when the watermark enters a new minute, or when a
+    /// reading lands in a window already closed (`late_touch`): only then is every series
+    /// visited (a visit per series per batch would cost O(devices) for every batch).
+    drained_minute: i64,
+    late_touch: bool,
     crowd: HashMap<Arc<str>, Crowd>,
     recent_tags: HashMap<(Arc<str>, String), i64>,
     /// By segment, bin and lane (`None`: the whole segment).
@@ -287,6 +348,8 @@ impl Aggregators {
             segments,
             utc_offset_ms: parse_offset(&site.site.utc_offset),
             watermark: i64::MIN,
+            drained_minute: i64::MIN,
+            late_touch: false,
             crowd: HashMap::default(),
             recent_tags: HashMap::default(),
             traffic: HashMap::default(),
@@ -304,11 +367,18 @@ impl Aggregators {
         let mut ordered: Vec<&Reading> = readings.iter().collect();
         ordered.sort_by_key(|r| r.time_ms);
         for r in ordered {
+            // Possibly in a closed window: before the start of the watermark's minute.
+            self.late_touch |= r.time_ms < self.watermark.div_euclid(MINUTE).saturating_mul(MINUTE);
             if self.add(r).is_err() {
                 self.counts.too_late += 1;
             }
             self.watermark = self.watermark.max(r.time_ms);
         }
+        let minute = self.watermark.div_euclid(MINUTE);
+        if minute == self.drained_minute && !self.late_touch {
+            return Vec::new();
+        }
+        (self.drained_minute, self.late_touch) = (minute, false);
         self.drain()
     }
 
@@ -320,17 +390,7 @@ impl Aggregators {
             .entry(r.device.clone())
             .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, lateness)));
         let hw = h.2.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
-        match r.origin {
-            Some(origin) => {
-                if hw.frames.insert(origin, r.time_ms).is_none() {
-                    hw.reports += 1;
-                }
-            }
-            None => {
-                hw.times.push(r.time_ms);
-                hw.reports += 1;
-            }
-        }
+        hw.report(r.origin, r.time_ms);
         if let Measurement::Status {
             battery_pct,
             signal_dbm,
@@ -643,32 +703,13 @@ impl Aggregators {
         for (device, (zone, kind, windows)) in &mut self.health {
             for closed in windows.drain_closed(wm) {
                 let (end, w) = (closed.end, closed.state);
-                let mut fields = vec![("reports".into(), FieldValue::Int(w.reports as i64))];
-                let mut times: Vec<i64> = w
-                    .frames
-                    .values()
-                    .copied()
-                    .chain(w.times.iter().copied())
-                    .collect();
-                times.sort_unstable();
-                if let Some(gap) = times.windows(2).map(|p| p[1] - p[0]).max() {
-                    fields.push(("max_gap_s".into(), FieldValue::Float(gap as f64 / 1000.0)));
+                let mut fields = vec![("reports".into(), FieldValue::Int(i64::from(w.reports)))];
+                if w.reports > 1 {
+                    let gap = w.max_gap_ms as f64 / 1000.0;
+                    fields.push(("max_gap_s".into(), FieldValue::Float(gap)));
                 }
-                // Completeness within the window: sequence numbers seen over the span they cover,
-                // per boot epoch.
-                let mut span = 0u64;
-                let mut epochs: Vec<u32> = w.frames.keys().map(|(e, _)| *e).collect();
-                epochs.dedup();
-                for e in epochs {
-                    let seqs = w.frames.range((e, 0)..=(e, u32::MAX)).map(|((_, s), _)| *s);
-                    let (lo, hi) = seqs.fold((u32::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
-                    span += u64::from(hi - lo) + 1;
-                }
-                if span > 0 {
-                    fields.push((
-                        "completeness".into(),
-                        FieldValue::Float(w.frames.len() as f64 / span as f64),
-                    ));
+                if let Some(c) = w.completeness() {
+                    fields.push(("completeness".into(), FieldValue::Float(c)));
                 }
                 if let Some(b) = w.battery_pct {
                     fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
@@ -972,6 +1013,54 @@ mod tests {
             &FieldValue::Int(grade::Grade::Light as i64)
         ); // 20 < 25 ≤ 30
         assert_eq!(field(p, "tpi"), &FieldValue::Float(grade::tpi(50.0, 25.0))); // r = 1.0
+    }
+
+    #[test]
+    fn late_data_re_emits_its_window_while_the_watermark_stays_in_its_minute() {
+        let mut a = Aggregators::new(&catalog());
+        let pressure = |t: i64, value: f64| {
+            reading(
+                "gz-p1-press",
+                "water-pressure",
+                t,
+                Measurement::Value {
+                    field: "pressure".into(),
+                    value,
+                    urgent: false,
+                },
+            )
+        };
+        a.ingest(&[pressure(T0 + 10_000, 0.30)]);
+        let first = a.ingest(&[pressure(T0 + 61_000, 0.30)]);
+        assert_eq!(first.iter().filter(|p| p.measurement == "pipe").count(), 1);
+        // Same watermark minute, nothing new closes: no points and no visit of every series.
+        assert!(a.ingest(&[pressure(T0 + 62_000, 0.31)]).is_empty());
+        // A late reading for the closed minute re-emits it at once, marked late.
+        let again = a.ingest(&[pressure(T0 + 20_000, 0.10)]);
+        let p = again.iter().find(|p| p.measurement == "pipe").unwrap();
+        assert_eq!((p.time_ms, p.quality.late), (T0 + 60_000, true));
+        assert_eq!(field(p, "min"), &FieldValue::Float(0.10));
+    }
+
+    #[test]
+    fn device_health_completeness_spans_boot_epochs() {
+        let mut w = HealthWindow::default();
+        // Epoch 1: sequences 10..=12 with 11 lost; the node reboots: epoch 2, sequences 0 and 1.
+        for (origin, t) in [
+            ((1, 10), 0),
+            ((1, 12), 20_000),
+            ((2, 0), 30_000),
+            ((2, 1), 40_000),
+        ] {
+            w.report(Some(origin), T0 + t);
+            w.report(Some(origin), T0 + t); // a second reading of the same frame
+        }
+        assert_eq!((w.reports, w.frames), (4, 4));
+        assert_eq!(w.completeness(), Some(4.0 / 5.0));
+        assert_eq!(w.max_gap_ms, 20_000);
+        // A frame arriving out of order before the first one extends the span it covers.
+        w.report(Some((1, 9)), T0 - 30_000);
+        assert_eq!(w.max_gap_ms, 30_000);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 // Keys are rule indices, subjects and fields of the site (never raw input): a fast hasher is safe.
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
@@ -21,8 +21,6 @@ use crate::point::{FieldValue, Point};
 use crate::reading::{Measurement, Reading};
 use crate::registry::{Presence, Registry};
 
-/// History kept for derived values (the longest window a rule may use).
-const HISTORY_MS: i64 = 30 * 60_000;
 /// An episode whose value came back past the clear threshold this often is flagged flapping.
 const FLAPPING_CROSSINGS: u32 = 3;
 
@@ -280,8 +278,9 @@ pub struct Engine {
     /// Recent values per subject and field, for derived values (nested so that a lookup by
     /// `&str` allocates nothing).
     history: HashMap<Arc<str>, HashMap<Box<str>, History>>,
-    /// Fields whose history is kept: `flow`, and the fields of rules with a derivation.
-    history_fields: HashSet<Box<str>>,
+    /// Fields whose history is kept, and for how long (ms): the fields of rules with a
+    /// derivation for their window, `flow` for the window of bursts confirmed by a flow spike.
+    history_fields: HashMap<Box<str>, i64>,
     /// The reading rules by field: a reading is offered only to the rules that watch its field.
     reading_rules: HashMap<Box<str>, Arc<[usize]>>,
     /// Latest derived value per (rule, subject), for confirmation by neighbours.
@@ -359,11 +358,19 @@ impl Engine {
                 compiled[u].coupled.push(i);
             }
         }
-        let mut history_fields: HashSet<Box<str>> = HashSet::from_iter(["flow".into()]);
+        let mut history_fields: HashMap<Box<str>, i64> = HashMap::default();
         let mut by_field: HashMap<Box<str>, Vec<usize>> = HashMap::default();
         for (i, c) in compiled.iter().enumerate() {
-            if c.rule.derive.is_some() {
-                history_fields.insert(c.rule.field.as_str().into());
+            if let Some(d) = &c.rule.derive {
+                let window_ms = i64::from(d.window_s) * 1000;
+                let mut keep = |field: &str| {
+                    let kept = history_fields.entry(field.into()).or_default();
+                    *kept = (*kept).max(window_ms);
+                };
+                keep(&c.rule.field);
+                if c.rule.confirm == Some(Confirm::NeighbourOrFlow) {
+                    keep("flow");
+                }
             }
             if c.rule.source == Source::Reading {
                 by_field
@@ -535,9 +542,9 @@ impl Engine {
     }
 
     fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
-        if !self.history_fields.contains(field) {
+        let Some(&keep_ms) = self.history_fields.get(field) else {
             return;
-        }
+        };
         let fields = match self.history.get_mut(&**subject) {
             Some(f) => f,
             None => self.history.entry(subject.clone()).or_default(),
@@ -550,7 +557,7 @@ impl Engine {
             return; // older than what is known: the window is about now
         }
         h.push_back((time_ms, value));
-        while h.front().is_some_and(|&(t, _)| t < time_ms - HISTORY_MS) {
+        while h.front().is_some_and(|&(t, _)| t < time_ms - keep_ms) {
             h.pop_front();
         }
     }
