@@ -657,6 +657,19 @@ impl Engine {
             }
         });
         self.feed(i, subject, zone, time_ms, value);
+        // Values from the gateway's own clock (presence, sinks) never arrive out of order, so a
+        // state at rest holds nothing worth its few hundred bytes per device: it is dropped
+        // (and written at rest if it was dirty).
+        if matches!(self.rules[i].rule.source, Source::Presence | Source::Sink) {
+            let key = (i, subject.clone());
+            if self
+                .states
+                .get(&key)
+                .is_some_and(|s| s.alert.is_none() && s.episode.at_rest())
+            {
+                self.states.remove(&key);
+            }
+        }
     }
 
     fn feed(&mut self, i: usize, subject: &Arc<str>, zone: &Arc<str>, time_ms: i64, value: f64) {
@@ -826,9 +839,11 @@ impl Engine {
     pub fn take_changes(&mut self) -> Changes {
         let states = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter_map(|(i, subject)| {
-                let s = self.states.get(&(i, subject.clone()))?;
-                Some((format!("{}|{}", self.rules[i].rule.id, subject), s.clone()))
+            .map(|(i, subject)| {
+                // A state dropped at rest is written as such.
+                let s = self.states.get(&(i, subject.clone())).cloned();
+                let row = format!("{}|{}", self.rules[i].rule.id, subject);
+                (row, s.unwrap_or_default())
             })
             .collect();
         Changes {
@@ -1290,6 +1305,59 @@ expect = []
         assert_eq!(
             got,
             vec![("crowd.sensor_stale".into(), "resolved", "warning".into())]
+        );
+    }
+
+    #[test]
+    fn presence_keeps_no_state_for_devices_at_rest_and_writes_a_resolved_one_at_rest() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let keys = crate::traffic::demo_keys(&catalog);
+        let mut registry = Registry::new(&catalog, &keys, &[]);
+        let t = 1_795_744_800_000;
+        let ids: Vec<Arc<str>> = registry.iter().map(|d| d.info.id.clone()).collect();
+        for id in &ids {
+            registry.get_mut(id).unwrap().state.last_seen_ms = Some(t);
+        }
+        let mut e = engine();
+        e.on_presence(t + 1_000, &registry);
+        assert!(e.take_changes().is_empty());
+        assert!(
+            e.states.is_empty(),
+            "every device online: {:?}",
+            e.states.keys()
+        );
+        // One device goes silent, is raised offline, then reports again.
+        let silent = "gz-p1-press";
+        let mut offline = None;
+        for now in (1..120).map(|m| t + m * 60_000) {
+            for id in ids.iter().filter(|id| ***id != *silent) {
+                registry.get_mut(id).unwrap().state.last_seen_ms = Some(now);
+            }
+            e.on_presence(now, &registry);
+            let c = e.take_changes();
+            if let Some(ev) = c.events.iter().find(|ev| ev.alert.rule == "device.offline") {
+                assert_eq!(ev.alert.subject, silent);
+                offline = Some(now);
+                break;
+            }
+        }
+        let offline = offline.expect("raised offline");
+        assert!(!e.states.is_empty());
+        for id in &ids {
+            registry.get_mut(id).unwrap().state.last_seen_ms = Some(offline);
+        }
+        e.on_presence(offline + 1_000, &registry);
+        let c = e.take_changes();
+        assert!(c.events.iter().any(|ev| ev.kind == EventKind::Resolved));
+        let row = format!("device.offline|{silent}");
+        let (_, written) = c.states.iter().find(|(k, _)| *k == row).unwrap();
+        assert!(written.alert.is_none() && written.episode.grade == 0);
+        e.on_presence(offline + 2_000, &registry);
+        assert!(
+            e.states
+                .values()
+                .all(|s| s.alert.is_some() || !s.episode.at_rest()),
+            "only states under way are kept"
         );
     }
 }

@@ -124,6 +124,12 @@ impl Episode {
         self.grade > 0
     }
 
+    /// Nothing under way: no episode, nothing rising, clearing or counted (the time of the
+    /// latest value aside).
+    pub fn at_rest(&self) -> bool {
+        self.essence() == Episode::default()
+    }
+
     /// The part of the state worth persisting: everything but the time of the latest value, so
     /// an unchanged episode is not rewritten for every value.
     pub fn essence(&self) -> Episode {
