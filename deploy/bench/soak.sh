@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# CitySense soak (issue 10, target 4): the release gateway at nominal load for an hour, its
+# resident memory sampled every 30 s. Mosquitto and VictoriaMetrics run on free loopback ports
+# from a temporary directory and are stopped by pid; `simulator load` drives generated pressure
+# loggers (one connection, QoS 1) against the gateway with every stage on, the InfluxDB sink
+# writing to VictoriaMetrics.
+#
+#   deploy/bench/soak.sh                          # 10,000 devices, 1,000 reports/s, 1 hour
+#   deploy/bench/soak.sh --devices 2000 --rate 500 --duration 600
+#
+# Prints one line per sample, then the RSS at the end of warm-up (the first 10 % of the run),
+# the last sample, the slope after warm-up, and whether it is flat (≤ 5 % growth after warm-up).
+# Samples go to target/bench/soak.csv; the summary line is appended to
+# target/bench/BENCHMARKS-rows.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+devices=10000
+rate=1000
+duration=3600
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --devices) devices=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+for prog in mosquitto victoria-metrics curl; do
+  command -v "$prog" >/dev/null || {
+    echo "missing $prog: apt-get install mosquitto victoria-metrics curl" >&2; exit 1; }
+done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# The pid listening on 127.0.0.1:$1 must be ours.
+owns_port() {
+  local pid=$1 port=$2 i
+  for i in $(seq 100); do
+    if ss -Hltnp "sport = :$port" | grep -q "pid=$pid,"; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before listening on $port" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "port $port is not owned by pid $pid" >&2
+  return 1
+}
+
+cargo build --release -q -p gateway -p simulator
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+mqtt_port=$(free_port)
+vm_port=$(free_port)
+http_port=$(free_port)
+chmod 777 "$work"
+cat >"$work/mosquitto.conf" <<EOF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+max_queued_messages 1000000
+max_inflight_messages 100
+EOF
+mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids+=($!); owns_port "${pids[-1]}" "$mqtt_port"
+victoria-metrics -httpListenAddr=127.0.0.1:"$vm_port" -storageDataPath="$work/vm" \
+  -retentionPeriod=100y >"$work/vm.log" 2>&1 &
+pids+=($!); owns_port "${pids[-1]}" "$vm_port"
+
+target/release/simulator load --write-site "$work/site" --devices "$devices" \
+  --mqtt "127.0.0.1:$mqtt_port" >/dev/null
+sed -i "s|^listen = .*|listen = \"127.0.0.1:$http_port\"|" "$work/site/gateway.toml"
+cat >>"$work/site/gateway.toml" <<EOF
+
+[influxdb]
+url = "http://127.0.0.1:$vm_port"
+org = "soak"
+bucket = "soak"
+EOF
+root=$PWD
+(cd "$work/site" && exec "$root/target/release/gateway" run --config gateway.toml) \
+  >"$work/gateway.log" 2>&1 &
+gateway_pid=$!
+pids+=("$gateway_pid")
+owns_port "$gateway_pid" "$http_port"
+until curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null; do sleep 0.2; done
+
+target/release/simulator load --devices "$devices" --rate "$rate" --duration "$duration" --connections 1 \
+  --mqtt "127.0.0.1:$mqtt_port" --gateway "http://127.0.0.1:$http_port" \
+  --report "$work/load.json" >"$work/load.log" 2>&1 &
+load_pid=$!
+pids+=("$load_pid")
+
+out=target/bench
+mkdir -p "$out"
+echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
+echo "soak: $devices devices, $rate reports/s, ${duration}s; gateway pid $gateway_pid"
+started=$(date +%s)
+while kill -0 "$load_pid" 2>/dev/null; do
+  rss=$(awk '/^VmRSS/{print $2}' "/proc/$gateway_pid/status")
+  received=$(curl -fs "http://127.0.0.1:$http_port/metrics" \
+    | awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $2}')
+  elapsed=$(( $(date +%s) - started ))
+  echo "$elapsed,$rss,${received:-0}" >>"$out/soak.csv"
+  printf '%6ss  rss %8s KiB  received %s\n' "$elapsed" "$rss" "${received:-0}"
+  sleep 30 & wait $! || true
+done
+wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
+tail -3 "$work/load.log"
+
+summary=$(python3 - "$out/soak.csv" "$duration" <<'EOF'
+import csv, sys
+rows = [(int(r["elapsed_s"]), int(r["rss_kib"])) for r in csv.DictReader(open(sys.argv[1]))]
+warm = [r for r in rows if r[0] >= 0.1 * int(sys.argv[2])] or rows
+t0, r0 = warm[0]
+t1, r1 = warm[-1]
+n = len(warm)
+mt = sum(t for t, _ in warm) / n
+mr = sum(r for _, r in warm) / n
+var = sum((t - mt) ** 2 for t, _ in warm) or 1
+slope = sum((t - mt) * (r - mr) for t, r in warm) / var * 3600
+growth = (r1 - r0) / r0
+flat = "flat" if growth <= 0.05 else "NOT flat"
+print(f"soak rss after warm-up {r0/1024:.1f} MiB, at end {r1/1024:.1f} MiB, max {max(r for _, r in rows)/1024:.1f} MiB, "
+      f"slope {slope/1024:+.2f} MiB/h, growth {growth*100:+.1f}% ({flat})")
+EOF
+)
+echo "$summary"
+lost=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("lost"), "lost of", r.get("published"))' "$work/load.json" 2>/dev/null || echo "?")
+echo "soak messages: $lost"
+{
+  echo
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration\`"
+  echo
+  echo "- $summary; messages: $lost"
+} >>"$out/BENCHMARKS-rows.md"
