@@ -45,8 +45,13 @@ struct Args {
     devices: usize,
     rounds: usize,
     memory: Vec<usize>,
+    visibility_samples: usize,
+    parts: Vec<String>,
     report: Option<PathBuf>,
 }
+
+/// The parts of a run, in order.
+const PARTS: [&str; 4] = ["throughput", "latency", "visibility", "memory"];
 
 fn args() -> Args {
     let mut a = Args {
@@ -54,6 +59,8 @@ fn args() -> Args {
         devices: 1000,
         rounds: 3,
         memory: vec![10_000, 100_000],
+        visibility_samples: 30,
+        parts: PARTS.map(String::from).to_vec(),
         report: None,
     };
     let mut it = std::env::args().skip(1);
@@ -64,6 +71,15 @@ fn args() -> Args {
             "--devices" => a.devices = value().parse().expect("--devices D"),
             "--rounds" => a.rounds = value().parse().expect("--rounds R"),
             "--report" => a.report = Some(value().into()),
+            "--visibility-samples" => {
+                a.visibility_samples = value().parse().expect("--visibility-samples N")
+            }
+            "--parts" => {
+                a.parts = value().split(',').map(String::from).collect();
+                if let Some(p) = a.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    panic!("unknown part {p}: the parts are {}", PARTS.join(","));
+                }
+            }
             "--memory" => {
                 a.memory = value()
                     .split(',')
@@ -73,7 +89,7 @@ fn args() -> Args {
             }
             "--help" | "-h" => {
                 println!(
-                    "throughput [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--memory N,N (10000,100000)] [--report FILE.json]"
+                    "throughput [--parts throughput,latency,visibility,memory] [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--visibility-samples N (30)] [--memory N,N (10000,100000)] [--report FILE.json]\n\nlatency runs at half the QoS 1 rate measured by the throughput part (5,000 msg/s without it)"
                 );
                 std::process::exit(0);
             }
@@ -83,38 +99,41 @@ fn args() -> Args {
     a
 }
 
-/// `messages` signed frames round-robin over `devices`, boot epoch `epoch`.
+/// `messages` signed frames round-robin over `devices`, boot epoch `epoch`, 1 ms apart and
+/// ending now.
 fn frames(devices: usize, messages: usize, epoch: u32) -> Vec<(String, Vec<u8>)> {
-    let now = gateway::pipeline::now_ms();
+    let start = gateway::pipeline::now_ms() - messages as i64;
     (0..messages)
-        .map(|k| {
-            let d = k % devices;
-            let id = simulator::load::device_id(d);
-            let mut readings = heapless::Vec::new();
-            let _ = readings.push(PipeReading {
-                quantity: Quantity::Pressure,
-                value: 0.30 + 0.001 * (k % 7) as f32,
-            });
-            let header = Header {
-                device_id: &id,
-                boot_epoch: epoch,
-                sequence: (k / devices) as u32,
-                timestamp: Timestamp::Synced {
-                    unix_ms: (now - messages as i64 + k as i64) as u64,
-                },
-            };
-            let body = Body::PipeReadings(PipeReadings {
-                trigger: Trigger::Periodic,
-                readings,
-            });
-            let key = gateway::traffic::demo_key(&id);
-            let topic = format!("cs/v1/360702/water-pressure/{id}/up");
-            (
-                topic,
-                wire::frame::seal_to_vec(&header, &body, &key).unwrap(),
-            )
-        })
+        .map(|k| frame(k % devices, epoch, (k / devices) as u32, start + k as i64))
         .collect()
+}
+
+/// Report `sequence` of logger `d`: one pressure reading at `unix_ms`.
+fn frame(d: usize, epoch: u32, sequence: u32, unix_ms: i64) -> (String, Vec<u8>) {
+    let id = simulator::load::device_id(d);
+    let mut readings = heapless::Vec::new();
+    let _ = readings.push(PipeReading {
+        quantity: Quantity::Pressure,
+        value: 0.30 + 0.001 * ((d + sequence as usize) % 7) as f32,
+    });
+    let header = Header {
+        device_id: &id,
+        boot_epoch: epoch,
+        sequence,
+        timestamp: Timestamp::Synced {
+            unix_ms: unix_ms as u64,
+        },
+    };
+    let body = Body::PipeReadings(PipeReadings {
+        trigger: Trigger::Periodic,
+        readings,
+    });
+    let key = gateway::traffic::demo_key(&id);
+    let topic = format!("cs/v1/360702/water-pressure/{id}/up");
+    (
+        topic,
+        wire::frame::seal_to_vec(&header, &body, &key).unwrap(),
+    )
 }
 
 async fn publisher(port: u16, id: String) -> AsyncClient {
@@ -279,9 +298,15 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// Reports per device in the memory run, a minute apart in event time: eleven minutes cover the
+/// longest window a default rule or aggregate keeps (the 10-minute road-water rise, the
+/// 5-minute device-health window), so what is measured is the steady state.
+const MEMORY_REPORTS: u32 = 12;
+
 /// Live heap bytes per tracked device, for a gateway on a site of `devices` loggers: the site,
-/// catalog and registry (static facts, ledgers), and then what one report from each adds
-/// (latest values, windows, alert state). Resident memory of the whole process alongside.
+/// catalog and registry (static facts, ledgers: allocated at start for every site device), and
+/// what [`MEMORY_REPORTS`] reports from each add (latest values, windows, rule history, alert
+/// state). Resident memory of the whole process alongside.
 struct Memory {
     static_per_device: f64,
     state_per_device: f64,
@@ -291,7 +316,6 @@ struct Memory {
 async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: usize) -> Memory {
     let dir = tempfile::tempdir().unwrap();
     let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
-    let frames = Arc::new(frames(devices, devices, 1));
     let (heap0, rss0) = (live_heap(), rss());
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
@@ -299,9 +323,19 @@ async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: us
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
     let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
     let heap1 = live_heap();
-    publish_all(broker.port, &frames, 1, QoS::AtLeastOnce).await;
-    while gw.metrics().readings.with_label_values(&["pipe"]).get() < devices as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let start = gateway::pipeline::now_ms() - i64::from(MEMORY_REPORTS) * 60_000;
+    for round in 0..MEMORY_REPORTS {
+        let t = start + i64::from(round) * 60_000;
+        let frames = Arc::new(
+            (0..devices)
+                .map(|d| frame(d, 1, round, t + d as i64 * 60_000 / devices as i64))
+                .collect::<Vec<_>>(),
+        );
+        publish_all(broker.port, &frames, 1, QoS::AtLeastOnce).await;
+        let want = devices as u64 * u64::from(round + 1);
+        while gw.metrics().readings.with_label_values(&["pipe"]).get() < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let (heap2, rss2) = (live_heap(), rss());
     gw.stop().await;
@@ -311,6 +345,73 @@ async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: us
         state_per_device: per(heap2 - heap1),
         rss_per_device: per(rss2 as i64 - rss0 as i64),
     }
+}
+
+/// Publish → point visible in VictoriaMetrics: one logger reports a minute apart in event time
+/// (past minutes), so each report closes the previous minute's window of its water main; the
+/// time from publishing it until `/api/v1/export` returns that window's `pipe_last` sample
+/// (polled every 10 ms, no forced flush) is one sample. The gateway flushes points to the sink
+/// every `influxdb.flush_ms` (1 s here); the next report is published right after a sample is
+/// seen, just after a flush, so each waits about a whole flush period (the worst phase).
+/// Returns the first point of the new series apart, then the samples.
+async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) -> (f64, Vec<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let site = simulator::load::write_site(dir.path(), 1, "127.0.0.1:1883").unwrap();
+    let catalog = Arc::new(
+        Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
+    );
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
+    let client = publisher(broker.port, format!("bench-vis-{}", rand::random::<u32>())).await;
+    let vm_addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
+    let minute = 60_000;
+    let base = (gateway::pipeline::now_ms() / minute - samples as i64 - 2) * minute;
+    let epoch = rand::random::<u16>() as u32 + 10;
+    let publish = |k: usize| {
+        let (topic, payload) = frame(0, epoch, k as u32, base + k as i64 * minute + 1_000);
+        let client = client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    };
+    publish(0).await;
+    // Sample 0 creates the series: VictoriaMetrics indexes a new series before it can be found,
+    // which takes seconds once per series; it is reported apart.
+    let mut out = Vec::with_capacity(samples + 1);
+    for k in 1..=samples + 1 {
+        let end = base + k as i64 * minute;
+        let started = Instant::now();
+        publish(k).await;
+        let query = format!(
+            "/api/v1/export?match[]=pipe_last%7Basset%3D%22LA0%22%7D&start={}&end={}",
+            end / 1000 - 1,
+            end / 1000 + 1
+        );
+        loop {
+            let (status, body) = system_tests::http::get(vm_addr, &query).await;
+            if status == 200 && body.contains(&format!("{end}")) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the point of the window ending at {end} never became visible"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    gw.stop().await;
+    let first = out.remove(0);
+    (first, out)
+}
+
+/// The `q` quantile of `v` (sorted in place).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 async fn through_gateway(
@@ -375,9 +476,15 @@ async fn main() {
         broker.port,
         vm.url()
     );
+    let part = |name: &str| a.parts.iter().any(|p| p == name);
     let mut rows = Vec::new();
     let mut epoch = 1u32;
-    for q in [0u8, 1] {
+    let qos_runs = if part("throughput") {
+        &[0u8, 1][..]
+    } else {
+        &[]
+    };
+    for &q in qos_runs {
         for pubs in [1usize, 4] {
             let (mut base, mut gw_rates, mut worst_gaps, mut lost, mut points) =
                 (Vec::new(), Vec::new(), 0i64, 0u64, 0i64);
@@ -410,13 +517,18 @@ async fn main() {
         .iter()
         .find(|r| r["qos"] == 1 && r["publishers"] == 1)
         .and_then(|r| r["gateway_msg_s"].as_f64())
-        .unwrap_or(1000.0)
+        .unwrap_or(10_000.0)
         / 2.0;
     let nodelay = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true")
     });
     let mut latency = Vec::new();
-    for (label, b) in [("stock", &broker), ("nodelay", &nodelay)] {
+    let brokers = if part("latency") {
+        vec![("stock", &broker), ("nodelay", &nodelay)]
+    } else {
+        Vec::new()
+    };
+    for (label, b) in brokers {
         let store = tempfile::tempdir().unwrap();
         let gw = started(b, &vm, &catalog, &keys, store.path()).await;
         let report = simulator::load::load(&simulator::load::LoadOptions {
@@ -447,11 +559,25 @@ async fn main() {
             "p99_ms": report.alert_p99_ms, "samples": report.alert_samples,
         }));
     }
+    let mut visible = serde_json::Value::Null;
+    if part("visibility") {
+        let (first, mut ms) = visibility(&broker, &vm, a.visibility_samples).await;
+        let (p50, p99) = (quantile(&mut ms, 0.5), quantile(&mut ms, 0.99));
+        println!(
+            "visibility: publish → point visible in VictoriaMetrics p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms ({} samples, influxdb.flush_ms 1000); the first point of a new series {first:.0} ms",
+            ms[ms.len() - 1],
+            ms.len()
+        );
+        visible = serde_json::json!({
+            "p50_ms": p50, "p99_ms": p99, "samples": ms.len(), "new_series_ms": first,
+        });
+    }
     let mut memory = Vec::new();
-    for &devices in &a.memory {
+    let memory_runs = if part("memory") { &a.memory[..] } else { &[] };
+    for &devices in memory_runs {
         let m = memory_per_device(&broker, &vm, devices).await;
         println!(
-            "memory at {devices} devices (live heap): {:.0} B per device for the site, catalog and registry, {:.0} B per device of state after its first report; resident {:.0} B per device",
+            "memory at {devices} devices (live heap): {:.0} B per device for the site, catalog and registry, {:.0} B per device of state after {MEMORY_REPORTS} reports each; resident {:.0} B per device",
             m.static_per_device, m.state_per_device, m.rss_per_device
         );
         memory.push(serde_json::json!({
@@ -474,6 +600,9 @@ async fn main() {
             l["p99_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    if let Some(p99) = visible["p99_ms"].as_f64() {
+        println!("visibility p99 publish → point in VictoriaMetrics: {p99:.0} ms");
+    }
     for m in &memory {
         println!(
             "memory per tracked device at {}: {:.0} B of state (+ {:.0} B of site and registry)",
@@ -483,7 +612,9 @@ async fn main() {
         );
     }
     if let Some(path) = a.report {
-        let all = serde_json::json!({"throughput": rows, "latency": latency, "memory": memory});
+        let all = serde_json::json!({
+            "throughput": rows, "latency": latency, "visibility": visible, "memory": memory,
+        });
         std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     }
 }
