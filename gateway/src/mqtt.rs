@@ -34,6 +34,8 @@ use crate::metrics::Metrics;
 const REQUEST_CAPACITY: usize = 16 * 1024;
 /// MQTT 5 receive maximum: unacknowledged QoS1 messages the broker may send us at once.
 pub const RECEIVE_MAXIMUM: u16 = 4096;
+/// Our own QoS1 publishes (dead letters, alert events) in flight at once.
+pub const OUTGOING_INFLIGHT: u16 = 1024;
 
 /// The topic filters for the served zones.
 pub fn filters(zones: &[Arc<str>], shared_group: Option<&str>) -> Vec<Filter> {
@@ -63,6 +65,8 @@ pub fn options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions
         .set_session_expiry_interval(Some(cfg.session_expiry_s))
         .set_manual_acks(true)
         .set_receive_maximum(Some(RECEIVE_MAXIMUM))
+        // rumqttc allocates a slot per possible in-flight publish up front (65,536 without it).
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_max_packet_size(Some(cfg.max_packet_bytes))
         .set_connection_timeout(cfg.keep_alive_s.clamp(2, 10));
     let mut net = rumqttc::NetworkOptions::new();

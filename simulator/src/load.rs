@@ -173,18 +173,25 @@ fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
     })
 }
 
+/// Connections set up at the same time.
+const CONNECTING_AT_ONCE: usize = 200;
+
 async fn client(
     host: &str,
     port: u16,
     id: &str,
+    inflight: u16,
     acked: Arc<AtomicU64>,
 ) -> anyhow::Result<AsyncClient> {
     let mut o = MqttOptions::new(id, host, port);
-    o.set_keep_alive(Duration::from_secs(60));
+    // rumqttc allocates a slot per possible in-flight publish up front: 65,536 of them (about
+    // 6 MB) without a limit, which ten thousand connections cannot afford.
+    o.set_keep_alive(Duration::from_secs(60))
+        .set_outgoing_inflight_upper_limit(inflight);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     o.set_network_options(net);
-    let (c, mut eventloop) = AsyncClient::new(o, 10_000);
+    let (c, mut eventloop) = AsyncClient::new(o, usize::from(inflight) * 10);
     let (up_tx, mut up_rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         loop {
@@ -240,11 +247,27 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     // Client ids unique per run: a second run in the same process must not take over the
     // connections of the first.
     let run_id: u32 = rand::random();
-    let mut clients = Vec::with_capacity(connections);
+    // Connections are set up a few hundred at a time: one after the other, ten thousand of them
+    // take minutes (each waits for its CONNACK).
+    let mut connecting = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
     for c in 0..connections {
         let id = format!("sim-load-{run_id:08x}-{c}");
-        clients.push(client(&opts.mqtt_host, opts.mqtt_port, &id, acked.clone()).await?);
+        let (host, port, acked) = (opts.mqtt_host.clone(), opts.mqtt_port, acked.clone());
+        let permits = permits.clone();
+        // A device alone on its connection has little in flight; shared ones carry the rate.
+        let inflight = if opts.per_device { 16 } else { 1000 };
+        connecting.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            anyhow::Ok((c, client(&host, port, &id, inflight, acked).await?))
+        });
     }
+    let mut clients: Vec<(usize, AsyncClient)> = Vec::with_capacity(connections);
+    while let Some(joined) = connecting.join_next().await {
+        clients.push(joined??);
+    }
+    clients.sort_by_key(|(c, _)| *c);
+    let clients: Vec<AsyncClient> = clients.into_iter().map(|(_, c)| c).collect();
     // The alert watcher and the probes.
     let events = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let _watcher = {

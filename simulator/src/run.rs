@@ -74,6 +74,8 @@ async fn connect(
     let mut o = MqttOptions::new(format!("{id}-{run_id:08x}"), host, port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(Some(256 * 1024));
+    // rumqttc allocates a slot per possible in-flight publish up front (65,536 without it).
+    o.set_outgoing_inflight_upper_limit(256);
     let (client, mut eventloop) = AsyncClient::new(o, capacity);
     let acked = Arc::new(AtomicU64::new(0));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1);

@@ -197,7 +197,8 @@ impl MqttUpstream {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, s.host.clone(), s.port);
         o.set_keep_alive(Duration::from_secs(s.keep_alive_s))
             .set_connection_timeout(s.keep_alive_s.clamp(2, 10))
-            .set_max_packet_size(Some(1024 * 1024));
+            .set_max_packet_size(Some(1024 * 1024))
+            .set_outgoing_inflight_upper_limit(crate::mqtt::OUTGOING_INFLIGHT);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         o.set_network_options(net);

@@ -46,12 +46,19 @@ struct Args {
     rounds: usize,
     memory: Vec<usize>,
     visibility_samples: usize,
+    connections: usize,
     parts: Vec<String>,
     report: Option<PathBuf>,
 }
 
 /// The parts of a run, in order.
-const PARTS: [&str; 4] = ["throughput", "latency", "visibility", "memory"];
+const PARTS: [&str; 5] = [
+    "throughput",
+    "latency",
+    "visibility",
+    "memory",
+    "connections",
+];
 
 fn args() -> Args {
     let mut a = Args {
@@ -60,6 +67,7 @@ fn args() -> Args {
         rounds: 3,
         memory: vec![10_000, 100_000],
         visibility_samples: 30,
+        connections: 10_000,
         parts: PARTS.map(String::from).to_vec(),
         report: None,
     };
@@ -74,6 +82,7 @@ fn args() -> Args {
             "--visibility-samples" => {
                 a.visibility_samples = value().parse().expect("--visibility-samples N")
             }
+            "--connections" => a.connections = value().parse().expect("--connections N"),
             "--parts" => {
                 a.parts = value().split(',').map(String::from).collect();
                 if let Some(p) = a.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -89,7 +98,7 @@ fn args() -> Args {
             }
             "--help" | "-h" => {
                 println!(
-                    "throughput [--parts throughput,latency,visibility,memory] [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--visibility-samples N (30)] [--memory N,N (10000,100000)] [--report FILE.json]\n\nlatency runs at half the QoS 1 rate measured by the throughput part (5,000 msg/s without it)"
+                    "throughput [--parts throughput,latency,visibility,memory,connections] [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--visibility-samples N (30)] [--memory N,N (10000,100000)] [--connections N (10000)] [--report FILE.json]\n\nlatency runs at half the QoS 1 rate measured by the throughput part (5,000 msg/s without it)"
                 );
                 std::process::exit(0);
             }
@@ -414,6 +423,54 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// The rig at connection scale: `devices` simulated loggers, one broker connection each,
+/// publishing at `rate` for 20 s against a gateway with every stage on (`simulator load
+/// --connection-per-device`).
+async fn connection_scale(
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    devices: usize,
+    rate: f64,
+) -> simulator::load::LoadReport {
+    let dir = tempfile::tempdir().unwrap();
+    let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
+    let catalog = Arc::new(
+        Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
+    );
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
+    let connecting = Instant::now();
+    let report = simulator::load::load(&simulator::load::LoadOptions {
+        mqtt_host: "127.0.0.1".into(),
+        mqtt_port: broker.port,
+        gateway: format!("http://{}", gw.http_addr()),
+        devices,
+        rate,
+        duration: Duration::from_secs(20),
+        connections: devices,
+        per_device: true,
+        qos: QoS::AtLeastOnce,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    println!(
+        "connections: {devices} connected and published for 20 s in {:.0} s in all",
+        connecting.elapsed().as_secs_f64()
+    );
+    gw.stop().await;
+    report
+}
+
+/// Raises this process's open-file limit to its hard limit (the broker, started after, inherits
+/// it): a connection per device needs a descriptor each on both ends.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 async fn through_gateway(
     broker: &Mosquitto,
     vm: &VictoriaMetrics,
@@ -460,6 +517,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let a = args();
+    raise_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let site = simulator::load::write_site(dir.path(), a.devices, "127.0.0.1:1883").unwrap();
     let catalog = Arc::new(
@@ -600,6 +658,18 @@ async fn main() {
             l["p99_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    let mut scale = serde_json::Value::Null;
+    if part("connections") {
+        let r = connection_scale(&broker, &vm, a.connections, 2_000.0).await;
+        println!(
+            "connections: {} devices on {} connections, published {} at {:.0}/s, gateway received {}, lost {}",
+            r.devices, r.connections, r.published, r.publish_rate, r.gateway_received, r.lost
+        );
+        scale = serde_json::json!({
+            "devices": r.devices, "connections": r.connections, "published": r.published,
+            "rate": r.publish_rate, "received": r.gateway_received, "lost": r.lost,
+        });
+    }
     if let Some(p99) = visible["p99_ms"].as_f64() {
         println!("visibility p99 publish → point in VictoriaMetrics: {p99:.0} ms");
     }
@@ -614,6 +684,7 @@ async fn main() {
     if let Some(path) = a.report {
         let all = serde_json::json!({
             "throughput": rows, "latency": latency, "visibility": visible, "memory": memory,
+            "connections": scale,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     }
