@@ -27,8 +27,8 @@ use gateway::{Gateway, Settings};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use system_tests::load_frames::logger_report;
 use system_tests::services::{Mosquitto, VictoriaMetrics, require};
-use wire::{Body, Header, PipeReading, PipeReadings, Quantity, Timestamp, Trigger};
 
 /// Counts heap bytes, so memory per device is live heap, not resident pages the allocator keeps.
 #[global_allocator]
@@ -113,36 +113,8 @@ fn args() -> Args {
 fn frames(devices: usize, messages: usize, epoch: u32) -> Vec<(String, Vec<u8>)> {
     let start = gateway::pipeline::now_ms() - messages as i64;
     (0..messages)
-        .map(|k| frame(k % devices, epoch, (k / devices) as u32, start + k as i64))
+        .map(|k| logger_report(k % devices, epoch, (k / devices) as u32, start + k as i64))
         .collect()
-}
-
-/// Report `sequence` of logger `d`: one pressure reading at `unix_ms`.
-fn frame(d: usize, epoch: u32, sequence: u32, unix_ms: i64) -> (String, Vec<u8>) {
-    let id = simulator::load::device_id(d);
-    let mut readings = heapless::Vec::new();
-    let _ = readings.push(PipeReading {
-        quantity: Quantity::Pressure,
-        value: 0.30 + 0.001 * ((d + sequence as usize) % 7) as f32,
-    });
-    let header = Header {
-        device_id: &id,
-        boot_epoch: epoch,
-        sequence,
-        timestamp: Timestamp::Synced {
-            unix_ms: unix_ms as u64,
-        },
-    };
-    let body = Body::PipeReadings(PipeReadings {
-        trigger: Trigger::Periodic,
-        readings,
-    });
-    let key = gateway::traffic::demo_key(&id);
-    let topic = format!("cs/v1/360702/water-pressure/{id}/up");
-    (
-        topic,
-        wire::frame::seal_to_vec(&header, &body, &key).unwrap(),
-    )
 }
 
 async fn publisher(port: u16, id: String) -> AsyncClient {
@@ -337,7 +309,7 @@ async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: us
         let t = start + i64::from(round) * 60_000;
         let frames = Arc::new(
             (0..devices)
-                .map(|d| frame(d, 1, round, t + d as i64 * 60_000 / devices as i64))
+                .map(|d| logger_report(d, 1, round, t + d as i64 * 60_000 / devices as i64))
                 .collect::<Vec<_>>(),
         );
         publish_all(broker.port, &frames, 1, QoS::AtLeastOnce).await;
@@ -377,7 +349,7 @@ async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) ->
     let base = (gateway::pipeline::now_ms() / minute - samples as i64 - 2) * minute;
     let epoch = rand::random::<u16>() as u32 + 10;
     let publish = |k: usize| {
-        let (topic, payload) = frame(0, epoch, k as u32, base + k as i64 * minute + 1_000);
+        let (topic, payload) = logger_report(0, epoch, k as u32, base + k as i64 * minute + 1_000);
         let client = client.clone();
         async move {
             client
