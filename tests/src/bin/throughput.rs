@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use device_profiles::Catalog;
 use gateway::influxdb::InfluxSection;
 use gateway::{Gateway, Settings};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
@@ -117,7 +118,9 @@ fn frames(devices: usize, messages: usize, epoch: u32) -> Vec<(String, Vec<u8>)>
         .collect()
 }
 
-async fn publisher(port: u16, id: String) -> AsyncClient {
+/// A connected publisher and its event loop, which ends once the client disconnects (a client
+/// left connected would keep its request queue, tens of MB after a burst, for the whole run).
+async fn publisher(port: u16, id: String) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(60))
         .set_outgoing_inflight_upper_limit(1000);
@@ -126,23 +129,29 @@ async fn publisher(port: u16, id: String) -> AsyncClient {
     o.set_network_options(net);
     let (c, mut eventloop) = AsyncClient::new(o, 100_000);
     let (up_tx, mut up_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
+    let running = tokio::spawn(async move {
+        // After DISCONNECT is queued, poll until the broker closes the connection: the frames
+        // still buffered are flushed on the way.
+        let mut disconnecting = false;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     let _ = up_tx.try_send(());
                 }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
                 Ok(_) => {}
+                Err(_) if disconnecting => break,
                 Err(rumqttc::v5::ConnectionError::RequestsDone) => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     });
     up_rx.recv().await;
-    c
+    (c, running)
 }
 
-/// Publishes `frames` over `connections` connections, as fast as the clients go.
+/// Publishes `frames` over `connections` connections, as fast as the clients go; returns once
+/// every frame is written and the connections are closed.
 async fn publish_all(
     port: u16,
     frames: &Arc<Vec<(String, Vec<u8>)>>,
@@ -154,7 +163,7 @@ async fn publish_all(
         clients.push(publisher(port, format!("bench-pub-{}-{c}", rand::random::<u32>())).await);
     }
     let mut tasks = Vec::new();
-    for (c, client) in clients.into_iter().enumerate() {
+    for (c, (client, running)) in clients.into_iter().enumerate() {
         let frames = frames.clone();
         tasks.push(tokio::spawn(async move {
             for (topic, payload) in frames.iter().skip(c).step_by(connections) {
@@ -163,12 +172,13 @@ async fn publish_all(
                     .await
                     .unwrap();
             }
-            client
+            // Queued after the frames: the event loop writes them all, then disconnects.
+            client.disconnect().await.unwrap();
+            running.await.unwrap();
         }));
     }
     for t in tasks {
-        // Keep the client alive until the stream is drained by its event loop.
-        let _client = t.await.unwrap();
+        t.await.unwrap();
     }
 }
 
@@ -343,7 +353,8 @@ async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) ->
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
     let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
-    let client = publisher(broker.port, format!("bench-vis-{}", rand::random::<u32>())).await;
+    let (client, running) =
+        publisher(broker.port, format!("bench-vis-{}", rand::random::<u32>())).await;
     let vm_addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
     let minute = 60_000;
     let base = (gateway::pipeline::now_ms() / minute - samples as i64 - 2) * minute;
@@ -384,6 +395,8 @@ async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) ->
         }
         out.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    client.disconnect().await.unwrap();
+    running.await.unwrap();
     gw.stop().await;
     let first = out.remove(0);
     (first, out)
