@@ -609,9 +609,13 @@ async fn sweep_presence(
             .set(registry.missing_reports() as i64);
         for d in registry.iter() {
             let now_presence = d.presence(now);
-            let before = last
-                .insert(d.info.id.clone(), now_presence)
-                .unwrap_or(Presence::Unknown);
+            let before = match last.get_mut(&d.info.id) {
+                Some(p) => std::mem::replace(p, now_presence),
+                None => {
+                    last.insert(d.info.id.clone(), now_presence);
+                    Presence::Unknown
+                }
+            };
             if before != now_presence {
                 match now_presence {
                     Presence::Online => {

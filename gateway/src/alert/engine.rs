@@ -656,19 +656,27 @@ impl Engine {
                 Side::Below => first + t.clear_margin + 1.0,
             }
         });
-        self.feed(i, subject, zone, time_ms, value);
         // Values from the gateway's own clock (presence, sinks) never arrive out of order, so a
-        // state at rest holds nothing worth its few hundred bytes per device: it is dropped
-        // (and written at rest if it was dirty).
-        if matches!(self.rules[i].rule.source, Source::Presence | Source::Sink) {
-            let key = (i, subject.clone());
-            if self
+        // state at rest holds nothing worth its few hundred bytes per device: none is made for
+        // a value that leaves it at rest, and one that comes to rest is dropped (and written at
+        // rest if it was dirty). The presence sweep visits every device every second.
+        let clocked = matches!(self.rules[i].rule.source, Source::Presence | Source::Sink);
+        let key = (i, subject.clone());
+        if clocked && !self.states.contains_key(&key) {
+            let mut fresh = Episode::default();
+            let t = self.rules[i].thresholds(subject);
+            if fresh.observe(t, time_ms, value).is_none() && fresh.at_rest() {
+                return;
+            }
+        }
+        self.feed(i, subject, zone, time_ms, value);
+        if clocked
+            && self
                 .states
                 .get(&key)
                 .is_some_and(|s| s.alert.is_none() && s.episode.at_rest())
-            {
-                self.states.remove(&key);
-            }
+        {
+            self.states.remove(&key);
         }
     }
 
