@@ -8,8 +8,9 @@
 #   deploy/bench/soak.sh                          # 10,000 devices, 1,000 reports/s, 1 hour
 #   deploy/bench/soak.sh --devices 2000 --rate 500 --duration 600
 #
-# Prints one line per sample, then the RSS at the end of warm-up (the first 10 % of the run),
-# the last sample, the slope after warm-up, and whether it is flat (≤ 5 % growth after warm-up).
+# Prints one line per sample, then the RSS at the end of warm-up (10 % of the run, at least ten
+# minutes, at most half), the last sample, the slope after warm-up, whether it is flat (≤ 5 %
+# growth after warm-up), and the growth over the second half.
 # Samples go to target/bench/soak.csv; the summary line is appended to
 # target/bench/BENCHMARKS-rows.md.
 set -euo pipefail
@@ -112,7 +113,10 @@ tail -3 "$work/load.log"
 summary=$(python3 - "$out/soak.csv" "$duration" <<'EOF'
 import csv, sys
 rows = [(int(r["elapsed_s"]), int(r["rss_kib"])) for r in csv.DictReader(open(sys.argv[1]))]
-warm = [r for r in rows if r[0] >= 0.1 * int(sys.argv[2])] or rows
+# Warm-up: the longest windows (5-minute device health, 10-minute rule history) fill first.
+duration = int(sys.argv[2])
+warm = [r for r in rows if r[0] >= min(max(0.1 * duration, 600), duration / 2)] or rows
+half = [r for r in rows if r[0] >= duration / 2] or rows
 t0, r0 = warm[0]
 t1, r1 = warm[-1]
 n = len(warm)
@@ -121,9 +125,10 @@ mr = sum(r for _, r in warm) / n
 var = sum((t - mt) ** 2 for t, _ in warm) or 1
 slope = sum((t - mt) * (r - mr) for t, r in warm) / var * 3600
 growth = (r1 - r0) / r0
+late = (half[-1][1] - half[0][1]) / half[0][1]
 flat = "flat" if growth <= 0.05 else "NOT flat"
-print(f"soak rss after warm-up {r0/1024:.1f} MiB, at end {r1/1024:.1f} MiB, max {max(r for _, r in rows)/1024:.1f} MiB, "
-      f"slope {slope/1024:+.2f} MiB/h, growth {growth*100:+.1f}% ({flat})")
+print(f"soak rss after warm-up ({t0} s) {r0/1024:.1f} MiB, at end {r1/1024:.1f} MiB, max {max(r for _, r in rows)/1024:.1f} MiB, "
+      f"slope {slope/1024:+.2f} MiB/h, growth {growth*100:+.1f}% ({flat}), second half {late*100:+.1f}%")
 EOF
 )
 echo "$summary"
