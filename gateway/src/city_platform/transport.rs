@@ -160,9 +160,7 @@ impl Transport {
             Transport::Https(h) => h.url.to_string(),
         }
     }
-}
 
-impl Transport {
     /// The transport `city` configures, with its own connection (`client_id` for MQTT).
     pub fn new(city: &super::CityPlatformSection, client_id: &str) -> anyhow::Result<Transport> {
         match (&city.mqtt, &city.https) {
