@@ -117,7 +117,7 @@ fn fixture(n: usize) -> Fixture {
 }
 
 fn verifier(f: &Fixture) -> Verifier {
-    Verifier::new(f.catalog.clone(), f.keys.clone(), VerifySection::default())
+    Verifier::new(&f.catalog, f.keys.clone(), VerifySection::default())
 }
 
 fn engine(catalog: &Catalog) -> Engine {

@@ -13,12 +13,12 @@
 //! A device may appear once. Devices with third-party JSON profiles have no key: the broker's
 //! per-device credentials and ACLs authenticate them.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use device_profiles::source::{LoadError, SourceFile};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
-use wire::DeviceKey;
+use wire::{DeviceKey, PreparedKey};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,9 +36,9 @@ struct KeyEntry {
     key: String,
 }
 
-/// Device keys by device id.
+/// Device keys by device id, each also prepared for verifying frames.
 #[derive(Debug, Default, Clone)]
-pub struct Keys(HashMap<String, DeviceKey>);
+pub struct Keys(FxHashMap<Box<str>, (DeviceKey, PreparedKey)>);
 
 impl Keys {
     /// Reads and checks a keys file.
@@ -57,7 +57,7 @@ impl Keys {
     fn parse(file: &SourceFile) -> Result<Keys, LoadError> {
         let parsed: KeysFile = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
         let mut problems = Vec::new();
-        let mut keys = HashMap::new();
+        let mut keys = Keys::default();
         for (i, e) in parsed.devices.into_iter().enumerate() {
             match parse_key(&e.key) {
                 Err(reason) => problems.push(file.problem(
@@ -65,7 +65,7 @@ impl Keys {
                     format!("device \"{}\": {reason}", e.id),
                 )),
                 Ok(key) => {
-                    if keys.insert(e.id.clone(), key).is_some() {
+                    if keys.insert(&e.id, key).is_some() {
                         problems.push(file.problem(
                             &format!("device[{i}].id"),
                             format!("device \"{}\" has a second key entry", e.id),
@@ -75,7 +75,7 @@ impl Keys {
             }
         }
         if problems.is_empty() {
-            Ok(Keys(keys))
+            Ok(keys)
         } else {
             Err(LoadError::Invalid(problems))
         }
@@ -83,12 +83,20 @@ impl Keys {
 
     /// The key of a device.
     pub fn get(&self, device: &str) -> Option<&DeviceKey> {
-        self.0.get(device)
+        self.0.get(device).map(|(key, _)| key)
     }
 
-    /// Adds or replaces a key (key rotation, demo).
-    pub fn insert(&mut self, device: &str, key: DeviceKey) {
-        self.0.insert(device.to_owned(), key);
+    /// The key of a device, prepared for verifying its frames.
+    pub fn prepared(&self, device: &str) -> Option<&PreparedKey> {
+        self.0.get(device).map(|(_, prepared)| prepared)
+    }
+
+    /// Adds or replaces a key (key rotation, demo); the key it replaced, if any.
+    pub fn insert(&mut self, device: &str, key: DeviceKey) -> Option<DeviceKey> {
+        let prepared = key.prepare();
+        self.0
+            .insert(device.into(), (key, prepared))
+            .map(|(old, _)| old)
     }
 
     /// How many devices have keys.

@@ -331,7 +331,7 @@ impl Gateway {
         drop(polled_tx);
         let pipeline = pipeline::Pipeline {
             verifier: Arc::new(verify::Verifier::new(
-                catalog,
+                &catalog,
                 keys,
                 settings.verify.clone(),
             )),

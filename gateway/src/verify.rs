@@ -14,16 +14,18 @@
 //! A rejection touches nothing but the counters of the device it names: other devices, and the
 //! device's own replay window, are unchanged.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use device_profiles::{Catalog, Category, Encoding, Profile};
+use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
 use wire::{Body, Frame, FrameError, Timestamp};
 
 use crate::config::VerifySection;
 use crate::keys::Keys;
-use crate::reading::{Measurement, Reading};
-use crate::registry::{DeviceInfo, Registry, StatusTopic};
+use crate::reading::{Measurement, Reading, Tag};
+use crate::registry::{Device, DeviceInfo, Registry, StatusTopic};
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,22 +70,14 @@ pub struct DeviceTopic<'a> {
 
 /// Parses `cs/v1/{zone}/{kind}/{device}/{up|status}`.
 pub fn parse_topic(topic: &str) -> Option<DeviceTopic<'_>> {
-    let mut parts = topic.split('/');
-    let (Some("cs"), Some("v1"), Some(zone), Some(kind), Some(device), Some(stream), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let rest = topic.strip_prefix("cs/v1/")?;
+    let (zone, rest) = rest.split_once('/')?;
+    let (kind, rest) = rest.split_once('/')?;
+    let (device, stream) = rest.split_once('/')?;
     let stream = match stream {
         "up" => Stream::Up,
         "status" => Stream::Status,
-        _ => return None,
+        _ => return None, // also a topic with more levels
     };
     Some(DeviceTopic {
         zone,
@@ -96,7 +90,8 @@ pub fn parse_topic(topic: &str) -> Option<DeviceTopic<'_>> {
 /// Verifies and decodes messages against the catalog, keys and registry.
 #[derive(Debug)]
 pub struct Verifier {
-    catalog: Arc<Catalog>,
+    /// The catalog's profiles by kind, hashed: one lookup per message.
+    profiles: FxHashMap<Box<str>, Profile>,
     keys: Keys,
     rules: VerifySection,
 }
@@ -104,13 +99,17 @@ pub struct Verifier {
 impl Verifier {
     /// The profile of a device kind.
     pub fn profile(&self, kind: &str) -> Option<&device_profiles::Profile> {
-        self.catalog.profiles.get(kind)
+        self.profiles.get(kind)
     }
 
     /// A verifier for `catalog` with `keys`.
-    pub fn new(catalog: Arc<Catalog>, keys: Keys, rules: VerifySection) -> Verifier {
+    pub fn new(catalog: &Catalog, keys: Keys, rules: VerifySection) -> Verifier {
         Verifier {
-            catalog,
+            profiles: catalog
+                .profiles
+                .iter()
+                .map(|(kind, p)| (kind.as_str().into(), p.clone()))
+                .collect(),
             keys,
             rules,
         }
@@ -133,18 +132,28 @@ impl Verifier {
                     format!("topic \"{topic}\" is not cs/v1/{{zone}}/{{kind}}/{{device}}/up"),
                 )
             })?;
-        let result = self.report_from(registry, t, payload, now_ms);
-        if let Some(device) = registry.get_mut(t.device) {
-            match &result {
-                Ok(_) => {
-                    device.state.accepted += 1;
-                    device.state.last_seen_ms = Some(now_ms);
-                    if device.state.status_topic == Some(StatusTopic::Offline) {
-                        device.state.status_topic = None;
-                    }
+        let Some(device) = registry.get_mut(t.device) else {
+            return Err(Rejection {
+                zone: registry.zone(t.zone),
+                ..reject(
+                    "unknown_device",
+                    format!(
+                        "device \"{}\" is not in the site (or not in a zone this gateway serves)",
+                        t.device
+                    ),
+                )
+            });
+        };
+        let result = self.report_from(device, t, payload, now_ms);
+        match &result {
+            Ok(_) => {
+                device.state.accepted += 1;
+                device.state.last_seen_ms = Some(now_ms);
+                if device.state.status_topic == Some(StatusTopic::Offline) {
+                    device.state.status_topic = None;
                 }
-                Err(_) => device.state.rejected += 1,
             }
+            Err(_) => device.state.rejected += 1,
         }
         result.map_err(|mut r| {
             r.zone = registry.zone(t.zone);
@@ -154,21 +163,12 @@ impl Verifier {
 
     fn report_from(
         &self,
-        registry: &mut Registry,
+        device: &mut Device,
         t: DeviceTopic<'_>,
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Vec<Reading>, Rejection> {
-        let device = registry.get(t.device).ok_or_else(|| {
-            reject(
-                "unknown_device",
-                format!(
-                    "device \"{}\" is not in the site (or not in a zone this gateway serves)",
-                    t.device
-                ),
-            )
-        })?;
-        let info = device.info.clone();
+        let info = &device.info;
         if &*info.zone != t.zone || &*info.kind != t.kind {
             return Err(reject(
                 "wrong_topic",
@@ -178,15 +178,15 @@ impl Verifier {
                 ),
             ));
         }
-        let profile = self.catalog.profiles.get(&*info.kind).ok_or_else(|| {
+        let profile = self.profiles.get(&*info.kind).ok_or_else(|| {
             reject(
                 "unknown_device",
                 format!("profile \"{}\" is not loaded", info.kind),
             )
         })?;
         match profile.encoding {
-            Encoding::Wire => self.wire_report(registry, &info, profile, payload, now_ms),
-            Encoding::Json => json_report(&info, profile, payload, now_ms),
+            Encoding::Wire => self.wire_report(device, profile, payload, now_ms),
+            Encoding::Json => json_report(info, profile, payload, now_ms),
             Encoding::Modbus => Err(reject(
                 "wrong_topic",
                 format!(
@@ -199,12 +199,12 @@ impl Verifier {
 
     fn wire_report(
         &self,
-        registry: &mut Registry,
-        info: &DeviceInfo,
+        device: &mut Device,
         profile: &Profile,
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Vec<Reading>, Rejection> {
+        let Device { info, state } = device;
         let frame_error = |e: FrameError| reject(e.reason(), e.to_string());
         let frame = Frame::new_checked(payload).map_err(frame_error)?;
         if frame.device_id() != &*info.id {
@@ -217,25 +217,20 @@ impl Verifier {
                 ),
             ));
         }
-        let key = self.keys.get(&info.id).ok_or_else(|| {
+        let key = self.keys.prepared(&info.id).ok_or_else(|| {
             reject(
                 "no_key",
                 format!("no key for device \"{}\" in the keys file", info.id),
             )
         })?;
         let message = frame
-            .verify(key)
+            .verify_prepared(key)
             .map_err(frame_error)?
             .decode()
             .map_err(frame_error)?;
         let h = message.header;
-        let replayed = registry
-            .get(&info.id)
-            .is_some_and(|d| d.state.ledger.check(h.boot_epoch, h.sequence).is_err());
-        if replayed {
-            if let Some(d) = registry.get_mut(&info.id) {
-                d.state.ledger.count_replay();
-            }
+        if state.ledger.check(h.boot_epoch, h.sequence).is_err() {
+            state.ledger.count_replay();
             return Err(reject(
                 "replayed",
                 format!(
@@ -279,17 +274,15 @@ impl Verifier {
             measurement,
         };
         let readings = body_readings(info, profile, &message.body, time_ms, reading)?;
-        if let Some(d) = registry.get_mut(&info.id) {
-            d.state.ledger.accept(h.boot_epoch, h.sequence);
-            if let Body::Status(s) = &message.body {
-                d.state.battery_pct = s.battery_pct;
-                d.state.signal_dbm = Some(s.signal_dbm);
-                d.state.firmware = Some(format!(
-                    "{}.{}.{}",
-                    s.firmware.major, s.firmware.minor, s.firmware.patch
-                ));
-                d.state.key_fingerprint = Some(s.key_fingerprint.to_string());
-            }
+        state.ledger.accept(h.boot_epoch, h.sequence);
+        if let Body::Status(s) = &message.body {
+            state.battery_pct = s.battery_pct;
+            state.signal_dbm = Some(s.signal_dbm);
+            state.firmware = Some(format!(
+                "{}.{}.{}",
+                s.firmware.major, s.firmware.minor, s.firmware.patch
+            ));
+            state.key_fingerprint = Some(s.key_fingerprint.to_string());
         }
         Ok(readings)
     }
@@ -379,7 +372,7 @@ fn body_readings(
                 reading(
                     time_ms + i64::from(e.offset_ms),
                     Measurement::Passage {
-                        tag: hex::encode(e.tag.0),
+                        tag: Tag(e.tag.0),
                         entry: e.direction == wire::Direction::Entry,
                     },
                 )
@@ -436,7 +429,7 @@ fn body_readings(
                 out.push(reading(
                     time_ms,
                     Measurement::Value {
-                        field: name.to_owned(),
+                        field: Cow::Borrowed(name),
                         value,
                         urgent,
                     },
@@ -609,7 +602,7 @@ fn json_report(
             unsynced_clock: unsynced,
             origin: None,
             measurement: Measurement::Value {
-                field: f.name.clone(),
+                field: f.name.clone().into(),
                 value,
                 urgent: false,
             },
@@ -661,7 +654,7 @@ mod verifier_tests {
         let keys = demo_keys(&catalog);
         let registry = Registry::new(&catalog, &keys, &[]);
         (
-            Verifier::new(catalog, keys, VerifySection::default()),
+            Verifier::new(&catalog, keys, VerifySection::default()),
             registry,
         )
     }

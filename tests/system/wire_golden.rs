@@ -25,7 +25,7 @@ fn gateway_accepts_the_golden_uplink_vectors() {
         max_age_s: 100 * 365 * 24 * 3600,
         ..VerifySection::default()
     };
-    let verifier = Verifier::new(catalog.clone(), keys, rules);
+    let verifier = Verifier::new(&catalog, keys, rules);
     let mut accepted = 0;
     for v in VECTORS {
         let m = (v.meaning)();

@@ -59,12 +59,13 @@ impl DeviceKey {
 
     /// Checks `tag` against `signed` in constant time.
     pub fn verify(&self, signed: &[u8], tag: &[u8]) -> bool {
-        if tag.len() != TAG_LEN {
-            return false;
-        }
-        let mut mac = self.mac();
-        mac.update(signed);
-        mac.verify_truncated_left(tag).is_ok()
+        verify_with(self.mac(), signed, tag)
+    }
+
+    /// The key with its HMAC pads already hashed, for a verifier that checks many frames of
+    /// one device: each check then hashes only the frame (two SHA-256 blocks fewer).
+    pub fn prepare(&self) -> PreparedKey {
+        PreparedKey(self.mac())
     }
 
     /// Encrypts `new` for a key-rotation downlink: `new XOR HMAC-SHA256(self, label ‖ key_id)`.
@@ -98,6 +99,32 @@ impl DeviceKey {
         let mut pad = [0u8; KEY_LEN];
         pad.copy_from_slice(&mac.finalize().into_bytes());
         pad
+    }
+}
+
+fn verify_with(mut mac: HmacSha256, signed: &[u8], tag: &[u8]) -> bool {
+    if tag.len() != TAG_LEN {
+        return false;
+    }
+    mac.update(signed);
+    mac.verify_truncated_left(tag).is_ok()
+}
+
+/// A [`DeviceKey`] ready to verify tags: the HMAC state after the key, copied for every frame.
+/// `Debug` prints nothing of the key.
+#[derive(Clone)]
+pub struct PreparedKey(HmacSha256);
+
+impl PreparedKey {
+    /// Checks `tag` against `signed` in constant time, as [`DeviceKey::verify`] does.
+    pub fn verify(&self, signed: &[u8], tag: &[u8]) -> bool {
+        verify_with(self.0.clone(), signed, tag)
+    }
+}
+
+impl core::fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("PreparedKey(..)")
     }
 }
 
@@ -153,6 +180,16 @@ mod tests {
         }
         assert!(!key.verify(b"header and body", &tag[..15]));
         assert!(!DeviceKey::from_bytes([8; 32]).verify(b"header and body", &tag));
+        let prepared = key.prepare();
+        assert!(prepared.verify(b"header and body", &tag));
+        assert!(prepared.verify(b"header and body", &tag), "a second check");
+        assert!(!prepared.verify(b"header and bodY", &tag));
+        assert!(!prepared.verify(b"header and body", &tag[..15]));
+        assert!(
+            !DeviceKey::from_bytes([8; 32])
+                .prepare()
+                .verify(b"header and body", &tag)
+        );
     }
 
     #[test]

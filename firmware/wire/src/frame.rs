@@ -6,7 +6,7 @@
 
 use core::ops::Range;
 
-use crate::auth::{DeviceKey, TAG_LEN};
+use crate::auth::{DeviceKey, PreparedKey, TAG_LEN};
 use crate::body::Body;
 
 /// The format version this crate writes and reads.
@@ -301,6 +301,15 @@ impl<'a> Frame<'a> {
 
     /// Checks the tag with the device's key, in constant time.
     pub fn verify(self, key: &DeviceKey) -> Result<Verified<'a>, FrameError> {
+        if key.verify(self.signed_bytes(), self.tag()) {
+            Ok(Verified(self))
+        } else {
+            Err(FrameError::BadTag)
+        }
+    }
+
+    /// [`Frame::verify`] with a key prepared once for many frames.
+    pub fn verify_prepared(self, key: &PreparedKey) -> Result<Verified<'a>, FrameError> {
         if key.verify(self.signed_bytes(), self.tag()) {
             Ok(Verified(self))
         } else {

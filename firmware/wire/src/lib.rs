@@ -56,7 +56,7 @@ pub mod body;
 pub mod frame;
 pub mod golden;
 
-pub use auth::{DeviceKey, KeyFingerprint, TAG_LEN};
+pub use auth::{DeviceKey, KeyFingerprint, PreparedKey, TAG_LEN};
 pub use body::{
     AckOutcome, Body, DeviceStatus, Direction, Downlink, DownlinkAck, FirmwareVersion, GateCounts,
     GateEvent, GateEvents, LaneInterval, PipeReading, PipeReadings, Quantity, TagHash,

@@ -19,13 +19,14 @@ pub mod window;
 
 // Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
 use device_profiles::site::{GateDirection, RoadClass};
 
 use crate::point::{FieldValue, Point, Quality};
-use crate::reading::{Measurement, Reading};
+use crate::reading::{Measurement, Reading, Tag};
 use window::Windows;
 
 const MINUTE: i64 = 60_000;
@@ -228,12 +229,12 @@ pub struct Aggregators {
     drained_minute: i64,
     late_touch: bool,
     crowd: HashMap<Arc<str>, Crowd>,
-    recent_tags: HashMap<(Arc<str>, String), i64>,
+    recent_tags: HashMap<(Arc<str>, Tag), i64>,
     /// By segment, bin and lane (`None`: the whole segment).
     traffic: HashMap<TrafficKey, Windows<TrafficWindow>>,
     /// Speeds of recent 1-minute segment bins `(window end, km/h)`: the incident baseline.
     speeds: HashMap<Arc<str>, std::collections::VecDeque<(i64, f64)>>,
-    pipe: HashMap<(Arc<str>, String), PipeSeries>,
+    pipe: HashMap<(Arc<str>, Cow<'static, str>), PipeSeries>,
     health: HashMap<Arc<str>, HealthSeries>,
     /// Counters.
     pub counts: AggregateCounts,
@@ -412,7 +413,7 @@ impl Aggregators {
                 },
                 Measurement::Passage { tag, entry },
             ) => {
-                let key = (gate, tag.clone());
+                let key = (gate, *tag);
                 if let Some(seen) = self.recent_tags.get(&key)
                     && (r.time_ms - seen).abs() < self.settings.tag_dedupe_ms
                 {
@@ -688,7 +689,7 @@ impl Aggregators {
                     tags: vec![
                         ("asset".into(), asset.to_string()),
                         ("zone".into(), zone.to_string()),
-                        ("field".into(), field.clone()),
+                        ("field".into(), field.to_string()),
                     ],
                     fields,
                     time_ms: end,
@@ -780,7 +781,7 @@ mod tests {
                     "uhf-rfid-gate",
                     T0 + i * 500,
                     Measurement::Passage {
-                        tag: "aa".into(),
+                        tag: Tag::from(0xaa),
                         entry: true,
                     },
                 )
@@ -792,7 +793,7 @@ mod tests {
             "uhf-rfid-gate",
             T0 + 3 * MINUTE,
             Measurement::Passage {
-                tag: "bb".into(),
+                tag: Tag::from(0xbb),
                 entry: false,
             },
         )]);
@@ -814,7 +815,7 @@ mod tests {
                     "uhf-rfid-gate",
                     T0 + i,
                     Measurement::Passage {
-                        tag: format!("t{i}"),
+                        tag: Tag::from(i as u64),
                         entry: false,
                     },
                 )
@@ -841,23 +842,23 @@ mod tests {
     fn a_choke_point_counts_the_passages_of_its_gates_against_its_own_capacity() {
         let mut a = Aggregators::new(&catalog());
         // 古浮桥: S3-G1 and S3-G2 bound the bridge deck (capacity 600) and the area S3.
-        let pass = |d: &str, t: i64, tag: &str, entry: bool| {
+        let pass = |d: &str, t: i64, tag: u64, entry: bool| {
             reading(
                 d,
                 "uhf-rfid-gate",
                 t,
                 Measurement::Passage {
-                    tag: tag.into(),
+                    tag: Tag::from(tag),
                     entry,
                 },
             )
         };
         a.ingest(&[
-            pass("gz-s3-g1", T0, "a", true),
-            pass("gz-s3-g1", T0 + 1, "b", true),
-            pass("gz-s3-g2", T0 + 2, "a", false),
+            pass("gz-s3-g1", T0, 0xa, true),
+            pass("gz-s3-g1", T0 + 1, 0xb, true),
+            pass("gz-s3-g2", T0 + 2, 0xa, false),
         ]);
-        let points = a.ingest(&[pass("gz-s3-g2", T0 + 2 * MINUTE, "z", true)]);
+        let points = a.ingest(&[pass("gz-s3-g2", T0 + 2 * MINUTE, 0xf, true)]);
         let deck = points
             .iter()
             .find(|p| p.tags.contains(&("choke_point".into(), "S3-bridge".into())))
@@ -892,7 +893,7 @@ mod tests {
                 "uhf-rfid-gate",
                 T0 + t,
                 Measurement::Passage {
-                    tag: "aa".into(),
+                    tag: Tag::from(0xaa),
                     entry: true,
                 },
             )
@@ -909,20 +910,20 @@ mod tests {
         let mut a = Aggregators::new(&catalog());
         // 通天岩 (S4) closes at 18:00 local = 10:00 UTC. T0 is 10:00 local; closing is 8 h later.
         let closing = T0 + 8 * 3600 * 1000;
-        let pass = |t: i64, tag: &str| {
+        let pass = |t: i64, tag: u64| {
             reading(
                 "gz-s4-g1",
                 "uhf-rfid-gate",
                 t,
                 Measurement::Passage {
-                    tag: tag.into(),
+                    tag: Tag::from(tag),
                     entry: true,
                 },
             )
         };
-        let mut points = a.ingest(&[pass(closing - 30_000, "a")]);
-        points.extend(a.ingest(&[pass(closing + 30_000, "b")]));
-        points.extend(a.ingest(&[pass(closing + 3 * MINUTE, "c")]));
+        let mut points = a.ingest(&[pass(closing - 30_000, 0xa)]);
+        points.extend(a.ingest(&[pass(closing + 30_000, 0xb)]));
+        points.extend(a.ingest(&[pass(closing + 3 * MINUTE, 0xc)]));
         let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
         assert_eq!(crowd.len(), 2);
         assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
@@ -1124,7 +1125,7 @@ mod tests {
                 "uhf-rfid-gate",
                 t,
                 Measurement::Passage {
-                    tag: format!("{i}"),
+                    tag: Tag::from(i as u64),
                     entry: true,
                 },
             ));

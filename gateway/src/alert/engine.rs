@@ -457,7 +457,7 @@ impl Engine {
         ordered.sort_by_key(|r| r.time_ms);
         for r in ordered {
             let (field, value) = match &r.measurement {
-                Measurement::Value { field, value, .. } => (field.as_str(), *value),
+                Measurement::Value { field, value, .. } => (&**field, *value),
                 Measurement::Status {
                     battery_pct: Some(b),
                     ..

@@ -280,7 +280,7 @@ impl Exchange {
         let mut fields = BTreeMap::new();
         let measurement = match &r.measurement {
             Measurement::Passage { tag, entry } => {
-                fields.insert("tag".into(), field(tag.clone(), ""));
+                fields.insert("tag".into(), field(tag.to_string(), ""));
                 fields.insert("entry".into(), field(*entry, ""));
                 "passage"
             }
@@ -315,10 +315,10 @@ impl Exchange {
                 value,
                 urgent,
             } => {
-                subjects.insert("field".into(), name.clone());
+                subjects.insert("field".into(), name.to_string());
                 let unit = self
                     .units_by_kind
-                    .get(&(r.kind.to_string(), name.clone()))
+                    .get(&(r.kind.to_string(), name.to_string()))
                     .map_or("", String::as_str);
                 number(&mut fields, name, *value, unit);
                 fields.insert("urgent".into(), field(*urgent, ""));
@@ -507,7 +507,7 @@ mod tests {
         };
         let all = [
             Measurement::Passage {
-                tag: "00aa".into(),
+                tag: crate::reading::Tag::from(0xaa),
                 entry: true,
             },
             Measurement::Counts {

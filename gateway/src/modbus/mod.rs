@@ -529,7 +529,7 @@ async fn read_blocks(
                             unsynced_clock: false,
                             origin: None,
                             measurement: Measurement::Value {
-                                field: r.field.clone(),
+                                field: r.field.clone().into(),
                                 value,
                                 urgent: false,
                             },
