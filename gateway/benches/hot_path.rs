@@ -298,6 +298,21 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    // As the pipeline commits a burst from many devices: each message's device has a ledger
+    // that moved in this batch.
+    let batch: Vec<Reading> = readings.iter().take(512).cloned().collect();
+    let ledger = gateway::ledger::Ledger::default();
+    let devices: Vec<String> = (0..512).map(|i| format!("bench-{i:04}")).collect();
+    let ledgers: Vec<(&str, &gateway::ledger::Ledger)> =
+        devices.iter().map(|d| (d.as_str(), &ledger)).collect();
+    g.throughput(Throughput::Elements(512));
+    g.bench_function("batch_512_from_512_devices", |b| {
+        b.iter(|| {
+            store
+                .accept(&batch, &[], &ledgers, &Default::default())
+                .unwrap();
+        });
+    });
     g.finish();
 }
 

@@ -45,8 +45,9 @@ const BASELINE_MS: i64 = 15 * MINUTE;
 #[derive(Debug, Clone)]
 enum Place {
     Gate {
-        /// The area, then every choke point the gate bounds.
-        subjects: Vec<Arc<str>>,
+        /// The area, then every choke point the gate bounds (shared: a place is copied for every
+        /// reading).
+        subjects: Arc<[Arc<str>]>,
         gate: Arc<str>,
         direction: GateDirection,
     },
@@ -385,11 +386,13 @@ impl Aggregators {
 
     fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
         let (wm, lateness) = (self.watermark, self.settings.lateness_ms);
-        let (zone, kind) = (r.zone.clone(), r.kind.clone());
-        let h = self
-            .health
-            .entry(r.device.clone())
-            .or_insert_with(|| (zone, kind, Windows::new(5 * MINUTE, lateness)));
+        let h = self.health.entry(r.device.clone()).or_insert_with(|| {
+            (
+                r.zone.clone(),
+                r.kind.clone(),
+                Windows::new(5 * MINUTE, lateness),
+            )
+        });
         let hw = h.2.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
         hw.report(r.origin, r.time_ms);
         if let Measurement::Status {
@@ -426,7 +429,7 @@ impl Aggregators {
                     GateDirection::Exit => false,
                     GateDirection::Both => *entry,
                 };
-                for subject in &subjects {
+                for subject in subjects.iter() {
                     let w = self.crowd_windows(subject).get_mut_from(
                         r.time_ms,
                         r.unsynced_clock,
@@ -440,7 +443,7 @@ impl Aggregators {
                 }
             }
             (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => {
-                for subject in &subjects {
+                for subject in subjects.iter() {
                     let w = self.crowd_windows(subject).get_mut_from(
                         r.time_ms,
                         r.unsynced_clock,
@@ -480,11 +483,10 @@ impl Aggregators {
                 }
             }
             (Place::Asset { asset }, Measurement::Value { field, value, .. }) => {
-                let zone = r.zone.clone();
                 let entry = self
                     .pipe
                     .entry((asset, field.clone()))
-                    .or_insert_with(|| (zone, Windows::new(MINUTE, lateness)));
+                    .or_insert_with(|| (r.zone.clone(), Windows::new(MINUTE, lateness)));
                 let w = entry.1.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
                 if w.n == 0 {
                     (w.min, w.max) = (*value, *value);
