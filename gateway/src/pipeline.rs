@@ -1,9 +1,10 @@
 //! The receive path: batches of MQTT messages → verify and decode → store → acknowledge.
 //!
 //! Messages are taken in batches (whatever has arrived, up to [`MAX_BATCH`]), verified under one
-//! lock of the registry, and the batch's readings handed to the store in one call. Only then are
-//! the messages acknowledged, so a crash before that leaves them with the broker, which
-//! redelivers them. Rejected messages go to `cs/v1/dlq/{zone}` with their reason and are
+//! lock of the registry, and the batch's readings handed to the store in one call, by a committer
+//! task that takes batches in order (so batch N is committed while batch N+1 is verified and
+//! aggregated). Only once a batch is committed are its messages acknowledged, so a crash before
+//! that leaves them with the broker, which redelivers them. Rejected messages go to `cs/v1/dlq/{zone}` with their reason and are
 //! acknowledged: they are handled.
 
 use std::collections::HashSet;
@@ -48,6 +49,22 @@ pub struct DeadLetter<'a> {
     pub payload_hex: String,
 }
 
+/// A batch verified, aggregated and evaluated, on its way to the committer.
+struct Accepted {
+    readings: Vec<Reading>,
+    points: Vec<Point>,
+    ledgers: Vec<(String, Ledger)>,
+    changes: Changes,
+    /// The alert commit lock, released once this batch's alert changes are committed.
+    held: tokio::sync::OwnedMutexGuard<()>,
+    /// The messages to acknowledge once committed (QoS 0 ones need nothing).
+    acks: Vec<Publish>,
+    /// Rejected messages, published as dead letters once the batch is committed.
+    dead: Vec<(String, Vec<u8>, Rejection)>,
+    /// When the batch was received, Unix ms.
+    now: i64,
+}
+
 /// The current time, Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -83,12 +100,15 @@ impl Pipeline {
         mut inbound: mpsc::Receiver<Publish>,
         mut polled: mpsc::Receiver<Vec<Reading>>,
     ) {
+        // Batch N is committed while batch N+1 is verified and aggregated.
+        let (to_commit, accepted) = mpsc::channel(1);
+        let committer = tokio::spawn(self.clone().commit_in_order(accepted));
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut polling = true;
         loop {
             tokio::select! {
                 first = inbound.recv() => {
-                    let Some(first) = first else { return };
+                    let Some(first) = first else { break };
                     batch.push(first);
                     while batch.len() < MAX_BATCH {
                         match inbound.try_recv() {
@@ -96,19 +116,21 @@ impl Pipeline {
                             Err(_) => break,
                         }
                     }
-                    self.process(&mut batch).await;
+                    self.process(&mut batch, &to_commit).await;
                 }
                 readings = polled.recv(), if polling => match readings {
-                    Some(r) => self.process_polled(r).await,
+                    Some(r) => self.process_polled(r, &to_commit).await,
                     None => polling = false,
                 },
             }
         }
+        drop(to_commit);
+        let _ = committer.await;
     }
 
     /// Readings of a polled device: checked against the profile's ranges, then aggregated,
     /// evaluated and committed like reports.
-    pub async fn process_polled(&self, mut readings: Vec<Reading>) {
+    async fn process_polled(&self, mut readings: Vec<Reading>, to_commit: &mpsc::Sender<Accepted>) {
         let Some(first) = readings.first() else {
             return;
         };
@@ -146,11 +168,13 @@ impl Pipeline {
             .readings
             .with_label_values(&["pipe"])
             .inc_by(readings.len() as u64);
-        self.accept(readings, Vec::new()).await;
+        let accepted = self.accept(readings, Vec::new(), now_ms()).await;
+        let _ = to_commit.send(accepted).await;
     }
 
-    /// Verifies, stores and acknowledges one batch.
-    pub async fn process(&self, batch: &mut Vec<Publish>) {
+    /// Verifies and aggregates one batch and hands it to the committer, which stores it and
+    /// then acknowledges its messages.
+    async fn process(&self, batch: &mut Vec<Publish>, to_commit: &mpsc::Sender<Accepted>) {
         let now = now_ms();
         let mut readings: Vec<Reading> = Vec::new();
         let mut touched: HashSet<Arc<str>> = HashSet::new();
@@ -189,20 +213,22 @@ impl Pipeline {
                 })
                 .collect()
         };
-        self.accept(readings, ledgers).await;
-        for (topic, payload, r) in &dead {
-            self.dead_letter(topic, payload, r, now);
-        }
-        for p in batch.drain(..) {
-            if p.qos != QoS::AtMostOnce && self.client.try_ack(&p).is_err() {
-                self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
-            }
-        }
+        let mut accepted = self.accept(readings, ledgers, now).await;
+        accepted.dead = dead;
+        accepted.acks = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
+        // Sending fails only when the committer is gone (shutdown): the messages stay
+        // unacknowledged and the broker keeps them.
+        let _ = to_commit.send(accepted).await;
     }
 
-    /// Aggregates, evaluates the rules, and commits readings, points, ledgers and alert changes
-    /// in one transaction.
-    async fn accept(&self, readings: Vec<Reading>, ledgers: Vec<(String, Ledger)>) {
+    /// Aggregates and evaluates the rules: the batch as it is to be committed, holding the
+    /// alert commit lock so that alert changes reach the outbox in engine order.
+    async fn accept(
+        &self,
+        readings: Vec<Reading>,
+        ledgers: Vec<(String, Ledger)>,
+        now: i64,
+    ) -> Accepted {
         let points = match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
@@ -229,13 +255,48 @@ impl Pipeline {
             e.on_readings(&readings);
             e.on_points(&points);
         });
-        // Accepted means committed to the local store; until then nothing is acknowledged.
-        if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
-            self.commit(readings, points, ledgers, changes.clone())
-                .await;
+        Accepted {
+            readings,
+            points,
+            ledgers,
+            changes,
+            held,
+            acks: Vec::new(),
+            dead: Vec::new(),
+            now,
         }
-        drop(held);
-        self.alerts.committed(&changes);
+    }
+
+    /// Commits batches in the order they were verified, then acknowledges their messages and
+    /// publishes their dead letters. Accepted means committed to the local store; until then
+    /// nothing is acknowledged.
+    async fn commit_in_order(self, mut accepted: mpsc::Receiver<Accepted>) {
+        while let Some(a) = accepted.recv().await {
+            let Accepted {
+                readings,
+                points,
+                ledgers,
+                changes,
+                held,
+                acks,
+                dead,
+                now,
+            } = a;
+            if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
+                self.commit(readings, points, ledgers, changes.clone())
+                    .await;
+            }
+            drop(held);
+            self.alerts.committed(&changes);
+            for (topic, payload, r) in &dead {
+                self.dead_letter(topic, payload, r, now);
+            }
+            for p in &acks {
+                if p.qos != QoS::AtMostOnce && self.client.try_ack(p).is_err() {
+                    self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
+                }
+            }
+        }
     }
 
     /// One message: its readings and its device's ledger are appended to the batch's.
