@@ -35,6 +35,45 @@ pub fn device_id(i: usize) -> String {
     format!("ld-{i:06}")
 }
 
+/// How many distinct gas values the probe raises with before they repeat (an hour of raises at
+/// one every second fits).
+const PROBE_MARKS: u32 = 5000;
+
+/// The gas value of the probe's raise number `mark`: 22.0, 22.0005, … (all inside the alarm
+/// grade, 20–25 %LEL), so every raised event names the report that caused it.
+fn probe_value(mark: u32) -> f32 {
+    22.0 + mark as f32 / 2000.0
+}
+
+/// The raise number of a probe value (the inverse of [`probe_value`]).
+fn probe_mark(value: f64) -> u32 {
+    ((value - 22.0) * 2000.0).round().max(0.0) as u32
+}
+
+/// Publish → raised latencies in ms: each sent raise with the first raised event of the same
+/// value after it (a missed event costs one sample, not the pairing of every later one).
+fn pair_probes(sent: &[(u32, Instant)], seen: &[(u32, Instant)]) -> Vec<f64> {
+    let mut by_mark: std::collections::HashMap<u32, std::collections::VecDeque<Instant>> =
+        std::collections::HashMap::new();
+    for (mark, at) in seen {
+        by_mark.entry(*mark).or_default().push_back(*at);
+    }
+    let mut latencies = Vec::new();
+    for (mark, sent_at) in sent {
+        let Some(queue) = by_mark.get_mut(mark) else {
+            continue;
+        };
+        while queue.front().is_some_and(|at| at < sent_at) {
+            queue.pop_front();
+        }
+        if let Some(at) = queue.pop_front() {
+            latencies.push(at.duration_since(*sent_at).as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
 fn probe_id(i: usize) -> String {
     format!("ld-gas-{i}")
 }
@@ -269,7 +308,8 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     clients.sort_by_key(|(c, _)| *c);
     let clients: Vec<AsyncClient> = clients.into_iter().map(|(_, c)| c).collect();
     // The alert watcher and the probes.
-    let events = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    // Raised events of the probe, by the probe's value (each raise sends its own: see below).
+    let events = Arc::new(std::sync::Mutex::new(Vec::<(u32, Instant)>::new()));
     let _watcher = {
         let mut o = MqttOptions::new(
             format!("sim-load-{run_id:08x}-watch"),
@@ -293,9 +333,10 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                             serde_json::from_slice(&p.payload).unwrap_or_default();
                         if e["kind"] == "raised"
                             && e["alert"]["subject"] == "LG0"
+                            && let Some(value) = e["alert"]["value"].as_f64()
                             && let Ok(mut s) = seen.lock()
                         {
-                            s.push(at);
+                            s.push((probe_mark(value), at));
                         }
                     }
                     Ok(_) => {}
@@ -338,7 +379,8 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     let tick = Duration::from_millis(10);
     let per_tick = opts.rate * tick.as_secs_f64();
     let (mut owed, mut sent, mut device) = (0.0, 0u64, 0usize);
-    let mut probe_sent: Vec<Instant> = Vec::new();
+    let mut probe_sent: Vec<(u32, Instant)> = Vec::new();
+    let mut raises = 0u32;
     let mut raise = true;
     let mut next_probe = started + Duration::from_millis(500);
     let mut interval = tokio::time::interval(tick);
@@ -374,7 +416,8 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         // The probe: every half second, raise or resolve the gas alarm and time the event.
         if Instant::now() >= next_probe {
             next_probe += Duration::from_millis(500);
-            let gas = if raise { 22.0 } else { 2.0 };
+            let mark = raises % PROBE_MARKS;
+            let gas = if raise { probe_value(mark) } else { 2.0 };
             let body = node::pipe::report(Trigger::Threshold, &[(Quantity::Gas, gas)]);
             probe.set_clock(now_ms() as u64, uptime);
             if probe.report(&body, uptime, true).is_ok()
@@ -390,7 +433,8 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                     .is_ok()
                 && raise
             {
-                probe_sent.push(Instant::now());
+                probe_sent.push((mark, Instant::now()));
+                raises += 1;
             }
             raise = !raise;
         }
@@ -442,15 +486,10 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         .await?
         - accepted_before;
     let gateway_received = (received as u64).saturating_sub(probes);
-    let mut latencies: Vec<f64> = Vec::new();
-    if let Ok(seen) = events.lock() {
-        for (i, s) in probe_sent.iter().enumerate() {
-            if let Some(r) = seen.get(i) {
-                latencies.push(r.duration_since(*s).as_secs_f64() * 1000.0);
-            }
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
+    let latencies = match events.lock() {
+        Ok(seen) => pair_probes(&probe_sent, &seen),
+        Err(_) => Vec::new(),
+    };
     Ok(LoadReport {
         devices: opts.devices,
         connections,
@@ -490,4 +529,28 @@ fn boot(c: Config, epoch: u32) -> Node<4> {
         report_interval_s: c.report_interval_s,
     };
     Node::boot(c, &mut Persisting(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probe_value_maps_back_to_its_mark_through_f32() {
+        for mark in 0..PROBE_MARKS {
+            let v = probe_value(mark);
+            assert!((20.0..25.0).contains(&v), "{v} leaves the alarm grade");
+            assert_eq!(probe_mark(f64::from(v)), mark);
+        }
+    }
+
+    #[test]
+    fn a_missed_event_costs_one_sample_and_not_the_pairing_of_the_rest() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let sent = [(0, at(0)), (1, at(1000)), (2, at(2000))];
+        // The raise of mark 1 never came back; a stale event of mark 2 precedes its send.
+        let seen = [(0, at(5)), (2, at(1500)), (2, at(2007))];
+        assert_eq!(pair_probes(&sent, &seen), [5.0, 7.0]);
+    }
 }
