@@ -307,6 +307,16 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     }
     clients.sort_by_key(|(c, _)| *c);
     let clients: Vec<AsyncClient> = clients.into_iter().map(|(_, c)| c).collect();
+    // The probe is a device of its own with its own connection, as in the field: its reports
+    // do not queue behind the load's in the publisher.
+    let probe_client = client(
+        &opts.mqtt_host,
+        opts.mqtt_port,
+        &format!("sim-load-{run_id:08x}-probe"),
+        16,
+        acked.clone(),
+    )
+    .await?;
     // The alert watcher and the probes.
     // Raised events of the probe, by the probe's value (each raise sends its own: see below).
     let events = Arc::new(std::sync::Mutex::new(Vec::<(u32, Instant)>::new()));
@@ -422,7 +432,7 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             probe.set_clock(now_ms() as u64, uptime);
             if probe.report(&body, uptime, true).is_ok()
                 && let Some(q) = probe.queue.pop()
-                && clients[0]
+                && probe_client
                     .publish(
                         probe_topic.as_str(),
                         QoS::AtLeastOnce,
