@@ -268,7 +268,57 @@ struct Compiled {
 }
 
 /// Recent `(time ms, value)` of one field of one subject.
-type History = VecDeque<(i64, f64)>;
+/// Recent values of one field of one subject, kept as what the derivations ask of them: the
+/// largest and the smallest value since any time within the kept span, and the latest value.
+///
+/// `maxima` holds the values larger than every later one (the suffix maxima), oldest first:
+/// the largest value since `from` is the first of them at or after `from`, found by binary
+/// search. `minima` likewise. Each value is pushed and popped at most once, so a subject
+/// reporting many times a second (a water main with a hundred loggers) costs O(log n) per
+/// reading instead of a walk through its whole window.
+#[derive(Debug, Clone, Default)]
+struct History {
+    maxima: VecDeque<(i64, f64)>,
+    minima: VecDeque<(i64, f64)>,
+    latest: Option<(i64, f64)>,
+}
+
+impl History {
+    fn push(&mut self, time_ms: i64, value: f64, keep_ms: i64) {
+        while self.maxima.back().is_some_and(|&(_, v)| v <= value) {
+            self.maxima.pop_back();
+        }
+        self.maxima.push_back((time_ms, value));
+        while self.minima.back().is_some_and(|&(_, v)| v >= value) {
+            self.minima.pop_back();
+        }
+        self.minima.push_back((time_ms, value));
+        self.latest = Some((time_ms, value));
+        for q in [&mut self.maxima, &mut self.minima] {
+            while q.front().is_some_and(|&(t, _)| t < time_ms - keep_ms) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The first kept extremum at or after `from_ms`: the largest (or smallest) value since.
+    fn since(q: &VecDeque<(i64, f64)>, from_ms: i64) -> Option<f64> {
+        q.get(q.partition_point(|&(t, _)| t < from_ms))
+            .map(|&(_, v)| v)
+    }
+
+    fn max_since(&self, from_ms: i64) -> Option<f64> {
+        Self::since(&self.maxima, from_ms)
+    }
+
+    fn min_since(&self, from_ms: i64) -> Option<f64> {
+        Self::since(&self.minima, from_ms)
+    }
+
+    fn latest_since(&self, from_ms: i64) -> Option<f64> {
+        self.latest.filter(|&(t, _)| t >= from_ms).map(|(_, v)| v)
+    }
+}
 
 /// The rule engine. See the module documentation.
 #[derive(Debug, Clone)]
@@ -553,32 +603,15 @@ impl Engine {
             Some(h) => h,
             None => fields.entry(field.into()).or_default(),
         };
-        if h.back().is_some_and(|&(t, _)| t > time_ms) {
+        if h.latest.is_some_and(|(t, _)| t > time_ms) {
             return; // older than what is known: the window is about now
         }
-        h.push_back((time_ms, value));
-        while h.front().is_some_and(|&(t, _)| t < time_ms - keep_ms) {
-            h.pop_front();
-        }
+        h.push(time_ms, value, keep_ms);
     }
 
-    /// The values of `field` since `from_ms`, newest first.
-    fn window<'a>(
-        &'a self,
-        subject: &str,
-        field: &str,
-        from_ms: i64,
-    ) -> impl Iterator<Item = f64> + 'a {
-        self.history
-            .get(subject)
-            .and_then(|f| f.get(field))
-            .into_iter()
-            .flat_map(move |h| {
-                h.iter()
-                    .rev()
-                    .take_while(move |(t, _)| *t >= from_ms)
-                    .map(|(_, v)| *v)
-            })
+    /// The kept history of `field` of `subject`.
+    fn history(&self, subject: &str, field: &str) -> Option<&History> {
+        self.history.get(subject).and_then(|f| f.get(field))
     }
 
     /// The value rule `i` watches for one input, `None` when the input does not count (a
@@ -599,10 +632,18 @@ impl Engine {
         let mut value = raw;
         if let Some(d) = &rule.derive {
             let from = time_ms - i64::from(d.window_s) * 1000;
-            let w = self.window(subject, &rule.field, from);
+            let h = self.history(subject, &rule.field);
             value = match d.kind {
-                DeriveKind::Drop => w.fold(raw, f64::max) - raw,
-                DeriveKind::Rise => raw - w.fold(raw, f64::min),
+                DeriveKind::Drop => {
+                    h.and_then(|h| h.max_since(from))
+                        .map_or(raw, |m| m.max(raw))
+                        - raw
+                }
+                DeriveKind::Rise => {
+                    raw - h
+                        .and_then(|h| h.min_since(from))
+                        .map_or(raw, |m| m.min(raw))
+                }
             };
             self.derived.insert((i, subject.clone()), (time_ms, value));
             let first = rule.grades.first().map_or(f64::INFINITY, |g| g.at);
@@ -614,8 +655,9 @@ impl Engine {
                         })
                     })
                 });
-                let latest = self.window(subject, "flow", from).next();
-                let lowest = self.window(subject, "flow", from).reduce(f64::min);
+                let flow = self.history(subject, "flow");
+                let latest = flow.and_then(|h| h.latest_since(from));
+                let lowest = flow.and_then(|h| h.min_since(from));
                 let flow_spike = match (lowest, latest) {
                     (Some(lo), Some(now)) => lo > 0.0 && now >= lo * 1.5,
                     _ => false,
@@ -975,6 +1017,39 @@ pub fn run_case(
 mod tests {
     use super::*;
     use crate::alert::rule::{DefaultsTuning, RuleFile, defaults};
+
+    #[test]
+    fn history_extremes_match_a_walk_through_every_kept_value() {
+        let keep_ms = 120_000;
+        let mut h = History::default();
+        let mut all: Vec<(i64, f64)> = Vec::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut t = 0i64;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += (x % 700) as i64; // several values per second, some at the same millisecond
+            let v = (x % 1000) as f64 / 1000.0;
+            h.push(t, v, keep_ms);
+            all.push((t, v));
+            for back in [0, 1, 999, 30_000, 119_999, 120_000] {
+                let from = t - back;
+                let kept = all
+                    .iter()
+                    .filter(|&&(at, _)| at >= from && at >= t - keep_ms);
+                let max = kept.clone().map(|&(_, v)| v).reduce(f64::max);
+                let min = kept.map(|&(_, v)| v).reduce(f64::min);
+                assert_eq!(h.max_since(from), max, "max since {from} at {t}");
+                assert_eq!(h.min_since(from), min, "min since {from} at {t}");
+            }
+            assert_eq!(h.latest_since(t), Some(v));
+        }
+        assert!(
+            h.maxima.len() + h.minima.len() < 2 * all.len() / 10,
+            "only extremes are kept"
+        );
+    }
 
     fn engine() -> Engine {
         let catalog = Catalog::ganzhou().unwrap();
