@@ -4,8 +4,8 @@
 //! lock of the registry, and the batch's readings handed to the store in one call, by a committer
 //! task that takes batches in order (so batch N is committed while batch N+1 is verified and
 //! aggregated). Only once a batch is committed are its messages acknowledged, so a crash before
-//! that leaves them with the broker, which redelivers them. Rejected messages go to `cs/v1/dlq/{zone}` with their reason and are
-//! acknowledged: they are handled.
+//! that leaves them with the broker, which redelivers them. Rejected messages go to
+//! `cs/v1/dlq/{zone}` with their reason and are acknowledged: they are handled.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
