@@ -5,7 +5,7 @@
 //! HMAC-SHA256(key, header ‖ body); verification is constant-time (`hmac`'s
 //! `verify_truncated_left`).
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, HmacCore, Mac};
 use sha2::{Digest, Sha256};
 
 /// Length of the truncated HMAC-SHA256 tag at the end of every frame.
@@ -65,7 +65,7 @@ impl DeviceKey {
     /// The key with its HMAC pads already hashed, for a verifier that checks many frames of
     /// one device: each check then hashes only the frame (two SHA-256 blocks fewer).
     pub fn prepare(&self) -> PreparedKey {
-        PreparedKey(self.mac())
+        PreparedKey(self.mac().decompose().0)
     }
 
     /// Encrypts `new` for a key-rotation downlink: `new XOR HMAC-SHA256(self, label ‖ key_id)`.
@@ -110,15 +110,16 @@ fn verify_with(mut mac: HmacSha256, signed: &[u8], tag: &[u8]) -> bool {
     mac.verify_truncated_left(tag).is_ok()
 }
 
-/// A [`DeviceKey`] ready to verify tags: the HMAC state after the key, copied for every frame.
-/// `Debug` prints nothing of the key.
+/// A [`DeviceKey`] ready to verify tags: the HMAC state after the key (80 bytes, without a
+/// block buffer: a gateway keeps one per device), copied for every frame. `Debug` prints
+/// nothing of the key.
 #[derive(Clone)]
-pub struct PreparedKey(HmacSha256);
+pub struct PreparedKey(HmacCore<Sha256>);
 
 impl PreparedKey {
     /// Checks `tag` against `signed` in constant time, as [`DeviceKey::verify`] does.
     pub fn verify(&self, signed: &[u8], tag: &[u8]) -> bool {
-        verify_with(self.0.clone(), signed, tag)
+        verify_with(HmacSha256::from_core(self.0.clone()), signed, tag)
     }
 }
 
