@@ -4,9 +4,10 @@
 //!
 //! The devices are pressure loggers of a generated site (`ld-000001` …), written by
 //! [`write_site`] for the gateway to load. Each device is a real `node::Node` (sealing and
-//! sequence numbers); frames are sealed ahead of their send time so sealing never limits the
-//! rate. A few probe devices alternate between alarming and normal gas readings to measure the
-//! alert latency under load.
+//! sequence numbers); its frames are sealed as they are sent. A probe device on a connection of
+//! its own alternates every half second between an alarming gas reading (a value unique to each
+//! raise, which pairs it with its alert event) and a normal one, to measure the alert latency
+//! under load.
 
 use std::fmt::Write as _;
 use std::path::Path;
