@@ -267,7 +267,6 @@ struct Compiled {
     coupled: Vec<usize>,
 }
 
-/// Recent `(time ms, value)` of one field of one subject.
 /// Recent values of one field of one subject, kept as what the derivations ask of them: the
 /// largest and the smallest value since any time within the kept span, and the latest value.
 ///
