@@ -23,7 +23,8 @@
 //! for inspection.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -129,64 +130,89 @@ pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
     /// Set by [`Store::enforce`] when the size bound is reached with nothing left to drop.
-    full: std::sync::atomic::AtomicBool,
+    full: AtomicBool,
     /// Declared after `conn`, so it is dropped after it: the connection's WAL hook holds the
     /// sender of the thread's wake-ups, and the thread ends once it is gone.
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
 }
 
-/// A commit that leaves the WAL at least this many pages long asks the checkpoint thread to
-/// copy it into the database (SQLite's own automatic checkpoint threshold).
-const CHECKPOINT_PAGES: i32 = 1000;
-/// If the checkpoint thread falls behind this far (80 MB), the commit checkpoints itself.
-const WAL_SAFETY_PAGES: i32 = 20_000;
+/// When the WAL is copied into the database, and when it starts over.
+#[derive(Debug, Clone, Copy)]
+struct WalLimits {
+    /// A commit that leaves the WAL at least this many pages long wakes the checkpoint thread
+    /// (SQLite's own automatic checkpoint threshold).
+    wake_pages: i32,
+    /// A WAL this long after a checkpoint is made to start over (`RESTART`).
+    restart_pages: i32,
+    /// The WAL file is truncated back to this size when it starts over.
+    keep_bytes: i64,
+}
+
+const WAL_LIMITS: WalLimits = WalLimits {
+    wake_pages: 1000,
+    restart_pages: 16_384,
+    keep_bytes: 64 << 20,
+};
 /// SQLite's page cache of the committing connection, KiB.
 const CACHE_KIB: i64 = 32 << 10;
-/// The WAL file is truncated back to this size after a checkpoint that emptied it.
-const WAL_KEEP_BYTES: i64 = 64 << 20;
 
-/// A thread with its own connection that copies the WAL into the database (`PASSIVE`: it never
-/// blocks a commit) whenever a commit left the WAL [`CHECKPOINT_PAGES`] long. With SQLite's
-/// automatic checkpoint, that commit did the copy and its fsync itself (11 % of commit time in
-/// `store_commit`); a checkpoint on a timer instead made commits wait on its fsyncs when idle
-/// (publish → alert p99 1.8 → 4.3 ms with one every second).
+/// A thread with its own connection that copies the WAL into the database whenever a commit
+/// left it [`WalLimits::wake_pages`] long. With SQLite's automatic checkpoint, that commit did
+/// the copy and its fsync itself (11 % of commit time in `store_commit`); a checkpoint on a
+/// timer instead made commits wait on its fsyncs when idle (publish → alert p99 1.8 → 4.3 ms
+/// with one every second).
+///
+/// The copy is `PASSIVE`: it never blocks a commit. But SQLite starts a WAL over only at a
+/// commit whose transaction began after everything in it was copied, which never happens while
+/// commits follow each other without a pause: under sustained load the WAL would grow without
+/// bound. Once it is [`WalLimits::restart_pages`] long the thread asks for a restart, and the
+/// next commit runs a `RESTART` checkpoint after it (see [`Store::restart_wal_if_asked`]): it
+/// copies the little the passive one left and makes the commit after it start the WAL over.
 #[derive(Debug)]
 struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set by the thread when the WAL is long enough to start over.
+    restart: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
     /// Starts the thread and hooks it to `commits`, the connection that commits.
-    fn start(path: &Path, commits: &mut Connection) -> Result<Checkpointer, StoreError> {
+    fn start(
+        path: &Path,
+        commits: &mut Connection,
+        limits: WalLimits,
+    ) -> Result<Checkpointer, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
         };
         let conn = Connection::open(path).map_err(sqlite)?;
+        let restart = Arc::new(AtomicBool::new(false));
+        let ask = restart.clone();
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    match done {
-                        Ok((wal_pages, copied)) if copied < wal_pages => {
-                            tracing::debug!(wal_pages, copied, "WAL checkpoint incomplete (a reader holds an old snapshot)")
+                    match checkpoint(&conn, "PASSIVE") {
+                        Ok((_, wal_pages, _)) if wal_pages >= limits.restart_pages => {
+                            ask.store(true, Ordering::Relaxed);
+                        }
+                        Ok((_, wal_pages, copied)) if copied < wal_pages => {
+                            tracing::debug!(wal_pages, copied, "WAL checkpoint incomplete (a reader holds an old snapshot)");
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; commits will checkpoint themselves past the safety limit"),
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next commit past the threshold tries again"),
                     }
                 }
             })
             .map_err(StoreError::Thread)?;
-        // The hook owns the only sender: the thread ends when the connection is closed.
+        // The hook owns the only sender: the thread ends when the connection is closed. It must
+        // never return an error: the commit has happened when it runs, and an error would make
+        // the caller retry (and store) the batch a second time.
         commits
-            .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
-                if pages >= WAL_SAFETY_PAGES {
-                    wal.checkpoint()?;
-                } else if pages >= CHECKPOINT_PAGES {
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+                if pages >= limits.wake_pages {
                     // Full: a wake-up is already pending.
                     let _ = wake.try_send(());
                 }
@@ -195,8 +221,16 @@ impl Checkpointer {
             .map_err(sqlite)?;
         Ok(Checkpointer {
             thread: Some(thread),
+            restart,
         })
     }
+}
+
+/// `PRAGMA wal_checkpoint(mode)`: whether it was blocked, WAL pages, pages copied.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i32, i32)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 impl Drop for Checkpointer {
@@ -210,6 +244,10 @@ impl Drop for Checkpointer {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<(Store, OpenReport), StoreError> {
+        Store::open_with(path, WAL_LIMITS)
+    }
+
+    fn open_with(path: &Path, limits: WalLimits) -> Result<(Store, OpenReport), StoreError> {
         let mut report = OpenReport::default();
         if path.exists() && !passes_quick_check(path) {
             let moved = path.with_extension(format!("corrupt-{}", crate::pipeline::now_ms()));
@@ -286,15 +324,15 @@ impl Store {
         // of devices SQLite's default 2 MB cache re-reads them from the OS for every batch.
         conn.pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(err)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
+        conn.pragma_update(None, "journal_size_limit", limits.keep_bytes)
             .map_err(err)?;
-        let checkpointer = Checkpointer::start(path, &mut conn)?;
+        let checkpointer = Checkpointer::start(path, &mut conn, limits)?;
         Ok((
             Store {
                 path: path.to_owned(),
                 conn: Mutex::new(conn),
-                full: std::sync::atomic::AtomicBool::new(false),
-                _checkpointer: checkpointer,
+                full: AtomicBool::new(false),
+                checkpointer,
             },
             report,
         ))
@@ -317,7 +355,7 @@ impl Store {
         ledgers: &[(&str, &Ledger)],
         alerts: &Changes,
     ) -> Result<(), StoreError> {
-        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.full.load(Ordering::Relaxed) {
             return Err(StoreError::Full);
         }
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -366,7 +404,32 @@ impl Store {
             }
         }
         self.write_alerts(&tx, alerts)?;
-        tx.commit().map_err(|e| self.sqlite(e))
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        self.restart_wal_if_asked(&conn);
+        Ok(())
+    }
+
+    /// Makes the WAL start over when the checkpoint thread found it too long (see
+    /// [`Checkpointer`]). The batch is committed when this runs: a failure here is logged and
+    /// tried again after the next commit, never reported as the commit's.
+    fn restart_wal_if_asked(&self, conn: &Connection) {
+        let restart = &self.checkpointer.restart;
+        if !restart.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match checkpoint(conn, "RESTART") {
+            Ok((0, _, _)) => {}
+            Ok(_) => {
+                restart.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    "WAL restart blocked by a checkpoint in progress; the next commit tries again"
+                );
+            }
+            Err(e) => {
+                restart.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "WAL restart failed; the next commit tries again");
+            }
+        }
     }
 
     fn write_alerts(&self, tx: &rusqlite::Transaction, alerts: &Changes) -> Result<(), StoreError> {
@@ -845,8 +908,7 @@ impl Store {
             report.bytes = used(&conn).map_err(e)?;
         }
         report.full = report.bytes > rules.max_bytes;
-        self.full
-            .store(report.full, std::sync::atomic::Ordering::Relaxed);
+        self.full.store(report.full, Ordering::Relaxed);
         if report.dropped_readings_for_space > 0 {
             tracing::warn!(
                 dropped = report.dropped_readings_for_space,
@@ -1142,6 +1204,32 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn sustained_commits_all_succeed_and_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let limits = WalLimits {
+            wake_pages: 16,
+            restart_pages: 256,
+            keep_bytes: 1 << 20,
+        };
+        let (store, _) = Store::open_with(&path, limits).unwrap();
+        let wal = dir.path().join("s.db-wal");
+        let batch: Vec<Reading> = (0..200).map(|i| reading("a", f64::from(i))).collect();
+        // About 30 MB of WAL in all, written back to back: passive checkpoints copy it but never
+        // let it start over, so without restarts the WAL file holds all of it.
+        let mut largest = 0;
+        for _ in 0..400 {
+            store.accept(&batch, &[], &[], &Changes::default()).unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        assert!(
+            largest < 8 << 20,
+            "the WAL grew to {largest} B: it never started over"
+        );
+        assert_eq!(store.last_id(Table::Readings).unwrap(), 400 * 200);
     }
 
     #[test]
