@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use rustc_hash::FxHashMap;
 
 use crate::alert::{AlertEvent, Changes, SubjectState};
 use crate::ledger::Ledger;
@@ -129,6 +130,9 @@ pub struct OpenReport {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Each device's newest committed reading (`reading_heads`): the next one's `prev_id`.
+    /// Locked after `conn`, only while it is held.
+    heads: Mutex<FxHashMap<Arc<str>, i64>>,
     /// Set by [`Store::enforce`] when the size bound is reached with nothing left to drop.
     full: AtomicBool,
     /// Declared after `conn`, so it is dropped after it: the connection's WAL hook holds the
@@ -269,13 +273,19 @@ impl Store {
              -- Retention finds expired readings by id (ids follow the receive time).
              DROP INDEX IF EXISTS readings_by_received;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             -- prev_id: the same device's previous reading. A device's readings are a chain
+             -- from its head in reading_heads, instead of an index by device that every
+             -- reading of a batch from many devices updated in a page of its own.
              CREATE TABLE IF NOT EXISTS readings (
                  id INTEGER PRIMARY KEY,
                  device TEXT NOT NULL,
                  time_ms INTEGER NOT NULL,
                  received_ms INTEGER NOT NULL,
-                 body TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS readings_by_device ON readings(device, id);
+                 body TEXT NOT NULL,
+                 prev_id INTEGER);
+             CREATE TABLE IF NOT EXISTS reading_heads (
+                 device TEXT PRIMARY KEY,
+                 last_id INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS ledgers (device TEXT PRIMARY KEY, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS points (
                  id INTEGER PRIMARY KEY,
@@ -308,6 +318,14 @@ impl Store {
                  at_ms INTEGER NOT NULL);",
         )
         .map_err(err)?;
+        chain_readings_by_device(&mut conn).map_err(err)?;
+        let heads = conn
+            .prepare("SELECT device, last_id FROM reading_heads")
+            .and_then(|mut q| {
+                q.query_map([], |r| Ok((Arc::from(r.get::<_, String>(0)?), r.get(1)?)))?
+                    .collect::<Result<FxHashMap<Arc<str>, i64>, _>>()
+            })
+            .map_err(err)?;
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
             [SCHEMA_VERSION],
@@ -331,6 +349,7 @@ impl Store {
             Store {
                 path: path.to_owned(),
                 conn: Mutex::new(conn),
+                heads: Mutex::new(heads),
                 full: AtomicBool::new(false),
                 checkpointer,
             },
@@ -359,10 +378,13 @@ impl Store {
             return Err(StoreError::Full);
         }
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut heads = self.heads.lock().map_err(|_| StoreError::Poisoned)?;
+        // The heads this batch moves, applied to `heads` once it is committed.
+        let mut moved: FxHashMap<Arc<str>, i64> = FxHashMap::default();
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         {
             let mut insert = tx
-                .prepare_cached("INSERT INTO readings (device, time_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached("INSERT INTO readings (device, time_ms, received_ms, body, prev_id) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(|e| self.sqlite(e))?;
             // One buffer for every body of the batch (SQLite copies the text it is bound to).
             let mut body = Vec::with_capacity(512);
@@ -371,8 +393,25 @@ impl Store {
                 serde_json::to_writer(&mut body, r)?;
                 let text = std::str::from_utf8(&body)
                     .map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
+                let head = moved.get_mut(&r.device);
+                let prev = head.as_deref().or_else(|| heads.get(&r.device)).copied();
                 insert
-                    .execute(params![&*r.device, r.time_ms, r.received_ms, text])
+                    .execute(params![&*r.device, r.time_ms, r.received_ms, text, prev])
+                    .map_err(|e| self.sqlite(e))?;
+                let id = tx.last_insert_rowid();
+                match head {
+                    Some(head) => *head = id,
+                    None => {
+                        moved.insert(r.device.clone(), id);
+                    }
+                }
+            }
+            let mut upsert_head = tx
+                .prepare_cached("INSERT INTO reading_heads (device, last_id) VALUES (?1, ?2) ON CONFLICT(device) DO UPDATE SET last_id = excluded.last_id")
+                .map_err(|e| self.sqlite(e))?;
+            for (device, id) in &moved {
+                upsert_head
+                    .execute(params![&**device, id])
                     .map_err(|e| self.sqlite(e))?;
             }
             let mut insert_point = tx
@@ -405,6 +444,8 @@ impl Store {
         }
         self.write_alerts(&tx, alerts)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
+        heads.extend(moved);
+        drop(heads);
         self.restart_wal_if_asked(&conn);
         Ok(())
     }
@@ -605,8 +646,15 @@ impl Store {
     /// The `limit` most recent readings of a device, oldest first. Rows that do not decode are
     /// quarantined.
     pub fn recent(&self, device: &str, limit: usize) -> Result<Vec<Reading>, StoreError> {
+        // From the device's head back along `prev_id`: ends at its first reading, at one
+        // expired or quarantined, or at `limit`.
         let mut rows = self.decoded_readings(
-            "SELECT id, body FROM readings WHERE device = ?1 ORDER BY id DESC LIMIT ?2",
+            "WITH RECURSIVE chain(id, n) AS (
+                 SELECT last_id, 1 FROM reading_heads WHERE device = ?1
+                 UNION ALL
+                 SELECT r.prev_id, c.n + 1 FROM chain c JOIN readings r ON r.id = c.id
+                 WHERE r.prev_id IS NOT NULL AND c.n < ?2)
+             SELECT r.id, r.body FROM chain c JOIN readings r ON r.id = c.id ORDER BY r.id DESC",
             params![device, limit as i64],
         )?;
         rows.reverse();
@@ -949,6 +997,38 @@ fn quarantine(
     )
 }
 
+/// Moves a store made before `prev_id` (readings found by an index on device) to chains: adds
+/// the column, links every reading to its device's previous one and records each device's head,
+/// while the old index still makes that fast, then drops the index. Once, in one transaction.
+fn chain_readings_by_device(conn: &mut Connection) -> rusqlite::Result<()> {
+    let chained = conn
+        .prepare("SELECT 1 FROM pragma_table_info('readings') WHERE name = 'prev_id'")?
+        .exists([])?;
+    let indexed = conn
+        .prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'readings_by_device'",
+        )?
+        .exists([])?;
+    if chained && !indexed {
+        return Ok(());
+    }
+    tracing::info!("local store: linking each device's readings (once, for this version)");
+    let tx = conn.transaction()?;
+    if !chained {
+        tx.execute_batch("ALTER TABLE readings ADD COLUMN prev_id INTEGER")?;
+    }
+    if indexed {
+        tx.execute_batch(
+            "UPDATE readings SET prev_id = (SELECT MAX(p.id) FROM readings p
+                 WHERE p.device = readings.device AND p.id < readings.id);
+             INSERT OR REPLACE INTO reading_heads (device, last_id)
+                 SELECT device, MAX(id) FROM readings GROUP BY device;
+             DROP INDEX readings_by_device;",
+        )?;
+    }
+    tx.commit()
+}
+
 fn passes_quick_check(path: &Path) -> bool {
     let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
@@ -1233,6 +1313,68 @@ mod tests {
     }
 
     #[test]
+    fn a_devices_recent_readings_follow_its_chain_across_batches_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            let first = [reading("a", 1.0), reading("b", 1.0), reading("a", 2.0)];
+            store.accept(&first, &[], &[], &Changes::default()).unwrap();
+        }
+        let (store, _) = Store::open(&path).unwrap();
+        let second = [reading("b", 2.0), reading("a", 3.0)];
+        store
+            .accept(&second, &[], &[], &Changes::default())
+            .unwrap();
+        let a = |v| reading("a", v);
+        assert_eq!(store.recent("a", 10).unwrap(), [a(1.0), a(2.0), a(3.0)]);
+        assert_eq!(store.recent("a", 2).unwrap(), [a(2.0), a(3.0)]);
+        assert_eq!(
+            store.recent("b", 10).unwrap(),
+            [reading("b", 1.0), reading("b", 2.0)]
+        );
+        assert_eq!(store.recent("c", 10).unwrap(), []);
+    }
+
+    #[test]
+    fn a_store_indexed_by_device_is_linked_into_chains_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE readings (id INTEGER PRIMARY KEY, device TEXT NOT NULL,
+                     time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body TEXT NOT NULL);
+                 CREATE INDEX readings_by_device ON readings(device, id);",
+            )
+            .unwrap();
+            for r in [reading("a", 1.0), reading("b", 1.0), reading("a", 2.0)] {
+                old.execute(
+                    "INSERT INTO readings (device, time_ms, received_ms, body) VALUES (?1, 0, 0, ?2)",
+                    params![&*r.device, serde_json::to_string(&r).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let (store, _) = Store::open(&path).unwrap();
+        store
+            .accept(&[reading("a", 3.0)], &[], &[], &Changes::default())
+            .unwrap();
+        let a = |v| reading("a", v);
+        assert_eq!(store.recent("a", 10).unwrap(), [a(1.0), a(2.0), a(3.0)]);
+        assert_eq!(store.recent("b", 10).unwrap(), [reading("b", 1.0)]);
+        let conn = store.conn.lock().unwrap();
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'readings_by_device'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 0, "the index by device is dropped once linked");
+    }
+
+    #[test]
     fn raw_readings_wait_for_the_sinks_that_forward_them() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
@@ -1257,12 +1399,13 @@ mod tests {
     fn a_corrupt_row_is_quarantined_and_the_rest_served() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let batch = [reading("a", 1.0), reading("a", 1.5), reading("a", 2.0)];
+        store.accept(&batch, &[], &[], &Changes::default()).unwrap();
         store
-            .accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
-            .unwrap();
-        store.conn.lock().unwrap().execute("INSERT INTO readings (device, time_ms, received_ms, body) VALUES ('a', 1, 1, '{not json')", []).unwrap();
-        store
-            .accept(&[reading("a", 2.0)], &[], &[], &Changes::default())
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE readings SET body = '{not json' WHERE id = 2", [])
             .unwrap();
         assert_eq!(
             store.recent("a", 10).unwrap(),
