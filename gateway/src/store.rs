@@ -393,18 +393,11 @@ impl Store {
                 serde_json::to_writer(&mut body, r)?;
                 let text = std::str::from_utf8(&body)
                     .map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
-                let head = moved.get_mut(&r.device);
-                let prev = head.as_deref().or_else(|| heads.get(&r.device)).copied();
+                let prev = moved.get(&r.device).or_else(|| heads.get(&r.device));
                 insert
                     .execute(params![&*r.device, r.time_ms, r.received_ms, text, prev])
                     .map_err(|e| self.sqlite(e))?;
-                let id = tx.last_insert_rowid();
-                match head {
-                    Some(head) => *head = id,
-                    None => {
-                        moved.insert(r.device.clone(), id);
-                    }
-                }
+                moved.insert(r.device.clone(), tx.last_insert_rowid());
             }
             let mut upsert_head = tx
                 .prepare_cached("INSERT INTO reading_heads (device, last_id) VALUES (?1, ?2) ON CONFLICT(device) DO UPDATE SET last_id = excluded.last_id")
