@@ -7,11 +7,15 @@
 #
 #   deploy/bench/soak.sh                          # 10,000 devices, 1,000 reports/s, 1 hour
 #   deploy/bench/soak.sh --devices 2000 --rate 500 --duration 600
+#   deploy/bench/soak.sh --devices 1000 --rate 12000 --duration 120 --nodelay
+#                                   # publish → alert under load, broker with TCP_NODELAY
 #
 # Prints one line per sample, then the RSS at the end of warm-up (10 % of the run, at least ten
 # minutes, at most half), the last sample, the slope after warm-up, whether it is flat (≤ 5 %
 # growth after warm-up), and the growth over the second half.
-# Samples go to target/bench/soak.csv; the summary line is appended to
+# Samples go to target/bench/soak.csv, the gateway's metrics at the end to
+# target/bench/soak-metrics.prom (commit and batch latency histograms printed), its log to
+# target/bench/soak-gateway.log; the summary line is appended to
 # target/bench/BENCHMARKS-rows.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,12 +23,14 @@ cd "$(dirname "$0")/../.."
 devices=10000
 rate=1000
 duration=3600
+nodelay=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --nodelay) nodelay=true; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +56,12 @@ owns_port() {
 cargo build --release -q -p gateway -p simulator
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  mkdir -p target/bench && cp "$work/gateway.log" target/bench/soak-gateway.log 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 mqtt_port=$(free_port)
@@ -63,6 +74,7 @@ allow_anonymous true
 max_queued_messages 1000000
 max_inflight_messages 100
 EOF
+if $nodelay; then echo "set_tcp_nodelay true" >>"$work/mosquitto.conf"; fi
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 pids+=($!); owns_port "${pids[-1]}" "$mqtt_port"
 victoria-metrics -httpListenAddr=127.0.0.1:"$vm_port" -storageDataPath="$work/vm" \
@@ -96,7 +108,8 @@ pids+=("$load_pid")
 out=target/bench
 mkdir -p "$out"
 echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
-echo "soak: $devices devices, $rate reports/s, ${duration}s; gateway pid $gateway_pid"
+broker=stock; if $nodelay; then broker=nodelay; fi
+echo "soak: $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
 started=$(date +%s)
 while kill -0 "$load_pid" 2>/dev/null; do
   rss=$(awk '/^VmRSS/{print $2}' "/proc/$gateway_pid/status")
@@ -108,6 +121,12 @@ while kill -0 "$load_pid" 2>/dev/null; do
   sleep 30 & wait $! || true
 done
 wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
+curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
+# What the gateway wrote to disk (the store's WAL and database, logs) per report received.
+written=$(awk '/^write_bytes/{print $2}' "/proc/$gateway_pid/io")
+received=$(awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $2}' "$out/soak-metrics.prom")
+python3 -c 'import sys; w, n = int(sys.argv[1]), float(sys.argv[2] or 1); print(f"gateway disk writes: {w/2**20:.0f} MiB, {w/max(n,1):.0f} B per report")' "$written" "${received:-0}"
+awk '/^citysense_(store_commit|batch_accept)_duration_seconds_bucket/' "$out/soak-metrics.prom"
 tail -3 "$work/load.log"
 
 summary=$(python3 - "$out/soak.csv" "$duration" <<'EOF'
@@ -136,7 +155,7 @@ lost=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get(
 echo "soak messages: $lost"
 {
   echo
-  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration\`"
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')\`"
   echo
   echo "- $summary; messages: $lost"
 } >>"$out/BENCHMARKS-rows.md"

@@ -63,6 +63,8 @@ struct Accepted {
     dead: Vec<(String, Vec<u8>, Rejection)>,
     /// When the batch was received, Unix ms.
     now: i64,
+    /// When the batch was received, for `citysense_batch_accept_duration_seconds`.
+    arrived: Instant,
 }
 
 /// The current time, Unix milliseconds.
@@ -175,7 +177,8 @@ impl Pipeline {
     /// Verifies and aggregates one batch and hands it to the committer, which stores it and
     /// then acknowledges its messages.
     async fn process(&self, batch: &mut Vec<Publish>, to_commit: &mpsc::Sender<Accepted>) {
-        let now = now_ms();
+        let (now, arrived) = (now_ms(), Instant::now());
+        self.metrics.batch_messages.observe(batch.len() as f64);
         let mut readings: Vec<Reading> = Vec::new();
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         let mut dead: Vec<(String, Vec<u8>, Rejection)> = Vec::new();
@@ -214,6 +217,7 @@ impl Pipeline {
                 .collect()
         };
         let mut accepted = self.accept(readings, ledgers, now).await;
+        accepted.arrived = arrived;
         accepted.dead = dead;
         accepted.acks = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
         // Sending fails only when the committer is gone (shutdown): the messages stay
@@ -264,6 +268,7 @@ impl Pipeline {
             acks: Vec::new(),
             dead: Vec::new(),
             now,
+            arrived: Instant::now(),
         }
     }
 
@@ -281,11 +286,15 @@ impl Pipeline {
                 acks,
                 dead,
                 now,
+                arrived,
             } = a;
             if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
                 self.commit(readings, points, ledgers, changes.clone())
                     .await;
             }
+            self.metrics
+                .batch_accept_seconds
+                .observe(arrived.elapsed().as_secs_f64());
             drop(held);
             self.alerts.committed(&changes);
             for (topic, payload, r) in &dead {
@@ -351,12 +360,16 @@ impl Pipeline {
         let mut delay = Duration::from_millis(100);
         loop {
             let (store, b) = (self.store.clone(), batch.clone());
+            let started = Instant::now();
             let committed = tokio::task::spawn_blocking(move || {
                 let ledgers: Vec<(&str, &Ledger)> =
                     b.2.iter().map(|(d, l)| (d.as_str(), l)).collect();
                 store.accept(&b.0, &b.1, &ledgers, &b.3)
             })
             .await;
+            self.metrics
+                .store_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             match committed {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
