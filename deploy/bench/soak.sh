@@ -153,9 +153,15 @@ EOF
 echo "$summary"
 lost=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("lost"), "lost of", r.get("published"))' "$work/load.json" 2>/dev/null || echo "?")
 echo "soak messages: $lost"
+latency=$(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+p50, p99, n, rate = (r[k] for k in ("alert_p50_ms", "alert_p99_ms", "alert_samples", "publish_rate"))
+print(f"publish → alert p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} samples) at {rate:.0f} reports/s")' \
+  "$work/load.json" 2>/dev/null || echo "?")
+echo "latency under load ($broker broker): $latency"
 {
   echo
   echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')\`"
   echo
-  echo "- $summary; messages: $lost"
+  echo "- $summary; messages: $lost; latency ($broker broker): $latency"
 } >>"$out/BENCHMARKS-rows.md"

@@ -145,7 +145,8 @@ pub struct Store {
     /// The connection for queries that change nothing (notifiers reading the outbox, sinks,
     /// the HTTP API). In WAL mode it reads the last commit without waiting for the one in
     /// progress: the notifier that delivers an alert does not wait for the next batch's fsync.
-    reader: Mutex<Connection>,
+    /// `None` for an in-memory store.
+    reader: Option<Mutex<Connection>>,
     /// Each device's newest committed reading (the next one's `prev_id`) and ledger, written
     /// to `reading_heads` and `ledgers` at a checkpoint (see [`devices`]). Locked after `conn`
     /// when both are taken.
@@ -359,16 +360,21 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "journal_size_limit", limits.keep_bytes)
             .map_err(err)?;
-        let reader = Connection::open(path).map_err(err)?;
-        reader
-            .pragma_update(None, "query_only", true)
-            .map_err(err)?;
+        let reader = if path == Path::new(":memory:") {
+            None
+        } else {
+            let reader = Connection::open(path).map_err(err)?;
+            reader
+                .pragma_update(None, "query_only", true)
+                .map_err(err)?;
+            Some(Mutex::new(reader))
+        };
         let checkpointer = Checkpointer::start(path, &mut conn, limits)?;
         Ok((
             Store {
                 path: path.to_owned(),
                 conn: Mutex::new(conn),
-                reader: Mutex::new(reader),
+                reader,
                 devices: Mutex::new(devices),
                 full: AtomicBool::new(false),
                 checkpointer,
@@ -382,9 +388,13 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    /// The reading connection (never held while taking the writer).
+    /// The reading connection (never held while taking the writer). An in-memory store
+    /// (`:memory:`, for tests and trials) is one connection's own: it reads through the writer.
     fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
-        self.reader.lock().map_err(|_| StoreError::Poisoned)
+        match &self.reader {
+            Some(reader) => reader.lock().map_err(|_| StoreError::Poisoned),
+            None => self.writer(),
+        }
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> StoreError {
@@ -1154,6 +1164,19 @@ mod tests {
         let ledgers = store.ledgers().unwrap();
         assert_eq!(ledgers.len(), 1);
         assert_eq!(ledgers[0].1.was_accepted(1, 7), Some(true));
+    }
+
+    #[test]
+    fn an_in_memory_store_reads_what_it_committed() {
+        // A second connection to `:memory:` would be another, empty database.
+        let (store, _) = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .accept(&[reading("a", 0.3)], &[], &[], &Changes::default())
+            .unwrap();
+        store.advance("influxdb", 7, &[]).unwrap();
+        assert_eq!(store.readings_after(0, 10).unwrap().len(), 1);
+        assert_eq!(store.recent("a", 10).unwrap(), [reading("a", 0.3)]);
+        assert_eq!(store.cursor("influxdb").unwrap(), 7);
     }
 
     #[test]

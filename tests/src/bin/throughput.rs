@@ -53,13 +53,7 @@ struct Args {
 }
 
 /// The parts of a run, in order.
-const PARTS: [&str; 5] = [
-    "throughput",
-    "latency",
-    "visibility",
-    "memory",
-    "connections",
-];
+const PARTS: [&str; 4] = ["throughput", "visibility", "memory", "connections"];
 
 fn args() -> Args {
     let mut a = Args {
@@ -99,7 +93,7 @@ fn args() -> Args {
             }
             "--help" | "-h" => {
                 println!(
-                    "throughput [--parts throughput,latency,visibility,memory,connections] [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--visibility-samples N (30)] [--memory N,N (10000,100000)] [--connections N (10000)] [--report FILE.json]\n\nlatency runs at half the QoS 1 ceiling (Mosquitto to mosquitto_sub) measured by the throughput part (5,000 msg/s without it)"
+                    "throughput [--parts throughput,visibility,memory,connections] [--messages N (100000)] [--devices D (1000)] [--rounds R (3)] [--visibility-samples N (30)] [--memory N,N (10000,100000)] [--connections N (10000)] [--report FILE.json]\n\npublish → alert latency under load: deploy/bench/soak.sh --rate R [--nodelay] (gateway and load in processes of their own; deploy/bench/run.sh runs it at half the QoS 1 ceiling measured here)"
                 );
                 std::process::exit(0);
             }
@@ -554,55 +548,6 @@ async fn main() {
             }));
         }
     }
-    // Publish → alert under load: half of the measured ceiling (Mosquitto's QoS 1 rate to
-    // mosquitto_sub, one publisher), probes raising and resolving a gas alarm (simulator load),
-    // against this broker and one with TCP_NODELAY.
-    let half = rows
-        .iter()
-        .find(|r| r["qos"] == 1 && r["publishers"] == 1)
-        .and_then(|r| r["baseline_msg_s"].as_f64())
-        .unwrap_or(10_000.0)
-        / 2.0;
-    let nodelay = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true")
-    });
-    let mut latency = Vec::new();
-    let brokers = if part("latency") {
-        vec![("stock", &broker), ("nodelay", &nodelay)]
-    } else {
-        Vec::new()
-    };
-    for (label, b) in brokers {
-        let store = tempfile::tempdir().unwrap();
-        let gw = started(b, &vm, &catalog, &keys, store.path()).await;
-        let report = simulator::load::load(&simulator::load::LoadOptions {
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: b.port,
-            gateway: format!("http://{}", gw.http_addr()),
-            devices: a.devices,
-            rate: half,
-            duration: Duration::from_secs(20),
-            connections: 1,
-            per_device: false,
-            qos: QoS::AtLeastOnce,
-            progress: false,
-        })
-        .await
-        .unwrap();
-        gw.stop().await;
-        println!(
-            "latency under load ({label} broker, {:.0} msg/s = half the QoS 1 ceiling): publish → alert p50 {:.1} ms, p99 {:.1} ms ({} samples), lost {}",
-            report.publish_rate,
-            report.alert_p50_ms,
-            report.alert_p99_ms,
-            report.alert_samples,
-            report.lost
-        );
-        latency.push(serde_json::json!({
-            "broker": label, "rate": report.publish_rate, "p50_ms": report.alert_p50_ms,
-            "p99_ms": report.alert_p99_ms, "samples": report.alert_samples,
-        }));
-    }
     let mut visible = serde_json::Value::Null;
     if part("visibility") {
         let (first, mut ms) = visibility(&broker, &vm, a.visibility_samples).await;
@@ -637,13 +582,6 @@ async fn main() {
             r["ratio"].as_f64().unwrap()
         );
     }
-    for l in &latency {
-        println!(
-            "latency p99 under load {}: {:.1} ms",
-            l["broker"].as_str().unwrap_or_default(),
-            l["p99_ms"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
     let mut scale = serde_json::Value::Null;
     if part("connections") {
         let r = connection_scale(&broker, &vm, a.connections, 2_000.0).await;
@@ -669,7 +607,7 @@ async fn main() {
     }
     if let Some(path) = a.report {
         let all = serde_json::json!({
-            "throughput": rows, "latency": latency, "visibility": visible, "memory": memory,
+            "throughput": rows, "visibility": visible, "memory": memory,
             "connections": scale,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
