@@ -39,6 +39,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rustc_hash::FxHashMap;
 
 mod devices;
+mod row;
 
 use crate::alert::{AlertEvent, Changes, SubjectState};
 use crate::ledger::Ledger;
@@ -430,7 +431,7 @@ impl Store {
             let mut body = Vec::with_capacity(512);
             for r in readings {
                 body.clear();
-                serde_json::to_writer(&mut body, r)?;
+                serde_json::to_writer(&mut body, &row::Body::from(r))?;
                 let text = std::str::from_utf8(&body)
                     .map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
                 let prev = moved
@@ -627,25 +628,30 @@ impl Store {
         for (key, body) in rows {
             match serde_json::from_str(&body) {
                 Ok(v) => out.push((key, v)),
-                Err(e) => {
-                    let conn = self.writer()?;
-                    quarantine(
-                        &conn,
-                        table,
-                        None,
-                        &format!("{}: {e}", key.to_string()),
-                        body.as_bytes(),
-                    )
-                    .map_err(|e| self.sqlite(e))?;
-                    conn.execute(
-                        &format!("DELETE FROM {table} WHERE {key_column} = ?1"),
-                        [&key],
-                    )
-                    .map_err(|e| self.sqlite(e))?;
-                }
+                Err(e) => self.quarantine_row(table, key_column, &key, &e, &body)?,
             }
         }
         Ok(out)
+    }
+
+    /// Moves a row whose body does not decode to quarantine, and deletes it from `table`.
+    fn quarantine_row<K: rusqlite::ToSql + ToString>(
+        &self,
+        table: &str,
+        key_column: &str,
+        key: &K,
+        error: &serde_json::Error,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.writer()?;
+        let reason = format!("{}: {error}", key.to_string());
+        quarantine(&conn, table, None, &reason, body.as_bytes()).map_err(|e| self.sqlite(e))?;
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE {key_column} = ?1"),
+            [key],
+        )
+        .map_err(|e| self.sqlite(e))?;
+        Ok(())
     }
 
     /// Every persisted ledger (to restore the registry at start). Rows that do not decode are
@@ -694,7 +700,8 @@ impl Store {
                  UNION ALL
                  SELECT r.prev_id, c.n + 1 FROM chain c JOIN readings r ON r.id = c.id
                  WHERE r.prev_id IS NOT NULL AND c.n < ?2)
-             SELECT r.id, r.body FROM chain c JOIN readings r ON r.id = c.id ORDER BY r.id DESC",
+             SELECT r.id, r.device, r.time_ms, r.received_ms, r.body
+             FROM chain c JOIN readings r ON r.id = c.id ORDER BY r.id DESC",
             params![head, limit as i64],
         )?;
         rows.reverse();
@@ -708,19 +715,38 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(i64, Reading)>, StoreError> {
         self.decoded_readings(
-            "SELECT id, body FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, device, time_ms, received_ms, body FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
             params![after, limit as i64],
         )
     }
 
-    /// Runs a `SELECT id, body FROM readings ...` query and decodes the bodies; rows that do
-    /// not decode are moved to quarantine instead of failing the query.
+    /// Runs a `SELECT id, device, time_ms, received_ms, body FROM readings ...` query and
+    /// decodes the rows; rows that do not decode are moved to quarantine instead of failing the
+    /// query.
     fn decoded_readings(
         &self,
         sql: &str,
         args: impl rusqlite::Params,
     ) -> Result<Vec<(i64, Reading)>, StoreError> {
-        self.decoded("readings", sql, "id", args)
+        type Row = (i64, String, i64, i64, String);
+        let rows: Vec<Row> = {
+            let conn = self.reader()?;
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sqlite(e))?;
+            stmt.query_map(args, |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e))?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, device, time_ms, received_ms, body) in rows {
+            match serde_json::from_str::<row::StoredBody>(&body) {
+                Ok(b) => out.push((id, b.into_reading(&device, time_ms, received_ms))),
+                Err(e) => self.quarantine_row("readings", "id", &id, &e, &body)?,
+            }
+        }
+        Ok(out)
     }
 
     /// Points with `id > after` as line protocol, in order, at most `limit` (for sinks).
@@ -1403,8 +1429,8 @@ mod tests {
         let (store, _) = Store::open(&path).unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
         let batch: Vec<Reading> = (0..2000).map(|i| reading("a", f64::from(i))).collect();
-        // Past the 1,000 WAL pages that wake the thread, far below the commit's own limit.
-        for _ in 0..10 {
+        // Past the 1,000 WAL pages that wake the thread (about 700 pages per 10 batches).
+        for _ in 0..30 {
             store.accept(&batch, &[], &[], &Changes::default()).unwrap();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1573,8 +1599,9 @@ mod tests {
             .unwrap();
             for r in [reading("a", 1.0), reading("b", 1.0), reading("a", 2.0)] {
                 old.execute(
-                    "INSERT INTO readings (device, time_ms, received_ms, body) VALUES (?1, 0, 0, ?2)",
-                    params![&*r.device, serde_json::to_string(&r).unwrap()],
+                    // Bodies of that version held the whole reading.
+                    "INSERT INTO readings (device, time_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![&*r.device, r.time_ms, r.received_ms, serde_json::to_string(&r).unwrap()],
                 )
                 .unwrap();
             }
