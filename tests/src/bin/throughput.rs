@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Frames are signed before the clock starts (pressure loggers of a generated site, one water
-//! main per hundred), so the publisher never limits the measurement by sealing. A run's rate is
+//! main per hundred), so the publisher never limits the measurement by sealing. The gateway runs
+//! on a tokio runtime of its own (two worker threads), not on the publishers'. A run's rate is
 //! messages over the time from the first publish to the last message received (baseline:
 //! `mosquitto_sub -C N` exits) or committed (gateway: `citysense_readings_accepted_total`).
 //! Sequence gaps are the gateway's own `citysense_ledger_missing_reports`.
@@ -461,7 +462,26 @@ async fn through_gateway(
 ) -> GatewayRun {
     let n = frames.len() as u64;
     let store = tempfile::tempdir().unwrap();
-    let gw = started(broker, vm, catalog, keys, store.path()).await;
+    // The gateway on a runtime of its own, as in the field where it is a process of its own:
+    // the publishers' tasks do not take turns with its tasks on the same worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gateway")
+        .enable_all()
+        .build()
+        .unwrap();
+    let (settings, catalog, keys) = (
+        settings(broker, vm, store.path()),
+        catalog.clone(),
+        keys.clone(),
+    );
+    let gw = runtime
+        .spawn(async move { Gateway::start(settings, catalog, keys).await.unwrap() })
+        .await
+        .unwrap();
+    while gw.metrics().broker_connected.get() != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let accepted = |gw: &Gateway| gw.metrics().readings.with_label_values(&["pipe"]).get();
     let started = Instant::now();
     publish_all(broker.port, frames, pubs, qos_of(q)).await;
@@ -484,7 +504,8 @@ async fn through_gateway(
         gaps: gw.metrics().ledger_missing.get(),
         points: gw.store().last_point_id().unwrap(),
     };
-    gw.stop().await;
+    runtime.spawn(gw.stop()).await.unwrap();
+    runtime.shutdown_background();
     run
 }
 
