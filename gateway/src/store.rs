@@ -480,8 +480,8 @@ impl Store {
             return;
         }
         // Without waiting: SQLite's busy handler would sleep the commit path (in steps of up to
-        // 100 ms, to the busy timeout) while the thread's checkpoint, in its fsync, or a reader's
-        // snapshot is in the way. Commits stalled 0.2–1 s that way under load.
+        // 100 ms, to the busy timeout) while the thread's checkpoint, in its fsync (20–130 ms
+        // under load here), or a reader's snapshot is in the way.
         let _ = conn.busy_timeout(Duration::ZERO);
         let restarted = checkpoint(conn, "RESTART");
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
