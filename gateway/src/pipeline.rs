@@ -170,7 +170,9 @@ impl Pipeline {
             .readings
             .with_label_values(&["pipe"])
             .inc_by(readings.len() as u64);
-        let accepted = self.accept(readings, Vec::new(), now_ms()).await;
+        let accepted = self
+            .accept(readings, Vec::new(), now_ms(), Instant::now())
+            .await;
         let _ = to_commit.send(accepted).await;
     }
 
@@ -216,8 +218,7 @@ impl Pipeline {
                 })
                 .collect()
         };
-        let mut accepted = self.accept(readings, ledgers, now).await;
-        accepted.arrived = arrived;
+        let mut accepted = self.accept(readings, ledgers, now, arrived).await;
         accepted.dead = dead;
         accepted.acks = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
         // Sending fails only when the committer is gone (shutdown): the messages stay
@@ -232,6 +233,7 @@ impl Pipeline {
         readings: Vec<Reading>,
         ledgers: Vec<(String, Ledger)>,
         now: i64,
+        arrived: Instant,
     ) -> Accepted {
         let points = match self.aggregators.lock() {
             Ok(mut a) => {
@@ -268,7 +270,7 @@ impl Pipeline {
             acks: Vec::new(),
             dead: Vec::new(),
             now,
-            arrived: Instant::now(),
+            arrived,
         }
     }
 

@@ -176,8 +176,8 @@ const WAL_LIMITS: WalLimits = WalLimits {
     restart_pages: 16_384,
     keep_bytes: 64 << 20,
 };
-/// How long a connection waits for a lock another holds (a second process opening the store;
-/// SQLite's busy handler, rusqlite's default).
+/// How long the writing connection waits for a lock another holds (a second process opening
+/// the store; rusqlite's default, set explicitly since the WAL restart lifts it for a moment).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite's page cache of the committing connection, KiB.
@@ -361,6 +361,7 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "journal_size_limit", limits.keep_bytes)
             .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         let reader = if path == Path::new(":memory:") {
             None
         } else {
@@ -464,8 +465,7 @@ impl Store {
         }
         self.write_alerts(&tx, alerts)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
-        let last_id = moved.values().copied().max().unwrap_or(0);
-        devices.committed(moved, ledgers, last_id);
+        devices.committed(moved, ledgers);
         drop(devices);
         self.restart_wal_if_asked(&conn);
         Ok(())
@@ -487,21 +487,16 @@ impl Store {
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         match restarted {
             Ok((0, _, _)) => {}
-            Ok(_) => {
+            Err(e) if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                restart.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "WAL restart failed; the next commit tries again");
+            }
+            // Busy: a checkpoint in progress or a reader's snapshot.
+            _ => {
                 restart.store(true, Ordering::Relaxed);
                 tracing::debug!(
                     "WAL restart blocked by a checkpoint or a reader; the next commit tries again"
                 );
-            }
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                restart.store(true, Ordering::Relaxed);
-                tracing::debug!(
-                    "WAL restart blocked by a checkpoint in progress; the next commit tries again"
-                );
-            }
-            Err(e) => {
-                restart.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %e, "WAL restart failed; the next commit tries again");
             }
         }
     }

@@ -112,18 +112,16 @@ impl Devices {
         Ok(n)
     }
 
-    /// Records a committed batch: its heads moved to `moved`, its devices' ledgers.
-    pub fn committed(
-        &mut self,
-        moved: FxHashMap<Arc<str>, i64>,
-        ledgers: &[(&str, &Ledger)],
-        last_id: i64,
-    ) {
+    /// Records a committed batch: its heads moved to `moved` (the batch's readings' ids), its
+    /// devices' ledgers.
+    pub fn committed(&mut self, moved: FxHashMap<Arc<str>, i64>, ledgers: &[(&str, &Ledger)]) {
+        if let Some(&newest) = moved.values().max() {
+            self.last_id = self.last_id.max(newest);
+        }
         self.heads.extend(moved);
         for (device, ledger) in ledgers {
             self.ledgers.insert((*device).to_owned(), (*ledger).clone());
         }
-        self.last_id = self.last_id.max(last_id);
     }
 
     /// Writes the heads and ledgers that changed since the last checkpoint, in one

@@ -267,10 +267,15 @@ async fn started(
     let gw = Gateway::start(settings(broker, vm, store), catalog.clone(), keys.clone())
         .await
         .unwrap();
+    subscribed(&gw).await;
+    gw
+}
+
+/// Waits until the gateway is connected with its subscription granted.
+async fn subscribed(gw: &Gateway) {
     while gw.metrics().broker_connected.get() != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    gw
 }
 
 /// Resident memory of this process, bytes.
@@ -479,9 +484,7 @@ async fn through_gateway(
         .spawn(async move { Gateway::start(settings, catalog, keys).await.unwrap() })
         .await
         .unwrap();
-    while gw.metrics().broker_connected.get() != 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    subscribed(&gw).await;
     let accepted = |gw: &Gateway| gw.metrics().readings.with_label_values(&["pipe"]).get();
     let started = Instant::now();
     publish_all(broker.port, frames, pubs, qos_of(q)).await;
