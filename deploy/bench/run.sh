@@ -10,7 +10,7 @@
 # stopped by pid. The one-hour RSS soak is separate: deploy/bench/soak.sh.
 #
 #   deploy/bench/run.sh           # full run (about 20 minutes on 2 cores)
-#   deploy/bench/run.sh --quick   # a smaller run, within five minutes (125 s measured, built)
+#   deploy/bench/run.sh --quick   # a smaller run, within five minutes (162 s measured, built)
 #
 # Prints a table per part, then one line per target, and appends the figures (date, machine,
 # command) to target/bench/BENCHMARKS-rows.md for BENCHMARKS.md.

@@ -10,8 +10,8 @@
 #   deploy/bench/soak.sh --devices 1000 --rate 12000 --duration 120 --nodelay
 #                                   # publish → alert under load, broker with TCP_NODELAY
 #
-# Prints one line per sample, then the RSS at the end of warm-up (10 % of the run, at least ten
-# minutes, at most half), the last sample, the slope after warm-up, whether it is flat (≤ 5 %
+# Prints one line per sample (every 30 s; a sixth of a shorter run), then the RSS at the end
+# of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope after warm-up, whether it is flat (≤ 5 %
 # growth after warm-up), and the growth over the second half.
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
 # target/bench/soak-metrics.prom (commit and batch latency histograms printed), its log to
@@ -111,6 +111,8 @@ echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
 broker=stock; if $nodelay; then broker=nodelay; fi
 echo "soak: $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
 started=$(date +%s)
+# Every 30 s, or more often for a short run (so its end is noticed soon after).
+every=$(( duration / 6 < 30 ? (duration / 6 > 2 ? duration / 6 : 2) : 30 ))
 while kill -0 "$load_pid" 2>/dev/null; do
   rss=$(awk '/^VmRSS/{print $2}' "/proc/$gateway_pid/status")
   received=$(curl -fs "http://127.0.0.1:$http_port/metrics" \
@@ -118,7 +120,7 @@ while kill -0 "$load_pid" 2>/dev/null; do
   elapsed=$(( $(date +%s) - started ))
   echo "$elapsed,$rss,${received:-0}" >>"$out/soak.csv"
   printf '%6ss  rss %8s KiB  received %s\n' "$elapsed" "$rss" "${received:-0}"
-  sleep 30 & wait $! || true
+  sleep "$every" & wait $! || true
 done
 wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
 curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
