@@ -11,8 +11,9 @@
 #                                   # publish → alert under load, broker with TCP_NODELAY
 #
 # Prints one line per sample (every 30 s; a sixth of a shorter run), then the RSS at the end
-# of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope after warm-up, whether it is flat (≤ 5 %
-# growth after warm-up), and the growth over the second half.
+# of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope
+# after warm-up, whether it is flat (≤ 5 % growth after warm-up), and the growth over the
+# second half.
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
 # target/bench/soak-metrics.prom (commit and batch latency histograms printed), its log to
 # target/bench/soak-gateway.log; the summary line is appended to
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --nodelay) nodelay=true; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
