@@ -31,7 +31,7 @@ pub mod alert;
 pub mod city_platform;
 pub mod config;
 pub mod demo;
-
+pub mod heap;
 pub mod http;
 pub mod influxdb;
 pub mod keys;

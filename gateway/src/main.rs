@@ -96,6 +96,7 @@ enum RulesCommand {
 }
 
 fn main() -> ExitCode {
+    let arenas = gateway::heap::limit_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -105,6 +106,7 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
+    tracing::debug!(?arenas, "malloc arenas");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -82,6 +82,41 @@ pub fn port_owned_by(pid: u32, port: u16) -> bool {
     })
 }
 
+/// How many glibc malloc arenas besides the main one process `pid` has mapped. Each is a 64 MiB
+/// reservation aligned to 64 MiB (`HEAP_MAX_SIZE` on 64-bit glibc) with no file behind it: the
+/// pages in use, then the rest reserved without access.
+pub fn malloc_arena_heaps(pid: u32) -> usize {
+    const HEAP: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let anonymous: Vec<(u64, u64)> = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(5).is_none())
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect();
+    anonymous
+        .iter()
+        .enumerate()
+        .filter(|(_, (start, _))| start % HEAP == 0)
+        .filter(|&(i, &(start, first_end))| {
+            // Contiguous anonymous mappings from `start` must end exactly 64 MiB later.
+            let mut end = first_end;
+            for &(next_start, next_end) in &anonymous[i + 1..] {
+                if end >= start + HEAP || next_start != end {
+                    break;
+                }
+                end = next_end;
+            }
+            end == start + HEAP
+        })
+        .count()
+}
+
 /// Waits until `pid` listens on `port`; panics with `log` if it exits or takes too long.
 pub fn wait_until_listening(child: &mut Child, port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -446,6 +446,14 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_w
         reporting >= 50,
         "only {reporting} devices reported within 30 s"
     );
+    // Every thread has allocated by now; glibc would have given each an arena of its own
+    // (eight here before the cap), and with them the RSS steps of the hour's soak.
+    let heaps = system_tests::services::malloc_arena_heaps(child.id());
+    assert!(
+        heaps < gateway::heap::ARENAS as usize,
+        "the gateway runs with {heaps} malloc arenas besides the main one; the cap is {} in all",
+        gateway::heap::ARENAS
+    );
     // The demo's rehearsed incidents raise alerts: on the alerts topic, the API and the log.
     let (watcher, mut alerts) = client("demo-alerts", mqtt, true).await;
     watcher

@@ -517,8 +517,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The gateway's heap as it runs in the field (`gateway::heap`).
+    gateway::heap::limit_arenas();
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let a = args();
     raise_file_limit();
     let dir = tempfile::tempdir().unwrap();
