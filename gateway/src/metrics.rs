@@ -202,7 +202,7 @@ impl Metrics {
             ),
             batch_accept_seconds: histogram(
                 "citysense_batch_accept_duration_seconds",
-                "From a batch's arrival to its commit, after which its messages are acknowledged.",
+                "From a batch's first message to its commit, after which its messages are acknowledged.",
                 &latency,
             ),
             batch_messages: histogram(

@@ -1,13 +1,16 @@
-//! The receive path: batches of MQTT messages → verify and decode → store → acknowledge.
+//! The receive path: MQTT messages → verify and decode → aggregate → rules → store → acknowledge.
 //!
-//! Messages are taken in batches (whatever has arrived, up to [`MAX_BATCH`]), verified under one
-//! lock of the registry, and the batch's readings handed to the store in one call, by a committer
-//! task that takes batches in order (so batch N is committed while batch N+1 is verified and
-//! aggregated). Only once a batch is committed are its messages acknowledged, so a crash before
+//! Messages are verified (under one lock of the registry for whatever has arrived) and
+//! aggregated as they come, into the batch being gathered, until the batch before it is
+//! committed; the rules then evaluate the batch and a committer task stores it in one call. So
+//! a batch holds everything that arrived during the commit before it, up to [`MAX_BATCH`]
+//! messages. Only once a batch is committed are its messages acknowledged, so a crash before
 //! that leaves them with the broker, which redelivers them. Rejected messages go to
 //! `cs/v1/dlq/{zone}` with their reason and are acknowledged: they are handled.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +18,7 @@ use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedMutexGuard, mpsc};
 
 use crate::aggregate::Aggregators;
 use crate::alert::{Alerts, Changes};
@@ -59,12 +62,48 @@ struct Accepted {
     held: tokio::sync::OwnedMutexGuard<()>,
     /// The messages to acknowledge once committed (QoS 0 ones need nothing).
     acks: Vec<Publish>,
-    /// Rejected messages, published as dead letters once the batch is committed.
-    dead: Vec<(String, Vec<u8>, Rejection)>,
-    /// When the batch was received, Unix ms.
-    now: i64,
-    /// When the batch was received, for `citysense_batch_accept_duration_seconds`.
+    /// Rejected messages (with when they were received, Unix ms), published as dead letters
+    /// once the batch is committed.
+    dead: Vec<Dead>,
+    /// When the batch's first message was received, for
+    /// `citysense_batch_accept_duration_seconds`.
     arrived: Instant,
+}
+
+/// A rejected message: topic, payload, reason, when it was received (Unix ms).
+type Dead = (String, Vec<u8>, Rejection, i64);
+
+/// The batch being gathered: its messages verified and aggregated, not yet evaluated.
+#[derive(Default)]
+struct Batch {
+    /// Messages taken from the broker.
+    messages: usize,
+    readings: Vec<Reading>,
+    points: Vec<Point>,
+    /// Devices whose ledgers moved.
+    touched: HashSet<Arc<str>>,
+    acks: Vec<Publish>,
+    dead: Vec<Dead>,
+    /// When its first message or polled reading arrived.
+    arrived: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.arrived.is_none()
+    }
+}
+
+/// A batch's wait for the alert commit lock, kept across the pipeline's wake-ups so that it
+/// keeps its place in the lock's queue.
+type Turn = Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>;
+
+/// The lock once `turn` has it; never, while there is no turn.
+async fn next_turn(turn: &mut Option<Turn>) -> OwnedMutexGuard<()> {
+    match turn {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The current time, Unix milliseconds.
@@ -97,42 +136,64 @@ pub struct Pipeline {
 impl Pipeline {
     /// Runs until the inbound channel closes: MQTT messages in batches, and the readings of
     /// polled (Modbus) devices.
+    ///
+    /// A batch gathers messages, verified and aggregated as they arrive, until the alert commit
+    /// lock comes free, that is until the batch before it is committed; it is then evaluated
+    /// and handed to the committer. So a message that arrives during a commit goes into the
+    /// next one, not the one after: it waits for the rest of that commit and its own.
     pub async fn run(
         self,
         mut inbound: mpsc::Receiver<Publish>,
         mut polled: mpsc::Receiver<Vec<Reading>>,
     ) {
-        // Batch N is committed while batch N+1 is verified and aggregated.
         let (to_commit, accepted) = mpsc::channel(1);
         let committer = tokio::spawn(self.clone().commit_in_order(accepted));
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut polling = true;
-        loop {
+        let mut batch = Batch::default();
+        let mut messages = Vec::with_capacity(MAX_BATCH);
+        // The batch's turn at the commit lock, asked for as soon as it holds anything.
+        let mut turn: Option<Turn> = None;
+        let (mut receiving, mut polling) = (true, true);
+        while receiving || !batch.is_empty() {
             tokio::select! {
-                first = inbound.recv() => {
-                    let Some(first) = first else { break };
-                    batch.push(first);
-                    while batch.len() < MAX_BATCH {
-                        match inbound.try_recv() {
-                            Ok(p) => batch.push(p),
-                            Err(_) => break,
-                        }
+                biased;
+                held = next_turn(&mut turn) => {
+                    turn = None;
+                    let accepted = self.evaluate(std::mem::take(&mut batch), held);
+                    // Fails only when the committer is gone (shutdown): the messages stay
+                    // unacknowledged and the broker keeps them.
+                    if to_commit.send(accepted).await.is_err() {
+                        break;
                     }
-                    self.process(&mut batch, &to_commit).await;
                 }
+                first = inbound.recv(), if receiving && batch.messages < MAX_BATCH => match first {
+                    Some(first) => {
+                        messages.push(first);
+                        while batch.messages + messages.len() < MAX_BATCH {
+                            match inbound.try_recv() {
+                                Ok(p) => messages.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                        self.gather(&mut messages, &mut batch);
+                    }
+                    None => receiving = false,
+                },
                 readings = polled.recv(), if polling => match readings {
-                    Some(r) => self.process_polled(r, &to_commit).await,
+                    Some(r) => self.gather_polled(r, &mut batch),
                     None => polling = false,
                 },
+            }
+            if turn.is_none() && !batch.is_empty() {
+                turn = Some(Box::pin(self.alerts.commit_lock.clone().lock_owned()));
             }
         }
         drop(to_commit);
         let _ = committer.await;
     }
 
-    /// Readings of a polled device: checked against the profile's ranges, then aggregated,
-    /// evaluated and committed like reports.
-    async fn process_polled(&self, mut readings: Vec<Reading>, to_commit: &mpsc::Sender<Accepted>) {
+    /// Readings of a polled device: checked against the profile's ranges, then aggregated into
+    /// the batch like reports.
+    fn gather_polled(&self, mut readings: Vec<Reading>, batch: &mut Batch) {
         let Some(first) = readings.first() else {
             return;
         };
@@ -170,27 +231,26 @@ impl Pipeline {
             .readings
             .with_label_values(&["pipe"])
             .inc_by(readings.len() as u64);
-        let accepted = self
-            .accept(readings, Vec::new(), now_ms(), Instant::now())
-            .await;
-        let _ = to_commit.send(accepted).await;
+        batch.arrived.get_or_insert_with(Instant::now);
+        let from = batch.readings.len();
+        batch.readings.extend(readings);
+        self.aggregate(batch, from);
     }
 
-    /// Verifies and aggregates one batch and hands it to the committer, which stores it and
-    /// then acknowledges its messages.
-    async fn process(&self, batch: &mut Vec<Publish>, to_commit: &mpsc::Sender<Accepted>) {
-        let (now, arrived) = (now_ms(), Instant::now());
-        self.metrics.batch_messages.observe(batch.len() as f64);
-        let mut readings: Vec<Reading> = Vec::new();
-        let mut touched: HashSet<Arc<str>> = HashSet::new();
-        let mut dead: Vec<(String, Vec<u8>, Rejection)> = Vec::new();
-        // The sequence ledgers of the devices this batch moved, committed with its readings.
-        let ledgers: Vec<(String, Ledger)> = {
+    /// Verifies `messages` under one lock of the registry and aggregates their readings into
+    /// the batch; the messages join the batch's acknowledgements.
+    fn gather(&self, messages: &mut Vec<Publish>, batch: &mut Batch) {
+        let now = now_ms();
+        batch.arrived.get_or_insert_with(Instant::now);
+        batch.messages += messages.len();
+        let from = batch.readings.len();
+        {
             let Ok(mut registry) = self.registry.lock() else {
                 tracing::error!("registry lock poisoned; messages left unacknowledged");
+                messages.clear();
                 return;
             };
-            for p in batch.iter() {
+            for p in messages.iter() {
                 self.metrics.bytes.inc_by(p.payload.len() as u64);
                 let topic = String::from_utf8_lossy(&p.topic);
                 let started = Instant::now();
@@ -199,46 +259,29 @@ impl Pipeline {
                     &topic,
                     &p.payload,
                     now,
-                    &mut readings,
-                    &mut touched,
+                    &mut batch.readings,
+                    &mut batch.touched,
                 );
                 self.metrics
                     .decode_seconds
                     .observe(started.elapsed().as_secs_f64());
                 if let Err(r) = outcome {
-                    dead.push((topic.into_owned(), p.payload.to_vec(), r));
+                    batch
+                        .dead
+                        .push((topic.into_owned(), p.payload.to_vec(), r, now));
                 }
             }
-            touched
-                .iter()
-                .filter_map(|id| {
-                    registry
-                        .get(id)
-                        .map(|d| (id.to_string(), d.state.ledger.clone()))
-                })
-                .collect()
-        };
-        let mut accepted = self.accept(readings, ledgers, now, arrived).await;
-        accepted.dead = dead;
-        accepted.acks = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
-        // Sending fails only when the committer is gone (shutdown): the messages stay
-        // unacknowledged and the broker keeps them.
-        let _ = to_commit.send(accepted).await;
+        }
+        batch.acks.append(messages);
+        self.aggregate(batch, from);
     }
 
-    /// Aggregates and evaluates the rules: the batch as it is to be committed, holding the
-    /// alert commit lock so that alert changes reach the outbox in engine order.
-    async fn accept(
-        &self,
-        readings: Vec<Reading>,
-        ledgers: Vec<(String, Ledger)>,
-        now: i64,
-        arrived: Instant,
-    ) -> Accepted {
-        let points = match self.aggregators.lock() {
+    /// Aggregates the batch's readings from index `from` on.
+    fn aggregate(&self, batch: &mut Batch, from: usize) {
+        match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
-                let points = a.ingest(&readings);
+                batch.points.extend(a.ingest(&batch.readings[from..]));
                 self.metrics
                     .aggregate_too_late
                     .inc_by(a.counts.too_late - before.too_late);
@@ -248,29 +291,47 @@ impl Pipeline {
                 self.metrics
                     .occupancy_drift
                     .inc_by(a.counts.drift - before.drift);
-                points
             }
             Err(_) => {
                 tracing::error!("aggregation state lock poisoned; readings stored without points");
+            }
+        }
+    }
+
+    /// The batch's turn has come (the alert commit lock is `held`): the rules evaluate its
+    /// readings and points, and it goes to the committer as it is to be committed, the lock
+    /// held until then so that alert changes reach the outbox in engine order.
+    fn evaluate(&self, batch: Batch, held: OwnedMutexGuard<()>) -> Accepted {
+        self.metrics.batch_messages.observe(batch.messages as f64);
+        // The sequence ledgers of the devices this batch moved, committed with its readings.
+        let ledgers = match self.registry.lock() {
+            Ok(registry) => batch
+                .touched
+                .iter()
+                .filter_map(|id| {
+                    registry
+                        .get(id)
+                        .map(|d| (id.to_string(), d.state.ledger.clone()))
+                })
+                .collect(),
+            Err(_) => {
+                tracing::error!("registry lock poisoned; ledgers not committed with the batch");
                 Vec::new()
             }
         };
-        // Alert changes commit with the readings that caused them, one batch at a time.
-        let held = self.alerts.commit_lock.clone().lock_owned().await;
         let changes = self.alerts.evaluate(|e| {
-            e.on_readings(&readings);
-            e.on_points(&points);
+            e.on_readings(&batch.readings);
+            e.on_points(&batch.points);
         });
         Accepted {
-            readings,
-            points,
+            readings: batch.readings,
+            points: batch.points,
             ledgers,
             changes,
             held,
-            acks: Vec::new(),
-            dead: Vec::new(),
-            now,
-            arrived,
+            acks: batch.acks,
+            dead: batch.dead,
+            arrived: batch.arrived.unwrap_or_else(Instant::now),
         }
     }
 
@@ -287,7 +348,6 @@ impl Pipeline {
                 held,
                 acks,
                 dead,
-                now,
                 arrived,
             } = a;
             if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
@@ -299,8 +359,8 @@ impl Pipeline {
                 .observe(arrived.elapsed().as_secs_f64());
             drop(held);
             self.alerts.committed(&changes);
-            for (topic, payload, r) in &dead {
-                self.dead_letter(topic, payload, r, now);
+            for (topic, payload, r, received_ms) in &dead {
+                self.dead_letter(topic, payload, r, *received_ms);
             }
             for p in &acks {
                 if p.qos != QoS::AtMostOnce && self.client.try_ack(p).is_err() {
@@ -409,5 +469,112 @@ impl Pipeline {
                 .with_label_values(&["dead_letter"])
                 .inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use device_profiles::Catalog;
+    use rumqttc::v5::MqttOptions;
+    use wire::{Body, Header, PipeReading, PipeReadings, Quantity, Timestamp, Trigger};
+
+    use super::*;
+    use crate::alert::Engine;
+    use crate::traffic::{demo_key, demo_keys};
+    use crate::verify::Verifier;
+
+    const TOPIC: &str = "cs/v1/360702/water-pressure/gz-p1-press/up";
+
+    fn pipeline() -> Pipeline {
+        let catalog = Arc::new(Catalog::ganzhou().unwrap());
+        let keys = demo_keys(&catalog);
+        let metrics = Metrics::new();
+        let rules = crate::load_rules(&catalog, &Default::default()).unwrap();
+        let (store, _) = Store::open(Path::new(":memory:")).unwrap();
+        // Never connected: the messages are QoS 0 and valid, so nothing is published.
+        let (client, _) = crate::mqtt::client(MqttOptions::new("pipeline-test", "127.0.0.1", 1));
+        Pipeline {
+            verifier: Arc::new(Verifier::new(&catalog, keys.clone(), Default::default())),
+            registry: Arc::new(Mutex::new(Registry::new(&catalog, &keys, &[]))),
+            store: Arc::new(store),
+            metrics: metrics.clone(),
+            client,
+            aggregators: Arc::new(Mutex::new(Aggregators::new(&catalog))),
+            alerts: Alerts::new(Engine::new(&catalog, rules, 3600), metrics),
+        }
+    }
+
+    fn report(sequence: u32) -> Publish {
+        let mut readings = heapless::Vec::new();
+        readings
+            .push(PipeReading {
+                quantity: Quantity::Pressure,
+                value: 0.3,
+            })
+            .unwrap();
+        let body = Body::PipeReadings(PipeReadings {
+            trigger: Trigger::Periodic,
+            readings,
+        });
+        let header = Header {
+            device_id: "gz-p1-press",
+            boot_epoch: 1,
+            sequence,
+            timestamp: Timestamp::Synced {
+                unix_ms: now_ms() as u64,
+            },
+        };
+        let frame = wire::frame::seal_to_vec(&header, &body, &demo_key("gz-p1-press")).unwrap();
+        Publish::new(TOPIC, QoS::AtMostOnce, frame, None)
+    }
+
+    /// Waits until the pipeline has verified `n` reports of the device.
+    async fn verified(p: &Pipeline, n: u64) {
+        let accepted = || {
+            p.registry
+                .lock()
+                .unwrap()
+                .get("gz-p1-press")
+                .map_or(0, |d| d.state.accepted)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while accepted() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline verified {} of {n} reports; it stopped reading while its batch \
+                 waited for the commit before it",
+                accepted()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_that_arrive_during_a_commit_go_into_the_next_batch() {
+        let p = pipeline();
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_polled, polled_rx) = mpsc::channel(1);
+        // A commit in progress: it holds the alert commit lock until it is done.
+        let commit = p.alerts.commit_lock.clone().lock_owned().await;
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        inbound.send(report(0)).await.unwrap();
+        verified(&p, 1).await;
+        inbound.send(report(1)).await.unwrap();
+        inbound.send(report(2)).await.unwrap();
+        verified(&p, 3).await;
+        drop(commit);
+        drop(inbound);
+        running.await.unwrap();
+        let batches = p.metrics.batch_messages.get_sample_count();
+        let messages = p.metrics.batch_messages.get_sample_sum();
+        assert_eq!(
+            (batches, messages),
+            (1, 3.0),
+            "all three reports in the one batch committed after the commit in progress"
+        );
+        let stored = p.store.recent("gz-p1-press", 16).unwrap();
+        assert_eq!(stored.len(), 3, "{stored:?}");
     }
 }
