@@ -9,6 +9,9 @@
 #   deploy/bench/soak.sh --devices 2000 --rate 500 --duration 600
 #   deploy/bench/soak.sh --devices 1000 --rate 12000 --duration 120 --nodelay
 #                                   # publish → alert under load, broker with TCP_NODELAY
+#   deploy/bench/soak.sh --gateway /tmp/gateway-before ...
+#                                   # another gateway binary (A/B against a build kept aside;
+#                                   # absolute, or relative to the repository)
 #
 # Prints one line per sample (every 30 s; a sixth of a shorter run), then the RSS at the end
 # of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope
@@ -25,12 +28,14 @@ devices=10000
 rate=1000
 duration=3600
 nodelay=false
+gateway=target/release/gateway
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --nodelay) nodelay=true; shift ;;
+    --gateway) gateway=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -55,6 +60,7 @@ owns_port() {
 }
 
 cargo build --release -q -p gateway -p simulator
+[ -x "$gateway" ] || { echo "no gateway binary at $gateway" >&2; exit 2; }
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -92,8 +98,8 @@ url = "http://127.0.0.1:$vm_port"
 org = "soak"
 bucket = "soak"
 EOF
-root=$PWD
-(cd "$work/site" && exec "$root/target/release/gateway" run --config gateway.toml) \
+gateway=$(realpath "$gateway")
+(cd "$work/site" && exec "$gateway" run --config gateway.toml) \
   >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
 pids+=("$gateway_pid")
@@ -110,7 +116,7 @@ out=target/bench
 mkdir -p "$out"
 echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
 broker=stock; if $nodelay; then broker=nodelay; fi
-echo "soak: $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
+echo "soak: $gateway, $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
 started=$(date +%s)
 # Every 30 s, or more often for a short run (so its end is noticed soon after).
 every=$(( duration / 6 < 30 ? (duration / 6 > 2 ? duration / 6 : 2) : 30 ))
