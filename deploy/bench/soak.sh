@@ -16,7 +16,8 @@
 # Prints one line per sample (every 30 s; a sixth of a shorter run), then the RSS at the end
 # of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope
 # after warm-up, whether it is flat (≤ 5 % growth after warm-up), and the growth over the
-# second half.
+# second half, and the CPU the gateway, the broker and the load generator used (in cores) and
+# how busy the machine was.
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
 # target/bench/soak-metrics.prom (commit and batch latency histograms printed), its log to
 # target/bench/soak-gateway.log; the summary line is appended to
@@ -117,6 +118,12 @@ mkdir -p "$out"
 echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
 broker=stock; if $nodelay; then broker=nodelay; fi
 echo "soak: $gateway, $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
+# CPU time of a process in clock ticks (user + system), and of the machine (busy, all).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+machine() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+broker_pid=${pids[0]}
+cpu0=("$(ticks "$gateway_pid")" "$(ticks "$broker_pid")" "$(ticks "$load_pid")" "$(machine)")
+load_ticks=${cpu0[2]} load_secs=1
 started=$(date +%s)
 # Every 30 s, or more often for a short run (so its end is noticed soon after).
 every=$(( duration / 6 < 30 ? (duration / 6 > 2 ? duration / 6 : 2) : 30 ))
@@ -127,8 +134,18 @@ while kill -0 "$load_pid" 2>/dev/null; do
   elapsed=$(( $(date +%s) - started ))
   echo "$elapsed,$rss,${received:-0}" >>"$out/soak.csv"
   printf '%6ss  rss %8s KiB  received %s\n' "$elapsed" "$rss" "${received:-0}"
+  now_ticks=$(ticks "$load_pid")
+  if [ "$now_ticks" -gt 0 ]; then load_ticks=$now_ticks load_secs=$(( elapsed > 0 ? elapsed : 1 )); fi
   sleep "$every" & wait $! || true
 done
+cpu=$(python3 -c 'import os, sys
+a = [int(x) for x in sys.argv[1:]]
+hz, secs, load_secs = os.sysconf("SC_CLK_TCK"), max(a[0], 1), a[1]
+(g0, b0, l0, m0b, m0a), (g1, b1, l1, m1b, m1a) = a[2:7], a[7:12]
+print(f"cpu over the run (cores): gateway {(g1 - g0) / hz / secs:.2f}, broker {(b1 - b0) / hz / secs:.2f}, "
+      f"load generator {(l1 - l0) / hz / load_secs:.2f}; machine busy {(m1b - m0b) / max(m1a - m0a, 1) * 100:.0f} % of {os.cpu_count()} cores")' \
+  "$(( $(date +%s) - started ))" "$load_secs" ${cpu0[0]} ${cpu0[1]} ${cpu0[2]} ${cpu0[3]} \
+  "$(ticks "$gateway_pid")" "$(ticks "$broker_pid")" "$load_ticks" $(machine))
 wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
 curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
 # What the gateway wrote to disk (the store's WAL and database, logs) per report received.
@@ -168,9 +185,10 @@ p50, p99, n, rate = (r[k] for k in ("alert_p50_ms", "alert_p99_ms", "alert_sampl
 print(f"publish → alert p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} samples) at {rate:.0f} reports/s")' \
   "$work/load.json" 2>/dev/null || echo "?")
 echo "latency under load ($broker broker): $latency"
+echo "$cpu"
 {
   echo
   echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')\`"
   echo
-  echo "- $summary; messages: $lost; latency ($broker broker): $latency"
+  echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu"
 } >>"$out/BENCHMARKS-rows.md"
