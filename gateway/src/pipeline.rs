@@ -1,10 +1,10 @@
 //! The receive path: MQTT messages → verify and decode → aggregate → rules → store → acknowledge.
 //!
-//! Messages are verified (under one lock of the registry for whatever has arrived) and
-//! aggregated as they come, into the batch being gathered, until the batch before it is
-//! committed; the rules then evaluate the batch and a committer task stores it in one call. So
-//! a batch holds everything that arrived during the commit before it, up to [`MAX_BATCH`]
-//! messages. Only once a batch is committed are its messages acknowledged, so a crash before
+//! Messages are verified as they come (under one lock of the registry for whatever has
+//! arrived), into the batch being gathered, until the batch before it is committed; the batch
+//! is then aggregated (in event-time order), the rules evaluate it, and a committer task stores
+//! it in one call. So a batch holds everything that arrived during the commit before it, up to
+//! [`MAX_BATCH`] messages. Only once a batch is committed are its messages acknowledged, so a crash before
 //! that leaves them with the broker, which redelivers them. Rejected messages go to
 //! `cs/v1/dlq/{zone}` with their reason and are acknowledged: they are handled.
 
@@ -73,13 +73,12 @@ struct Accepted {
 /// A rejected message: topic, payload, reason, when it was received (Unix ms).
 type Dead = (String, Vec<u8>, Rejection, i64);
 
-/// The batch being gathered: its messages verified and aggregated, not yet evaluated.
+/// The batch being gathered: its messages verified, not yet aggregated or evaluated.
 #[derive(Default)]
 struct Batch {
     /// Messages taken from the broker.
     messages: usize,
     readings: Vec<Reading>,
-    points: Vec<Point>,
     /// Devices whose ledgers moved.
     touched: HashSet<Arc<str>>,
     acks: Vec<Publish>,
@@ -137,8 +136,8 @@ impl Pipeline {
     /// Runs until the inbound channel closes: MQTT messages in batches, and the readings of
     /// polled (Modbus) devices.
     ///
-    /// A batch gathers messages, verified and aggregated as they arrive, until the alert commit
-    /// lock comes free, that is until the batch before it is committed; it is then evaluated
+    /// A batch gathers messages, verified as they arrive, until the alert commit lock comes
+    /// free, that is until the batch before it is committed; it is then aggregated, evaluated
     /// and handed to the committer. So a message that arrives during a commit goes into the
     /// next one, not the one after: it waits for the rest of that commit and its own.
     pub async fn run(
@@ -191,8 +190,8 @@ impl Pipeline {
         let _ = committer.await;
     }
 
-    /// Readings of a polled device: checked against the profile's ranges, then aggregated into
-    /// the batch like reports.
+    /// Readings of a polled device: checked against the profile's ranges, then added to the
+    /// batch like reports'.
     fn gather_polled(&self, mut readings: Vec<Reading>, batch: &mut Batch) {
         let Some(first) = readings.first() else {
             return;
@@ -232,18 +231,15 @@ impl Pipeline {
             .with_label_values(&["pipe"])
             .inc_by(readings.len() as u64);
         batch.arrived.get_or_insert_with(Instant::now);
-        let from = batch.readings.len();
         batch.readings.extend(readings);
-        self.aggregate(batch, from);
     }
 
-    /// Verifies `messages` under one lock of the registry and aggregates their readings into
-    /// the batch; the messages join the batch's acknowledgements.
+    /// Verifies `messages` under one lock of the registry into the batch; the messages join
+    /// the batch's acknowledgements.
     fn gather(&self, messages: &mut Vec<Publish>, batch: &mut Batch) {
         let now = now_ms();
         batch.arrived.get_or_insert_with(Instant::now);
         batch.messages += messages.len();
-        let from = batch.readings.len();
         {
             let Ok(mut registry) = self.registry.lock() else {
                 tracing::error!("registry lock poisoned; messages left unacknowledged");
@@ -273,15 +269,15 @@ impl Pipeline {
             }
         }
         batch.acks.append(messages);
-        self.aggregate(batch, from);
     }
 
-    /// Aggregates the batch's readings from index `from` on.
-    fn aggregate(&self, batch: &mut Batch, from: usize) {
+    /// Aggregates the batch's readings, in one call so that the aggregators put the whole
+    /// batch in event-time order.
+    fn aggregate(&self, readings: &[Reading]) -> Vec<Point> {
         match self.aggregators.lock() {
             Ok(mut a) => {
                 let before = a.counts;
-                batch.points.extend(a.ingest(&batch.readings[from..]));
+                let points = a.ingest(readings);
                 self.metrics
                     .aggregate_too_late
                     .inc_by(a.counts.too_late - before.too_late);
@@ -291,17 +287,20 @@ impl Pipeline {
                 self.metrics
                     .occupancy_drift
                     .inc_by(a.counts.drift - before.drift);
+                points
             }
             Err(_) => {
                 tracing::error!("aggregation state lock poisoned; readings stored without points");
+                Vec::new()
             }
         }
     }
 
-    /// The batch's turn has come (the alert commit lock is `held`): the rules evaluate its
-    /// readings and points, and it goes to the committer as it is to be committed, the lock
-    /// held until then so that alert changes reach the outbox in engine order.
+    /// The batch's turn has come (the alert commit lock is `held`): it is aggregated, the rules
+    /// evaluate its readings and points, and it goes to the committer as it is to be committed,
+    /// the lock held until then so that alert changes reach the outbox in engine order.
     fn evaluate(&self, batch: Batch, held: OwnedMutexGuard<()>) -> Accepted {
+        let points = self.aggregate(&batch.readings);
         self.metrics.batch_messages.observe(batch.messages as f64);
         // The sequence ledgers of the devices this batch moved, committed with its readings.
         let ledgers = match self.registry.lock() {
@@ -321,11 +320,11 @@ impl Pipeline {
         };
         let changes = self.alerts.evaluate(|e| {
             e.on_readings(&batch.readings);
-            e.on_points(&batch.points);
+            e.on_points(&points);
         });
         Accepted {
             readings: batch.readings,
-            points: batch.points,
+            points,
             ledgers,
             changes,
             held,
