@@ -484,8 +484,6 @@ mod tests {
     use crate::traffic::{demo_key, demo_keys};
     use crate::verify::Verifier;
 
-    const TOPIC: &str = "cs/v1/360702/water-pressure/gz-p1-press/up";
-
     fn pipeline() -> Pipeline {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
         let keys = demo_keys(&catalog);
@@ -506,6 +504,10 @@ mod tests {
     }
 
     fn report(sequence: u32) -> Publish {
+        report_of("gz-p1-press", sequence, now_ms())
+    }
+
+    fn report_of(device: &str, sequence: u32, unix_ms: i64) -> Publish {
         let mut readings = heapless::Vec::new();
         readings
             .push(PipeReading {
@@ -518,25 +520,27 @@ mod tests {
             readings,
         });
         let header = Header {
-            device_id: "gz-p1-press",
+            device_id: device,
             boot_epoch: 1,
             sequence,
             timestamp: Timestamp::Synced {
-                unix_ms: now_ms() as u64,
+                unix_ms: unix_ms as u64,
             },
         };
-        let frame = wire::frame::seal_to_vec(&header, &body, &demo_key("gz-p1-press")).unwrap();
-        Publish::new(TOPIC, QoS::AtMostOnce, frame, None)
+        let frame = wire::frame::seal_to_vec(&header, &body, &demo_key(device)).unwrap();
+        let topic = format!("cs/v1/360702/water-pressure/{device}/up");
+        Publish::new(topic, QoS::AtMostOnce, frame, None)
     }
 
-    /// Waits until the pipeline has verified `n` reports of the device.
+    /// Waits until the pipeline has verified `n` reports of the two loggers.
     async fn verified(p: &Pipeline, n: u64) {
         let accepted = || {
-            p.registry
-                .lock()
-                .unwrap()
-                .get("gz-p1-press")
-                .map_or(0, |d| d.state.accepted)
+            let registry = p.registry.lock().unwrap();
+            ["gz-p1-press", "gz-p2-press"]
+                .iter()
+                .filter_map(|id| registry.get(id))
+                .map(|d| d.state.accepted)
+                .sum::<u64>()
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while accepted() < n {
@@ -575,5 +579,37 @@ mod tests {
         );
         let stored = p.store.recent("gz-p1-press", 16).unwrap();
         assert_eq!(stored.len(), 3, "{stored:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_aggregated_in_event_time_order_whatever_order_it_arrived_in() {
+        let p = pipeline();
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_polled, polled_rx) = mpsc::channel(1);
+        let commit = p.alerts.commit_lock.clone().lock_owned().await;
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        // During one commit: a report of now, then one of ten minutes ago from another logger.
+        // Its five-minute window closed (lateness two minutes) by the first one's time, so
+        // aggregated in arrival order it would be too late.
+        let now = now_ms();
+        inbound
+            .send(report_of("gz-p1-press", 0, now))
+            .await
+            .unwrap();
+        verified(&p, 1).await;
+        inbound
+            .send(report_of("gz-p2-press", 0, now - 10 * 60_000))
+            .await
+            .unwrap();
+        verified(&p, 2).await;
+        drop(commit);
+        drop(inbound);
+        running.await.unwrap();
+        assert_eq!(
+            p.metrics.aggregate_too_late.get(),
+            0,
+            "the older report was aggregated after the newer one moved the watermark"
+        );
+        assert_eq!(p.metrics.batch_messages.get_sample_count(), 1);
     }
 }
