@@ -13,7 +13,7 @@
 # an alert is published only once the batch that raised it is fsync'd.
 #
 #   deploy/bench/run.sh           # full run (about 20 minutes on 2 cores)
-#   deploy/bench/run.sh --quick   # a smaller run, within five minutes (162 s measured, built)
+#   deploy/bench/run.sh --quick   # a smaller run, within five minutes (162 s measured built, before its 10-s disk step)
 #
 # Prints a table per part, then one line per target, and appends the figures (date, machine,
 # command) to target/bench/BENCHMARKS-rows.md for BENCHMARKS.md.
