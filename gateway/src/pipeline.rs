@@ -554,14 +554,27 @@ mod tests {
         }
     }
 
+    /// `p` running with a commit in progress, which holds the alert commit lock until the
+    /// returned guard is dropped: its inbound queue, the guard, the task.
+    async fn during_a_commit(
+        p: &Pipeline,
+    ) -> (
+        mpsc::Sender<Publish>,
+        OwnedMutexGuard<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        // No polled devices: the channel closes at once and the pipeline stops polling it.
+        let (_, polled_rx) = mpsc::channel(1);
+        let commit = p.alerts.commit_lock.clone().lock_owned().await;
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        (inbound, commit, running)
+    }
+
     #[tokio::test]
     async fn reports_that_arrive_during_a_commit_go_into_the_next_batch() {
         let p = pipeline();
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_polled, polled_rx) = mpsc::channel(1);
-        // A commit in progress: it holds the alert commit lock until it is done.
-        let commit = p.alerts.commit_lock.clone().lock_owned().await;
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, commit, running) = during_a_commit(&p).await;
         inbound.send(report(0)).await.unwrap();
         verified(&p, 1).await;
         inbound.send(report(1)).await.unwrap();
@@ -584,10 +597,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_aggregated_in_event_time_order_whatever_order_it_arrived_in() {
         let p = pipeline();
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_polled, polled_rx) = mpsc::channel(1);
-        let commit = p.alerts.commit_lock.clone().lock_owned().await;
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, commit, running) = during_a_commit(&p).await;
         // During one commit: a report of now, then one of ten minutes ago from another logger.
         // Its five-minute window closed (lateness two minutes) by the first one's time, so
         // aggregated in arrival order it would be too late.
