@@ -533,6 +533,25 @@ async fn maintain_store(
             tracing::error!("local store maintenance failed");
             continue;
         };
+        metrics
+            .store_maintenance_seconds
+            .observe(r.took.as_secs_f64());
+        tracing::debug!(
+            took_ms = r.took.as_secs_f64() * 1e3,
+            devices_ms = r.devices_took.as_secs_f64() * 1e3,
+            devices_written = r.devices_written,
+            "store maintenance"
+        );
+        if r.took >= Duration::from_millis(100) {
+            tracing::warn!(
+                took_ms = r.took.as_secs_f64() * 1e3,
+                devices_ms = r.devices_took.as_secs_f64() * 1e3,
+                devices_written = r.devices_written,
+                expired_readings = r.expired_readings,
+                expired_points = r.expired_points,
+                "slow store maintenance: commits waited for it"
+            );
+        }
         metrics.store_bytes.set(r.bytes as i64);
         metrics.store_quarantined.set(quarantined as i64);
         metrics

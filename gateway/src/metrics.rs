@@ -38,6 +38,12 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Time to commit one batch to the local store, fsync included.
     pub store_commit_seconds: Histogram,
+    /// Where a commit's time went, by phase: `queue` (for a blocking thread), `wait` (for the
+    /// writing connection), `write`, `sync` (the commit and its fsync), `restart` (the WAL's).
+    pub store_commit_phase_seconds: prometheus::HistogramVec,
+    /// Time one maintenance pass (device checkpoint, retention, size bound) held the writing
+    /// connection: commits wait for it.
+    pub store_maintenance_seconds: Histogram,
     /// From a batch's arrival to its commit (after which its messages are acknowledged and its
     /// alerts delivered): what queueing behind other batches adds to a report's latency.
     pub batch_accept_seconds: Histogram,
@@ -198,6 +204,22 @@ impl Metrics {
             store_commit_seconds: histogram(
                 "citysense_store_commit_duration_seconds",
                 "Time to commit one batch to the local store, fsync included.",
+                &latency,
+            ),
+            store_commit_phase_seconds: register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "citysense_store_commit_phase_seconds",
+                        "Where a commit's time went: queue, wait (for the writer), write, sync (commit and fsync), restart (of the WAL).",
+                    )
+                    .buckets(latency.to_vec()),
+                    &["phase"],
+                ),
+            ),
+            store_maintenance_seconds: histogram(
+                "citysense_store_maintenance_duration_seconds",
+                "Time one maintenance pass (device checkpoint, retention) held the store's writer.",
                 &latency,
             ),
             batch_accept_seconds: histogram(

@@ -27,13 +27,16 @@ use crate::metrics::Metrics;
 use crate::point::Point;
 use crate::reading::{Measurement, Reading};
 use crate::registry::{Registry, category_name};
-use crate::store::Store;
+use crate::store::{CommitTimes, Store};
 use crate::verify::{Rejection, Stream, Verifier, parse_topic};
 
 /// Most messages handled in one batch.
 pub const MAX_BATCH: usize = 1024;
 /// Dead-letter records keep at most this much of the payload.
 const DLQ_PAYLOAD_BYTES: usize = 1024;
+/// A commit this slow is logged with where its time went (a batch's acknowledgements and alerts
+/// wait for its commit).
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// A dead-letter record, published as JSON on `cs/v1/dlq/{zone}`.
 #[derive(Debug, Serialize)]
@@ -423,16 +426,23 @@ impl Pipeline {
             let (store, b) = (self.store.clone(), batch.clone());
             let started = Instant::now();
             let committed = tokio::task::spawn_blocking(move || {
+                let queued = started.elapsed();
                 let ledgers: Vec<(&str, &Ledger)> =
                     b.2.iter().map(|(d, l)| (d.as_str(), l)).collect();
-                store.accept(&b.0, &b.1, &ledgers, &b.3)
+                store
+                    .accept(&b.0, &b.1, &ledgers, &b.3)
+                    .map(|t| (queued, t))
             })
             .await;
+            let took = started.elapsed();
             self.metrics
                 .store_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
+                .observe(took.as_secs_f64());
             match committed {
-                Ok(Ok(())) => return,
+                Ok(Ok((queued, times))) => {
+                    self.commit_took(took, queued, &times, batch.0.len());
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "local store refused a batch; retrying, its messages stay unacknowledged")
                 }
@@ -441,6 +451,36 @@ impl Pipeline {
             self.metrics.store_errors.inc();
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Records where a commit's time went, and names the phase of one that stalled.
+    fn commit_took(&self, took: Duration, queued: Duration, t: &CommitTimes, readings: usize) {
+        let phases = [
+            ("queue", queued),
+            ("wait", t.wait),
+            ("write", t.write),
+            ("sync", t.sync),
+            ("restart", t.restart),
+        ];
+        for (phase, d) in phases {
+            self.metrics
+                .store_commit_phase_seconds
+                .with_label_values(&[phase])
+                .observe(d.as_secs_f64());
+        }
+        if took >= SLOW_COMMIT {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::warn!(
+                took_ms = ms(took),
+                queue_ms = ms(queued),
+                wait_ms = ms(t.wait),
+                write_ms = ms(t.write),
+                sync_ms = ms(t.sync),
+                restart_ms = ms(t.restart),
+                readings,
+                "slow store commit: acknowledgements and alerts waited for it"
+            );
         }
     }
 

@@ -33,7 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use rustc_hash::FxHashMap;
@@ -129,6 +129,26 @@ pub struct Enforced {
     pub bytes: u64,
     /// Still over the bound with nothing droppable: back-pressure.
     pub full: bool,
+    /// Device heads and ledgers written by the device checkpoint taken first.
+    pub devices_written: usize,
+    /// Time the device checkpoint took, its fsync included.
+    pub devices_took: Duration,
+    /// Time the whole pass held the writing connection (commits wait for it).
+    pub took: Duration,
+}
+
+/// Where one commit's time went (see [`Store::accept`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitTimes {
+    /// Waiting for the writing connection, held by maintenance ([`Store::enforce`]) or an
+    /// alert commit.
+    pub wait: Duration,
+    /// Writing the rows.
+    pub write: Duration,
+    /// The commit itself, the WAL's fsync included.
+    pub sync: Duration,
+    /// Starting the WAL over after the commit, when the checkpoint thread asked for it.
+    pub restart: Duration,
 }
 /// What opening found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -221,7 +241,12 @@ impl Checkpointer {
             .name("store-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    match checkpoint(&conn, "PASSIVE") {
+                    let started = Instant::now();
+                    let done = checkpoint(&conn, "PASSIVE");
+                    if let Ok((_, wal_pages, copied)) = done {
+                        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, wal_pages, copied, "WAL checkpoint");
+                    }
+                    match done {
                         Ok((_, wal_pages, _)) if wal_pages >= limits.restart_pages => {
                             ask.store(true, Ordering::Relaxed);
                         }
@@ -408,19 +433,25 @@ impl Store {
 
     /// Commits `readings`, the `points` aggregated from them, the `ledgers` of their devices and
     /// the alert changes they caused in one fsync'd transaction. When this returns `Ok`, the
-    /// messages that produced them may be acknowledged.
+    /// messages that produced them may be acknowledged; it says where the time went.
     pub fn accept(
         &self,
         readings: &[Reading],
         points: &[Point],
         ledgers: &[(&str, &Ledger)],
         alerts: &Changes,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CommitTimes, StoreError> {
         if self.full.load(Ordering::Relaxed) {
             return Err(StoreError::Full);
         }
+        let started = Instant::now();
         let mut conn = self.writer()?;
         let mut devices = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut times = CommitTimes {
+            wait: started.elapsed(),
+            ..CommitTimes::default()
+        };
+        let started = Instant::now();
         // The heads this batch moves, applied to `devices` once it is committed.
         let mut moved: FxHashMap<Arc<str>, i64> = FxHashMap::default();
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
@@ -464,11 +495,16 @@ impl Store {
             }
         }
         self.write_alerts(&tx, alerts)?;
+        times.write = started.elapsed();
+        let started = Instant::now();
         tx.commit().map_err(|e| self.sqlite(e))?;
+        times.sync = started.elapsed();
         devices.committed(moved, ledgers);
         drop(devices);
+        let started = Instant::now();
         self.restart_wal_if_asked(&conn);
-        Ok(())
+        times.restart = started.elapsed();
+        Ok(times)
     }
 
     /// Makes the WAL start over when the checkpoint thread found it too long (see
@@ -942,13 +978,14 @@ impl Store {
         out.reverse();
         Ok(out)
     }
-    /// Writes the device heads and ledgers changed since the last checkpoint (see [`devices`]).
-    fn checkpoint_devices(&self, conn: &mut Connection) -> Result<(), StoreError> {
+    /// Writes the device heads and ledgers changed since the last checkpoint (see [`devices`]);
+    /// returns how many rows it wrote.
+    fn checkpoint_devices(&self, conn: &mut Connection) -> Result<usize, StoreError> {
         let mut devices = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
-        if devices.changed() {
-            devices.write(conn).map_err(|e| self.sqlite(e))?;
+        if !devices.changed() {
+            return Ok(0);
         }
-        Ok(())
+        devices.write(conn).map_err(|e| self.sqlite(e))
     }
 
     /// Applies retention and the size bound (the explicit policy when full). Takes the device
@@ -969,9 +1006,11 @@ impl Store {
         sinks: &[&str],
         raw_sinks: &[&str],
     ) -> Result<Enforced, StoreError> {
+        let started = Instant::now();
         let mut conn = self.writer()?;
         // The device checkpoint first: nothing removed below is then needed to rebuild it.
-        self.checkpoint_devices(&mut conn)?;
+        let devices_written = self.checkpoint_devices(&mut conn)?;
+        let devices_took = started.elapsed();
         let e = |e| self.sqlite(e);
         let passed_by_all = |cursors: &[&str]| -> Result<i64, StoreError> {
             let mut min = i64::MAX;
@@ -1017,6 +1056,8 @@ impl Store {
             expired_readings: conn
                 .execute("DELETE FROM readings WHERE id < ?1", [bound])
                 .map_err(e)? as u64,
+            devices_written,
+            devices_took,
             ..Enforced::default()
         };
         report.expired_points = conn
@@ -1058,6 +1099,7 @@ impl Store {
                 "local store full of undelivered points: refusing new reports until a sink catches up"
             );
         }
+        report.took = started.elapsed();
         Ok(report)
     }
     /// How many rows were quarantined so far.
@@ -1415,6 +1457,30 @@ mod tests {
             large < small + 1_000,
             "retention took {large} SQLite steps over 20,000 readings, {small} over 100"
         );
+    }
+
+    /// A slow commit is logged with its phases: the time it waited for the writer (held here
+    /// as maintenance holds it) must be counted as waiting, not as writing or syncing.
+    #[test]
+    fn a_commit_says_how_long_it_waited_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = Arc::new(store);
+        let held = store.conn.lock().unwrap();
+        let (started, committing) = std::sync::mpsc::channel();
+        let committer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                started.send(()).unwrap();
+                store.accept(&[reading("a", 1.0)], &[], &[], &Changes::default())
+            })
+        };
+        committing.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+        let times = committer.join().unwrap().unwrap();
+        assert!(times.wait >= Duration::from_millis(100), "{times:?}");
+        assert!(times.write < times.wait, "{times:?}");
     }
 
     #[test]
