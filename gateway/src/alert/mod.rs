@@ -71,11 +71,13 @@ impl Alerts {
         }
     }
 
-    /// After `changes` were committed: metrics, the log, and the notifiers' wake-up.
+    /// After `changes` were committed: the notifiers' wake-up first (an alert's latency ends
+    /// with its delivery), then metrics and the log.
     pub fn committed(&self, changes: &Changes) {
         if changes.events.is_empty() {
             return;
         }
+        self.wake.send_modify(|n| *n += 1);
         for e in &changes.events {
             let a = &e.alert;
             self.metrics
@@ -99,7 +101,6 @@ impl Alerts {
                     .set(n);
             }
         }
-        self.wake.send_modify(|n| *n += 1);
     }
 
     /// Runs `f` on the engine and commits what it changed on its own (presence checks,

@@ -189,6 +189,8 @@ pub async fn run(
     let cursor_name = format!("alerts:{name}");
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The notifier's cursor: read from the store once, then kept here (only this task moves it).
+    let mut cursor: Option<i64> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -196,24 +198,25 @@ pub async fn run(
         wake.borrow_and_update();
         let (s, c) = (store.clone(), cursor_name.clone());
         let read = tokio::task::spawn_blocking(move || {
-            let after = s.cursor(&c)?;
-            s.alert_events_after(after, BATCH)
+            let after = match cursor {
+                Some(after) => after,
+                None => s.cursor(&c)?,
+            };
+            Ok::<_, crate::store::StoreError>((after, s.alert_events_after(after, BATCH)?))
         })
         .await;
         let events = match read {
-            Ok(Ok(e)) => e,
+            Ok(Ok((after, e))) => {
+                cursor = Some(after);
+                e
+            }
             _ => {
                 tracing::error!(notifier = %name, "cannot read the alert outbox");
                 Vec::new()
             }
         };
-        if let Ok(pending) = store.alert_events_pending(&cursor_name) {
-            metrics
-                .alert_pending
-                .with_label_values(&[&name])
-                .set(pending as i64);
-        }
         if events.is_empty() {
+            metrics.alert_pending.with_label_values(&[&name]).set(0);
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = wake.changed() => {}
@@ -228,8 +231,7 @@ pub async fn run(
         let last = events.last().map_or(0, |(id, _)| *id);
         // A delivery under way is finished (each is bounded by its timeout) and its cursor
         // moved, so a clean stop repeats nothing.
-        let outcome = notifier.deliver(&events).await;
-        match outcome {
+        match notifier.deliver(&events).await {
             Ok(()) => {
                 backoff.reset();
                 metrics
@@ -238,7 +240,9 @@ pub async fn run(
                     .inc_by(events.len() as u64);
                 let (s, c) = (store.clone(), cursor_name.clone());
                 let moved = tokio::task::spawn_blocking(move || s.advance(&c, last, &[])).await;
-                if !matches!(moved, Ok(Ok(()))) {
+                if matches!(moved, Ok(Ok(()))) {
+                    cursor = Some(last);
+                } else {
                     tracing::error!(notifier = %name, "cannot move the notifier's cursor; the events will be delivered again");
                 }
             }
@@ -254,6 +258,16 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+        }
+        // Counted after the delivery, off an alert's path to the operators.
+        let (s, c) = (store.clone(), cursor_name.clone());
+        if let Ok(Ok(pending)) =
+            tokio::task::spawn_blocking(move || s.alert_events_pending(&c)).await
+        {
+            metrics
+                .alert_pending
+                .with_label_values(&[&name])
+                .set(pending as i64);
         }
     }
 }
@@ -582,6 +596,38 @@ impl AlertmanagerNotifier {
 mod tests {
     use super::*;
     use crate::alert::rule::Category;
+
+    /// The next batch's evaluation holds the engine while a committed batch is reported: its
+    /// notifiers must be woken without waiting for the engine (metrics and the log can).
+    #[test]
+    fn notifiers_are_woken_before_the_engine_is_taken_for_metrics() {
+        let catalog = device_profiles::Catalog::ganzhou().unwrap();
+        let rules = crate::alert::rule::defaults(&catalog, &Default::default());
+        let alerts = crate::alert::Alerts::new(Engine::new(&catalog, rules, 3600), Metrics::new());
+        let mut woken = alerts.subscribe();
+        let changes = crate::alert::Changes {
+            states: Vec::new(),
+            events: vec![event(EventKind::Raised)],
+        };
+        let busy = alerts.engine.lock().unwrap();
+        let reporter = {
+            let alerts = alerts.clone();
+            std::thread::spawn(move || alerts.committed(&changes))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let wake = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), woken.changed()).await
+        });
+        drop(busy);
+        reporter.join().unwrap();
+        assert!(
+            matches!(wake, Ok(Ok(()))),
+            "the notifiers were not woken while the engine was busy"
+        );
+    }
 
     fn event(kind: EventKind) -> AlertEvent {
         AlertEvent {
