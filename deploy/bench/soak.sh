@@ -19,7 +19,7 @@
 # second half, and the CPU the gateway, the broker and the load generator used (in cores) and
 # how busy the machine was.
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
-# target/bench/soak-metrics.prom (commit and batch latency histograms printed, and the commits
+# target/bench/soak-metrics.prom (commit, batch and alert delivery histograms printed, and the commits
 # and maintenance passes of 100 ms or more, with where their time went), its log to
 # target/bench/soak-gateway.log; the summary line is appended to
 # target/bench/BENCHMARKS-rows.md.
@@ -88,9 +88,9 @@ if $nodelay; then echo "set_tcp_nodelay true" >>"$work/mosquitto.conf"; fi
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 pids+=($!); owns_port "${pids[-1]}" "$mqtt_port"
 # VictoriaMetrics keeps its data in memory (/dev/shm where there is one): it stands for the
-# city's time-series server, which has a disk of its own in the field. On this one its merges
-# delete files, and with online discard (`-o discard`) the gateway's fsyncs waited behind those
-# discards for 0.1–0.25 s (BENCHMARKS.md, sixth pass). The gateway's store stays on the disk.
+# city's time-series server, which has a disk of its own in the field, and here it would write
+# and merge its parts on the disk whose fsync latency the gateway's commits measure. The
+# gateway's store stays on the disk.
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then vm_data=$(mktemp -d -p /dev/shm citysense-soak-vm.XXXXXX); fi
 victoria-metrics -httpListenAddr=127.0.0.1:"$vm_port" -storageDataPath="$vm_data" \
   -retentionPeriod=100y >"$work/vm.log" 2>&1 &
@@ -159,7 +159,7 @@ curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
 written=$(awk '/^write_bytes/{print $2}' "/proc/$gateway_pid/io")
 received=$(awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $2}' "$out/soak-metrics.prom")
 python3 -c 'import sys; w, n = int(sys.argv[1]), float(sys.argv[2] or 1); print(f"gateway disk writes: {w/2**20:.0f} MiB, {w/max(n,1):.0f} B per report")' "$written" "${received:-0}"
-awk '/^citysense_(store_commit|batch_accept)_duration_seconds_bucket/' "$out/soak-metrics.prom"
+awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"
 # Commits and maintenance passes of 100 ms or more, each logged with where its time went.
 slow=$(grep -c "slow store" "$work/gateway.log" || true)
 echo "slow store commits and maintenance passes (≥ 100 ms): $slow"

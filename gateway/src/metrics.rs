@@ -95,6 +95,8 @@ pub struct Metrics {
     pub alert_notifications: IntCounterVec,
     /// Alert events a notifier has not delivered yet.
     pub alert_pending: IntGaugeVec,
+    /// From the commit of the newest alert event in a delivery to its confirmation, by notifier.
+    pub alert_delivery_seconds: prometheus::HistogramVec,
     /// Modbus polls by device and outcome (`ok`, `partial`, `failed`).
     pub modbus_polls: IntCounterVec,
     /// Duration of one Modbus poll (every block of a device), by device.
@@ -339,6 +341,17 @@ impl Metrics {
                 "citysense_alert_notifier_pending",
                 "Alert events a notifier has not delivered yet.",
                 &["notifier"],
+            ),
+            alert_delivery_seconds: register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "citysense_alert_delivery_duration_seconds",
+                        "From the commit of the newest alert event in a delivery to its confirmation, by notifier.",
+                    )
+                    .buckets(latency.to_vec()),
+                    &["notifier"],
+                ),
             ),
             modbus_polls: counters(
                 "citysense_modbus_polls_total",

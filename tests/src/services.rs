@@ -291,9 +291,8 @@ impl VictoriaMetrics {
 
     /// Starts it with its data in memory (a directory in `/dev/shm`, or a temporary directory
     /// where there is none), for benchmarks of the gateway. VictoriaMetrics stands for the
-    /// city's time-series server, which in the field has a disk of its own: on a shared one its
-    /// merges delete files, and where the file system discards freed blocks as they go (`-o
-    /// discard`) the gateway's fsyncs wait behind those discards (0.1–0.25 s here).
+    /// city's time-series server, which in the field has a disk of its own; here it would write
+    /// and merge its parts on the disk whose fsync latency the gateway's commits measure.
     pub fn start_in_memory() -> VictoriaMetrics {
         let shm = Path::new("/dev/shm");
         let dir = match shm.is_dir() {

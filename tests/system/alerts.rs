@@ -289,6 +289,25 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
         metrics.contains("citysense_alert_transitions_total{category=\"pipe\",kind=\"resolved\",severity=\"alarm\"} 1"),
         "{metrics}"
     );
+    // Each confirmed delivery is timed from its commit (the PUBACK may come just after the
+    // watcher saw the event).
+    let delivered = "citysense_alert_delivery_duration_seconds_count{notifier=\"mqtt\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(gw.http_addr(), "/metrics").await.1;
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(delivered))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if count.is_some_and(|n| n >= 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no timed delivery after the resolution: {count:?}\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }
 

@@ -22,6 +22,7 @@ pub use engine::{Alert, AlertEvent, Changes, Engine, EventKind, Status, SubjectS
 pub use rule::{Rule, RuleFile};
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -37,7 +38,8 @@ pub struct Alerts {
     pub engine: Arc<Mutex<Engine>>,
     /// Held from taking changes out of the engine until they are committed.
     pub commit_lock: Arc<tokio::sync::Mutex<()>>,
-    wake: Arc<watch::Sender<u64>>,
+    /// When events were last committed: the notifiers' wake-up.
+    wake: Arc<watch::Sender<Option<Instant>>>,
     metrics: Metrics,
 }
 
@@ -47,13 +49,13 @@ impl Alerts {
         Alerts {
             engine: Arc::new(Mutex::new(engine)),
             commit_lock: Arc::new(tokio::sync::Mutex::new(())),
-            wake: Arc::new(watch::channel(0).0),
+            wake: Arc::new(watch::channel(None).0),
             metrics,
         }
     }
 
-    /// A wake-up for a notifier: changes whenever events were committed.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    /// A wake-up for a notifier: changes whenever events were committed, to when they were.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Instant>> {
         self.wake.subscribe()
     }
 
@@ -77,7 +79,7 @@ impl Alerts {
         if changes.events.is_empty() {
             return;
         }
-        self.wake.send_modify(|n| *n += 1);
+        self.wake.send_replace(Some(Instant::now()));
         for e in &changes.events {
             let a = &e.alert;
             self.metrics

@@ -14,7 +14,7 @@
 //!   resolves what is not re-sent), resolutions carry `endsAt`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -182,7 +182,7 @@ pub async fn run(
     mut notifier: Notifier,
     store: Arc<Store>,
     metrics: Metrics,
-    mut wake: watch::Receiver<u64>,
+    mut wake: watch::Receiver<Option<Instant>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = notifier.name();
@@ -195,7 +195,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        wake.borrow_and_update();
+        let committed = *wake.borrow_and_update();
         let (s, c) = (store.clone(), cursor_name.clone());
         let read = tokio::task::spawn_blocking(move || {
             let after = match cursor {
@@ -238,6 +238,12 @@ pub async fn run(
                     .alert_notifications
                     .with_label_values(&[&name, "delivered"])
                     .inc_by(events.len() as u64);
+                if let Some(at) = committed {
+                    metrics
+                        .alert_delivery_seconds
+                        .with_label_values(&[&name])
+                        .observe(at.elapsed().as_secs_f64());
+                }
                 let (s, c) = (store.clone(), cursor_name.clone());
                 let moved = tokio::task::spawn_blocking(move || s.advance(&c, last, &[])).await;
                 if matches!(moved, Ok(Ok(()))) {

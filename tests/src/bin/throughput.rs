@@ -535,7 +535,7 @@ async fn run() {
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
     let broker = Mosquitto::start();
-    // In memory: its merges' file deletions would stall the gateway's fsyncs on this disk (see
+    // In memory, as the city's server is not on the gateway's disk (see
     // `VictoriaMetrics::start_in_memory`); the gateway's store stays on the disk.
     let vm = VictoriaMetrics::start_in_memory();
     println!(
