@@ -143,6 +143,15 @@ impl Metrics {
                 Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
             )
         };
+        let histograms = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            register(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                ),
+            )
+        };
         // Commit and queueing times: an fsync is ~0.5 ms on a good disk, tens of ms on a busy one.
         let latency = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
@@ -208,16 +217,11 @@ impl Metrics {
                 "Time to commit one batch to the local store, fsync included.",
                 &latency,
             ),
-            store_commit_phase_seconds: register(
-                &r,
-                prometheus::HistogramVec::new(
-                    HistogramOpts::new(
-                        "citysense_store_commit_phase_seconds",
-                        "Where a commit's time went: queue, wait (for the writer), write, sync (commit and fsync), restart (of the WAL).",
-                    )
-                    .buckets(latency.to_vec()),
-                    &["phase"],
-                ),
+            store_commit_phase_seconds: histograms(
+                "citysense_store_commit_phase_seconds",
+                "Where a commit's time went: queue, wait (for the writer), write, sync (commit and fsync), restart (of the WAL).",
+                &latency,
+                &["phase"],
             ),
             store_maintenance_seconds: histogram(
                 "citysense_store_maintenance_duration_seconds",
@@ -342,34 +346,24 @@ impl Metrics {
                 "Alert events a notifier has not delivered yet.",
                 &["notifier"],
             ),
-            alert_delivery_seconds: register(
-                &r,
-                prometheus::HistogramVec::new(
-                    HistogramOpts::new(
-                        "citysense_alert_delivery_duration_seconds",
-                        "From the commit of the newest alert event in a delivery to its confirmation, by notifier.",
-                    )
-                    .buckets(latency.to_vec()),
-                    &["notifier"],
-                ),
+            alert_delivery_seconds: histograms(
+                "citysense_alert_delivery_duration_seconds",
+                "From the commit of the newest alert event in a delivery to its confirmation, by notifier.",
+                &latency,
+                &["notifier"],
             ),
             modbus_polls: counters(
                 "citysense_modbus_polls_total",
                 "Modbus polls by device and outcome.",
                 &["device", "outcome"],
             ),
-            modbus_poll_seconds: register(
-                &r,
-                prometheus::HistogramVec::new(
-                    HistogramOpts::new(
-                        "citysense_modbus_poll_seconds",
-                        "Duration of one Modbus poll of a device (all its block reads).",
-                    )
-                    .buckets(vec![
-                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    ]),
-                    &["device"],
-                ),
+            modbus_poll_seconds: histograms(
+                "citysense_modbus_poll_seconds",
+                "Duration of one Modbus poll of a device (all its block reads).",
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+                &["device"],
             ),
             modbus_exceptions: counters(
                 "citysense_modbus_exceptions_total",
