@@ -19,9 +19,9 @@
 # second half, and the CPU the gateway, the broker and the load generator used (in cores) and
 # how busy the machine was.
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
-# target/bench/soak-metrics.prom (commit, batch and alert delivery histograms printed, and the commits
-# and maintenance passes of 100 ms or more, with where their time went), its log to
-# target/bench/soak-gateway.log; the summary line is appended to
+# target/bench/soak-metrics.prom (commit, batch and alert delivery histograms printed, and
+# the commits and maintenance passes of 100 ms or more, with where their time went), its log
+# to target/bench/soak-gateway.log; the summary line is appended to
 # target/bench/BENCHMARKS-rows.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -542,7 +542,7 @@ async fn maintain_store(
             devices_written = r.devices_written,
             "store maintenance"
         );
-        if r.took >= Duration::from_millis(100) {
+        if r.took >= pipeline::SLOW_COMMIT {
             tracing::warn!(
                 took_ms = r.took.as_secs_f64() * 1e3,
                 devices_ms = r.devices_took.as_secs_f64() * 1e3,

@@ -34,9 +34,9 @@ use crate::verify::{Rejection, Stream, Verifier, parse_topic};
 pub const MAX_BATCH: usize = 1024;
 /// Dead-letter records keep at most this much of the payload.
 const DLQ_PAYLOAD_BYTES: usize = 1024;
-/// A commit this slow is logged with where its time went (a batch's acknowledgements and alerts
-/// wait for its commit).
-const SLOW_COMMIT: Duration = Duration::from_millis(100);
+/// A commit (or maintenance pass) this slow is logged with where its time went: a batch's
+/// acknowledgements and alerts wait for its commit.
+pub(crate) const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// A dead-letter record, published as JSON on `cs/v1/dlq/{zone}`.
 #[derive(Debug, Serialize)]

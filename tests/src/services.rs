@@ -295,9 +295,10 @@ impl VictoriaMetrics {
     /// and merge its parts on the disk whose fsync latency the gateway's commits measure.
     pub fn start_in_memory() -> VictoriaMetrics {
         let shm = Path::new("/dev/shm");
-        let dir = match shm.is_dir() {
-            true => tempfile::tempdir_in(shm),
-            false => tempfile::tempdir(),
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
         };
         Self::start_in(dir.unwrap())
     }
