@@ -537,15 +537,15 @@ async fn maintain_store(
             .store_maintenance_seconds
             .observe(r.took.as_secs_f64());
         tracing::debug!(
-            took_ms = r.took.as_secs_f64() * 1e3,
-            devices_ms = r.devices_took.as_secs_f64() * 1e3,
+            took_ms = pipeline::millis(r.took),
+            devices_ms = pipeline::millis(r.devices_took),
             devices_written = r.devices_written,
             "store maintenance"
         );
         if r.took >= pipeline::SLOW_COMMIT {
             tracing::warn!(
-                took_ms = r.took.as_secs_f64() * 1e3,
-                devices_ms = r.devices_took.as_secs_f64() * 1e3,
+                took_ms = pipeline::millis(r.took),
+                devices_ms = pipeline::millis(r.devices_took),
                 devices_written = r.devices_written,
                 expired_readings = r.expired_readings,
                 expired_points = r.expired_points,

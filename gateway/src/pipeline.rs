@@ -4,8 +4,8 @@
 //! arrived), into the batch being gathered, until the batch before it is committed; the batch
 //! is then aggregated (in event-time order), the rules evaluate it, and a committer task stores
 //! it in one call. So a batch holds everything that arrived during the commit before it, up to
-//! [`MAX_BATCH`] messages. Only once a batch is committed are its messages acknowledged, so a crash before
-//! that leaves them with the broker, which redelivers them. Rejected messages go to
+//! [`MAX_BATCH`] messages. Only once a batch is committed are its messages acknowledged, so a
+//! crash before that leaves them with the broker, which redelivers them. Rejected messages go to
 //! `cs/v1/dlq/{zone}` with their reason and are acknowledged: they are handled.
 
 use std::collections::HashSet;
@@ -37,6 +37,11 @@ const DLQ_PAYLOAD_BYTES: usize = 1024;
 /// A commit (or maintenance pass) this slow is logged with where its time went: a batch's
 /// acknowledgements and alerts wait for its commit.
 pub(crate) const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+/// `d` in milliseconds, for the logs.
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
 
 /// A dead-letter record, published as JSON on `cs/v1/dlq/{zone}`.
 #[derive(Debug, Serialize)]
@@ -470,14 +475,13 @@ impl Pipeline {
                 .observe(d.as_secs_f64());
         }
         if took >= SLOW_COMMIT {
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::warn!(
-                took_ms = ms(took),
-                queue_ms = ms(queued),
-                wait_ms = ms(t.wait),
-                write_ms = ms(t.write),
-                sync_ms = ms(t.sync),
-                restart_ms = ms(t.restart),
+                took_ms = millis(took),
+                queue_ms = millis(queued),
+                wait_ms = millis(t.wait),
+                write_ms = millis(t.write),
+                sync_ms = millis(t.sync),
+                restart_ms = millis(t.restart),
                 readings,
                 "slow store commit: acknowledgements and alerts waited for it"
             );

@@ -244,7 +244,7 @@ impl Checkpointer {
                     let started = Instant::now();
                     let done = checkpoint(&conn, "PASSIVE");
                     if let Ok((_, wal_pages, copied)) = done {
-                        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, wal_pages, copied, "WAL checkpoint");
+                        tracing::debug!(took_ms = crate::pipeline::millis(started.elapsed()), wal_pages, copied, "WAL checkpoint");
                     }
                     match done {
                         Ok((_, wal_pages, _)) if wal_pages >= limits.restart_pages => {
@@ -601,9 +601,8 @@ impl Store {
         )
     }
 
-    /// How many alert events the cursor `name` has not passed.
-    pub fn alert_events_pending(&self, name: &str) -> Result<u64, StoreError> {
-        let after = self.cursor(name)?;
+    /// How many alert events come after id `after` (a notifier's cursor).
+    pub fn alert_events_pending(&self, after: i64) -> Result<u64, StoreError> {
         let conn = self.reader()?;
         conn.query_row(
             "SELECT COUNT(*) FROM alert_events WHERE id > ?1",

@@ -266,9 +266,10 @@ pub async fn run(
             }
         }
         // Counted after the delivery, off an alert's path to the operators.
-        let (s, c) = (store.clone(), cursor_name.clone());
+        let Some(after) = cursor else { continue };
+        let s = store.clone();
         if let Ok(Ok(pending)) =
-            tokio::task::spawn_blocking(move || s.alert_events_pending(&c)).await
+            tokio::task::spawn_blocking(move || s.alert_events_pending(after)).await
         {
             metrics
                 .alert_pending
