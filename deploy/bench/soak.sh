@@ -12,6 +12,10 @@
 #   deploy/bench/soak.sh --gateway /tmp/gateway-before ...
 #                                   # another gateway binary (A/B against a build kept aside;
 #                                   # absolute, or relative to the repository)
+#   deploy/bench/soak.sh --devices 1000 --rate 11500 --duration 120 --nodelay --floor durable
+#                                   # the floor under that latency: `latency-floor` in the
+#                                   # gateway's place (relay: publish the alert at once;
+#                                   # durable: after one fdatasync'd append per batch)
 #
 # Prints one line per sample (every 30 s; a sixth of a shorter run), then the RSS at the end
 # of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope
@@ -31,6 +35,7 @@ rate=1000
 duration=3600
 nodelay=false
 gateway=target/release/gateway
+floor=
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
@@ -38,6 +43,8 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --nodelay) nodelay=true; shift ;;
     --gateway) gateway=$2; shift 2 ;;
+    --floor) floor=$2; shift 2
+      case "$floor" in relay|durable) ;; *) echo "--floor relay or durable, not $floor" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -62,6 +69,7 @@ owns_port() {
 }
 
 cargo build --release -q -p gateway -p simulator
+if [ -n "$floor" ]; then cargo build --release -q -p system-tests --bin latency-floor; fi
 [ -x "$gateway" ] || { echo "no gateway binary at $gateway" >&2; exit 2; }
 work=$(mktemp -d)
 vm_data="$work/vm"
@@ -107,8 +115,15 @@ org = "soak"
 bucket = "soak"
 EOF
 gateway=$(realpath "$gateway")
-(cd "$work/site" && exec "$gateway" run --config gateway.toml) \
-  >"$work/gateway.log" 2>&1 &
+if [ -n "$floor" ]; then
+  mkdir -p "$work/floor"
+  gateway=$(realpath target/release/latency-floor)
+  "$gateway" --mqtt "127.0.0.1:$mqtt_port" --listen "127.0.0.1:$http_port" --mode "$floor" \
+    --dir "$work/floor" >"$work/gateway.log" 2>&1 &
+else
+  (cd "$work/site" && exec "$gateway" run --config gateway.toml) \
+    >"$work/gateway.log" 2>&1 &
+fi
 gateway_pid=$!
 pids+=("$gateway_pid")
 owns_port "$gateway_pid" "$http_port"
@@ -124,7 +139,8 @@ out=target/bench
 mkdir -p "$out"
 echo "elapsed_s,rss_kib,received" >"$out/soak.csv"
 broker=stock; if $nodelay; then broker=nodelay; fi
-echo "soak: $gateway, $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
+consumer=$gateway; if [ -n "$floor" ]; then consumer="latency-floor --mode $floor"; fi
+echo "soak: $consumer, $devices devices, $rate reports/s, ${duration}s, $broker broker; gateway pid $gateway_pid"
 # CPU time of a process in clock ticks (user + system), and of the machine (busy, all).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 machine() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
@@ -199,7 +215,7 @@ echo "latency under load ($broker broker): $latency"
 echo "$cpu"
 {
   echo
-  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')\`"
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")\`"
   echo
   echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu"
 } >>"$out/BENCHMARKS-rows.md"

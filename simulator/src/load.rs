@@ -28,6 +28,9 @@ use gateway::pipeline::now_ms;
 
 /// The zone of the generated site.
 pub const ZONE: &str = "360702";
+/// The pipe asset of the probe that raises: the subject of its alert events.
+pub const PROBE_SUBJECT: &str = "LG0";
+
 /// Probe devices (tunnel gas monitors) used for alert latency.
 const PROBES: usize = 4;
 /// The load is published in a burst every millisecond (`rate / 1000` reports), as near to
@@ -347,7 +350,7 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
                         let e: serde_json::Value =
                             serde_json::from_slice(&p.payload).unwrap_or_default();
                         if e["kind"] == "raised"
-                            && e["alert"]["subject"] == "LG0"
+                            && e["alert"]["subject"] == PROBE_SUBJECT
                             && let Some(value) = e["alert"]["value"].as_f64()
                             && let Ok(mut s) = seen.lock()
                         {
