@@ -540,6 +540,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(influx) = &self.influxdb {
+            p.extend(influx.check());
+        }
         if let Some(city) = &self.city_platform {
             p.extend(city.check());
         }
@@ -676,6 +679,36 @@ host = \"127.0.0.1\"
         let err = Config::load(&write(&dir, &both)).unwrap_err().to_string();
         assert!(err.contains("must start with https://"), "{err}");
         assert!(err.contains("gateway.toml:17:1"), "{err}");
+    }
+
+    #[test]
+    fn an_influxdb_section_with_zero_intervals_or_a_bad_url_is_refused_by_key() {
+        let dir = tempdir("influx");
+        let text = format!(
+            "{MINIMAL}\n[influxdb]\nurl = \"127.0.0.1:8428\"\norg = \"o\"\nbucket = \"b\"\n\
+             flush_ms = 0\nbatch_lines = 0\ntimeout_ms = 0\n"
+        );
+        let err = Config::load(&write(&dir, &text)).unwrap_err();
+        let reasons: Vec<&str> = err.problems().iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 4, "{err}");
+        for (reason, says) in reasons.iter().zip([
+            "\"127.0.0.1:8428\" is not a URL",
+            "batch_lines must be > 0",
+            "flush_ms must be > 0: it is the shortest time between two writes",
+            "timeout_ms must be > 0",
+        ]) {
+            assert!(reason.contains(says), "{reason} does not say {says}");
+        }
+        // Each named at its line in the file.
+        assert!(err.to_string().contains("gateway.toml:19:"), "{err}");
+        let fine = format!(
+            "{MINIMAL}\n[influxdb]\nurl = \"http://127.0.0.1:8428\"\norg = \"o\"\nbucket = \"b\"\n"
+        );
+        let c = Config::load(&write(&dir, &fine)).unwrap();
+        assert_eq!(
+            c.influxdb.unwrap().flush_ms,
+            crate::influxdb::DEFAULT_FLUSH_MS
+        );
     }
 
     #[test]

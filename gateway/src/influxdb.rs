@@ -12,10 +12,18 @@
 //!
 //! Points carry deterministic tags and timestamps, so a batch written twice (a crash between
 //! the server's 2xx and the cursor's commit) overwrites itself.
+//!
+//! When: a commit that holds points wakes the sink, which writes what is pending at once unless
+//! it wrote less than `flush_ms` ago; then it waits for the rest of that gap, and the points
+//! committed meanwhile go in the same write. So a point waits at most `flush_ms` for its write,
+//! an idle sink reads nothing, and a point that comes alone is written as soon as it is
+//! committed. (A timer alone made every point wait for the next tick, up to `flush_ms`, and the
+//! server's own delay in making a write visible came on top: VictoriaMetrics takes up to a
+//! second.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use influxdb2::api::write::TimestampPrecision;
 use influxdb2::{Client, ClientBuilder, RequestError};
@@ -42,7 +50,8 @@ pub struct InfluxSection {
     /// Largest batch in lines (InfluxDB's guidance: 5,000).
     #[serde(default = "default_batch")]
     pub batch_lines: usize,
-    /// How often pending points are written, in milliseconds: the most a point waits.
+    /// Shortest time between two writes, in milliseconds: the most a point waits for its
+    /// write. A commit with points wakes the sink, so a point that comes alone is written at once.
     #[serde(default = "default_flush")]
     pub flush_ms: u64,
     /// Time allowed for one write request, in milliseconds.
@@ -62,11 +71,47 @@ fn default_gzip() -> bool {
 fn default_batch() -> usize {
     5000
 }
+/// The default `flush_ms`: at most five writes a second.
+pub const DEFAULT_FLUSH_MS: u64 = 200;
+
 fn default_flush() -> u64 {
-    1000
+    DEFAULT_FLUSH_MS
 }
 fn default_timeout() -> u64 {
     10_000
+}
+
+impl InfluxSection {
+    /// Checks values that types alone cannot; returns `(key, reason)` pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let key = |k: &str| format!("influxdb.{k}");
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => p.push((
+                key("url"),
+                format!(
+                    "\"{}\" must be http:// or https://, not {}:",
+                    self.url,
+                    u.scheme()
+                ),
+            )),
+            Err(e) => p.push((key("url"), format!("\"{}\" is not a URL: {e}", self.url))),
+        }
+        if self.batch_lines == 0 {
+            p.push((key("batch_lines"), "batch_lines must be > 0".into()));
+        }
+        if self.flush_ms == 0 {
+            p.push((
+                key("flush_ms"),
+                "flush_ms must be > 0: it is the shortest time between two writes".into(),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            p.push((key("timeout_ms"), "timeout_ms must be > 0".into()));
+        }
+        p
+    }
 }
 
 /// Why a sink is not ready, by sink name (shown by `/readyz`).
@@ -159,12 +204,17 @@ pub async fn deliver(
     Ok(refused)
 }
 
-/// Runs the sink until `shutdown`.
+/// How often the sink looks for pending points without being woken (after a failed read, or
+/// once the pipeline has stopped).
+const LOOK_ANYWAY: Duration = Duration::from_secs(5);
+
+/// Runs the sink until `shutdown`; `points` changes whenever a commit held points.
 pub async fn run(
     cfg: InfluxSection,
     store: Arc<Store>,
     metrics: Metrics,
     not_ready: NotReady,
+    mut points: watch::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let client = match client(&cfg) {
@@ -178,14 +228,21 @@ pub async fn run(
         }
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.flush_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let gap = Duration::from_millis(cfg.flush_ms);
+    // When the last write began. What is pending at start (a backlog from before a restart) is
+    // written at once.
+    let mut last_write: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
+        if let Some(at) = last_write {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until((at + gap).into()) => {}
+            }
         }
-        // Drain everything pending, batch by batch, before waiting for the next tick.
+        // Points committed from here on wake the next round.
+        points.borrow_and_update();
+        let round = Instant::now();
+        // Drain everything pending, batch by batch, then wait for more.
         loop {
             let (store2, size) = (store.clone(), cfg.batch_lines);
             let read = tokio::task::spawn_blocking(
@@ -229,6 +286,7 @@ pub async fn run(
                         );
                         break;
                     }
+                    last_write = Some(round);
                     metrics
                         .sink_written
                         .with_label_values(&[SINK])
@@ -261,6 +319,19 @@ pub async fn run(
                     }
                 }
             }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            woken = points.changed() => {
+                if woken.is_err() {
+                    // The pipeline stopped: nothing wakes the sink any more.
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(LOOK_ANYWAY) => {}
+                    }
+                }
+            }
+            _ = tokio::time::sleep(LOOK_ANYWAY) => {}
         }
     }
 }
@@ -423,6 +494,88 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    /// Waits until `f` holds, for at most `limit`.
+    async fn until(limit: Duration, f: impl Fn() -> bool + Send + 'static) {
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "not within {limit:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    fn pipe_point(minute: i64) -> crate::point::Point {
+        crate::point::Point {
+            measurement: "pipe".into(),
+            tags: vec![("asset".into(), "P1".into())],
+            fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
+            time_ms: minute * 60_000,
+            quality: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_point_is_written_at_once_and_the_next_waits_out_the_gap() {
+        let mock = Mock {
+            max_lines: 100,
+            ..Mock::default()
+        };
+        let addr = serve(mock.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = Arc::new(store);
+        let (stop, stop_rx) = watch::channel(false);
+        let (points, points_rx) = watch::channel(());
+        // An hour between writes: only a wake can write the first point in time.
+        let c = InfluxSection {
+            flush_ms: 3_600_000,
+            ..cfg(addr)
+        };
+        let metrics = Metrics::new();
+        let pending = metrics.sink_pending.with_label_values(&[SINK]);
+        // Set by each look at the store: -1 until the sink's first, at start.
+        pending.set(-1);
+        let task = tokio::spawn(run(
+            c,
+            store.clone(),
+            metrics.clone(),
+            NotReady::default(),
+            points_rx,
+            stop_rx,
+        ));
+        let commit = |minute| {
+            store
+                .accept(&[], &[pipe_point(minute)], &[], &Default::default())
+                .unwrap();
+            points.send_replace(());
+        };
+        let p = pending.clone();
+        until(LOOK_ANYWAY / 2, move || p.get() == 0).await;
+        // The sink has looked and found nothing: only the wake can bring the first point.
+        commit(1);
+        // Written (sooner than the sink looks unwoken), and the sink has looked again and found
+        // nothing (pending was 1 before): its round is over, so the second point cannot ride in
+        // it.
+        let s = store.clone();
+        until(LOOK_ANYWAY / 2, move || {
+            s.cursor(SINK).unwrap() == 1 && pending.get() == 0
+        })
+        .await;
+        commit(2);
+        // The second waits for the hour's gap: still unwritten a while after its wake.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            mock.accepted.lock().unwrap().as_slice(),
+            ["pipe,asset=P1 mean=0.3 60000"]
+        );
+        assert_eq!(store.cursor(SINK).unwrap(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn the_sink_keeps_refused_data_says_why_and_delivers_once_fixed() {
         let mock = Mock {
@@ -447,11 +600,13 @@ mod tests {
         let metrics = Metrics::new();
         let not_ready = NotReady::default();
         let (stop, stop_rx) = watch::channel(false);
+        let (_points, points_rx) = watch::channel(());
         let task = tokio::spawn(run(
             cfg(addr),
             store.clone(),
             metrics.clone(),
             not_ready.clone(),
+            points_rx,
             stop_rx,
         ));
         let wait = |f: &dyn Fn() -> bool| {

@@ -242,12 +242,15 @@ impl Gateway {
             }
         });
 
+        // Commits that hold points wake the InfluxDB sink.
+        let (points_committed, points_rx) = watch::channel(());
         if let Some(influx) = settings.influxdb.clone() {
             tasks.spawn(influxdb::run(
                 influx,
                 store.clone(),
                 metrics.clone(),
                 not_ready.clone(),
+                points_rx,
                 shutdown_rx.clone(),
             ));
         }
@@ -341,6 +344,7 @@ impl Gateway {
             client: client.clone(),
             aggregators: Arc::new(Mutex::new(aggregators)),
             alerts: alerts.clone(),
+            points_committed,
         };
         tasks.spawn(pipeline.run(inbound_rx, polled_rx));
         tasks.spawn(mqtt::run(

@@ -18,7 +18,7 @@ use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde::Serialize;
-use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
 use crate::aggregate::Aggregators;
 use crate::alert::{Alerts, Changes};
@@ -138,6 +138,8 @@ pub struct Pipeline {
     pub aggregators: Arc<Mutex<Aggregators>>,
     /// The rule engine: readings and points in, alert changes out, committed with the batch.
     pub alerts: Alerts,
+    /// Told after every commit that held points: the InfluxDB sink writes them at once.
+    pub points_committed: watch::Sender<()>,
 }
 
 impl Pipeline {
@@ -357,9 +359,13 @@ impl Pipeline {
                 dead,
                 arrived,
             } = a;
-            if !readings.is_empty() || !ledgers.is_empty() || !changes.is_empty() {
+            let with_points = !points.is_empty();
+            if !readings.is_empty() || with_points || !ledgers.is_empty() || !changes.is_empty() {
                 self.commit(readings, points, ledgers, changes.clone())
                     .await;
+            }
+            if with_points {
+                self.points_committed.send_replace(());
             }
             self.metrics
                 .batch_accept_seconds
@@ -544,6 +550,7 @@ mod tests {
             client,
             aggregators: Arc::new(Mutex::new(Aggregators::new(&catalog))),
             alerts: Alerts::new(Engine::new(&catalog, rules, 3600), metrics),
+            points_committed: watch::channel(()).0,
         }
     }
 
@@ -665,5 +672,32 @@ mod tests {
             "the older report was aggregated after the newer one moved the watermark"
         );
         assert_eq!(p.metrics.batch_messages.get_sample_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_holds_points_wakes_the_sink() {
+        let p = pipeline();
+        let sink = p.points_committed.subscribe();
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_, polled_rx) = mpsc::channel(1);
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        // A report ten minutes after the one before closes that one's window: a point.
+        let now = now_ms();
+        for (sequence, at) in [(0, now - 10 * 60_000), (1, now)] {
+            inbound
+                .send(report_of("gz-p1-press", sequence, at))
+                .await
+                .unwrap();
+        }
+        drop(inbound);
+        running.await.unwrap();
+        assert!(
+            p.store.last_point_id().unwrap() > 0,
+            "a point was committed"
+        );
+        assert!(
+            sink.has_changed().unwrap(),
+            "the sink was not told of the committed points"
+        );
     }
 }
