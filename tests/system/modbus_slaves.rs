@@ -118,7 +118,7 @@ async fn a_tcp_slave_serves_the_register_map_and_its_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rtu_slave_answers_on_a_pseudo_terminal() {
-    let pty = nix::pty::openpty(None, None).unwrap();
+    let pty = system_tests::raw_pty();
     let path = nix::unistd::ttyname(&pty.slave).unwrap();
     let slave = rtu_slave();
     let server = tokio::spawn(async move { serve_rtu(&path, 9600, slave).await });

@@ -147,8 +147,8 @@ fn pty_pair() -> (
     Vec<tokio::task::JoinHandle<()>>,
     Vec<std::os::fd::OwnedFd>,
 ) {
-    let a = nix::pty::openpty(None, None).unwrap();
-    let b = nix::pty::openpty(None, None).unwrap();
+    let a = system_tests::raw_pty();
+    let b = system_tests::raw_pty();
     let (pa, pb) = (
         nix::unistd::ttyname(&a.slave).unwrap(),
         nix::unistd::ttyname(&b.slave).unwrap(),
