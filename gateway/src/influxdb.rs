@@ -587,15 +587,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
         let store = Arc::new(store);
-        let point = crate::point::Point {
-            measurement: "pipe".into(),
-            tags: vec![("asset".into(), "P1".into())],
-            fields: vec![("mean".into(), crate::point::FieldValue::Float(0.3))],
-            time_ms: 60_000,
-            quality: Default::default(),
-        };
         store
-            .accept(&[], &[point], &[], &Default::default())
+            .accept(&[], &[pipe_point(1)], &[], &Default::default())
             .unwrap();
         let metrics = Metrics::new();
         let not_ready = NotReady::default();
@@ -609,24 +602,15 @@ mod tests {
             points_rx,
             stop_rx,
         ));
-        let wait = |f: &dyn Fn() -> bool| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !f() {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        };
+        let limit = Duration::from_secs(10);
         let nr = not_ready.clone();
-        tokio::task::spawn_blocking(move || {
-            wait(&|| {
-                nr.lock()
-                    .unwrap()
-                    .get(SINK)
-                    .is_some_and(|r| r.contains("401"))
-            })
+        until(limit, move || {
+            nr.lock()
+                .unwrap()
+                .get(SINK)
+                .is_some_and(|r| r.contains("401"))
         })
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             store.cursor(SINK).unwrap(),
             0,
@@ -634,18 +618,14 @@ mod tests {
         );
         mock.status.store(0, Ordering::SeqCst);
         let s = store.clone();
-        tokio::task::spawn_blocking(move || wait(&|| s.cursor(SINK).unwrap() == 1))
-            .await
-            .unwrap();
+        until(limit, move || s.cursor(SINK).unwrap() == 1).await;
         assert_eq!(
             mock.accepted.lock().unwrap().as_slice(),
             ["pipe,asset=P1 mean=0.3 60000"]
         );
         // Readiness returns right after the cursor moves.
         let nr = not_ready.clone();
-        tokio::task::spawn_blocking(move || wait(&|| nr.lock().unwrap().is_empty()))
-            .await
-            .unwrap();
+        until(limit, move || nr.lock().unwrap().is_empty()).await;
         stop.send(true).unwrap();
         task.await.unwrap();
     }
