@@ -16,10 +16,10 @@
 //! When: a commit that holds points wakes the sink, which writes what is pending at once unless
 //! it wrote less than `flush_ms` ago; then it waits for the rest of that gap, and the points
 //! committed meanwhile go in the same write. So a point waits at most `flush_ms` for its write,
-//! an idle sink reads nothing, and a point that comes alone is written as soon as it is
-//! committed. (A timer alone made every point wait for the next tick, up to `flush_ms`, and the
-//! server's own delay in making a write visible came on top: VictoriaMetrics takes up to a
-//! second.)
+//! a point that comes alone is written as soon as it is committed, and an idle sink looks at the
+//! store only every 5 s. (A timer alone made every point wait for the next tick, up to
+//! `flush_ms`, and the server's own delay in making a write visible came on top:
+//! VictoriaMetrics takes up to a second.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
