@@ -119,7 +119,7 @@ async fn raise(client: &AsyncClient, gas: f32) {
 }
 
 /// Appends a batch's frames to the file and syncs it.
-fn keep(file: &mut std::fs::File, batch: &[Publish]) -> std::io::Result<()> {
+fn keep(mut file: &std::fs::File, batch: &[Publish]) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(batch.iter().map(|p| p.payload.len() + 2).sum());
     for p in batch {
         bytes.extend_from_slice(&(p.payload.len() as u16).to_le_bytes());
@@ -166,7 +166,7 @@ async fn durable(
     dir: PathBuf,
 ) {
     let path = dir.join("reports");
-    let mut file = Some(
+    let file = Arc::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -174,14 +174,13 @@ async fn durable(
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())),
     );
     let mut gathering: Vec<Publish> = Vec::new();
-    let mut syncing: Option<tokio::task::JoinHandle<(std::fs::File, Vec<Publish>)>> = None;
+    let mut syncing: Option<tokio::task::JoinHandle<Vec<Publish>>> = None;
     loop {
         tokio::select! {
             biased;
             done = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
                 syncing = None;
-                let (f, batch) = done.expect("the sync thread does not panic");
-                file = Some(f);
+                let batch = done.expect("the sync thread does not panic");
                 settle(&client, &batch, &c).await;
             }
             p = inbound.recv() => match p {
@@ -194,10 +193,10 @@ async fn durable(
         }
         if syncing.is_none() && !gathering.is_empty() {
             let batch = std::mem::take(&mut gathering);
-            let mut f = file.take().expect("the file is back once its sync is done");
+            let file = file.clone();
             syncing = Some(tokio::task::spawn_blocking(move || {
-                keep(&mut f, &batch).expect("the floor's file takes its append and sync");
-                (f, batch)
+                keep(&file, &batch).expect("the floor's file takes its append and sync");
+                batch
             }));
         }
     }
