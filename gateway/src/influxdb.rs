@@ -232,6 +232,8 @@ pub async fn run(
     // When the last write began. What is pending at start (a backlog from before a restart) is
     // written at once.
     let mut last_write: Option<Instant> = None;
+    // The sink's cursor: read from the store once, then kept here (only this task moves it).
+    let mut cursor: Option<i64> = None;
     loop {
         if let Some(at) = last_write {
             tokio::select! {
@@ -245,16 +247,21 @@ pub async fn run(
         // Drain everything pending, batch by batch, then wait for more.
         loop {
             let (store2, size) = (store.clone(), cfg.batch_lines);
-            let read = tokio::task::spawn_blocking(
-                move || -> Result<(Vec<(i64, String)>, i64), crate::store::StoreError> {
-                    let cursor = store2.cursor(SINK)?;
-                    let last = store2.last_point_id()?;
-                    Ok((store2.lines_after(cursor, size)?, last - cursor))
-                },
-            )
+            let read = tokio::task::spawn_blocking(move || {
+                let after = match cursor {
+                    Some(after) => after,
+                    None => store2.cursor(SINK)?,
+                };
+                let last = store2.last_point_id()?;
+                let lines = store2.lines_after(after, size)?;
+                Ok::<_, crate::store::StoreError>((after, lines, last - after))
+            })
             .await;
             let (batch, pending) = match read {
-                Ok(Ok(v)) => v,
+                Ok(Ok((after, batch, pending))) => {
+                    cursor = Some(after);
+                    (batch, pending)
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "InfluxDB sink cannot read the local store");
                     break;
@@ -286,6 +293,7 @@ pub async fn run(
                         );
                         break;
                     }
+                    cursor = Some(last_id);
                     last_write = Some(round);
                     metrics
                         .sink_written
