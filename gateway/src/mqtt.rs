@@ -195,6 +195,26 @@ impl ConfirmedPublisher {
         result
     }
 
+    /// Keeps the connection up between batches: answers the broker and sends the keepalive
+    /// pings, which a connection polled only during batches never sent (the broker dropped it
+    /// after 1.5 × keepalive without a packet, and the next batch failed on the dead socket
+    /// and waited out a retry). Completes only when the connection fails (it is dropped; the
+    /// next batch connects anew); never without a connection. Meant to be raced against the
+    /// wait for work, and cancelled when work comes.
+    pub async fn idle(&mut self) {
+        let Some((_, eventloop)) = self.link.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if let Err(e) = eventloop.poll().await {
+                let (host, port) = self.options.broker_address();
+                tracing::debug!(%host, port, error = %e, "idle publishing connection lost; the next batch reconnects");
+                self.link = None;
+                return;
+            }
+        }
+    }
+
     async fn try_publish_all(&mut self, messages: Vec<Message>) -> Result<(), PublishError> {
         let expected = messages.len();
         let capacity = self.capacity.max(expected) + 16;

@@ -311,6 +311,68 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_connection_stays_up_through_a_quiet_spell() {
+    // PINGREQs are logged at debug.
+    let broker = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type debug")
+    });
+    // The shortest keepalive, 5 s: the broker drops a connection that sent nothing for 7.5 s.
+    let gw = start_gateway_settings("quiet", broker.port, |s| s.mqtt.keep_alive_s = 5).await;
+    let mut events = watch_alerts("quiet-watch", broker.port).await;
+    let (node, _) = client("quiet-node", broker.port, true).await;
+    let topic = up_topic("gz-t1-gas");
+    let t0 = gateway::pipeline::now_ms() - 10_000;
+    let gas = |e: &Value| is_rule(e, "pipe.gas_high");
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 1, t0, &pipe(Quantity::Gas, 22.0)),
+    )
+    .await;
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10), gas).await["kind"],
+        "raised"
+    );
+    // No alert for a while: the alerts connection keeps itself alive with pings. Before, it
+    // was polled only while it delivered; the broker dropped it, and the next alert failed on
+    // the dead socket and waited for a retry.
+    let alerts_client = format!("gw-quiet-{}-alerts", std::process::id());
+    let log = || std::fs::read_to_string(broker.log()).unwrap_or_default();
+    wait_for(
+        "a keepalive ping on the quiet alerts connection",
+        Duration::from_secs(15),
+        || async { log().contains(&format!("Received PINGREQ from {alerts_client}")) },
+    )
+    .await;
+    assert!(
+        !log().contains(&format!("Client {alerts_client} has exceeded timeout")),
+        "the broker dropped the quiet alerts connection:\n{}",
+        log()
+    );
+    // The gas clears: the resolution goes out at the first attempt.
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 3, 2, t0 + 1_000, &pipe(Quantity::Gas, 2.0)),
+    )
+    .await;
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10), gas).await["kind"],
+        "resolved"
+    );
+    let metrics = get(gw.http_addr(), "/metrics").await.1;
+    let failed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("citysense_alert_notifications_total{notifier=\"mqtt\"")
+                && !l.contains("delivered")
+        })
+        .collect();
+    assert!(failed.is_empty(), "failed attempts: {failed:?}");
+    gw.stop().await;
+}
+
 /// The next message on `topic` (JSON).
 async fn next_event_on(rx: &mut UnboundedReceiver<(String, Vec<u8>)>, topic: &str) -> Value {
     loop {

@@ -168,6 +168,15 @@ impl Notifier {
         }
     }
 
+    /// Keeps a connection alive while there is nothing to deliver (MQTT: pings); completes
+    /// only when that connection failed. Cancelled when work comes.
+    async fn idle(&mut self) {
+        match self {
+            Notifier::Mqtt(m) => m.publisher.idle().await,
+            _ => std::future::pending().await,
+        }
+    }
+
     /// Work due without new events (Alertmanager re-sends).
     async fn tick(&mut self) -> Result<(), DeliveryError> {
         match self {
@@ -220,6 +229,7 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = wake.changed() => {}
+                () = notifier.idle() => {}
                 _ = tick.tick() => {
                     if let Err(e) = notifier.tick().await {
                         tracing::warn!(notifier = %name, error = %e, "re-sending open alerts failed");

@@ -728,6 +728,8 @@ impl Forwarder {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(pause) => {}
+                // Ends only when the connection failed; the next send connects anew.
+                () = self.transport.idle() => {}
             }
             wait = match self.drain(&mut lanes, &mut bucket).await {
                 Ok(w) => {

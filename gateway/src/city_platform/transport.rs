@@ -153,6 +153,15 @@ impl Transport {
         }
     }
 
+    /// Keeps the MQTT connection alive between sends (see [`ConfirmedPublisher::idle`]);
+    /// completes only when it failed. HTTPS has nothing to keep.
+    pub async fn idle(&mut self) {
+        match self {
+            Transport::Mqtt(m) => m.publisher.idle().await,
+            Transport::Https(_) => std::future::pending().await,
+        }
+    }
+
     /// Where records go, for logs.
     pub fn endpoint(&self) -> String {
         match self {
