@@ -12,6 +12,8 @@
 #   deploy/bench/soak.sh --gateway /tmp/gateway-before ...
 #                                   # another gateway binary (A/B against a build kept aside;
 #                                   # absolute, or relative to the repository)
+#   deploy/bench/soak.sh --simulator /tmp/simulator-before ...
+#                                   # another load generator (A/B of the probe itself)
 #   deploy/bench/soak.sh --devices 1000 --rate 11500 --duration 120 --nodelay --floor durable
 #                                   # the floor under that latency: `latency-floor` in the
 #                                   # gateway's place (relay: publish the alert at once;
@@ -35,6 +37,7 @@ rate=1000
 duration=3600
 nodelay=false
 gateway=target/release/gateway
+simulator=target/release/simulator
 floor=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --nodelay) nodelay=true; shift ;;
     --gateway) gateway=$2; shift 2 ;;
+    --simulator) simulator=$2; shift 2 ;;
     --floor) floor=$2; shift 2
       case "$floor" in relay|durable) ;; *) echo "--floor relay or durable, not $floor" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
@@ -71,6 +75,7 @@ owns_port() {
 cargo build --release -q -p gateway -p simulator
 if [ -n "$floor" ]; then cargo build --release -q -p system-tests --bin latency-floor; fi
 [ -x "$gateway" ] || { echo "no gateway binary at $gateway" >&2; exit 2; }
+[ -x "$simulator" ] || { echo "no simulator binary at $simulator" >&2; exit 2; }
 work=$(mktemp -d)
 vm_data="$work/vm"
 pids=()
@@ -129,7 +134,7 @@ pids+=("$gateway_pid")
 owns_port "$gateway_pid" "$http_port"
 until curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null; do sleep 0.2; done
 
-target/release/simulator load --devices "$devices" --rate "$rate" --duration "$duration" --connections 1 \
+"$simulator" load --devices "$devices" --rate "$rate" --duration "$duration" --connections 1 \
   --mqtt "127.0.0.1:$mqtt_port" --gateway "http://127.0.0.1:$http_port" \
   --report "$work/load.json" >"$work/load.log" 2>&1 &
 load_pid=$!
@@ -209,7 +214,13 @@ echo "soak messages: $lost"
 latency=$(python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
 p50, p99, n, rate = (r[k] for k in ("alert_p50_ms", "alert_p99_ms", "alert_samples", "publish_rate"))
-print(f"publish → alert p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} samples) at {rate:.0f} reports/s")' \
+line = f"publish → alert p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} samples) at {rate:.0f} reports/s"
+if "alert_max_ms" in r:
+    mx, t50, t99, f50, f99 = (r[k] for k in ("alert_max_ms", "alert_to_broker_p50_ms", "alert_to_broker_p99_ms",
+                                             "alert_from_broker_p50_ms", "alert_from_broker_p99_ms"))
+    line += (f"; max {mx:.1f} ms; publish → the broker delivers it beside the gateway p50 {t50:.1f} / p99 {t99:.1f} ms, "
+             f"from there → alert p50 {f50:.1f} / p99 {f99:.1f} ms")
+print(line)' \
   "$work/load.json" 2>/dev/null || echo "?")
 echo "latency under load ($broker broker): $latency"
 echo "$cpu"

@@ -5,9 +5,8 @@
 //! The devices are pressure loggers of a generated site (`ld-000001` …), written by
 //! [`write_site`] for the gateway to load. Each device is a real `node::Node` (sealing and
 //! sequence numbers); its frames are sealed as they are sent. A probe device on a connection of
-//! its own alternates every half second between an alarming gas reading (a value unique to each
-//! raise, which pairs it with its alert event) and a normal one, to measure the alert latency
-//! under load.
+//! its own ([`crate::probe`]) raises and resolves a gas alarm four times a second, to measure the
+//! alert latency under load.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -23,6 +22,7 @@ use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use serde::Serialize;
 use wire::{Quantity, Trigger};
 
+use crate::probe::Probe;
 use crate::run::Gateway;
 use gateway::pipeline::now_ms;
 
@@ -35,7 +35,7 @@ pub const PROBE_SUBJECT: &str = "LG0";
 const PROBES: usize = 4;
 /// The load is published in a burst every millisecond (`rate / 1000` reports), as near to
 /// reports arriving one by one as the timer goes. With a burst every 10 ms, 110 reports at
-/// 11,000 a second, the probe always came right behind a burst and waited for it.
+/// 11,000 a second, the probe's report often came right behind a burst and waited for it.
 const PACING: Duration = Duration::from_millis(1);
 
 /// The id of load device `i`.
@@ -43,46 +43,7 @@ pub fn device_id(i: usize) -> String {
     format!("ld-{i:06}")
 }
 
-/// How many distinct gas values the probe raises with before they repeat (an hour of raises at
-/// one every second fits).
-const PROBE_MARKS: u32 = 5000;
-
-/// The gas value of the probe's raise number `mark`: 22.0, 22.0005, … (all inside the alarm
-/// grade, 20–25 %LEL), so every raised event names the report that caused it.
-fn probe_value(mark: u32) -> f32 {
-    22.0 + mark as f32 / 2000.0
-}
-
-/// The raise number of a probe value (the inverse of [`probe_value`]).
-fn probe_mark(value: f64) -> u32 {
-    ((value - 22.0) * 2000.0).round().max(0.0) as u32
-}
-
-/// Publish → raised latencies in ms: each sent raise with the first raised event of the same
-/// value after it (a missed event costs one sample, not the pairing of every later one).
-fn pair_probes(sent: &[(u32, Instant)], seen: &[(u32, Instant)]) -> Vec<f64> {
-    let mut by_mark: std::collections::HashMap<u32, std::collections::VecDeque<Instant>> =
-        std::collections::HashMap::new();
-    for (mark, at) in seen {
-        by_mark.entry(*mark).or_default().push_back(*at);
-    }
-    let mut latencies = Vec::new();
-    for (mark, sent_at) in sent {
-        let Some(queue) = by_mark.get_mut(mark) else {
-            continue;
-        };
-        while queue.front().is_some_and(|at| at < sent_at) {
-            queue.pop_front();
-        }
-        if let Some(at) = queue.pop_front() {
-            latencies.push(at.duration_since(*sent_at).as_secs_f64() * 1000.0);
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
-    latencies
-}
-
-fn probe_id(i: usize) -> String {
+pub(crate) fn probe_id(i: usize) -> String {
     format!("ld-gas-{i}")
 }
 
@@ -199,9 +160,20 @@ pub struct LoadReport {
     pub alert_p50_ms: f64,
     /// Publish → alert, p99, ms.
     pub alert_p99_ms: f64,
+    /// Publish → alert, the slowest sample, ms.
+    pub alert_max_ms: f64,
+    /// Publish → the broker's delivery of the probe's report to a subscriber beside the
+    /// gateway (the probe's client and the broker), p50, ms.
+    pub alert_to_broker_p50_ms: f64,
+    /// The same, p99, ms.
+    pub alert_to_broker_p99_ms: f64,
+    /// That delivery → the alert (the gateway, and the broker on the way back), p50, ms.
+    pub alert_from_broker_p50_ms: f64,
+    /// The same, p99, ms.
+    pub alert_from_broker_p99_ms: f64,
 }
 
-fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
+pub(crate) fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
     let key = gateway::traffic::demo_key(id);
     let text =
         |s: &str| heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("id {s} too long"));
@@ -223,7 +195,7 @@ fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
 /// Connections set up at the same time.
 const CONNECTING_AT_ONCE: usize = 200;
 
-async fn client(
+pub(crate) async fn client(
     host: &str,
     port: u16,
     id: &str,
@@ -315,71 +287,17 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     }
     clients.sort_by_key(|(c, _)| *c);
     let clients: Vec<AsyncClient> = clients.into_iter().map(|(_, c)| c).collect();
-    // The probe is a device of its own with its own connection, as in the field: its reports
-    // do not queue behind the load's in the publisher.
-    let probe_client = client(
-        &opts.mqtt_host,
-        opts.mqtt_port,
-        &format!("sim-load-{run_id:08x}-probe"),
-        16,
-        acked.clone(),
-    )
-    .await?;
-    // The alert watcher and the probes.
-    // Raised events of the probe, by the probe's value (each raise sends its own: see below).
-    let events = Arc::new(std::sync::Mutex::new(Vec::<(u32, Instant)>::new()));
-    let _watcher = {
-        let mut o = MqttOptions::new(
-            format!("sim-load-{run_id:08x}-watch"),
-            opts.mqtt_host.as_str(),
-            opts.mqtt_port,
-        );
-        o.set_keep_alive(Duration::from_secs(60));
-        let (w, mut el) = AsyncClient::new(o, 100);
-        w.subscribe("cs/v1/alerts/events", QoS::AtMostOnce).await?;
-        let seen = events.clone();
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        let _ = ready_tx.try_send(());
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let at = Instant::now();
-                        let e: serde_json::Value =
-                            serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if e["kind"] == "raised"
-                            && e["alert"]["subject"] == PROBE_SUBJECT
-                            && let Some(value) = e["alert"]["value"].as_f64()
-                            && let Ok(mut s) = seen.lock()
-                        {
-                            s.push((probe_mark(value), at));
-                        }
-                    }
-                    Ok(_) => {}
-                    // Every handle dropped: this connection's work is over.
-                    Err(rumqttc::v5::ConnectionError::RequestsDone) => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
-            .await
-            .context("the alert watcher could not subscribe")?;
-        w
-    };
+    // The probe and its watcher: connections of their own, on a thread of their own.
+    let probe = Probe::start(&opts.mqtt_host, opts.mqtt_port, run_id, opts.duration).await?;
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as u32;
     let mut nodes: Vec<Node<4>> = (0..opts.devices)
         .map(|i| config(&device_id(i), "water-pressure").map(|c| boot(c, epoch)))
         .collect::<anyhow::Result<_>>()?;
-    let mut probe = boot(config(&probe_id(0), "tunnel-gas")?, epoch);
     let topics: Vec<String> = (0..opts.devices)
         .map(|i| format!("cs/v1/{ZONE}/water-pressure/{}/up", device_id(i)))
         .collect();
-    let probe_topic = format!("cs/v1/{ZONE}/tunnel-gas/{}/up", probe_id(0));
     for n in &mut nodes {
         let now = now_ms();
         n.set_clock(now as u64, 0);
@@ -396,10 +314,6 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     let boot = Instant::now();
     let per_tick = opts.rate * PACING.as_secs_f64();
     let (mut owed, mut sent, mut device) = (0.0, 0u64, 0usize);
-    let mut probe_sent: Vec<(u32, Instant)> = Vec::new();
-    let mut raises = 0u32;
-    let mut raise = true;
-    let mut next_probe = started + Duration::from_millis(500);
     let mut interval = tokio::time::interval(PACING);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while started.elapsed() < opts.duration {
@@ -430,31 +344,6 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
             }
             device = (device + 1) % opts.devices;
         }
-        // The probe: every half second, raise or resolve the gas alarm and time the event.
-        if Instant::now() >= next_probe {
-            next_probe += Duration::from_millis(500);
-            let mark = raises % PROBE_MARKS;
-            let gas = if raise { probe_value(mark) } else { 2.0 };
-            let body = node::pipe::report(Trigger::Threshold, &[(Quantity::Gas, gas)]);
-            probe.set_clock(now_ms() as u64, uptime);
-            if probe.report(&body, uptime, true).is_ok()
-                && let Some(q) = probe.queue.pop()
-                && probe_client
-                    .publish(
-                        probe_topic.as_str(),
-                        QoS::AtLeastOnce,
-                        false,
-                        q.frame.to_vec(),
-                    )
-                    .await
-                    .is_ok()
-                && raise
-            {
-                probe_sent.push((mark, Instant::now()));
-                raises += 1;
-            }
-            raise = !raise;
-        }
         if let Some(b) = &bar {
             b.set_position(started.elapsed().as_secs());
             b.set_message(format!("{sent} published"));
@@ -464,14 +353,15 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
     if let Some(b) = bar {
         b.finish();
     }
-    // Wait for the broker's acknowledgements (QoS 1 reports and the probes); then for the
-    // gateway to drain.
-    let probes = u64::from(probe.counters.sealed);
+    // The probe's run (it waited for its own acknowledgements); then the broker's
+    // acknowledgements of the QoS 1 reports; then the gateway's drain.
+    let probe = probe.finish().await?;
+    let probes = probe.published;
     let expected_acks = if opts.qos == QoS::AtLeastOnce {
         sent
     } else {
         0
-    } + probes;
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while acked.load(Ordering::Relaxed) < expected_acks && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -503,10 +393,6 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         .await?
         - accepted_before;
     let gateway_received = (received as u64).saturating_sub(probes);
-    let latencies = match events.lock() {
-        Ok(seen) => pair_probes(&probe_sent, &seen),
-        Err(_) => Vec::new(),
-    };
     Ok(LoadReport {
         devices: opts.devices,
         connections,
@@ -519,9 +405,14 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         gateway_rate: gateway_received as f64 / seconds,
         lost: sent as i64 - gateway_received as i64,
         ratio: gateway_received as f64 / sent.max(1) as f64,
-        alert_samples: latencies.len(),
-        alert_p50_ms: percentile(&latencies, 0.5),
-        alert_p99_ms: percentile(&latencies, 0.99),
+        alert_samples: probe.total.len(),
+        alert_p50_ms: percentile(&probe.total, 0.5),
+        alert_p99_ms: percentile(&probe.total, 0.99),
+        alert_max_ms: probe.total.last().copied().unwrap_or(f64::NAN),
+        alert_to_broker_p50_ms: percentile(&probe.to_broker, 0.5),
+        alert_to_broker_p99_ms: percentile(&probe.to_broker, 0.99),
+        alert_from_broker_p50_ms: percentile(&probe.from_broker, 0.5),
+        alert_from_broker_p99_ms: percentile(&probe.from_broker, 0.99),
     })
 }
 
@@ -538,7 +429,7 @@ impl Storage for Persisting {
     }
 }
 
-fn boot(c: Config, epoch: u32) -> Node<4> {
+pub(crate) fn boot(c: Config, epoch: u32) -> Node<4> {
     let record = Persisted {
         boot_epoch: epoch,
         key: c.key,
@@ -546,28 +437,4 @@ fn boot(c: Config, epoch: u32) -> Node<4> {
         report_interval_s: c.report_interval_s,
     };
     Node::boot(c, &mut Persisting(record))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_probe_value_maps_back_to_its_mark_through_f32() {
-        for mark in 0..PROBE_MARKS {
-            let v = probe_value(mark);
-            assert!((20.0..25.0).contains(&v), "{v} leaves the alarm grade");
-            assert_eq!(probe_mark(f64::from(v)), mark);
-        }
-    }
-
-    #[test]
-    fn a_missed_event_costs_one_sample_and_not_the_pairing_of_the_rest() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let sent = [(0, at(0)), (1, at(1000)), (2, at(2000))];
-        // The raise of mark 1 never came back; a stale event of mark 2 precedes its send.
-        let seen = [(0, at(5)), (2, at(1500)), (2, at(2007))];
-        assert_eq!(pair_probes(&sent, &seen), [5.0, 7.0]);
-    }
 }

@@ -236,7 +236,7 @@ fn main() -> ExitCode {
                 println!(
                     "published {} in {:.1} s ({:.0}/s of {:.0}/s target) over {} connections\n\
                      gateway received {} ({:.0}/s), {} readings; lost {} ({:.3} % of published)\n\
-                     alert latency publish → cs/v1/alerts/events: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+                     alert latency publish → cs/v1/alerts/events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)\n                     \x20 publish → broker's delivery beside the gateway: p50 {:.2} ms, p99 {:.2} ms\n                     \x20 that delivery → alert (gateway and back): p50 {:.2} ms, p99 {:.2} ms",
                     r.published,
                     r.seconds,
                     r.publish_rate,
@@ -249,7 +249,12 @@ fn main() -> ExitCode {
                     100.0 * r.lost as f64 / r.published.max(1) as f64,
                     r.alert_p50_ms,
                     r.alert_p99_ms,
-                    r.alert_samples
+                    r.alert_max_ms,
+                    r.alert_samples,
+                    r.alert_to_broker_p50_ms,
+                    r.alert_to_broker_p99_ms,
+                    r.alert_from_broker_p50_ms,
+                    r.alert_from_broker_p99_ms,
                 );
                 if let Some(path) = report {
                     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
