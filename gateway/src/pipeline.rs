@@ -360,8 +360,10 @@ impl Pipeline {
                 arrived,
             } = a;
             let with_points = !points.is_empty();
+            let mut event_ids = Vec::new();
             if !readings.is_empty() || with_points || !ledgers.is_empty() || !changes.is_empty() {
-                self.commit(readings, points, ledgers, changes.clone())
+                event_ids = self
+                    .commit(readings, points, ledgers, changes.clone())
                     .await;
             }
             if with_points {
@@ -371,7 +373,7 @@ impl Pipeline {
                 .batch_accept_seconds
                 .observe(arrived.elapsed().as_secs_f64());
             drop(held);
-            self.alerts.committed(&changes);
+            self.alerts.committed(&changes, &event_ids);
             for (topic, payload, r, received_ms) in &dead {
                 self.dead_letter(topic, payload, r, *received_ms);
             }
@@ -423,14 +425,15 @@ impl Pipeline {
     }
 
     /// Commits, retrying until the store takes the batch: the messages stay unacknowledged (and
-    /// the broker keeps them) for as long as it refuses.
+    /// the broker keeps them) for as long as it refuses. Returns the outbox ids of the alert
+    /// events.
     async fn commit(
         &self,
         readings: Vec<Reading>,
         points: Vec<Point>,
         ledgers: Vec<(String, Ledger)>,
         alerts: Changes,
-    ) {
+    ) -> Vec<i64> {
         let batch = Arc::new((readings, points, ledgers, alerts));
         let mut delay = Duration::from_millis(100);
         loop {
@@ -450,9 +453,9 @@ impl Pipeline {
                 .store_commit_seconds
                 .observe(took.as_secs_f64());
             match committed {
-                Ok(Ok((queued, times))) => {
-                    self.commit_took(took, queued, &times, batch.0.len());
-                    return;
+                Ok(Ok((queued, commit))) => {
+                    self.commit_took(took, queued, &commit.times, batch.0.len());
+                    return commit.event_ids;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "local store refused a batch; retrying, its messages stay unacknowledged")

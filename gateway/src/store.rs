@@ -150,6 +150,15 @@ pub struct CommitTimes {
     /// Starting the WAL over after the commit, when the checkpoint thread asked for it.
     pub restart: Duration,
 }
+/// What a commit of [`Store::accept`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    /// Where its time went.
+    pub times: CommitTimes,
+    /// The outbox ids its alert events got, in their order.
+    pub event_ids: Vec<i64>,
+}
+
 /// What opening found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -433,14 +442,15 @@ impl Store {
 
     /// Commits `readings`, the `points` aggregated from them, the `ledgers` of their devices and
     /// the alert changes they caused in one fsync'd transaction. When this returns `Ok`, the
-    /// messages that produced them may be acknowledged; it says where the time went.
+    /// messages that produced them may be acknowledged; it says where the time went and which
+    /// outbox ids the alert events got.
     pub fn accept(
         &self,
         readings: &[Reading],
         points: &[Point],
         ledgers: &[(&str, &Ledger)],
         alerts: &Changes,
-    ) -> Result<CommitTimes, StoreError> {
+    ) -> Result<Commit, StoreError> {
         if self.full.load(Ordering::Relaxed) {
             return Err(StoreError::Full);
         }
@@ -494,7 +504,7 @@ impl Store {
                     .map_err(|e| self.sqlite(e))?;
             }
         }
-        self.write_alerts(&tx, alerts)?;
+        let event_ids = self.write_alerts(&tx, alerts)?;
         times.write = started.elapsed();
         let started = Instant::now();
         tx.commit().map_err(|e| self.sqlite(e))?;
@@ -504,7 +514,7 @@ impl Store {
         let started = Instant::now();
         self.restart_wal_if_asked(&conn);
         times.restart = started.elapsed();
-        Ok(times)
+        Ok(Commit { times, event_ids })
     }
 
     /// Makes the WAL start over when the checkpoint thread found it too long (see
@@ -537,7 +547,12 @@ impl Store {
         }
     }
 
-    fn write_alerts(&self, tx: &rusqlite::Transaction, alerts: &Changes) -> Result<(), StoreError> {
+    /// Writes the alert changes; returns the outbox ids of the events, in their order.
+    fn write_alerts(
+        &self,
+        tx: &rusqlite::Transaction,
+        alerts: &Changes,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut upsert = tx
             .prepare_cached("INSERT INTO alert_state (key, body) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET body = excluded.body")
             .map_err(|e| self.sqlite(e))?;
@@ -549,21 +564,24 @@ impl Store {
         let mut insert = tx
             .prepare_cached("INSERT INTO alert_events (at_ms, body) VALUES (?1, ?2)")
             .map_err(|e| self.sqlite(e))?;
+        let mut ids = Vec::with_capacity(alerts.events.len());
         for e in &alerts.events {
             insert
                 .execute(params![e.at_ms, serde_json::to_string(e)?])
                 .map_err(|e| self.sqlite(e))?;
+            ids.push(tx.last_insert_rowid());
         }
-        Ok(())
+        Ok(ids)
     }
 
-    /// Commits alert changes that no reading caused (presence, acknowledgements). Alerts are
-    /// never refused for space.
-    pub fn commit_alerts(&self, alerts: &Changes) -> Result<(), StoreError> {
+    /// Commits alert changes that no reading caused (presence, acknowledgements); returns the
+    /// outbox ids of the events. Alerts are never refused for space.
+    pub fn commit_alerts(&self, alerts: &Changes) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
-        self.write_alerts(&tx, alerts)?;
-        tx.commit().map_err(|e| self.sqlite(e))
+        let ids = self.write_alerts(&tx, alerts)?;
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(ids)
     }
 
     /// Every persisted alert state (to restore the engine at start); rows that do not decode
@@ -1477,7 +1495,7 @@ mod tests {
         committing.recv().unwrap();
         std::thread::sleep(Duration::from_millis(200));
         drop(held);
-        let times = committer.join().unwrap().unwrap();
+        let times = committer.join().unwrap().unwrap().times;
         assert!(times.wait >= Duration::from_millis(100), "{times:?}");
         assert!(times.write < times.wait, "{times:?}");
     }

@@ -38,9 +38,20 @@ pub struct Alerts {
     pub engine: Arc<Mutex<Engine>>,
     /// Held from taking changes out of the engine until they are committed.
     pub commit_lock: Arc<tokio::sync::Mutex<()>>,
-    /// When events were last committed: the notifiers' wake-up.
-    wake: Arc<watch::Sender<Option<Instant>>>,
+    /// The events last committed: the notifiers' wake-up.
+    wake: Arc<watch::Sender<Option<Committed>>>,
     metrics: Metrics,
+}
+
+/// Alert events just committed, handed to the notifiers with their wake-up: a notifier whose
+/// cursor they follow delivers them without reading them back from the outbox.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// When the commit ended.
+    pub at: Instant,
+    /// The events with their outbox ids, in order; empty when the ids are not known (the
+    /// notifiers then read the outbox).
+    pub events: Arc<[(i64, AlertEvent)]>,
 }
 
 impl Alerts {
@@ -54,8 +65,8 @@ impl Alerts {
         }
     }
 
-    /// A wake-up for a notifier: changes whenever events were committed, to when they were.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Instant>> {
+    /// A wake-up for a notifier: changes whenever events were committed, to those events.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Committed>> {
         self.wake.subscribe()
     }
 
@@ -73,13 +84,28 @@ impl Alerts {
         }
     }
 
-    /// After `changes` were committed: the notifiers' wake-up first (an alert's latency ends
-    /// with its delivery), then metrics and the log.
-    pub fn committed(&self, changes: &Changes) {
+    /// After `changes` were committed, their events with the outbox `ids` the store gave them:
+    /// the notifiers' wake-up first (an alert's latency ends with its delivery), then metrics
+    /// and the log.
+    pub fn committed(&self, changes: &Changes, ids: &[i64]) {
         if changes.events.is_empty() {
             return;
         }
-        self.wake.send_replace(Some(Instant::now()));
+        let at = Instant::now();
+        let events = if ids.len() == changes.events.len() {
+            ids.iter()
+                .copied()
+                .zip(changes.events.iter().cloned())
+                .collect()
+        } else {
+            tracing::error!(
+                events = changes.events.len(),
+                ids = ids.len(),
+                "alert events committed without their outbox ids; the notifiers read the outbox"
+            );
+            Arc::from([])
+        };
+        self.wake.send_replace(Some(Committed { at, events }));
         for e in &changes.events {
             let a = &e.alert;
             self.metrics
@@ -122,7 +148,10 @@ impl Alerts {
             loop {
                 let (s, c) = (store.clone(), changes.clone());
                 match tokio::task::spawn_blocking(move || s.commit_alerts(&c)).await {
-                    Ok(Ok(())) => break,
+                    Ok(Ok(ids)) => {
+                        self.committed(&changes, &ids);
+                        break;
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "cannot commit alert changes; retrying")
                     }
@@ -131,7 +160,6 @@ impl Alerts {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
-            self.committed(&changes);
         }
         Ok(out)
     }

@@ -14,12 +14,13 @@
 //!   resolves what is not re-sent), resolutions carry `endsAt`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::Committed;
 use super::engine::{Alert, AlertEvent, Engine, EventKind, Status};
 use crate::metrics::Metrics;
 use crate::mqtt::{Backoff, ConfirmedPublisher, Message, PublishError};
@@ -186,12 +187,24 @@ impl Notifier {
     }
 }
 
+/// The events of a commit that a notifier can deliver as they were handed over: those that
+/// follow its cursor `after` directly, at most a batch of them. Otherwise (events committed in
+/// between, or the cursor not known yet) it reads the outbox.
+fn handed_over(
+    committed: Option<&Committed>,
+    after: Option<i64>,
+) -> Option<Vec<(i64, AlertEvent)>> {
+    let (committed, after) = (committed?, after?);
+    let (first, _) = committed.events.first()?;
+    (*first == after + 1 && committed.events.len() <= BATCH).then(|| committed.events.to_vec())
+}
+
 /// Drains the outbox into `notifier` until shutdown.
 pub async fn run(
     mut notifier: Notifier,
     store: Arc<Store>,
     metrics: Metrics,
-    mut wake: watch::Receiver<Option<Instant>>,
+    mut wake: watch::Receiver<Option<Committed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = notifier.name();
@@ -204,24 +217,32 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let committed = *wake.borrow_and_update();
-        let (s, c) = (store.clone(), cursor_name.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let after = match cursor {
-                Some(after) => after,
-                None => s.cursor(&c)?,
-            };
-            Ok::<_, crate::store::StoreError>((after, s.alert_events_after(after, BATCH)?))
-        })
-        .await;
-        let events = match read {
-            Ok(Ok((after, e))) => {
-                cursor = Some(after);
-                e
-            }
-            _ => {
-                tracing::error!(notifier = %name, "cannot read the alert outbox");
-                Vec::new()
+        let committed = wake.borrow_and_update().clone();
+        // The events just committed, as they were handed over: a read of the outbox (and two
+        // trips to a blocking thread) less on an alert's way to the operators.
+        let handed = handed_over(committed.as_ref(), cursor);
+        let events = match handed {
+            Some(events) => events,
+            None => {
+                let (s, c) = (store.clone(), cursor_name.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    let after = match cursor {
+                        Some(after) => after,
+                        None => s.cursor(&c)?,
+                    };
+                    Ok::<_, crate::store::StoreError>((after, s.alert_events_after(after, BATCH)?))
+                })
+                .await;
+                match read {
+                    Ok(Ok((after, e))) => {
+                        cursor = Some(after);
+                        e
+                    }
+                    _ => {
+                        tracing::error!(notifier = %name, "cannot read the alert outbox");
+                        Vec::new()
+                    }
+                }
             }
         };
         if events.is_empty() {
@@ -248,7 +269,7 @@ pub async fn run(
                     .alert_notifications
                     .with_label_values(&[&name, "delivered"])
                     .inc_by(events.len() as u64);
-                if let Some(at) = committed {
+                if let Some(Committed { at, .. }) = committed {
                     metrics
                         .alert_delivery_seconds
                         .with_label_values(&[&name])
@@ -629,7 +650,7 @@ mod tests {
         let busy = alerts.engine.lock().unwrap();
         let reporter = {
             let alerts = alerts.clone();
-            std::thread::spawn(move || alerts.committed(&changes))
+            std::thread::spawn(move || alerts.committed(&changes, &[1]))
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -643,6 +664,59 @@ mod tests {
         assert!(
             matches!(wake, Ok(Ok(()))),
             "the notifiers were not woken while the engine was busy"
+        );
+        let handed = woken.borrow().clone().unwrap();
+        assert_eq!(
+            handed.events.len(),
+            1,
+            "the event is handed over with its id"
+        );
+        assert_eq!(handed.events[0].0, 1);
+        assert_eq!(handed.events[0].1.kind, EventKind::Raised);
+    }
+
+    #[test]
+    fn the_ids_a_commit_hands_over_are_the_outboxs() {
+        let (store, _) = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let changes = crate::alert::Changes {
+            states: Vec::new(),
+            events: vec![event(EventKind::Raised), event(EventKind::Resolved)],
+        };
+        let first = store.accept(&[], &[], &[], &changes).unwrap().event_ids;
+        let second = store.commit_alerts(&changes).unwrap();
+        let outbox: Vec<i64> = store
+            .alert_events_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!([first, second].concat(), outbox);
+        assert_eq!(outbox.len(), 4);
+    }
+
+    #[test]
+    fn a_notifier_takes_handed_over_events_only_when_they_follow_its_cursor() {
+        let committed = |first: i64, n: usize| Committed {
+            at: std::time::Instant::now(),
+            events: (0..n)
+                .map(|i| (first + i as i64, event(EventKind::Raised)))
+                .collect(),
+        };
+        let ids = |e: Option<Vec<(i64, AlertEvent)>>| {
+            e.map(|e| e.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+        };
+        let c = committed(8, 2);
+        assert_eq!(ids(handed_over(Some(&c), Some(7))), Some(vec![8, 9]));
+        // Events committed in between that it has not delivered, or these already delivered.
+        assert_eq!(ids(handed_over(Some(&c), Some(5))), None);
+        assert_eq!(ids(handed_over(Some(&c), Some(9))), None);
+        // The cursor not read yet; nothing committed; ids unknown; more than a batch.
+        assert_eq!(ids(handed_over(Some(&c), None)), None);
+        assert_eq!(ids(handed_over(None, Some(7))), None);
+        assert_eq!(ids(handed_over(Some(&committed(8, 0)), Some(7))), None);
+        assert_eq!(
+            ids(handed_over(Some(&committed(8, BATCH + 1)), Some(7))),
+            None
         );
     }
 
