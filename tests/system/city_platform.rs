@@ -411,6 +411,56 @@ async fn an_hour_long_upstream_outage_loses_nothing_and_live_data_overtakes_the_
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_connection_stays_up_between_sends() {
+    // PINGREQs are logged at debug.
+    let platform = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type debug")
+    });
+    let nodes = Mosquitto::start();
+    let city = section(|s| {
+        s.raw = DatasetSection {
+            enabled: Some(true),
+            ..DatasetSection::default()
+        };
+        // The shortest keepalive, 5 s: the broker drops a connection silent for 7.5 s.
+        s.mqtt = Some(UpstreamMqttSection {
+            host: "127.0.0.1".into(),
+            port: platform.port,
+            username: None,
+            password_file: None,
+            tls: None,
+            topic_prefix: "citysense/exchange/v1".into(),
+            keep_alive_s: 5,
+            ack_timeout_ms: 1000,
+            password: None,
+        });
+    });
+    let gw =
+        start_gateway_settings("city-quiet", nodes.port, |s| s.city_platform = Some(city)).await;
+    let (node, _) = client("city-quiet-node", nodes.port, true).await;
+    publish_minutes(&node, start(), 0..1, false).await;
+    wait_for("raw records forwarded", Duration::from_secs(30), || async {
+        metric(&gw, "forwarded", Dataset::Raw) > 0
+    })
+    .await;
+    // Nothing more to send: the connection pings rather than wait for the broker to drop it.
+    let raw_client = format!("gw-city-quiet-{}-city-raw", std::process::id());
+    let log = || std::fs::read_to_string(platform.log()).unwrap_or_default();
+    wait_for(
+        "a keepalive ping on the quiet platform connection",
+        Duration::from_secs(15),
+        || async { log().contains(&format!("Received PINGREQ from {raw_client}")) },
+    )
+    .await;
+    assert!(
+        !log().contains(&format!("Client {raw_client} has exceeded timeout")),
+        "the platform dropped the quiet connection:\n{}",
+        log()
+    );
+    gw.stop().await;
+}
+
 fn https(mock_url: &str, ca: &Pki, client: &Pki) -> HttpsSection {
     HttpsSection {
         url: mock_url.to_owned(),
