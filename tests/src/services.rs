@@ -154,6 +154,14 @@ impl Mosquitto {
         Self::start_in(tempfile::tempdir().unwrap(), None)
     }
 
+    /// Starts Mosquitto as [`Mosquitto::start`] does, logging at debug as well (PINGREQs, for
+    /// one).
+    pub fn start_logging_debug() -> Mosquitto {
+        Self::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type debug")
+        })
+    }
+
     /// Starts Mosquitto with its own listener section (`per_listener_settings true` style):
     /// `listeners(port)` returns the lines; `port` is the one checked for ownership.
     pub fn start_with_listeners(

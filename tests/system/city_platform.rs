@@ -413,10 +413,7 @@ async fn an_hour_long_upstream_outage_loses_nothing_and_live_data_overtakes_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_connection_stays_up_between_sends() {
-    // PINGREQs are logged at debug.
-    let platform = Mosquitto::start_with_listeners(tempfile::tempdir().unwrap(), |port| {
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type debug")
-    });
+    let platform = Mosquitto::start_logging_debug();
     let nodes = Mosquitto::start();
     let city = section(|s| {
         s.raw = DatasetSection {
@@ -446,18 +443,7 @@ async fn the_platform_connection_stays_up_between_sends() {
     .await;
     // Nothing more to send: the connection pings rather than wait for the broker to drop it.
     let raw_client = format!("gw-city-quiet-{}-city-raw", std::process::id());
-    let log = || std::fs::read_to_string(platform.log()).unwrap_or_default();
-    wait_for(
-        "a keepalive ping on the quiet platform connection",
-        Duration::from_secs(15),
-        || async { log().contains(&format!("Received PINGREQ from {raw_client}")) },
-    )
-    .await;
-    assert!(
-        !log().contains(&format!("Client {raw_client} has exceeded timeout")),
-        "the platform dropped the quiet connection:\n{}",
-        log()
-    );
+    pings_through_a_quiet_spell(&platform, &raw_client).await;
     gw.stop().await;
 }
 

@@ -9,6 +9,7 @@ use gateway::config::{MqttSection, VerifySection};
 use gateway::{Gateway, Settings};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use system_tests::services::Mosquitto;
 use tokio::sync::mpsc;
 use wire::{Body, Header, Timestamp};
 
@@ -160,6 +161,24 @@ pub async fn publish(client: &AsyncClient, topic: &str, payload: Vec<u8>) {
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+/// Waits for `client`'s keepalive ping in the log of `broker` (started with
+/// [`Mosquitto::start_logging_debug`]) within three 5-s keepalives, and checks that the broker
+/// did not drop it as silent before.
+pub async fn pings_through_a_quiet_spell(broker: &Mosquitto, client: &str) {
+    let log = || std::fs::read_to_string(broker.log()).unwrap_or_default();
+    wait_for(
+        &format!("a keepalive ping from the quiet connection {client}"),
+        Duration::from_secs(15),
+        || async { log().contains(&format!("Received PINGREQ from {client}")) },
+    )
+    .await;
+    assert!(
+        !log().contains(&format!("Client {client} has exceeded timeout")),
+        "the broker dropped the quiet connection {client}:\n{}",
+        log()
+    );
+}
+
 pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
