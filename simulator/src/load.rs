@@ -5,8 +5,8 @@
 //! The devices are pressure loggers of a generated site (`ld-000001` …), written by
 //! [`write_site`] for the gateway to load. Each device is a real `node::Node` (sealing and
 //! sequence numbers); its frames are sealed as they are sent. A probe device on a connection of
-//! its own ([`crate::probe`]) raises and resolves a gas alarm four times a second, to measure the
-//! alert latency under load.
+//! its own ([`crate::probe`]) reports four times a second, raising and resolving a gas alarm in
+//! turn, to measure the alert latency under load.
 
 use std::fmt::Write as _;
 use std::path::Path;
