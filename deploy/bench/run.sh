@@ -14,8 +14,12 @@
 # store's commit rate under that load) is printed as the floor under publish → alert latency:
 # an alert is published only once the batch that raised it is fsync'd.
 #
-#   deploy/bench/run.sh           # full run (about 20 minutes on 2 cores)
-#   deploy/bench/run.sh --quick   # a smaller run, within five minutes (162 s measured built, before its 10-s disk step)
+#   deploy/bench/run.sh           # full run (12–16 minutes on 2 cores)
+#   deploy/bench/run.sh --quick   # a smaller run, within five minutes once built (183 s
+#                                 # measured; compiling the benchmarks after a change adds
+#                                 # 2–3 minutes)
+#
+# Each part's heading shows the seconds since the start.
 #
 # Prints a table per part, then one line per target, and appends the figures (date, machine,
 # command) to target/bench/BENCHMARKS-rows.md for BENCHMARKS.md.
@@ -38,6 +42,8 @@ done
 
 out=target/bench
 mkdir -p "$out"
+# Each part's heading, with the seconds since the start.
+step() { printf '==> %s  [%d s]\n' "$*" "$SECONDS"; }
 if $quick; then
   criterion=(--warm-up-time 0.3 --measurement-time 1)
   throughput=(--messages 30000 --rounds 1 --visibility-samples 10 --memory 10000)
@@ -52,15 +58,15 @@ else
   fsync_s=60
 fi
 
-echo "==> hot path (criterion, one core, no I/O)"
+step "hot path (criterion, one core, no I/O)"
 cargo bench -p gateway --bench hot_path -- "${criterion[@]}" 2>&1 | tee "$out/hot_path.txt" \
   | grep -E '^[a-z_]+/|time:'
 
-echo "==> throughput, visibility, memory, connections"
+step "throughput, visibility, memory, connections"
 cargo run --release -q -p system-tests --bin throughput -- "${throughput[@]}" \
   --report "$out/throughput.json" | tee "$out/throughput.txt"
 
-echo "==> disk: fdatasync after each 4 KiB append, 500 a second for ${fsync_s} s (fio), the floor under a commit"
+step "disk: fdatasync after each 4 KiB append, 500 a second for ${fsync_s} s (fio), the floor under a commit"
 floor_dir=$(mktemp -d "$out/fsync-floor.XXXXXX")
 fio --name=fsync-floor --directory="$floor_dir" --rw=write --bs=4k --size=64m --ioengine=sync \
   --fdatasync=1 --rate_iops=500 --time_based --runtime="$fsync_s" --output-format=json \
@@ -77,7 +83,7 @@ print("disk floor: fdatasync p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f m
 half=$(python3 -c 'import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["throughput"] if r["qos"] == 1 and r["publishers"] == 1]
 print(int(rows[0]["baseline_msg_s"] / 2) if rows else 5000)' "$out/throughput.json")
-echo "==> latency under load: publish → alert at $half reports/s (half the QoS 1 ceiling), gateway and load in processes of their own"
+step "latency under load: publish → alert at $half reports/s (half the QoS 1 ceiling), gateway and load in processes of their own"
 for broker in stock nodelay; do
   flag=()
   if [ "$broker" = nodelay ]; then flag=(--nodelay); fi
@@ -85,19 +91,19 @@ for broker in stock nodelay; do
     >"$out/under-load-$broker.txt"
   grep -E '^(latency under load|gateway disk writes|soak messages)' "$out/under-load-$broker.txt"
 done
-echo "==> the floor under it: latency-floor --mode durable in the gateway's place (one fdatasync'd append per batch, nodelay broker)"
+step "the floor under it: latency-floor --mode durable in the gateway's place (one fdatasync'd append per batch, nodelay broker)"
 deploy/bench/soak.sh --devices 1000 --rate "$half" --duration "$under_load_s" --nodelay --floor durable \
   >"$out/under-load-floor.txt"
 sed -n 's/^latency under load (nodelay broker)/latency under load floor (durable, nodelay broker)/p' \
   "$out/under-load-floor.txt" | tee "$out/under-load-floor-line.txt"
 
-echo "==> latency: publish → alert on cs/v1/alerts/events"
+step "latency: publish → alert on cs/v1/alerts/events"
 cargo run --release -q -p system-tests --bin alert-latency -- --samples "$samples" \
   | tee "$out/latency.txt"
 
 receive=$(awk '/^receive_path\//{f=1} f&&/time:/{print $4, $5; exit}' "$out/hot_path.txt")
 echo
-echo "==> targets"
+step "targets"
 echo "cost per message (receive path): $receive (target ≤ 2 µs)"
 grep '^throughput ratio' "$out/throughput.txt" | sed 's/$/ (target ≥ 0.90)/'
 grep -h '^latency under load' "$out"/under-load-{stock,nodelay}.txt | sed 's/$/ (target p99: stock ≤ 50 ms, nodelay ≤ 5 ms)/'
@@ -119,4 +125,4 @@ grep '^connections:.*devices on' "$out/throughput.txt"
   sed 's/^/- /' "$out/fsync-floor.txt"
   awk '/^mosquitto \(/{print "- publish → alert " $2 ": p50 " $3 " ms, p99 " $5 " ms"}' "$out/latency.txt"
 } >> "$out/BENCHMARKS-rows.md"
-echo "rows appended to $out/BENCHMARKS-rows.md"
+echo "rows appended to $out/BENCHMARKS-rows.md; done in $SECONDS s"
