@@ -14,13 +14,13 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use device_profiles::Catalog;
 use gateway::aggregate::Aggregators;
 use gateway::alert::Engine;
-use gateway::config::VerifySection;
+use gateway::decode::Verifier;
+use gateway::decode::VerifySection;
 use gateway::keys::Keys;
 use gateway::point::{FieldValue, Point, Quality};
 use gateway::reading::Reading;
 use gateway::registry::Registry;
 use gateway::store::Store;
-use gateway::verify::Verifier;
 use wire::{
     Body, Direction, GateEvent, GateEvents, Header, LaneInterval, PipeReading, PipeReadings,
     Quantity, TagHash, Timestamp, TrafficInterval, Trigger,
@@ -54,15 +54,15 @@ fn seal(device: &str, sequence: u32, t: i64, body: &Body) -> Vec<u8> {
         sequence,
         timestamp: Timestamp::Synced { unix_ms: t as u64 },
     };
-    wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()
+    wire::frame::seal_to_vec(&header, body, &gateway::demo::feed::demo_key(device)).unwrap()
 }
 
 /// `n` messages, a report every second per device, ending now.
 fn fixture(n: usize) -> Fixture {
     let catalog = Arc::new(Catalog::ganzhou().unwrap());
-    let keys = gateway::traffic::demo_keys(&catalog);
+    let keys = gateway::demo::feed::demo_keys(&catalog);
     let rounds = n / 4 + 1;
-    let start_ms = gateway::pipeline::now_ms() - rounds as i64 * 1000;
+    let start_ms = gateway::clock::now_ms() - rounds as i64 * 1000;
     let topics = ["gz-p1-press", "gz-p2-press", "gz-r1-d1", "gz-s4-g1"].map(|d| topic(&catalog, d));
     let mut messages = Vec::with_capacity(n);
     for k in 0..rounds as u32 {
@@ -129,7 +129,7 @@ fn engine(catalog: &Catalog) -> Engine {
 fn readings_of(f: &Fixture) -> Vec<Reading> {
     let v = verifier(f);
     let mut registry = Registry::new(&f.catalog, &f.keys, &[]);
-    let now = gateway::pipeline::now_ms();
+    let now = gateway::clock::now_ms();
     f.messages
         .iter()
         .flat_map(|(t, p)| v.report(&mut registry, t, p, now).unwrap())
@@ -154,7 +154,7 @@ fn over_the_messages(
 
 fn bench(c: &mut Criterion) {
     let f = fixture(100_000);
-    let now = gateway::pipeline::now_ms();
+    let now = gateway::clock::now_ms();
 
     // Verify and decode: topic, HMAC-SHA256, replay window, postcard body, profile ranges.
     let mut g = c.benchmark_group("verify_decode");

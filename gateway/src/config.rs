@@ -7,10 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use device_profiles::source::{LoadError, Problem, SourceFile};
 use serde::Deserialize;
+
+use crate::decode::VerifySection;
+use crate::net::mqtt::MqttSection;
+use crate::secret::{Secret, read_password};
 
 /// Environment variable that overrides `mqtt.username`.
 pub const ENV_MQTT_USERNAME: &str = "CITYSENSE_MQTT_USERNAME";
@@ -43,7 +46,7 @@ pub struct Config {
     pub store: StoreSection,
     /// The InfluxDB (or VictoriaMetrics) sink; absent means points stay in the local store.
     #[serde(default)]
-    pub influxdb: Option<crate::influxdb::InfluxSection>,
+    pub influxdb: Option<crate::sink::influxdb::InfluxSection>,
     /// Aggregation tunables.
     #[serde(default)]
     pub aggregate: AggregateSection,
@@ -52,10 +55,10 @@ pub struct Config {
     pub alerts: AlertsSection,
     /// Polling the site's Modbus devices.
     #[serde(default)]
-    pub modbus: crate::modbus::ModbusSection,
+    pub modbus: crate::source::modbus::ModbusSection,
     /// Forwarding to the city's data-sharing and exchange platform; absent means none.
     #[serde(default)]
-    pub city_platform: Option<crate::city_platform::CityPlatformSection>,
+    pub city_platform: Option<crate::sink::city_platform::CityPlatformSection>,
 }
 
 /// Alert rules and notifiers.
@@ -82,10 +85,10 @@ pub struct AlertsSection {
     pub mqtt: bool,
     /// Webhooks (generic JSON, DingTalk or WeCom robots).
     #[serde(default)]
-    pub webhook: Vec<crate::alert::notify::WebhookSection>,
+    pub webhook: Vec<crate::sink::notify::WebhookSection>,
     /// Prometheus Alertmanager (API v2).
     #[serde(default)]
-    pub alertmanager: Option<crate::alert::notify::AlertmanagerSection>,
+    pub alertmanager: Option<crate::sink::notify::AlertmanagerSection>,
 }
 
 impl Default for AlertsSection {
@@ -197,88 +200,6 @@ pub struct SiteSection {
     pub zones: Vec<String>,
 }
 
-/// MQTT connection and session.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSection {
-    /// Broker host name or address.
-    pub host: String,
-    /// Broker port (1883 plain, 8883 TLS).
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
-    /// User name, if the broker requires one (overridden by `CITYSENSE_MQTT_USERNAME`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File holding the password (first line); `CITYSENSE_MQTT_PASSWORD` takes precedence.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Seconds between keepalive pings (5..=3600); a silent broker is detected within 1.5 × this.
-    #[serde(default = "default_keep_alive")]
-    pub keep_alive_s: u64,
-    /// Start a new session on connect. Keep `false` so the broker queues QoS1 reports while the
-    /// gateway restarts.
-    #[serde(default)]
-    pub clean_start: bool,
-    /// How long the broker keeps the session (and its queue) after a disconnect, in seconds.
-    /// Must be greater than 0 when `clean_start = false`, or the broker drops the queue at once.
-    #[serde(default = "default_session_expiry")]
-    pub session_expiry_s: u32,
-    /// Subscribe through `$share/{group}/...` so several gateways split one zone's load.
-    #[serde(default)]
-    pub shared_group: Option<String>,
-    /// Largest packet accepted; must be at least the broker's `message_size_limit`.
-    #[serde(default = "default_max_packet")]
-    pub max_packet_bytes: u32,
-    /// Reconnect backoff: first delay, doubled per failure up to `reconnect_max_ms`, with jitter.
-    #[serde(default = "default_reconnect_min")]
-    pub reconnect_min_ms: u64,
-    /// Reconnect backoff ceiling.
-    #[serde(default = "default_reconnect_max")]
-    pub reconnect_max_ms: u64,
-    /// TLS to the broker; absent means plain TCP (loopback or a trusted segment only).
-    #[serde(default)]
-    pub tls: Option<TlsSection>,
-    /// The password, from the environment or `password_file` (never from the file itself).
-    #[serde(skip)]
-    pub password: Option<Secret>,
-}
-
-/// TLS settings (rustls).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM file of the CA that signed the broker's certificate.
-    pub ca: PathBuf,
-    /// PEM client certificate, for brokers that authenticate clients by certificate.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `client_cert`.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
-/// Frame acceptance.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifySection {
-    /// Reports stamped further than this in the future are rejected (`clock_skew`).
-    #[serde(default = "default_skew")]
-    pub max_clock_skew_s: u64,
-    /// Reports older than this are rejected (`stale`). Nodes queue reports while offline, so
-    /// keep it longer than the longest outage you want to recover from.
-    #[serde(default = "default_max_age")]
-    pub max_age_s: u64,
-}
-
-impl Default for VerifySection {
-    fn default() -> Self {
-        VerifySection {
-            max_clock_skew_s: default_skew(),
-            max_age_s: default_max_age(),
-        }
-    }
-}
-
 /// HTTP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,56 +237,8 @@ impl StoreSection {
         }
     }
 }
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_keep_alive() -> u64 {
-    30
-}
-fn default_session_expiry() -> u32 {
-    3600
-}
-fn default_max_packet() -> u32 {
-    64 * 1024
-}
-fn default_reconnect_min() -> u64 {
-    500
-}
-fn default_reconnect_max() -> u64 {
-    30_000
-}
-fn default_skew() -> u64 {
-    60
-}
-fn default_max_age() -> u64 {
-    7 * 24 * 3600
-}
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-
-/// The first line of a password file.
-fn read_password(file: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
-    Ok(Secret(text.lines().next().unwrap_or_default().to_owned()))
-}
-
-/// A secret string: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl MqttSection {
-    /// The keepalive interval.
-    pub fn keep_alive(&self) -> Duration {
-        Duration::from_secs(self.keep_alive_s)
-    }
 }
 
 impl Config {
@@ -469,54 +342,8 @@ impl Config {
                 ),
             ));
         }
-        let m = &self.mqtt;
-        if !m.clean_start && m.session_expiry_s == 0 {
-            p.push((
-                "mqtt.session_expiry_s".into(),
-                "a persistent session (clean_start = false) needs session_expiry_s > 0: with 0 the broker drops the session and its queued reports at every disconnect".into(),
-            ));
-        }
-        // rumqttc refuses keepalives under 5 s (it panics): say so here instead.
-        if m.keep_alive_s < 5 || m.keep_alive_s > 3600 {
-            p.push((
-                "mqtt.keep_alive_s".into(),
-                format!("keep_alive_s must be 5..=3600, not {}", m.keep_alive_s),
-            ));
-        }
-        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
-            p.push((
-                "mqtt.reconnect_min_ms".into(),
-                "reconnect_min_ms must be > 0 and at most reconnect_max_ms".into(),
-            ));
-        }
-        if m.max_packet_bytes < 1024 {
-            p.push((
-                "mqtt.max_packet_bytes".into(),
-                "max_packet_bytes below 1024 cannot carry a full wire frame".into(),
-            ));
-        }
-        if let Some(g) = &m.shared_group
-            && (g.is_empty() || g.contains(['/', '+', '#']))
-        {
-            p.push((
-                "mqtt.shared_group".into(),
-                format!("shared_group \"{g}\" must be non-empty and free of '/', '+' and '#'"),
-            ));
-        }
-        if let Some(tls) = &m.tls
-            && tls.client_cert.is_some() != tls.client_key.is_some()
-        {
-            p.push((
-                "mqtt.tls".into(),
-                "client_cert and client_key go together".into(),
-            ));
-        }
-        if self.verify.max_clock_skew_s == 0 || self.verify.max_age_s < 60 {
-            p.push((
-                "verify".into(),
-                "max_clock_skew_s must be > 0 and max_age_s at least 60".into(),
-            ));
-        }
+        p.extend(self.mqtt.check());
+        p.extend(self.verify.check());
         let store_dir = self
             .store
             .path
@@ -707,7 +534,7 @@ host = \"127.0.0.1\"
         let c = Config::load(&write(&dir, &fine)).unwrap();
         assert_eq!(
             c.influxdb.unwrap().flush_ms,
-            crate::influxdb::DEFAULT_FLUSH_MS
+            crate::sink::influxdb::DEFAULT_FLUSH_MS
         );
     }
 

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
                 gateway::run(config, shutdown_signal()).await
             }
             Command::ExchangeSchema => {
-                print!("{}", gateway::city_platform::exchange::SCHEMA_JSON);
+                print!("{}", gateway::sink::city_platform::exchange::SCHEMA_JSON);
                 Ok(())
             }
             Command::CheckConfig { config } => {

@@ -217,7 +217,7 @@ impl Fleet {
             if profile.encoding != Encoding::Wire {
                 continue; // third-party JSON and Modbus devices run no CitySense firmware
             }
-            let key = gateway::traffic::demo_key(&d.id);
+            let key = gateway::demo::feed::demo_key(&d.id);
             let p = nodectl::provision(
                 catalog,
                 &nodectl::Request {

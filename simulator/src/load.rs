@@ -24,7 +24,7 @@ use wire::{Quantity, Trigger};
 
 use crate::probe::Probe;
 use crate::run::Gateway;
-use gateway::pipeline::now_ms;
+use gateway::clock::now_ms;
 
 /// The zone of the generated site.
 pub const ZONE: &str = "360702";
@@ -63,7 +63,7 @@ pub fn write_site(dir: &Path, devices: usize, broker: &str) -> anyhow::Result<st
             site,
             "\n[[device]]\nid = \"{id}\"\nprofile = \"{profile}\"\nzone = \"{ZONE}\"\n"
         );
-        let key = gateway::traffic::demo_key(&id);
+        let key = gateway::demo::feed::demo_key(&id);
         let _ = write!(
             keys,
             "\n[[device]]\nid = \"{id}\"\nkey = \"{}\"\n",
@@ -174,7 +174,7 @@ pub struct LoadReport {
 }
 
 pub(crate) fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
-    let key = gateway::traffic::demo_key(id);
+    let key = gateway::demo::feed::demo_key(id);
     let text =
         |s: &str| heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("id {s} too long"));
     Ok(Config {

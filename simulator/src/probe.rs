@@ -27,7 +27,7 @@ use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use wire::{Quantity, Trigger};
 
 use crate::load::{PROBE_SUBJECT, ZONE, boot, client, config, probe_id};
-use gateway::pipeline::now_ms;
+use gateway::clock::now_ms;
 
 /// How often the probe sends: raise, resolve, raise, … (two raises a second, 240 samples in a
 /// two-minute run).

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::fleet::{Fleet, FleetCounts, Out, parse_offset};
 use crate::scenario::{Scenario, minutes};
-use gateway::pipeline::now_ms;
+use gateway::clock::now_ms;
 
 /// How to run.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ impl ExchangeSchema {
     /// The schema the gateway ships.
     pub fn load() -> ExchangeSchema {
         let schema: Value =
-            serde_json::from_str(gateway::city_platform::exchange::SCHEMA_JSON).unwrap();
+            serde_json::from_str(gateway::sink::city_platform::exchange::SCHEMA_JSON).unwrap();
         ExchangeSchema(jsonschema::validator_for(&schema).unwrap())
     }
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gateway::alert::notify::{AlertmanagerSection, WebhookFormat, WebhookSection};
+use gateway::sink::notify::{AlertmanagerSection, WebhookFormat, WebhookSection};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 use system_tests::http::{Webhook, get, post};
@@ -93,7 +93,7 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
     // 92% (橙), back to 50% from minute 8, held there (one entry and one exit a minute) until
     // the ten minutes of clearing have passed.
     let targets = [3000, 3700, 4000, 4900, 5000, 5500, 5600, 4000, 3000];
-    let base = surge_start(gateway::pipeline::now_ms());
+    let base = surge_start(gateway::clock::now_ms());
     let (mut occupancy, mut seq) = (0i64, 0u32);
     let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
         let mut left = n;
@@ -199,7 +199,7 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     let mut events = watch_alerts("restart-watch", broker.port).await;
     let (node, _) = client("restart-node", broker.port, true).await;
     let topic = up_topic("gz-t1-gas");
-    let t0 = gateway::pipeline::now_ms() - 10_000;
+    let t0 = gateway::clock::now_ms() - 10_000;
     // Two triggering readings 1 ms apart: one alert.
     publish(
         &node,
@@ -319,7 +319,7 @@ async fn the_alerts_connection_stays_up_through_a_quiet_spell() {
     let mut events = watch_alerts("quiet-watch", broker.port).await;
     let (node, _) = client("quiet-node", broker.port, true).await;
     let topic = up_topic("gz-t1-gas");
-    let t0 = gateway::pipeline::now_ms() - 10_000;
+    let t0 = gateway::clock::now_ms() - 10_000;
     let gas = |e: &Value| is_rule(e, "pipe.gas_high");
     publish(
         &node,
@@ -410,7 +410,7 @@ async fn alertmanager_gets_labelled_alerts_and_resolutions_while_a_dead_webhook_
     let mut events = watch_alerts("notify-watch", broker.port).await;
     let (node, _) = client("notify-node", broker.port, true).await;
     let topic = up_topic("gz-t1-gas");
-    let t0 = gateway::pipeline::now_ms() - 5_000;
+    let t0 = gateway::clock::now_ms() - 5_000;
     publish(
         &node,
         &topic,
@@ -506,7 +506,7 @@ async fn an_influxdb_that_refuses_the_gateway_raises_an_alert_that_resolves_once
     influx.no_content.store(true, Ordering::SeqCst);
     let url = format!("http://{}", influx.addr);
     let gw = start_gateway_settings("sink-refused", broker.port, |s| {
-        s.influxdb = Some(gateway::influxdb::InfluxSection {
+        s.influxdb = Some(gateway::sink::influxdb::InfluxSection {
             url,
             org: "ganzhou".into(),
             bucket: "citysense".into(),
@@ -522,7 +522,7 @@ async fn an_influxdb_that_refuses_the_gateway_raises_an_alert_that_resolves_once
     let (node, _) = client("sink-node", broker.port, true).await;
     // Two readings three minutes apart close a pipe window: a point for the sink to write.
     let topic = up_topic("gz-t1-gas");
-    let t0 = gateway::pipeline::now_ms() - 600_000;
+    let t0 = gateway::clock::now_ms() - 600_000;
     publish(
         &node,
         &topic,

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway::Gateway;
-use gateway::city_platform::transport::{HttpsSection, UpstreamMqttSection};
-use gateway::city_platform::{CityPlatformSection, Dataset, DatasetSection};
-use gateway::config::TlsSection;
+use gateway::net::tls::TlsSection;
+use gateway::sink::city_platform::transport::{HttpsSection, UpstreamMqttSection};
+use gateway::sink::city_platform::{CityPlatformSection, Dataset, DatasetSection};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 use system_tests::pki::Pki;
@@ -27,7 +27,7 @@ const MINUTE: i64 = 60_000;
 
 /// A minute-aligned start 100 minutes ago: the hour ends 40 minutes ago, minutes 95–99 are now.
 fn start() -> i64 {
-    (gateway::pipeline::now_ms() - 100 * MINUTE).div_euclid(MINUTE) * MINUTE
+    (gateway::clock::now_ms() - 100 * MINUTE).div_euclid(MINUTE) * MINUTE
 }
 
 /// Publishes `minutes` (offsets from `t0`): P1 pressure every 30 s (0.70 MPa, over the alarm,

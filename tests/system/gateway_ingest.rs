@@ -515,7 +515,8 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_client_certificate_and_a_password_and_clear_refusals() {
-    use gateway::config::{Secret, TlsSection};
+    use gateway::net::tls::TlsSection;
+    use gateway::secret::Secret;
     let passwd = require("mosquitto_passwd", "mosquitto");
     let dir = tempfile::tempdir().unwrap();
     let pki = system_tests::pki::Pki::generate(dir.path(), "city");

@@ -208,9 +208,9 @@ async fn two_rtus_share_an_rs485_line_and_a_dead_one_does_not_stall_the_other() 
         device_profiles::Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site)
             .unwrap(),
     );
-    let keys = gateway::traffic::demo_keys(&catalog);
+    let keys = gateway::demo::feed::demo_keys(&catalog);
     let url = format!("rtu://{}?baud=9600", port.display());
-    let mut modbus = gateway::modbus::ModbusSection {
+    let mut modbus = gateway::source::modbus::ModbusSection {
         interval_s: Some(1),
         timeout_ms: 400,
         breaker_after: 2,

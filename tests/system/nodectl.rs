@@ -142,7 +142,7 @@ async fn a_provisioned_node_connects_with_its_credentials_and_is_heard_verified(
             boot_epoch: 1,
             sequence: seq,
             timestamp: Timestamp::Synced {
-                unix_ms: gateway::pipeline::now_ms() as u64,
+                unix_ms: gateway::clock::now_ms() as u64,
             },
         };
         seq += 1;

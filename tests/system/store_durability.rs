@@ -32,7 +32,7 @@ fn write_config(
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys: String = DEVICES
         .iter()
-        .map(|(d, _, _)| gateway::keys::entry(d, &gateway::traffic::demo_key(d)))
+        .map(|(d, _, _)| gateway::keys::entry(d, &gateway::demo::feed::demo_key(d)))
         .collect();
     std::fs::write(dir.join("keys.toml"), keys).unwrap();
     let config = dir.join("gateway.toml");
@@ -83,7 +83,7 @@ async fn sigkill_at_seeded_random_moments_loses_nothing_that_was_acknowledged() 
     let (node, _) = client("sigkill-node", broker.port, false).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xC17_5E45E);
     let mut checked = 0usize;
-    let start = (gateway::pipeline::now_ms() - 30 * 60_000).div_euclid(60_000) * 60_000;
+    let start = (gateway::clock::now_ms() - 30 * 60_000).div_euclid(60_000) * 60_000;
     for run in 1..=RUNS {
         let http = free_port();
         let config = write_config(dir.path(), proxy.port, http, &vm.url());

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use device_profiles::Catalog;
-use gateway::config::{MqttSection, VerifySection};
+use gateway::decode::VerifySection;
+use gateway::net::mqtt::MqttSection;
 use gateway::{Gateway, Settings};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -39,7 +40,7 @@ pub async fn start_gateway_settings(
     change: impl FnOnce(&mut Settings),
 ) -> Gateway {
     let catalog = catalog();
-    let keys = gateway::traffic::demo_keys(&catalog);
+    let keys = gateway::demo::feed::demo_keys(&catalog);
     start_gateway_on(catalog, keys, name, broker_port, change).await
 }
 
@@ -67,7 +68,7 @@ pub async fn start_gateway_on(
         aggregate: gateway::aggregate::AggregateSettings::default(),
         alerts: Default::default(),
         // Tests that poll Modbus turn it on with their own slave's endpoint.
-        modbus: gateway::modbus::ModbusSection {
+        modbus: gateway::source::modbus::ModbusSection {
             enabled: false,
             ..Default::default()
         },
@@ -86,7 +87,7 @@ pub fn up_topic(device: &str) -> String {
 
 /// A signed frame of `device` (demo key), synced to now.
 pub fn frame(device: &str, epoch: u32, sequence: u32, body: &Body) -> Vec<u8> {
-    frame_at(device, epoch, sequence, gateway::pipeline::now_ms(), body)
+    frame_at(device, epoch, sequence, gateway::clock::now_ms(), body)
 }
 
 /// A signed frame of `device` (demo key) stamped `time_ms`.
@@ -99,7 +100,7 @@ pub fn frame_at(device: &str, epoch: u32, sequence: u32, time_ms: i64, body: &Bo
             unix_ms: time_ms as u64,
         },
     };
-    wire::frame::seal_to_vec(&header, body, &gateway::traffic::demo_key(device)).unwrap()
+    wire::frame::seal_to_vec(&header, body, &gateway::demo::feed::demo_key(device)).unwrap()
 }
 
 /// A pipe report with one value.

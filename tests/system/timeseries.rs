@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gateway::Gateway;
-use gateway::influxdb::InfluxSection;
+use gateway::sink::influxdb::InfluxSection;
 use system_tests::services::{Mosquitto, VictoriaMetrics};
 use wire::{
     Body, Direction, GateEvent, GateEvents, LaneInterval, Quantity, TagHash, TrafficInterval,
@@ -22,7 +22,7 @@ const HOUR_MINUTES: i64 = 60;
 /// daily entries start again.
 fn start_of_hour() -> i64 {
     const DAY: i64 = 24 * 3600 * 1000;
-    let now = gateway::pipeline::now_ms();
+    let now = gateway::clock::now_ms();
     let mut t0 = (now - 90 * MINUTE).div_euclid(5 * MINUTE) * 5 * MINUTE;
     let closing = 18 * 3600 * 1000 - 8 * 3600 * 1000; // 18:00 local in UTC ms of day
     let business_day = |t: i64| (t - closing).div_euclid(DAY);

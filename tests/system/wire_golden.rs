@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use gateway::config::VerifySection;
+use gateway::decode::Verifier;
+use gateway::decode::VerifySection;
 use gateway::keys::Keys;
 use gateway::registry::Registry;
-use gateway::verify::Verifier;
 use wire::DeviceKey;
 use wire::golden::VECTORS;
 
@@ -37,7 +37,7 @@ fn gateway_accepts_the_golden_uplink_vectors() {
             .device(m.header.device_id)
             .unwrap_or_else(|| panic!("{}: golden device not in the site", v.name));
         let topic = format!("cs/v1/{}/{}/{}/up", device.zone, device.profile, device.id);
-        let now = gateway::pipeline::now_ms();
+        let now = gateway::clock::now_ms();
         let readings = verifier
             .report(&mut registry.lock().unwrap(), &topic, v.frame, now)
             .unwrap_or_else(|r| panic!("{}: rejected: {} ({})", v.name, r.reason, r.detail));

@@ -178,7 +178,7 @@ fn saved_ledger(conn: &Connection, device: &str) -> rusqlite::Result<Ledger> {
     Ok(match body.map(|b| (serde_json::from_str(&b), b)) {
         Some((Ok(l), _)) => l,
         Some((Err(e), b)) => {
-            super::quarantine(
+            super::quarantine::quarantine(
                 conn,
                 "ledgers",
                 None,

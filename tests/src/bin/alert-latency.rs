@@ -41,14 +41,14 @@ fn frame(sequence: u32, gas: f32) -> Vec<u8> {
         boot_epoch: 1,
         sequence,
         timestamp: Timestamp::Synced {
-            unix_ms: gateway::pipeline::now_ms() as u64,
+            unix_ms: gateway::clock::now_ms() as u64,
         },
     };
     let body = Body::PipeReadings(PipeReadings {
         trigger: Trigger::Threshold,
         readings,
     });
-    wire::frame::seal_to_vec(&header, &body, &gateway::traffic::demo_key(DEVICE)).unwrap()
+    wire::frame::seal_to_vec(&header, &body, &gateway::demo::feed::demo_key(DEVICE)).unwrap()
 }
 
 async fn connect(port: u16, id: &str) -> (AsyncClient, mpsc::UnboundedReceiver<Vec<u8>>) {
@@ -99,13 +99,13 @@ async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
         aggregate: Default::default(),
         influxdb: None,
         alerts: Default::default(),
-        modbus: gateway::modbus::ModbusSection {
+        modbus: gateway::source::modbus::ModbusSection {
             enabled: false,
             ..Default::default()
         },
         city_platform: None,
     };
-    let keys = gateway::traffic::demo_keys(&catalog);
+    let keys = gateway::demo::feed::demo_keys(&catalog);
     let gw = Gateway::start(settings, catalog, keys).await.unwrap();
     let (watcher, mut events) = connect(broker.port, &format!("bench-watch-{label}")).await;
     watcher

@@ -96,7 +96,7 @@ fn alarming_gas(p: &Publish) -> Option<f32> {
         return None;
     }
     let frame = wire::Frame::new_checked(&p.payload).ok()?;
-    let key = gateway::traffic::demo_key(frame.device_id());
+    let key = gateway::demo::feed::demo_key(frame.device_id());
     let message = frame.verify(&key).ok()?.decode().ok()?;
     let Body::PipeReadings(r) = message.body else {
         return None;
@@ -227,8 +227,8 @@ async fn main() {
     o.set_keep_alive(Duration::from_secs(30))
         .set_clean_start(true)
         .set_manual_acks(true)
-        .set_receive_maximum(Some(gateway::mqtt::RECEIVE_MAXIMUM))
-        .set_outgoing_inflight_upper_limit(gateway::mqtt::OUTGOING_INFLIGHT);
+        .set_receive_maximum(Some(gateway::net::mqtt::RECEIVE_MAXIMUM))
+        .set_outgoing_inflight_upper_limit(gateway::net::mqtt::OUTGOING_INFLIGHT);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     o.set_network_options(net);

@@ -45,8 +45,8 @@ fn main() {
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
-    let verifier = gateway::verify::Verifier::new(&catalog, keys.clone(), Default::default());
-    let now = gateway::pipeline::now_ms();
+    let verifier = gateway::decode::Verifier::new(&catalog, keys.clone(), Default::default());
+    let now = gateway::clock::now_ms();
     let start = now - reports as i64 * 60_000;
 
     let before = live();

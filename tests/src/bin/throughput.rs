@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use device_profiles::Catalog;
-use gateway::influxdb::InfluxSection;
+use gateway::sink::influxdb::InfluxSection;
 use gateway::{Gateway, Settings};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
@@ -107,7 +107,7 @@ fn args() -> Args {
 /// `messages` signed frames round-robin over `devices`, boot epoch `epoch`, 1 ms apart and
 /// ending now.
 fn frames(devices: usize, messages: usize, epoch: u32) -> Vec<(String, Vec<u8>)> {
-    let start = gateway::pipeline::now_ms() - messages as i64;
+    let start = gateway::clock::now_ms() - messages as i64;
     (0..messages)
         .map(|k| logger_report(k % devices, epoch, (k / devices) as u32, start + k as i64))
         .collect()
@@ -242,13 +242,13 @@ fn settings(broker: &Mosquitto, vm: &VictoriaMetrics, store: &std::path::Path) -
             org: "bench".into(),
             bucket: "bench".into(),
             batch_lines: 5000,
-            flush_ms: gateway::influxdb::DEFAULT_FLUSH_MS,
+            flush_ms: gateway::sink::influxdb::DEFAULT_FLUSH_MS,
             timeout_ms: 10_000,
             gzip: true,
             token: String::new(),
         }),
         alerts: Default::default(),
-        modbus: gateway::modbus::ModbusSection {
+        modbus: gateway::source::modbus::ModbusSection {
             enabled: false,
             ..Default::default()
         },
@@ -314,7 +314,7 @@ async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: us
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
     let gw = started(broker, vm, &catalog, &keys, dir.path()).await;
     let heap1 = live_heap();
-    let start = gateway::pipeline::now_ms() - i64::from(MEMORY_REPORTS) * 60_000;
+    let start = gateway::clock::now_ms() - i64::from(MEMORY_REPORTS) * 60_000;
     for round in 0..MEMORY_REPORTS {
         let t = start + i64::from(round) * 60_000;
         let frames = Arc::new(
@@ -358,7 +358,7 @@ async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) ->
         publisher(broker.port, format!("bench-vis-{}", rand::random::<u32>())).await;
     let vm_addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
     let minute = 60_000;
-    let base = (gateway::pipeline::now_ms() / minute - samples as i64 - 2) * minute;
+    let base = (gateway::clock::now_ms() / minute - samples as i64 - 2) * minute;
     let epoch = rand::random::<u16>() as u32 + 10;
     let publish = |k: usize| {
         let (topic, payload) = logger_report(0, epoch, k as u32, base + k as i64 * minute + 1_000);
@@ -590,7 +590,7 @@ async fn run() {
             "visibility: publish → point visible in VictoriaMetrics p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms ({} samples, influxdb.flush_ms {}); the first point of a new series {first:.0} ms",
             ms[ms.len() - 1],
             ms.len(),
-            gateway::influxdb::DEFAULT_FLUSH_MS
+            gateway::sink::influxdb::DEFAULT_FLUSH_MS
         );
         visible = serde_json::json!({
             "p50_ms": p50, "p99_ms": p99, "samples": ms.len(), "new_series_ms": first,

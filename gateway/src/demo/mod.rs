@@ -10,8 +10,13 @@ use anyhow::Context;
 use device_profiles::Catalog;
 use tokio::sync::watch;
 
-use crate::config::{MqttSection, VerifySection};
-use crate::{Gateway, Settings, traffic};
+use crate::decode::VerifySection;
+use crate::net::mqtt::MqttSection;
+use crate::{Gateway, Settings};
+
+pub mod feed;
+
+use feed as traffic;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -69,7 +74,7 @@ pub async fn run(
         aggregate: crate::aggregate::AggregateSettings::default(),
         alerts: crate::config::AlertsSection::default(),
         // The demo's Modbus RTU (gz-p3-rtu) has no slave behind it: `simulator modbus` plays one.
-        modbus: crate::modbus::ModbusSection {
+        modbus: crate::source::modbus::ModbusSection {
             enabled: false,
             ..Default::default()
         },
@@ -153,7 +158,7 @@ async fn summary(
             _ = tick.tick() => {}
         }
         let counts = match registry.lock() {
-            Ok(r) => r.presence_counts(crate::pipeline::now_ms()),
+            Ok(r) => r.presence_counts(crate::clock::now_ms()),
             Err(_) => return,
         };
         let readings: u64 = ["crowd", "traffic", "pipe"]

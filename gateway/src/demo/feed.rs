@@ -19,8 +19,8 @@ use wire::{
     Trigger,
 };
 
+use crate::clock::now_ms;
 use crate::keys::Keys;
-use crate::pipeline::now_ms;
 
 /// The demo key of a device: SHA-256 of a fixed label and the id. Public by construction: for
 /// the demo only, never for deployed nodes (`nodectl provision` makes random keys).

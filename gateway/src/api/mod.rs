@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::pipeline::now_ms;
 use crate::reading::Reading;
 use crate::registry::{Device, Presence, Registry};
 use crate::store::Store;
@@ -30,9 +30,9 @@ pub struct AppState {
     /// Metrics.
     pub metrics: Metrics,
     /// Why sinks are not ready, by sink.
-    pub not_ready: crate::influxdb::NotReady,
+    pub not_ready: crate::sink::NotReady,
     /// The alert engine.
-    pub alerts: crate::alert::Alerts,
+    pub alerts: crate::pipeline::alerts::Alerts,
 }
 
 /// The routes.
@@ -92,7 +92,7 @@ async fn alerts(
             .iter()
             .filter(|(_, event)| wanted(&event.alert))
             .map(|(seq, event)| {
-                serde_json::json!(crate::alert::notify::Envelope { seq: *seq, event })
+                serde_json::json!(crate::sink::notify::Envelope { seq: *seq, event })
             })
             .collect(),
         _ => {

@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::Committed;
-use super::engine::{Alert, AlertEvent, Engine, EventKind, Status};
+use crate::alert::engine::{Alert, AlertEvent, Engine, EventKind, Status};
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::mqtt::{Backoff, ConfirmedPublisher, Message, PublishError};
+use crate::net::mqtt::{ConfirmedPublisher, Message, PublishError};
+use crate::store::Committed;
 use crate::store::Store;
 
 /// Events delivered per attempt.
@@ -421,7 +422,7 @@ impl WebhookNotifier {
         // DingTalk 加签: HMAC-SHA256 of "{timestamp}\n{secret}", base64, URL-encoded.
         use base64::Engine as _;
         use hmac::Mac as _;
-        let ts = crate::pipeline::now_ms();
+        let ts = crate::clock::now_ms();
         let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
             return self.section.url.clone(); // HMAC takes keys of any length
         };
@@ -566,7 +567,7 @@ impl AlertmanagerNotifier {
     }
 
     fn valid_until(&self) -> i64 {
-        crate::pipeline::now_ms() + 3 * self.section.resend_s as i64 * 1000
+        crate::clock::now_ms() + 3 * self.section.resend_s as i64 * 1000
     }
 
     async fn post(&self, alerts: Vec<serde_json::Value>) -> Result<(), DeliveryError> {
@@ -641,7 +642,10 @@ mod tests {
     fn notifiers_are_woken_before_the_engine_is_taken_for_metrics() {
         let catalog = device_profiles::Catalog::ganzhou().unwrap();
         let rules = crate::alert::rule::defaults(&catalog, &Default::default());
-        let alerts = crate::alert::Alerts::new(Engine::new(&catalog, rules, 3600), Metrics::new());
+        let alerts = crate::pipeline::alerts::Alerts::new(
+            Engine::new(&catalog, rules, 3600),
+            Metrics::new(),
+        );
         let mut woken = alerts.subscribe();
         let changes = crate::alert::Changes {
             states: Vec::new(),

@@ -21,28 +21,24 @@ use serde::Serialize;
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
 use crate::aggregate::Aggregators;
-use crate::alert::{Alerts, Changes};
+use crate::alert::Changes;
+use crate::clock::{SLOW_COMMIT, millis, now_ms};
+use crate::decode::{Rejection, Stream, Verifier, parse_topic};
+
+pub mod alerts;
+
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::point::Point;
 use crate::reading::{Measurement, Reading};
 use crate::registry::{Registry, category_name};
 use crate::store::{CommitTimes, Store};
-use crate::verify::{Rejection, Stream, Verifier, parse_topic};
+use alerts::Alerts;
 
 /// Most messages handled in one batch.
 pub const MAX_BATCH: usize = 1024;
 /// Dead-letter records keep at most this much of the payload.
 const DLQ_PAYLOAD_BYTES: usize = 1024;
-/// A commit (or maintenance pass) this slow is logged with where its time went: a batch's
-/// acknowledgements and alerts wait for its commit.
-pub(crate) const SLOW_COMMIT: Duration = Duration::from_millis(100);
-
-/// `d` in milliseconds, for the logs.
-pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// A dead-letter record, published as JSON on `cs/v1/dlq/{zone}`.
 #[derive(Debug, Serialize)]
 pub struct DeadLetter<'a> {
@@ -111,14 +107,6 @@ async fn next_turn(turn: &mut Option<Turn>) -> OwnedMutexGuard<()> {
         Some(t) => t.await,
         None => std::future::pending().await,
     }
-}
-
-/// The current time, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Everything the receive path needs.
@@ -534,8 +522,8 @@ mod tests {
 
     use super::*;
     use crate::alert::Engine;
-    use crate::traffic::{demo_key, demo_keys};
-    use crate::verify::Verifier;
+    use crate::decode::Verifier;
+    use crate::demo::feed::{demo_key, demo_keys};
 
     fn pipeline() -> Pipeline {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
@@ -544,7 +532,8 @@ mod tests {
         let rules = crate::load_rules(&catalog, &Default::default()).unwrap();
         let (store, _) = Store::open(Path::new(":memory:")).unwrap();
         // Never connected: the messages are QoS 0 and valid, so nothing is published.
-        let (client, _) = crate::mqtt::client(MqttOptions::new("pipeline-test", "127.0.0.1", 1));
+        let (client, _) =
+            crate::net::mqtt::client(MqttOptions::new("pipeline-test", "127.0.0.1", 1));
         Pipeline {
             verifier: Arc::new(Verifier::new(&catalog, keys.clone(), Default::default())),
             registry: Arc::new(Mutex::new(Registry::new(&catalog, &keys, &[]))),

@@ -21,8 +21,7 @@
 //! `flush_ms`, and the server's own delay in making a write visible came on top:
 //! VictoriaMetrics takes up to a second.)
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use influxdb2::api::write::TimestampPrecision;
@@ -30,8 +29,9 @@ use influxdb2::{Client, ClientBuilder, RequestError};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::NotReady;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::mqtt::Backoff;
 use crate::store::Store;
 
 /// The cursor's name in the store.
@@ -113,9 +113,6 @@ impl InfluxSection {
         p
     }
 }
-
-/// Why a sink is not ready, by sink name (shown by `/readyz`).
-pub type NotReady = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// What became of one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +344,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU16, Ordering};
 
     use axum::Router;

@@ -8,7 +8,9 @@ use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsSection;
+use std::path::PathBuf;
+
+use serde::Deserialize;
 
 /// The rustls client configuration for `tls`.
 pub fn client_config(tls: &TlsSection) -> anyhow::Result<ClientConfig> {
@@ -38,4 +40,18 @@ pub fn client_config(tls: &TlsSection) -> anyhow::Result<ClientConfig> {
         }
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// TLS settings (rustls).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate, for brokers that authenticate clients by certificate.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }

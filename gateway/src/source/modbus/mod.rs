@@ -325,7 +325,7 @@ pub async fn poll(
     let timeout = device.timeout;
     let mut health = Health::new(&device.id);
     let mut backoff =
-        crate::mqtt::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut ctx: Option<Context> = None;
     let mut tick = tokio::time::interval(device.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -486,7 +486,7 @@ async fn read_blocks(
     metrics: &Metrics,
 ) -> (Outcome, Vec<Reading>, bool) {
     let id = device.id.to_string();
-    let now = crate::pipeline::now_ms();
+    let now = crate::clock::now_ms();
     let mut readings = Vec::new();
     let (mut failed, mut reset) = (0, false);
     for b in blocks {

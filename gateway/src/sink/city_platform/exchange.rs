@@ -22,7 +22,7 @@ use crate::reading::{Measurement, Reading};
 /// The schema version every record names.
 pub const SCHEMA: &str = "citysense.exchange.v1";
 /// The JSON Schema (draft 2020-12) of records and HTTPS batches.
-pub const SCHEMA_JSON: &str = include_str!("../../schema/exchange-v1.schema.json");
+pub const SCHEMA_JSON: &str = include_str!("../../../schema/exchange-v1.schema.json");
 
 /// One value with its unit (UCUM-like text: `MPa`, `km/h`, `veh/h`, `%`, `1` for ratios).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

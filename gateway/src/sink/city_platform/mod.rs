@@ -31,9 +31,9 @@ use tokio::sync::watch;
 
 use self::exchange::{Exchange, Record};
 use self::transport::{HttpsSection, SendError, Transport, UpstreamMqttSection};
-use crate::influxdb::NotReady;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::mqtt::Backoff;
+use crate::sink::NotReady;
 use crate::store::{Store, StoreError, Table};
 
 /// The sink's name: cursors are `city_platform:{dataset}`, readiness and alerts name
@@ -604,7 +604,7 @@ impl Forwarder {
             .with_label_values(&label)
             .set(i64::from(lanes.catching_up()));
         let age = match oldest {
-            Some(t) if pending > 0 => (crate::pipeline::now_ms() - t).max(0) as f64 / 1000.0,
+            Some(t) if pending > 0 => (crate::clock::now_ms() - t).max(0) as f64 / 1000.0,
             _ => 0.0,
         };
         self.metrics

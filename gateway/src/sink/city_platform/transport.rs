@@ -11,8 +11,9 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{Deserialize, Serialize};
 
 use super::exchange::{Record, SCHEMA};
-use crate::config::{Secret, TlsSection};
-use crate::mqtt::{ConfirmedPublisher, Message, PublishError};
+use crate::net::mqtt::{ConfirmedPublisher, Message, PublishError};
+use crate::net::tls::TlsSection;
+use crate::secret::Secret;
 
 /// `[city_platform.mqtt]`: the platform's MQTT 5 broker.
 #[derive(Debug, Clone, Deserialize)]
@@ -205,7 +206,7 @@ impl MqttUpstream {
         o.set_keep_alive(Duration::from_secs(s.keep_alive_s))
             .set_connection_timeout(s.keep_alive_s.clamp(2, 10))
             .set_max_packet_size(Some(1024 * 1024))
-            .set_outgoing_inflight_upper_limit(crate::mqtt::OUTGOING_INFLIGHT);
+            .set_outgoing_inflight_upper_limit(crate::net::mqtt::OUTGOING_INFLIGHT);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         o.set_network_options(net);
@@ -215,7 +216,7 @@ impl MqttUpstream {
         }
         if let Some(tls) = &s.tls {
             o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-                Arc::new(crate::tls::client_config(tls)?),
+                Arc::new(crate::net::tls::client_config(tls)?),
             )));
         }
         let scheme = if s.tls.is_some() { "mqtts" } else { "mqtt" };

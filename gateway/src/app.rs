@@ -1,0 +1,399 @@
+//! Wiring: builds a running [`Gateway`] from its [`Settings`], the catalog and the keys, in the
+//! order of the data flow: store and state first, then the HTTP API, the sinks, the sources
+//! and the pipeline between them, then the housekeeping tasks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use device_profiles::Catalog;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{AlertsSection, Config};
+use crate::decode::VerifySection;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::net::mqtt::MqttSection;
+use crate::pipeline::alerts::Alerts;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::{aggregate, alert, api, housekeeping, net, pipeline, sink, source, store};
+
+/// What a gateway instance needs besides the catalog and keys.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Instance id (MQTT client id).
+    pub gateway_id: String,
+    /// Broker and session.
+    pub mqtt: MqttSection,
+    /// Acceptance rules.
+    pub verify: VerifySection,
+    /// HTTP listen address (port 0 picks a free port).
+    pub http_listen: SocketAddr,
+    /// Served zones; empty means all.
+    pub zones: Vec<String>,
+    /// The local store's database file (`:memory:` for a store that dies with the process).
+    pub store_path: std::path::PathBuf,
+    /// Retention and size bound of the local store.
+    pub retention: store::Retention,
+    /// Aggregation tunables.
+    pub aggregate: aggregate::AggregateSettings,
+    /// The InfluxDB sink, if any.
+    pub influxdb: Option<sink::influxdb::InfluxSection>,
+    /// Alert rules and notifiers.
+    pub alerts: AlertsSection,
+    /// Modbus polling.
+    pub modbus: source::modbus::ModbusSection,
+    /// Forwarding to the city platform, if any.
+    pub city_platform: Option<sink::city_platform::CityPlatformSection>,
+}
+
+impl Settings {
+    /// The settings of a config file.
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            gateway_id: c.gateway.id.clone(),
+            mqtt: c.mqtt.clone(),
+            verify: c.verify.clone(),
+            http_listen: c.http.listen,
+            zones: c.site.zones.clone(),
+            store_path: c.store.path.clone(),
+            retention: c.store.retention(),
+            aggregate: c.aggregate.settings(),
+            influxdb: c.influxdb.clone(),
+            alerts: c.alerts.clone(),
+            modbus: c.modbus.clone(),
+            city_platform: c.city_platform.clone(),
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    http_addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    alerts: Alerts,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Starts the HTTP server, the MQTT session, the pipeline and the presence sweep.
+    pub async fn start(
+        settings: Settings,
+        catalog: Arc<Catalog>,
+        keys: Keys,
+    ) -> anyhow::Result<Gateway> {
+        let mut registry = Registry::new(&catalog, &keys, &settings.zones);
+        let (store, opened) = Store::open(&settings.store_path)?;
+        if let Some(moved) = opened.moved_corrupt_file {
+            tracing::error!(moved_to = %moved.display(), "the local store was corrupt and was replaced");
+        }
+        registry.restore_ledgers(store.ledgers()?);
+        let mut aggregators = aggregate::Aggregators::with_settings(&catalog, settings.aggregate);
+        let replayed = housekeeping::replay_recent(&store, &mut aggregators)?;
+        if replayed > 0 {
+            tracing::info!(
+                readings = replayed,
+                "aggregation state rebuilt from the local store"
+            );
+        }
+        let store = Arc::new(store);
+        anyhow::ensure!(
+            !registry.is_empty(),
+            "no devices in the served zones {:?}",
+            settings.zones
+        );
+        let wire_without_key: Vec<&str> = registry
+            .iter()
+            .filter(|d| d.info.encoding == device_profiles::Encoding::Wire && !d.info.has_key)
+            .map(|d| &*d.info.id)
+            .collect();
+        if !wire_without_key.is_empty() {
+            tracing::warn!(devices = ?wire_without_key, "devices without a key in the keys file: their reports will be rejected (no_key)");
+        }
+        let filters =
+            source::mqtt::filters(registry.zones(), settings.mqtt.shared_group.as_deref());
+        let registry = Arc::new(Mutex::new(registry));
+        let metrics = Metrics::new();
+        let mut engine = alert::Engine::new(
+            &catalog,
+            crate::commands::load_rules(&catalog, &settings.alerts)?,
+            settings.alerts.renotify_s,
+        );
+        let dropped = engine.restore(store.alert_states()?);
+        if !dropped.is_empty() {
+            tracing::warn!(states = ?dropped, "alert states of rules no longer in force were ignored");
+        }
+        let open = engine.open_alerts().len();
+        if open > 0 {
+            tracing::info!(open, "open alerts restored from the local store");
+        }
+        let alerts = Alerts::new(engine, metrics.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let not_ready = sink::NotReady::default();
+        let listener = tokio::net::TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let app = api::router(api::AppState {
+            registry: registry.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            not_ready: not_ready.clone(),
+            alerts: alerts.clone(),
+        });
+        let mut http_shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let stop = async move {
+                let _ = http_shutdown.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        // Commits that hold points wake the InfluxDB sink.
+        let (points_committed, points_rx) = watch::channel(());
+        if let Some(influx) = settings.influxdb.clone() {
+            tasks.spawn(sink::influxdb::run(
+                influx,
+                store.clone(),
+                metrics.clone(),
+                not_ready.clone(),
+                points_rx,
+                shutdown_rx.clone(),
+            ));
+        }
+        let mut sinks: Vec<String> = settings
+            .influxdb
+            .iter()
+            .map(|_| sink::influxdb::SINK.to_owned())
+            .collect();
+        let mut sinks_for_alerts = sinks.clone();
+        let notifiers = notifiers(&settings, &alerts)?;
+        let mut notifier_cursors: Vec<String> = notifiers
+            .iter()
+            .map(|n| format!("alerts:{}", n.name()))
+            .collect();
+        let mut raw_sinks = Vec::new();
+        if let Some(city) = &settings.city_platform {
+            let forwarders =
+                city_forwarders(city, &settings, &catalog, &store, &metrics, &not_ready)?;
+            for f in forwarders {
+                tasks.spawn(f.run(shutdown_rx.clone()));
+            }
+            let (points, readings, events) = city.retention_cursors();
+            sinks.extend(points);
+            raw_sinks.extend(readings);
+            notifier_cursors.extend(events);
+            sinks_for_alerts.extend(city.sink_names());
+        }
+        for n in notifiers {
+            tasks.spawn(sink::notify::run(
+                n,
+                store.clone(),
+                metrics.clone(),
+                alerts.subscribe(),
+                shutdown_rx.clone(),
+            ));
+        }
+        tasks.spawn(housekeeping::maintain_store(
+            store.clone(),
+            settings.retention,
+            (sinks, raw_sinks),
+            notifier_cursors,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+        let options = net::mqtt::options(&settings.mqtt, &settings.gateway_id)?;
+        let (client, eventloop) = net::mqtt::client(options);
+        let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
+        let (polled_tx, polled_rx) = mpsc::channel(64);
+        if settings.modbus.enabled {
+            let mut buses: HashMap<(String, u32), Vec<source::modbus::Device>> = HashMap::new();
+            for device in source::modbus::devices(&catalog, &settings.zones, &settings.modbus)? {
+                tracing::info!(device = %device.id, endpoint = ?device.endpoint, interval_s = device.interval.as_secs(), "polling Modbus device");
+                match device.endpoint.clone() {
+                    source::modbus::Endpoint::Tcp(_) => {
+                        tasks.spawn(source::modbus::poll(
+                            device,
+                            settings.modbus.clone(),
+                            polled_tx.clone(),
+                            metrics.clone(),
+                            shutdown_rx.clone(),
+                        ));
+                    }
+                    source::modbus::Endpoint::Rtu { path, baud } => {
+                        buses.entry((path, baud)).or_default().push(device);
+                    }
+                }
+            }
+            // One poller per RS-485 port: the bus is shared, one request at a time.
+            for ((path, baud), devices) in buses {
+                tasks.spawn(source::modbus::poll_bus(
+                    path,
+                    baud,
+                    devices,
+                    settings.modbus.clone(),
+                    polled_tx.clone(),
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
+        }
+        drop(polled_tx);
+        let pipeline = pipeline::Pipeline {
+            verifier: Arc::new(crate::decode::Verifier::new(
+                &catalog,
+                keys,
+                settings.verify.clone(),
+            )),
+            registry: registry.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            client: client.clone(),
+            aggregators: Arc::new(Mutex::new(aggregators)),
+            alerts: alerts.clone(),
+            points_committed,
+        };
+        tasks.spawn(pipeline.run(inbound_rx, polled_rx));
+        tasks.spawn(source::mqtt::run(
+            eventloop,
+            client,
+            settings.mqtt.clone(),
+            filters,
+            inbound_tx,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(housekeeping::sweep_presence(
+            registry.clone(),
+            alerts.clone(),
+            store.clone(),
+            metrics.clone(),
+            (sinks_for_alerts, not_ready.clone()),
+            shutdown_rx,
+        ));
+        tracing::info!(http = %http_addr, broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "gateway started");
+        Ok(Gateway {
+            http_addr,
+            registry,
+            store,
+            metrics,
+            alerts,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The alert engine.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// Where HTTP listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The device registry.
+    pub fn registry(&self) -> Arc<Mutex<Registry>> {
+        self.registry.clone()
+    }
+
+    /// The store boundary.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops every task: disconnects from the broker (keeping the session), finishes the batch
+    /// in hand, stops HTTP.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One forwarder per enabled dataset of the city platform, each with its own connection.
+fn city_forwarders(
+    city: &sink::city_platform::CityPlatformSection,
+    settings: &Settings,
+    catalog: &Catalog,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    not_ready: &sink::NotReady,
+) -> anyhow::Result<Vec<sink::city_platform::Forwarder>> {
+    use sink::city_platform::transport::Transport;
+    let region = city
+        .region
+        .clone()
+        .unwrap_or_else(|| catalog.site.site.region.clone());
+    let exchange = Arc::new(sink::city_platform::exchange::Exchange::new(
+        catalog,
+        &settings.gateway_id,
+        &store.instance()?,
+        &region,
+    ));
+    let section = Arc::new(city.clone());
+    let mut out = Vec::new();
+    for d in sink::city_platform::Dataset::ALL {
+        if !city.enabled(d) {
+            continue;
+        }
+        let transport =
+            Transport::new(city, &format!("{}-city-{}", settings.gateway_id, d.name()))?;
+        tracing::info!(dataset = d.name(), id = %city.dataset_id(d), endpoint = %transport.endpoint(), "forwarding to the city platform");
+        out.push(sink::city_platform::Forwarder {
+            dataset: d,
+            section: section.clone(),
+            store: store.clone(),
+            exchange: exchange.clone(),
+            transport,
+            metrics: metrics.clone(),
+            not_ready: not_ready.clone(),
+            lateness_ms: settings.aggregate.lateness_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// The notifiers the settings ask for.
+fn notifiers(settings: &Settings, alerts: &Alerts) -> anyhow::Result<Vec<sink::notify::Notifier>> {
+    use sink::notify::{AlertmanagerNotifier, MqttNotifier, Notifier, WebhookNotifier};
+    let mut out = Vec::new();
+    if settings.alerts.mqtt {
+        let options =
+            net::mqtt::options(&settings.mqtt, &format!("{}-alerts", settings.gateway_id))?;
+        out.push(Notifier::Mqtt(Box::new(MqttNotifier::new(
+            options,
+            alerts.engine.clone(),
+        ))));
+    }
+    for w in &settings.alerts.webhook {
+        out.push(Notifier::Webhook(WebhookNotifier::new(w.clone())?));
+    }
+    if let Some(am) = &settings.alerts.alertmanager {
+        out.push(Notifier::Alertmanager(AlertmanagerNotifier::new(
+            am.clone(),
+            &settings.gateway_id,
+            alerts.engine.clone(),
+        )?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,390 @@
+//! The [`Verifier`]: which device a message is from, its profile and key, and the checks every
+//! reading passes, whether it came in a frame, as JSON or from a Modbus poll.
+
+use device_profiles::{Catalog, Encoding, Profile};
+use rustc_hash::FxHashMap;
+
+use crate::keys::Keys;
+use crate::reading::Reading;
+use crate::registry::{Device, Registry, StatusTopic};
+
+use serde::Deserialize;
+
+use super::json::json_report;
+use super::topic::{DeviceTopic, Stream, parse_topic};
+use super::{Rejection, reject};
+
+/// Frame acceptance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// Reports stamped further than this in the future are rejected (`clock_skew`).
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_s: u64,
+    /// Reports older than this are rejected (`stale`). Nodes queue reports while offline, so
+    /// keep it longer than the longest outage you want to recover from.
+    #[serde(default = "default_max_age")]
+    pub max_age_s: u64,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        VerifySection {
+            max_clock_skew_s: default_skew(),
+            max_age_s: default_max_age(),
+        }
+    }
+}
+
+fn default_skew() -> u64 {
+    60
+}
+fn default_max_age() -> u64 {
+    7 * 24 * 3600
+}
+
+impl VerifySection {
+    /// Checks values that types alone cannot; returns `(key, reason)` pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if self.max_clock_skew_s == 0 || self.max_age_s < 60 {
+            p.push((
+                "verify".into(),
+                "max_clock_skew_s must be > 0 and max_age_s at least 60".into(),
+            ));
+        }
+        p
+    }
+}
+
+/// Verifies and decodes messages against the catalog, keys and registry.
+#[derive(Debug)]
+pub struct Verifier {
+    /// The catalog's profiles by kind, hashed: one lookup per message.
+    pub(super) profiles: FxHashMap<Box<str>, Profile>,
+    pub(super) keys: Keys,
+    pub(super) rules: VerifySection,
+}
+
+impl Verifier {
+    /// The profile of a device kind.
+    pub fn profile(&self, kind: &str) -> Option<&device_profiles::Profile> {
+        self.profiles.get(kind)
+    }
+
+    /// A verifier for `catalog` with `keys`.
+    pub fn new(catalog: &Catalog, keys: Keys, rules: VerifySection) -> Verifier {
+        Verifier {
+            profiles: catalog
+                .profiles
+                .iter()
+                .map(|(kind, p)| (kind.as_str().into(), p.clone()))
+                .collect(),
+            keys,
+            rules,
+        }
+    }
+
+    /// Handles a message on a device's `up` topic: the readings it carries, or why not.
+    /// Updates the device's state (last seen, ledger, counters) in `registry`.
+    pub fn report(
+        &self,
+        registry: &mut Registry,
+        topic: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<Reading>, Rejection> {
+        let t = parse_topic(topic)
+            .filter(|t| t.stream == Stream::Up)
+            .ok_or_else(|| {
+                reject(
+                    "bad_topic",
+                    format!("topic \"{topic}\" is not cs/v1/{{zone}}/{{kind}}/{{device}}/up"),
+                )
+            })?;
+        let Some(device) = registry.get_mut(t.device) else {
+            return Err(Rejection {
+                zone: registry.zone(t.zone),
+                ..reject(
+                    "unknown_device",
+                    format!(
+                        "device \"{}\" is not in the site (or not in a zone this gateway serves)",
+                        t.device
+                    ),
+                )
+            });
+        };
+        let result = self.report_from(device, t, payload, now_ms);
+        match &result {
+            Ok(_) => {
+                device.state.accepted += 1;
+                device.state.last_seen_ms = Some(now_ms);
+                if device.state.status_topic == Some(StatusTopic::Offline) {
+                    device.state.status_topic = None;
+                }
+            }
+            Err(_) => device.state.rejected += 1,
+        }
+        result.map_err(|mut r| {
+            r.zone = registry.zone(t.zone);
+            r
+        })
+    }
+
+    fn report_from(
+        &self,
+        device: &mut Device,
+        t: DeviceTopic<'_>,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<Reading>, Rejection> {
+        let info = &device.info;
+        if &*info.zone != t.zone || &*info.kind != t.kind {
+            return Err(reject(
+                "wrong_topic",
+                format!(
+                    "device \"{}\" reports under cs/v1/{}/{}/..., not {}/{}",
+                    info.id, info.zone, info.kind, t.zone, t.kind
+                ),
+            ));
+        }
+        let profile = self.profiles.get(&*info.kind).ok_or_else(|| {
+            reject(
+                "unknown_device",
+                format!("profile \"{}\" is not loaded", info.kind),
+            )
+        })?;
+        match profile.encoding {
+            Encoding::Wire => self.wire_report(device, profile, payload, now_ms),
+            Encoding::Json => json_report(info, profile, payload, now_ms),
+            Encoding::Modbus => Err(reject(
+                "wrong_topic",
+                format!(
+                    "device \"{}\" is polled over Modbus and does not publish",
+                    info.id
+                ),
+            )),
+        }
+    }
+    /// Handles a retained status message (`online` / `offline`).
+    pub fn status(
+        &self,
+        registry: &mut Registry,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        let t = parse_topic(topic)
+            .filter(|t| t.stream == Stream::Status)
+            .ok_or_else(|| {
+                reject(
+                    "bad_topic",
+                    format!("topic \"{topic}\" is not a device status topic"),
+                )
+            })?;
+        let device = registry.get_mut(t.device).ok_or_else(|| {
+            reject(
+                "unknown_device",
+                format!("device \"{}\" is not served here", t.device),
+            )
+        })?;
+        if &*device.info.zone != t.zone || &*device.info.kind != t.kind {
+            return Err(reject(
+                "wrong_topic",
+                format!("status of \"{}\" on another zone or kind", t.device),
+            ));
+        }
+        device.state.status_topic = match payload {
+            b"online" => Some(StatusTopic::Online),
+            b"offline" => Some(StatusTopic::Offline),
+            b"" => None, // retained message cleared
+            _ => {
+                return Err(reject(
+                    "bad_status",
+                    "status payload must be \"online\" or \"offline\"",
+                ));
+            }
+        };
+        Ok(())
+    }
+}
+
+pub(crate) fn out_of_range(profile: &Profile, field: &str, value: f64) -> Option<Rejection> {
+    let f = profile.field(field)?;
+    (!(value.is_finite() && value >= f.min && value <= f.max)).then(|| {
+        reject(
+            "out_of_range",
+            format!(
+                "{field} = {value} is outside {}..={} {}",
+                f.min, f.max, f.unit
+            ),
+        )
+    })
+}
+
+pub(crate) fn check_range(profile: &Profile, field: &str, value: f64) -> Result<(), Rejection> {
+    out_of_range(profile, field, value).map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod verifier_tests {
+    use std::sync::Arc;
+
+    use device_profiles::Catalog;
+    use wire::{Body, Header, Quantity, Timestamp};
+
+    use super::*;
+    use crate::demo::feed::{demo_key, demo_keys};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const TOPIC: &str = "cs/v1/360702/water-pressure/gz-p1-press/up";
+
+    fn setup() -> (Verifier, Registry) {
+        let catalog = Arc::new(Catalog::ganzhou().unwrap());
+        let keys = demo_keys(&catalog);
+        let registry = Registry::new(&catalog, &keys, &[]);
+        (
+            Verifier::new(&catalog, keys, VerifySection::default()),
+            registry,
+        )
+    }
+
+    fn pressure_frame(sequence: u32, timestamp: Timestamp) -> Vec<u8> {
+        let mut readings = heapless::Vec::new();
+        readings
+            .push(wire::PipeReading {
+                quantity: Quantity::Pressure,
+                value: 0.3,
+            })
+            .unwrap();
+        let body = Body::PipeReadings(wire::PipeReadings {
+            trigger: wire::Trigger::Periodic,
+            readings,
+        });
+        let header = Header {
+            device_id: "gz-p1-press",
+            boot_epoch: 1,
+            sequence,
+            timestamp,
+        };
+        wire::frame::seal_to_vec(&header, &body, &demo_key("gz-p1-press")).unwrap()
+    }
+
+    #[test]
+    fn an_unsynced_node_gets_the_receive_time_and_a_flag() {
+        let (v, mut reg) = setup();
+        let r = v
+            .report(
+                &mut reg,
+                TOPIC,
+                &pressure_frame(0, Timestamp::Unsynced { uptime_ms: 5 }),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW, true));
+        let r = v
+            .report(
+                &mut reg,
+                TOPIC,
+                &pressure_frame(
+                    1,
+                    Timestamp::Synced {
+                        unix_ms: (NOW - 5000) as u64,
+                    },
+                ),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW - 5000, false));
+    }
+
+    #[test]
+    fn a_clock_ahead_of_the_skew_and_an_old_report_are_refused_and_change_nothing() {
+        let (v, mut reg) = setup();
+        let ahead = pressure_frame(
+            0,
+            Timestamp::Synced {
+                unix_ms: (NOW + 61_000) as u64,
+            },
+        );
+        assert_eq!(
+            v.report(&mut reg, TOPIC, &ahead, NOW).unwrap_err().reason,
+            "clock_skew"
+        );
+        let old = pressure_frame(
+            1,
+            Timestamp::Synced {
+                unix_ms: (NOW - 8 * 24 * 3600 * 1000) as u64,
+            },
+        );
+        assert_eq!(
+            v.report(&mut reg, TOPIC, &old, NOW).unwrap_err().reason,
+            "stale"
+        );
+        let d = reg.get("gz-p1-press").unwrap();
+        assert_eq!(
+            (d.state.accepted, d.state.rejected, d.state.ledger.started),
+            (0, 2, false)
+        );
+        // The refused sequence numbers are still usable: nothing was recorded for them.
+        v.report(
+            &mut reg,
+            TOPIC,
+            &pressure_frame(
+                0,
+                Timestamp::Synced {
+                    unix_ms: NOW as u64,
+                },
+            ),
+            NOW,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_status_topic_sets_presence_and_junk_is_refused() {
+        let (v, mut reg) = setup();
+        let status = "cs/v1/360702/water-pressure/gz-p1-press/status";
+        v.status(&mut reg, status, b"offline").unwrap();
+        assert_eq!(
+            reg.get("gz-p1-press").unwrap().presence(NOW),
+            crate::registry::Presence::Offline
+        );
+        v.status(&mut reg, status, b"online").unwrap();
+        assert_eq!(
+            reg.get("gz-p1-press").unwrap().presence(NOW),
+            crate::registry::Presence::Online
+        );
+        assert_eq!(
+            v.status(&mut reg, status, b"maybe").unwrap_err().reason,
+            "bad_status"
+        );
+    }
+
+    #[test]
+    fn silence_longer_than_the_profile_allows_means_offline() {
+        let (v, mut reg) = setup();
+        v.report(
+            &mut reg,
+            TOPIC,
+            &pressure_frame(
+                0,
+                Timestamp::Synced {
+                    unix_ms: NOW as u64,
+                },
+            ),
+            NOW,
+        )
+        .unwrap();
+        let d = reg.get("gz-p1-press").unwrap();
+        // water-pressure: every 300 s, offline after 2 intervals.
+        assert_eq!(d.presence(NOW + 600_000), crate::registry::Presence::Online);
+        assert_eq!(
+            d.presence(NOW + 600_001),
+            crate::registry::Presence::Offline
+        );
+        assert_eq!(
+            reg.get("gz-p2-press").unwrap().presence(NOW),
+            crate::registry::Presence::Unknown
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Housekeeping: the background jobs beside the data path. Rebuilding aggregation state from
+//! the store at start, retention and the size bound of the store, and the presence sweep that
+//! runs the presence rules and logs devices coming and going.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::aggregate;
+use crate::clock::{SLOW_COMMIT, millis, now_ms};
+use crate::metrics::Metrics;
+use crate::pipeline::alerts::Alerts;
+use crate::reading;
+use crate::registry::{Presence, Registry};
+use crate::sink::NotReady;
+use crate::store::{self, Store};
+
+/// Feeds the last day of stored readings to fresh aggregators, so windows open at a restart and
+/// the day's crowd counts continue. The points this emits were stored before; they are dropped.
+pub fn replay_recent(
+    store: &Store,
+    aggregators: &mut aggregate::Aggregators,
+) -> anyhow::Result<usize> {
+    let since = now_ms() - 24 * 3600 * 1000;
+    let (mut after, mut n) = (0, 0);
+    loop {
+        let batch = store.readings_after(after, 10_000)?;
+        let Some(&(last, _)) = batch.last() else {
+            return Ok(n);
+        };
+        after = last;
+        let recent: Vec<reading::Reading> = batch
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.time_ms >= since)
+            .collect();
+        n += recent.len();
+        aggregators.ingest(&recent);
+    }
+}
+/// Applies retention and the size bound every ten seconds, and exports the store's size, the
+/// runway (time) left at the current write rate, drops and quarantined records.
+pub async fn maintain_store(
+    store: Arc<Store>,
+    rules: store::Retention,
+    (sinks, raw_sinks): (Vec<String>, Vec<String>),
+    notifiers: Vec<String>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last: Option<(std::time::Instant, u64)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let (s, sinks2, raw2, notifiers2) = (
+            store.clone(),
+            sinks.clone(),
+            raw_sinks.clone(),
+            notifiers.clone(),
+        );
+        let done = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let (points, raw): (Vec<&str>, Vec<&str>) = (
+                sinks2.iter().map(String::as_str).collect(),
+                raw2.iter().map(String::as_str).collect(),
+            );
+            let r = s.enforce(now, &rules, &points, &raw)?;
+            s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
+            Ok::<_, store::StoreError>((r, s.quarantined()?))
+        })
+        .await;
+        let Ok(Ok((r, quarantined))) = done else {
+            tracing::error!("local store maintenance failed");
+            continue;
+        };
+        metrics
+            .store_maintenance_seconds
+            .observe(r.took.as_secs_f64());
+        tracing::debug!(
+            took_ms = millis(r.took),
+            devices_ms = millis(r.devices_took),
+            devices_written = r.devices_written,
+            "store maintenance"
+        );
+        if r.took >= SLOW_COMMIT {
+            tracing::warn!(
+                took_ms = millis(r.took),
+                devices_ms = millis(r.devices_took),
+                devices_written = r.devices_written,
+                expired_readings = r.expired_readings,
+                expired_points = r.expired_points,
+                "slow store maintenance: commits waited for it"
+            );
+        }
+        metrics.store_bytes.set(r.bytes as i64);
+        metrics.store_quarantined.set(quarantined as i64);
+        metrics
+            .store_dropped
+            .with_label_values(&["space"])
+            .inc_by(r.dropped_readings_for_space);
+        metrics.store_full.set(i64::from(r.full));
+        let now = std::time::Instant::now();
+        if let Some((then, bytes)) = last {
+            const YEAR_S: f64 = 365.0 * 86_400.0;
+            let growth_per_s =
+                r.bytes.saturating_sub(bytes) as f64 / now.duration_since(then).as_secs_f64();
+            let room = rules.max_bytes.saturating_sub(r.bytes) as f64;
+            // No growth (or shrinking, after retention) means no end in sight: report a year.
+            let runway = if growth_per_s > 0.0 {
+                (room / growth_per_s).min(YEAR_S)
+            } else {
+                YEAR_S
+            };
+            metrics.store_runway_seconds.set(runway);
+        }
+        last = Some((now, r.bytes));
+    }
+}
+/// Updates the presence gauges, logs devices coming and going, and runs the presence rules.
+pub async fn sweep_presence(
+    registry: Arc<Mutex<Registry>>,
+    alerts: Alerts,
+    store: Arc<Store>,
+    metrics: Metrics,
+    (sinks, not_ready): (Vec<String>, NotReady),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last: HashMap<Arc<str>, Presence> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let refused: Vec<(&str, bool)> = {
+            let down = not_ready.lock().map(|m| m.clone()).unwrap_or_default();
+            sinks
+                .iter()
+                .map(|s| (s.as_str(), down.contains_key(s)))
+                .collect()
+        };
+        let checked = alerts
+            .apply(&store, |e| {
+                if let Ok(r) = registry.lock() {
+                    e.on_presence(now, &r);
+                    let zone = r.zones().first().map_or("000000", |z| &**z);
+                    e.on_sinks(now, zone, &refused);
+                }
+            })
+            .await;
+        if let Err(e) = checked {
+            tracing::error!(error = %e, "presence rules failed");
+        }
+        let Ok(registry) = registry.lock() else {
+            return;
+        };
+        let counts = registry.presence_counts(now);
+        for (state, n) in [
+            ("online", counts.online),
+            ("offline", counts.offline),
+            ("unknown", counts.unknown),
+        ] {
+            metrics.devices.with_label_values(&[state]).set(n as i64);
+        }
+        metrics
+            .ledger_missing
+            .set(registry.missing_reports() as i64);
+        for d in registry.iter() {
+            let now_presence = d.presence(now);
+            let before = match last.get_mut(&d.info.id) {
+                Some(p) => std::mem::replace(p, now_presence),
+                None => {
+                    last.insert(d.info.id.clone(), now_presence);
+                    Presence::Unknown
+                }
+            };
+            if before != now_presence {
+                match now_presence {
+                    Presence::Online => {
+                        tracing::info!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device online")
+                    }
+                    Presence::Offline => {
+                        tracing::warn!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device offline")
+                    }
+                    Presence::Unknown => {}
+                }
+            }
+        }
+    }
+}
