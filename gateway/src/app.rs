@@ -163,51 +163,28 @@ impl Gateway {
             }
         });
 
-        // Commits that hold points wake the InfluxDB sink.
+        // Commits wake the sinks: those with points, those with readings, and alert events.
         let (points_committed, points_rx) = watch::channel(());
-        if let Some(influx) = settings.influxdb.clone() {
-            tasks.spawn(sink::influxdb::run(
-                influx,
-                store.clone(),
-                metrics.clone(),
-                not_ready.clone(),
-                points_rx,
-                shutdown_rx.clone(),
-            ));
-        }
-        let mut sinks: Vec<String> = settings
-            .influxdb
-            .iter()
-            .map(|_| sink::influxdb::SINK.to_owned())
-            .collect();
-        let mut sinks_for_alerts = sinks.clone();
-        let notifiers = notifiers(&settings, &alerts)?;
-        let mut notifier_cursors: Vec<String> = notifiers
-            .iter()
-            .map(|n| format!("alerts:{}", n.name()))
-            .collect();
-        let mut raw_sinks = Vec::new();
-        if let Some(city) = &settings.city_platform {
-            let forwarders =
-                city_forwarders(city, &settings, &catalog, &store, &metrics, &not_ready)?;
-            for f in forwarders {
-                tasks.spawn(f.run(shutdown_rx.clone()));
-            }
-            let (points, readings, events) = city.retention_cursors();
-            sinks.extend(points);
-            raw_sinks.extend(readings);
-            notifier_cursors.extend(events);
-            sinks_for_alerts.extend(city.sink_names());
-        }
-        for n in notifiers {
-            tasks.spawn(sink::notify::run(
-                n,
-                store.clone(),
-                metrics.clone(),
-                alerts.subscribe(),
-                shutdown_rx.clone(),
-            ));
-        }
+        let (readings_committed, readings_rx) = watch::channel(());
+        let wakes = sink::city_platform::Wakes {
+            points: points_rx,
+            alerts: alerts.subscribe(),
+            readings: readings_rx,
+        };
+        let cursors = start_sinks(
+            &settings,
+            &catalog,
+            (&store, &metrics, &not_ready, &alerts),
+            wakes,
+            &shutdown_rx,
+            &mut tasks,
+        )?;
+        let Cursors {
+            points: sinks,
+            readings: raw_sinks,
+            events: notifier_cursors,
+            ready: sinks_for_alerts,
+        } = cursors;
         tasks.spawn(housekeeping::maintain_store(
             store.clone(),
             settings.retention,
@@ -266,6 +243,7 @@ impl Gateway {
             aggregators: Arc::new(Mutex::new(aggregators)),
             alerts: alerts.clone(),
             points_committed,
+            readings_committed,
         };
         tasks.spawn(pipeline.run(inbound_rx, polled_rx));
         tasks.spawn(source::mqtt::run(
@@ -330,47 +308,71 @@ impl Gateway {
     }
 }
 
-/// One forwarder per enabled dataset of the city platform, each with its own connection.
-fn city_forwarders(
-    city: &sink::city_platform::CityPlatformSection,
+/// The store cursors that retention waits for, and the sinks whose readiness the presence
+/// sweep reports.
+#[derive(Debug, Default)]
+struct Cursors {
+    /// Sinks of points.
+    points: Vec<String>,
+    /// Sinks of raw readings.
+    readings: Vec<String>,
+    /// Readers of the alert outbox.
+    events: Vec<String>,
+    /// Sinks with readiness.
+    ready: Vec<String>,
+}
+
+/// Starts every sink the settings ask for, each drained by the sink runtime.
+fn start_sinks(
     settings: &Settings,
     catalog: &Catalog,
-    store: &Arc<Store>,
-    metrics: &Metrics,
-    not_ready: &sink::NotReady,
-) -> anyhow::Result<Vec<sink::city_platform::Forwarder>> {
-    use sink::city_platform::transport::Transport;
-    let region = city
-        .region
-        .clone()
-        .unwrap_or_else(|| catalog.site.site.region.clone());
-    let exchange = Arc::new(sink::city_platform::exchange::Exchange::new(
-        catalog,
-        &settings.gateway_id,
-        &store.instance()?,
-        &region,
-    ));
-    let section = Arc::new(city.clone());
-    let mut out = Vec::new();
-    for d in sink::city_platform::Dataset::ALL {
-        if !city.enabled(d) {
-            continue;
-        }
-        let transport =
-            Transport::new(city, &format!("{}-city-{}", settings.gateway_id, d.name()))?;
-        tracing::info!(dataset = d.name(), id = %city.dataset_id(d), endpoint = %transport.endpoint(), "forwarding to the city platform");
-        out.push(sink::city_platform::Forwarder {
-            dataset: d,
-            section: section.clone(),
+    (store, metrics, not_ready, alerts): (&Arc<Store>, &Metrics, &sink::NotReady, &Alerts),
+    wakes: sink::city_platform::Wakes,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Cursors> {
+    let mut cursors = Cursors::default();
+    if let Some(influx) = settings.influxdb.clone() {
+        tasks.spawn(sink::influxdb::run(
+            influx,
+            store.clone(),
+            metrics.clone(),
+            not_ready.clone(),
+            wakes.points.clone(),
+            shutdown.clone(),
+        ));
+        cursors.points.push(sink::influxdb::SINK.to_owned());
+        cursors.ready.push(sink::influxdb::SINK.to_owned());
+    }
+    if let Some(city) = &settings.city_platform {
+        let cx = sink::city_platform::Context {
+            gateway_id: settings.gateway_id.clone(),
             store: store.clone(),
-            exchange: exchange.clone(),
-            transport,
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
             lateness_ms: settings.aggregate.lateness_ms,
-        });
+            shutdown: shutdown.clone(),
+        };
+        for task in sink::city_platform::start(city, catalog, &cx, wakes.clone())? {
+            tasks.spawn(task);
+        }
+        let (points, readings, events) = city.retention_cursors();
+        cursors.points.extend(points);
+        cursors.readings.extend(readings);
+        cursors.events.extend(events);
+        cursors.ready.extend(city.sink_names());
     }
-    Ok(out)
+    for n in notifiers(settings, alerts)? {
+        cursors.events.push(format!("alerts:{}", n.name()));
+        tasks.spawn(sink::notify::run(
+            n,
+            store.clone(),
+            metrics.clone(),
+            wakes.alerts.clone(),
+            shutdown.clone(),
+        ));
+    }
+    Ok(cursors)
 }
 
 /// The notifiers the settings ask for.

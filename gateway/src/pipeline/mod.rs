@@ -128,6 +128,8 @@ pub struct Pipeline {
     pub alerts: Alerts,
     /// Told after every commit that held points: the InfluxDB sink writes them at once.
     pub points_committed: watch::Sender<()>,
+    /// Changed after every commit that held readings: wakes the sinks of raw readings.
+    pub readings_committed: watch::Sender<()>,
 }
 
 impl Pipeline {
@@ -348,6 +350,7 @@ impl Pipeline {
                 arrived,
             } = a;
             let with_points = !points.is_empty();
+            let with_readings = !readings.is_empty();
             let mut event_ids = Vec::new();
             if !readings.is_empty() || with_points || !ledgers.is_empty() || !changes.is_empty() {
                 event_ids = self
@@ -356,6 +359,9 @@ impl Pipeline {
             }
             if with_points {
                 self.points_committed.send_replace(());
+            }
+            if with_readings {
+                self.readings_committed.send_replace(());
             }
             self.metrics
                 .batch_accept_seconds
@@ -543,6 +549,7 @@ mod tests {
             aggregators: Arc::new(Mutex::new(Aggregators::new(&catalog))),
             alerts: Alerts::new(Engine::new(&catalog, rules, 3600), metrics),
             points_committed: watch::channel(()).0,
+            readings_committed: watch::channel(()).0,
         }
     }
 

@@ -22,17 +22,16 @@
 //! VictoriaMetrics takes up to a second.)
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use influxdb2::api::write::TimestampPrecision;
 use influxdb2::{Client, ClientBuilder, RequestError};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::NotReady;
-use crate::backoff::Backoff;
+use super::{Failure, Feed, Meters, NotReady, Options, Read, Sink};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The cursor's name in the store.
 pub const SINK: &str = "influxdb";
@@ -114,28 +113,27 @@ impl InfluxSection {
     }
 }
 
-/// What became of one write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteError {
-    /// 400: some lines are bad.
-    BadLines(String),
-    /// 413: the batch is too large.
-    TooLarge,
-    /// 401/403/404: an operator must fix credentials, org or bucket.
-    Refused(u16, String),
-    /// 429, 5xx, timeouts, connection errors: try again later.
-    Transient(String),
-}
-
-fn classify(e: RequestError) -> WriteError {
+/// Classifies the server's answer (see the module docs).
+fn classify(e: RequestError) -> Failure {
     match e {
         RequestError::Http { status, text } => match status.as_u16() {
-            400 => WriteError::BadLines(text),
-            413 => WriteError::TooLarge,
-            code @ (401 | 403 | 404) => WriteError::Refused(code, text),
-            code => WriteError::Transient(format!("HTTP {code}: {text}")),
+            400 => Failure::Rejected(text),
+            413 => Failure::TooLarge,
+            code @ (401 | 403 | 404) => Failure::NeedsOperator {
+                class: "refused",
+                reason: format!("InfluxDB answered {code}: {text}"),
+            },
+            code => Failure::Retry {
+                class: "transient",
+                reason: format!("HTTP {code}: {text}"),
+                after: None,
+            },
         },
-        other => WriteError::Transient(other.to_string()),
+        other => Failure::Retry {
+            class: "transient",
+            reason: other.to_string(),
+            after: None,
+        },
     }
 }
 
@@ -151,59 +149,73 @@ pub fn client(cfg: &InfluxSection) -> anyhow::Result<Client> {
     )
 }
 
-async fn write(
-    client: &Client,
-    cfg: &InfluxSection,
-    lines: &[(i64, String)],
-) -> Result<(), WriteError> {
-    let body: String = lines.iter().map(|(_, l)| l.as_str()).collect();
-    client
-        .write_line_protocol_with_precision(
-            &cfg.org,
-            &cfg.bucket,
-            body,
-            TimestampPrecision::Milliseconds,
-        )
-        .await
-        .map_err(classify)
+/// The sink: line protocol to the v2 write API.
+#[derive(Debug)]
+pub struct InfluxSink {
+    client: Client,
+    cfg: InfluxSection,
 }
 
-/// Delivers one batch: splits on 400 and 413 until every line is written or refused alone.
-/// Returns the lines refused for good, or the error that stops the batch.
-pub async fn deliver(
-    client: &Client,
-    cfg: &InfluxSection,
-    batch: &[(i64, String)],
-) -> Result<Vec<(i64, String, String)>, WriteError> {
-    let mut refused = Vec::new();
-    let mut pending: Vec<&[(i64, String)]> = vec![batch];
-    while let Some(part) = pending.pop() {
-        match write(client, cfg, part).await {
-            Ok(()) => {}
-            Err(WriteError::BadLines(reason)) if part.len() == 1 => {
-                refused.push((part[0].0, part[0].1.clone(), reason));
-            }
-            Err(WriteError::TooLarge) if part.len() == 1 => {
-                refused.push((
-                    part[0].0,
-                    part[0].1.clone(),
-                    "413: a single line is larger than the server accepts".into(),
-                ));
-            }
-            Err(WriteError::BadLines(_) | WriteError::TooLarge) => {
-                let (a, b) = part.split_at(part.len() / 2);
-                pending.push(b);
-                pending.push(a);
-            }
-            Err(e) => return Err(e),
-        }
+impl InfluxSink {
+    /// A sink writing to the server of `cfg`.
+    pub fn new(cfg: &InfluxSection) -> anyhow::Result<InfluxSink> {
+        Ok(InfluxSink {
+            client: client(cfg)?,
+            cfg: cfg.clone(),
+        })
     }
-    Ok(refused)
 }
 
-/// How often the sink looks for pending points without being woken (after a failed read, or
-/// once the pipeline has stopped).
-const LOOK_ANYWAY: Duration = Duration::from_secs(5);
+impl Sink for InfluxSink {
+    /// A line of line protocol.
+    type Item = String;
+
+    async fn deliver(&mut self, batch: &[(i64, String)]) -> Result<(), Failure> {
+        let body: String = batch.iter().map(|(_, l)| l.as_str()).collect();
+        self.client
+            .write_line_protocol_with_precision(
+                &self.cfg.org,
+                &self.cfg.bucket,
+                body,
+                TimestampPrecision::Milliseconds,
+            )
+            .await
+            .map_err(classify)
+    }
+
+    fn dead_letter(line: &String) -> String {
+        line.clone()
+    }
+
+    fn endpoint(&self) -> String {
+        self.cfg.url.clone()
+    }
+}
+
+/// The points, as line protocol.
+#[derive(Debug)]
+pub struct Lines;
+
+impl Feed for Lines {
+    type Item = String;
+    type Wake = ();
+
+    fn newest(&self, store: &Store) -> Result<i64, StoreError> {
+        store.last_point_id()
+    }
+
+    fn read(
+        &self,
+        store: &Store,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Read<String>, StoreError> {
+        let mut lines = store.lines_after(after, limit)?;
+        lines.retain(|(id, _)| *id <= until);
+        Ok(Read::of(lines, until, limit))
+    }
+}
 
 /// Runs the sink until `shutdown`; `points` changes whenever a commit held points.
 pub async fn run(
@@ -211,11 +223,11 @@ pub async fn run(
     store: Arc<Store>,
     metrics: Metrics,
     not_ready: NotReady,
-    mut points: watch::Receiver<()>,
-    mut shutdown: watch::Receiver<bool>,
+    points: watch::Receiver<()>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let client = match client(&cfg) {
-        Ok(c) => c,
+    let sink = match InfluxSink::new(&cfg) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "InfluxDB sink cannot start; points stay in the local store");
             if let Ok(mut m) = not_ready.lock() {
@@ -224,121 +236,36 @@ pub async fn run(
             return;
         }
     };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let gap = Duration::from_millis(cfg.flush_ms);
-    // When the last write began. What is pending at start (a backlog from before a restart) is
-    // written at once.
-    let mut last_write: Option<Instant> = None;
-    // The sink's cursor: read from the store once, then kept here (only this task moves it).
-    let mut cursor: Option<i64> = None;
-    loop {
-        if let Some(at) = last_write {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep_until((at + gap).into()) => {}
-            }
-        }
-        // Points committed from here on wake the next round.
-        points.borrow_and_update();
-        let round = Instant::now();
-        // Drain everything pending, batch by batch, then wait for more.
-        loop {
-            let (store2, size) = (store.clone(), cfg.batch_lines);
-            let read = tokio::task::spawn_blocking(move || {
-                let after = match cursor {
-                    Some(after) => after,
-                    None => store2.cursor(SINK)?,
-                };
-                let last = store2.last_point_id()?;
-                let lines = store2.lines_after(after, size)?;
-                Ok::<_, crate::store::StoreError>((after, lines, last - after))
-            })
-            .await;
-            let (batch, pending) = match read {
-                Ok(Ok((after, batch, pending))) => {
-                    cursor = Some(after);
-                    (batch, pending)
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "InfluxDB sink cannot read the local store");
-                    break;
-                }
-                Err(_) => break,
-            };
-            metrics.sink_pending.with_label_values(&[SINK]).set(pending);
-            let Some(&(last_id, _)) = batch.last() else {
-                break;
-            };
-            match deliver(&client, &cfg, &batch).await {
-                Ok(refused) => {
-                    let written = batch.len() - refused.len();
-                    if !refused.is_empty() {
-                        tracing::error!(lines = refused.len(), reason = %refused[0].2, "InfluxDB refused lines; kept in the store's sink dead letters");
-                        metrics
-                            .sink_errors
-                            .with_label_values(&[SINK, "bad_lines"])
-                            .inc_by(refused.len() as u64);
-                    }
-                    let store2 = store.clone();
-                    let committed = tokio::task::spawn_blocking(move || {
-                        store2.advance(SINK, last_id, &refused)
-                    })
-                    .await;
-                    if !matches!(committed, Ok(Ok(()))) {
-                        tracing::error!(
-                            "InfluxDB sink cannot move its cursor; the batch will be written again (idempotent)"
-                        );
-                        break;
-                    }
-                    cursor = Some(last_id);
-                    last_write = Some(round);
-                    metrics
-                        .sink_written
-                        .with_label_values(&[SINK])
-                        .inc_by(written as u64);
-                    metrics.sink_ready.with_label_values(&[SINK]).set(1);
-                    if let Ok(mut m) = not_ready.lock() {
-                        m.remove(SINK);
-                    }
-                    backoff.reset();
-                }
-                Err(e) => {
-                    let (class, delay) = match &e {
-                        WriteError::Refused(..) => ("refused", Duration::from_secs(5)),
-                        _ => ("transient", backoff.next_delay(&mut rand::rng())),
-                    };
-                    metrics.sink_errors.with_label_values(&[SINK, class]).inc();
-                    if let WriteError::Refused(code, text) = &e {
-                        metrics.sink_ready.with_label_values(&[SINK]).set(0);
-                        let reason = format!("InfluxDB answered {code}: {text}");
-                        tracing::error!(%reason, "InfluxDB sink refused; points stay in the local store until an operator fixes it");
-                        if let Ok(mut m) = not_ready.lock() {
-                            m.insert(SINK.into(), reason);
-                        }
-                    } else {
-                        tracing::warn!(error = ?e, retry_in_ms = delay.as_millis() as u64, "InfluxDB write failed; retrying");
-                    }
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            woken = points.changed() => {
-                if woken.is_err() {
-                    // The pipeline stopped: nothing wakes the sink any more.
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(LOOK_ANYWAY) => {}
-                    }
-                }
-            }
-            _ = tokio::time::sleep(LOOK_ANYWAY) => {}
-        }
-    }
+    let options = Options {
+        batch: cfg.batch_lines,
+        gap: Duration::from_millis(cfg.flush_ms),
+        ..Options::default()
+    };
+    let meters = Meters {
+        display: "InfluxDB".into(),
+        cursor: SINK.into(),
+        ready_name: Some(SINK.into()),
+        ready: Some(metrics.sink_ready.with_label_values(&[SINK])),
+        pending: metrics.sink_pending.with_label_values(&[SINK]),
+        delivered: metrics.sink_written.with_label_values(&[SINK]),
+        errors: metrics.sink_errors.clone(),
+        errors_label: SINK.into(),
+        rejected_class: "bad_lines",
+        catching_up: None,
+        oldest_unsent: None,
+        delivery_seconds: None,
+    };
+    super::run(
+        sink,
+        Arc::new(Lines),
+        options,
+        meters,
+        store,
+        not_ready,
+        points,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -353,6 +280,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
+    use crate::sink::runtime::deliver_isolating;
 
     /// A mock write endpoint: answers `status` (0 = by content), records accepted lines.
     #[derive(Clone, Default)]
@@ -428,7 +356,7 @@ mod tests {
         let addr = serve(mock.clone()).await;
         let c = cfg(addr);
         let lines = ["m a=1 1", "m a=2 2", "bad line", "m a=4 4", "m a=5 5"];
-        let refused = deliver(&client(&c).unwrap(), &c, &batch(&lines))
+        let refused = deliver_isolating(&mut InfluxSink::new(&c).unwrap(), &batch(&lines))
             .await
             .unwrap();
         assert_eq!(refused.len(), 1);
@@ -450,7 +378,7 @@ mod tests {
         let lines: Vec<String> = (0..9).map(|i| format!("m a={i} {i}")).collect();
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         assert!(
-            deliver(&client(&c).unwrap(), &c, &batch(&lines))
+            deliver_isolating(&mut InfluxSink::new(&c).unwrap(), &batch(&lines))
                 .await
                 .unwrap()
                 .is_empty()
@@ -466,16 +394,19 @@ mod tests {
         };
         let addr = serve(mock.clone()).await;
         let c = cfg(addr);
-        let client = client(&c).unwrap();
+        let mut sink = InfluxSink::new(&c).unwrap();
         for (status, expect_refused) in [(401, true), (404, true), (429, false), (503, false)] {
             mock.status.store(status, Ordering::SeqCst);
-            let err = deliver(&client, &c, &batch(&["m a=1 1"]))
+            let err = deliver_isolating(&mut sink, &batch(&["m a=1 1"]))
                 .await
                 .unwrap_err();
             match (expect_refused, &err) {
-                (true, WriteError::Refused(code, _)) => assert_eq!(*code, status),
-                (false, WriteError::Transient(text)) => {
-                    assert!(text.contains(&status.to_string()), "{text}")
+                (true, Failure::NeedsOperator { class, reason }) => {
+                    assert_eq!(*class, "refused");
+                    assert!(reason.contains(&status.to_string()), "{reason}")
+                }
+                (false, Failure::Retry { reason, .. }) => {
+                    assert!(reason.contains(&status.to_string()), "{reason}")
                 }
                 _ => panic!("{status}: {err:?}"),
             }
@@ -493,10 +424,10 @@ mod tests {
         .await;
         let c = cfg(addr);
         let started = std::time::Instant::now();
-        let err = deliver(&client(&c).unwrap(), &c, &batch(&["m a=1 1"]))
+        let err = deliver_isolating(&mut InfluxSink::new(&c).unwrap(), &batch(&["m a=1 1"]))
             .await
             .unwrap_err();
-        assert!(matches!(err, WriteError::Transient(_)), "{err:?}");
+        assert!(matches!(err, Failure::Retry { .. }), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -559,14 +490,14 @@ mod tests {
             points.send_replace(());
         };
         let p = pending.clone();
-        until(LOOK_ANYWAY / 2, move || p.get() == 0).await;
+        until(Options::default().look_anyway / 2, move || p.get() == 0).await;
         // The sink has looked and found nothing: only the wake can bring the first point.
         commit(1);
         // Written (sooner than the sink looks unwoken), and the sink has looked again and found
         // nothing (pending was 1 before): its round is over, so the second point cannot ride in
         // it.
         let s = store.clone();
-        until(LOOK_ANYWAY / 2, move || {
+        until(Options::default().look_anyway / 2, move || {
             s.cursor(SINK).unwrap() == 1 && pending.get() == 0
         })
         .await;

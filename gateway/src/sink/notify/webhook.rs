@@ -1,0 +1,203 @@
+//! Webhooks: generic JSON (the event), DingTalk or WeCom robot markdown.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::{DeliveryError, Envelope};
+use crate::alert::engine::{AlertEvent, EventKind};
+
+use super::{WebhookFormat, WebhookSection};
+
+/// A webhook.
+pub struct WebhookNotifier {
+    pub(super) section: WebhookSection,
+    http: reqwest::Client,
+    secret: Option<String>,
+}
+
+impl WebhookNotifier {
+    /// A webhook notifier; the DingTalk secret is read from its environment variable now.
+    pub fn new(section: WebhookSection) -> anyhow::Result<WebhookNotifier> {
+        let secret = match &section.secret_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "webhook \"{}\": environment variable {var} (secret_env) is not set",
+                    section.name
+                )
+            })?),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(section.timeout_ms))
+            .build()?;
+        Ok(WebhookNotifier {
+            section,
+            http,
+            secret,
+        })
+    }
+
+    fn url(&self) -> String {
+        let Some(secret) = &self.secret else {
+            return self.section.url.clone();
+        };
+        // DingTalk 加签: HMAC-SHA256 of "{timestamp}\n{secret}", base64, URL-encoded.
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let ts = crate::clock::now_ms();
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+            return self.section.url.clone(); // HMAC takes keys of any length
+        };
+        mac.update(format!("{ts}\n{secret}").as_bytes());
+        let sign = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let sep = if self.section.url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let sign: String = url::form_urlencoded::byte_serialize(sign.as_bytes()).collect();
+        format!("{}{sep}timestamp={ts}&sign={sign}", self.section.url)
+    }
+
+    /// The body of one event in this webhook's format.
+    pub fn body(format: WebhookFormat, seq: i64, event: &AlertEvent) -> serde_json::Value {
+        let a = &event.alert;
+        let text = markdown(event);
+        match format {
+            WebhookFormat::Generic => json!(Envelope { seq, event }),
+            WebhookFormat::Dingtalk => json!({
+                "msgtype": "markdown",
+                "markdown": { "title": format!("[{}] {}", a.label, a.subject_name), "text": text },
+            }),
+            WebhookFormat::Wecom => json!({
+                "msgtype": "markdown",
+                "markdown": { "content": text },
+            }),
+        }
+    }
+
+    pub(super) async fn deliver(
+        &mut self,
+        events: &[(i64, AlertEvent)],
+    ) -> Result<(), DeliveryError> {
+        for (seq, event) in events {
+            let body = Self::body(self.section.format, *seq, event);
+            let response = self
+                .http
+                .post(self.url())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| DeliveryError::Transport(format!("{}: {e}", self.section.url)))?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                return Err(DeliveryError::Refused(format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                )));
+            }
+            if self.section.format != WebhookFormat::Generic {
+                // Robots answer 200 with {"errcode": N, "errmsg": "..."}.
+                let reply: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let code = reply.get("errcode").and_then(|c| c.as_i64()).unwrap_or(-1);
+                if code != 0 {
+                    return Err(DeliveryError::Refused(format!(
+                        "robot errcode {code}: {text}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A markdown message for robots: grade, subject, what and when (Beijing time).
+pub fn markdown(event: &AlertEvent) -> String {
+    let a = &event.alert;
+    let what = match event.kind {
+        EventKind::Raised => "告警 raised",
+        EventKind::Escalated => "升级 escalated",
+        EventKind::Renotified => "仍在告警 still firing",
+        EventKind::Resolved => "解除 resolved",
+        EventKind::Acknowledged => "已确认 acknowledged",
+    };
+    let at = humantime::format_rfc3339_seconds(
+        UNIX_EPOCH + Duration::from_millis((event.at_ms + 8 * 3_600_000).max(0) as u64),
+    )
+    .to_string()
+    .replace('Z', "+08:00");
+    format!(
+        "### [{}] {} — {}\n\n{}\n\n- rule: {}\n- zone: {}\n- at: {}\n- alert: {}",
+        a.label, a.subject_name, what, a.summary, a.rule, a.zone, at, a.id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::notify::tests::event;
+
+    #[test]
+    fn robot_bodies_follow_the_dingtalk_and_wecom_formats() {
+        let e = event(EventKind::Raised);
+        let d = WebhookNotifier::body(WebhookFormat::Dingtalk, 7, &e);
+        assert_eq!(d["msgtype"], "markdown");
+        assert_eq!(d["markdown"]["title"], "[黄] 通天岩");
+        let text = d["markdown"]["text"].as_str().unwrap();
+        assert!(text.contains("告警 raised"), "{text}");
+        assert!(text.contains("2025-11-27T07:33:20+08:00"), "{text}");
+        let w = WebhookNotifier::body(WebhookFormat::Wecom, 7, &e);
+        assert_eq!(w["markdown"]["content"], d["markdown"]["text"]);
+        let g = WebhookNotifier::body(WebhookFormat::Generic, 7, &e);
+        assert_eq!(g["seq"], 7);
+        assert_eq!(g["kind"], "raised");
+        assert_eq!(g["alert"]["subject"], "S4");
+    }
+    #[test]
+    fn a_dingtalk_secret_signs_the_url() {
+        let mut w = WebhookNotifier::new(WebhookSection {
+            name: "duty".into(),
+            url: "https://oapi.dingtalk.com/robot/send?access_token=abc".into(),
+            format: WebhookFormat::Dingtalk,
+            secret_env: None,
+            timeout_ms: 1000,
+        })
+        .unwrap();
+        assert_eq!(
+            w.url(),
+            "https://oapi.dingtalk.com/robot/send?access_token=abc"
+        );
+        w.secret = Some("SEC123".into());
+        let url = w.url();
+        let (_, query) = url.split_once("&timestamp=").unwrap();
+        let (ts, sign) = query.split_once("&sign=").unwrap();
+        // The signature is HMAC-SHA256 of "{timestamp}\n{secret}" keyed by the secret.
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"SEC123").unwrap();
+        mac.update(format!("{ts}\nSEC123").as_bytes());
+        let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let decoded: String = url::form_urlencoded::parse(format!("s={sign}").as_bytes())
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(decoded, want);
+    }
+    #[test]
+    fn a_missing_secret_variable_is_named() {
+        let e = WebhookNotifier::new(WebhookSection {
+            name: "duty".into(),
+            url: "https://example.invalid/".into(),
+            format: WebhookFormat::Dingtalk,
+            secret_env: Some("CITYSENSE_TEST_SURELY_UNSET".into()),
+            timeout_ms: 1000,
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "webhook \"duty\": environment variable CITYSENSE_TEST_SURELY_UNSET (secret_env) is not set"
+        );
+    }
+}
