@@ -52,7 +52,8 @@ pub enum Failure {
     #[error("the batch is too large")]
     TooLarge,
     /// An operator must act (credentials, permissions, bucket, certificates): the items stay
-    /// stored, the sink reports not ready with `reason`, and the runtime retries every 5 s.
+    /// stored, the sink reports not ready with `reason`, and the runtime retries every
+    /// [`Options::operator_retry`] (5 s).
     #[error("{reason}")]
     NeedsOperator {
         /// Metrics label (`refused`, `tls`).
@@ -227,6 +228,8 @@ pub struct Options {
     pub retry_max: Duration,
     /// How often the store is looked at when nothing wakes the sink.
     pub look_anyway: Duration,
+    /// How often a receiver that needs an operator is tried again.
+    pub operator_retry: Duration,
 }
 
 impl Default for Options {
@@ -239,6 +242,7 @@ impl Default for Options {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             look_anyway: Duration::from_secs(5),
+            operator_retry: Duration::from_secs(5),
         }
     }
 }

@@ -287,7 +287,7 @@ impl<S: Sink, F: Feed<Item = S::Item>> Runner<S, F> {
             Failure::NeedsOperator { reason, .. } => {
                 tracing::error!(sink = %m.display, %endpoint, %reason, "the receiver refuses the gateway; data stays in the local store until an operator fixes it");
                 self.set_ready(Some(reason));
-                Duration::from_secs(5)
+                self.options.operator_retry
             }
             f => {
                 let delay = match &f {
@@ -377,4 +377,264 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or(Err(StoreError::Poisoned))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::point::{FieldValue, Point};
+    use crate::sink::influxdb::Lines;
+
+    /// A receiver that refuses lines containing "bad", needs an operator while `refuse` is set,
+    /// and records every batch it accepted; `on_first` runs at its first delivery.
+    struct Scripted {
+        batches: Arc<Mutex<Vec<Vec<i64>>>>,
+        refuse: Arc<AtomicBool>,
+        on_first: Option<Box<dyn FnOnce() + Send>>,
+    }
+
+    impl Sink for Scripted {
+        type Item = String;
+
+        async fn deliver(&mut self, batch: &[(i64, String)]) -> Result<(), Failure> {
+            if let Some(f) = self.on_first.take() {
+                f();
+            }
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(Failure::NeedsOperator {
+                    class: "refused",
+                    reason: "401: bad token".into(),
+                });
+            }
+            if let Some((_, bad)) = batch.iter().find(|(_, l)| l.contains("bad")) {
+                return Err(Failure::Rejected(format!("cannot parse {bad}")));
+            }
+            self.batches
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|(id, _)| *id).collect());
+            Ok(())
+        }
+
+        fn dead_letter(line: &String) -> String {
+            line.clone()
+        }
+
+        fn endpoint(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn point(measurement: &str, t: i64) -> Point {
+        Point {
+            measurement: measurement.into(),
+            tags: vec![("asset".into(), "P1".into())],
+            fields: vec![("mean".into(), FieldValue::Float(0.3))],
+            time_ms: t,
+            quality: Default::default(),
+        }
+    }
+
+    fn commit(store: &Store, measurements: &[&str]) {
+        let points: Vec<Point> = measurements
+            .iter()
+            .enumerate()
+            .map(|(i, m)| point(m, 1_800_000_000_000 + i as i64))
+            .collect();
+        store
+            .accept(&[], &points, &[], &Default::default())
+            .unwrap();
+    }
+
+    fn meters(metrics: &Metrics) -> Meters {
+        Meters {
+            display: "test".into(),
+            cursor: "test".into(),
+            ready_name: Some("test".into()),
+            ready: Some(metrics.sink_ready.with_label_values(&["test"])),
+            pending: metrics.sink_pending.with_label_values(&["test"]),
+            delivered: metrics.sink_written.with_label_values(&["test"]),
+            errors: metrics.sink_errors.clone(),
+            errors_label: "test".into(),
+            rejected_class: "bad_lines",
+            catching_up: None,
+            oldest_unsent: None,
+            delivery_seconds: None,
+        }
+    }
+
+    /// Waits until `f` holds, for at most ten seconds.
+    async fn until(f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "not within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    struct Harness {
+        store: Arc<Store>,
+        batches: Arc<Mutex<Vec<Vec<i64>>>>,
+        refuse: Arc<AtomicBool>,
+        not_ready: NotReady,
+        wake: watch::Sender<()>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// A sink on a fresh in-memory store holding `backlog`, that nothing but a commit's
+    /// wake-up brings to look again (it looks unwoken once an hour).
+    fn start(
+        backlog: &[&str],
+        options: Options,
+        on_first: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Harness {
+        let (store, _) = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let store = Arc::new(store);
+        if !backlog.is_empty() {
+            commit(&store, backlog);
+        }
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let not_ready = NotReady::default();
+        let (wake, wake_rx) = watch::channel(());
+        let (stop, stop_rx) = watch::channel(false);
+        let sink = Scripted {
+            batches: batches.clone(),
+            refuse: refuse.clone(),
+            on_first,
+        };
+        let task = tokio::spawn(run(
+            sink,
+            Arc::new(Lines),
+            Options {
+                look_anyway: Duration::from_secs(3600),
+                ..options
+            },
+            meters(&Metrics::new()),
+            store.clone(),
+            not_ready.clone(),
+            wake_rx,
+            stop_rx,
+        ));
+        Harness {
+            store,
+            batches,
+            refuse,
+            not_ready,
+            wake,
+            stop,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn stop(self) {
+            self.stop.send_replace(true);
+            self.task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_wakes_the_sink_and_refused_items_are_dead_lettered_while_the_rest_is_delivered()
+     {
+        let h = start(&[], Options::default(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        commit(&h.store, &["pipe", "pipe", "bad", "pipe", "pipe"]);
+        h.wake.send_replace(());
+        let s = h.store.clone();
+        until(|| s.cursor("test").unwrap() == 5).await;
+        let delivered: Vec<i64> = h.batches.lock().unwrap().concat();
+        let mut sorted = delivered.clone();
+        sorted.sort();
+        assert_eq!(sorted, [1, 2, 4, 5]);
+        let dead = h.store.dead_letters("test").unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, 3);
+        assert!(dead[0].2.contains("cannot parse"), "{:?}", dead[0]);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_needs_an_operator_makes_the_sink_not_ready_until_it_accepts() {
+        let h = start(
+            &["pipe"],
+            Options {
+                operator_retry: Duration::from_millis(50),
+                ..Options::default()
+            },
+            None,
+        );
+        h.refuse.store(true, Ordering::SeqCst);
+        let nr = h.not_ready.clone();
+        until(|| {
+            nr.lock()
+                .unwrap()
+                .get("test")
+                .is_some_and(|r| r.contains("401"))
+        })
+        .await;
+        assert_eq!(h.store.cursor("test").unwrap(), 0, "the data stays stored");
+        h.refuse.store(false, Ordering::SeqCst);
+        let s = h.store.clone();
+        until(|| s.cursor("test").unwrap() == 1).await;
+        assert!(h.not_ready.lock().unwrap().is_empty(), "ready again");
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_backlog_opens_a_catch_up_lane_and_live_items_go_before_the_rest_of_it() {
+        let (store_tx, store_rx) = std::sync::mpsc::channel::<Arc<Store>>();
+        // A live point arrives while the first backlog batch is delivered.
+        let on_first: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let store = store_rx.recv().unwrap();
+            commit(&store, &["live"]);
+        });
+        let h = start(
+            &["old"; 6],
+            Options {
+                batch: 2,
+                catch_up_after: Some(3),
+                ..Options::default()
+            },
+            Some(on_first),
+        );
+        store_tx.send(h.store.clone()).unwrap();
+        let s = h.store.clone();
+        until(|| s.cursor("test").unwrap() == 7).await;
+        let batches = h.batches.lock().unwrap().clone();
+        assert_eq!(batches, [vec![1, 2], vec![7], vec![3, 4], vec![5, 6]]);
+        assert_eq!(h.store.cursor("test:split").unwrap(), 0, "the lanes merged");
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_gap_puts_what_was_committed_meanwhile_into_one_delivery() {
+        let h = start(
+            &[],
+            Options {
+                gap: Duration::from_millis(300),
+                ..Options::default()
+            },
+            None,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        commit(&h.store, &["pipe"]);
+        h.wake.send_replace(());
+        let s = h.store.clone();
+        until(|| s.cursor("test").unwrap() == 1).await;
+        // Three commits within the gap after a delivery go out together.
+        for _ in 0..3 {
+            commit(&h.store, &["pipe"]);
+            h.wake.send_replace(());
+        }
+        let s = h.store.clone();
+        until(|| s.cursor("test").unwrap() == 4).await;
+        assert_eq!(*h.batches.lock().unwrap(), [vec![1], vec![2, 3, 4]]);
+        h.stop().await;
+    }
 }

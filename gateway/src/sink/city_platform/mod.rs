@@ -21,7 +21,7 @@
 //! 5 s; timeouts and 5xx retry with backoff (or the platform's `Retry-After`).
 //!
 //! # Layout
-//! - [`config`]: `[city_platform]`.
+//! - [`config`]: the `city_platform` section of the config file.
 //! - [`exchange`]: the records and their schema.
 //! - [`transport`]: MQTT 5 or HTTPS, and how their answers are classified.
 
