@@ -20,11 +20,13 @@
 //! - [`topic`]: the device topics.
 //! - [`frame`]: wire frames (authenticated, replay-checked) to readings.
 //! - [`json`]: third-party JSON payloads through the profile's field mapping.
+//! - [`registers`]: the words a Modbus poll read to field values.
 //! - [`verify`]: the [`Verifier`], its `[verify]` section, and the range check every reading
 //!   passes.
 
 pub mod frame;
 pub mod json;
+pub mod registers;
 pub mod topic;
 pub mod verify;
 

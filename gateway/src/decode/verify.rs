@@ -5,7 +5,7 @@ use device_profiles::{Catalog, Encoding, Profile};
 use rustc_hash::FxHashMap;
 
 use crate::keys::Keys;
-use crate::reading::Reading;
+use crate::reading::{Measurement, Reading};
 use crate::registry::{Device, Registry, StatusTopic};
 
 use serde::Deserialize;
@@ -166,6 +166,41 @@ impl Verifier {
             )),
         }
     }
+    /// Checks the readings a Modbus poll of `device` produced, as published reports are
+    /// checked: every value is a field of the device's profile (`unknown_field`) inside its
+    /// range (`out_of_range`). Returns the readings that pass and the rejections of the rest;
+    /// the device counts as heard.
+    pub fn polled(
+        &self,
+        device: &mut Device,
+        readings: Vec<Reading>,
+        now_ms: i64,
+    ) -> (Vec<Reading>, Vec<Rejection>) {
+        let mut rejected = Vec::new();
+        let profile = self.profiles.get(&*device.info.kind);
+        let readings = readings
+            .into_iter()
+            .filter(|r| {
+                let (Measurement::Value { field, value, .. }, Some(p)) = (&r.measurement, profile)
+                else {
+                    return true;
+                };
+                let problem = match p.field(field) {
+                    None => Some(reject(
+                        "unknown_field",
+                        format!("{field} is not a field of {}", device.info.kind),
+                    )),
+                    Some(_) => out_of_range(p, field, *value),
+                };
+                rejected.extend(problem.clone());
+                problem.is_none()
+            })
+            .collect();
+        device.state.accepted += 1;
+        device.state.last_seen_ms = Some(now_ms);
+        (readings, rejected)
+    }
+
     /// Handles a retained status message (`online` / `offline`).
     pub fn status(
         &self,
@@ -386,5 +421,41 @@ mod verifier_tests {
             reg.get("gz-p2-press").unwrap().presence(NOW),
             crate::registry::Presence::Unknown
         );
+    }
+
+    #[test]
+    fn polled_readings_pass_the_same_range_check_as_published_ones() {
+        let (v, mut registry) = setup();
+        let device = registry.get_mut("gz-p1-press").unwrap();
+        let polled = |field: &'static str, value: f64| Reading {
+            device: "gz-p1-press".into(),
+            zone: "360702".into(),
+            kind: "water-pressure".into(),
+            time_ms: NOW,
+            received_ms: NOW,
+            unsynced_clock: false,
+            origin: None,
+            measurement: Measurement::Value {
+                field: field.into(),
+                value,
+                urgent: false,
+            },
+        };
+        let readings = vec![
+            polled("pressure", 0.35),
+            polled("pressure", 9.0),
+            polled("pressure", f64::NAN),
+            polled("torque", 1.0),
+        ];
+        let (kept, rejected) = v.polled(device, readings, NOW);
+        assert_eq!(kept, [polled("pressure", 0.35)]);
+        let reasons: Vec<&str> = rejected.iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, ["out_of_range", "out_of_range", "unknown_field"]);
+        assert!(
+            rejected[0].detail.contains("0..=1.6"),
+            "{}",
+            rejected[0].detail
+        );
+        assert_eq!(device.state.last_seen_ms, Some(NOW), "the device was heard");
     }
 }

@@ -30,7 +30,7 @@ pub mod alerts;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::point::Point;
-use crate::reading::{Measurement, Reading};
+use crate::reading::Reading;
 use crate::registry::{Registry, category_name};
 use crate::store::{CommitTimes, Store};
 use alerts::Alerts;
@@ -192,39 +192,24 @@ impl Pipeline {
 
     /// Readings of a polled device: checked against the profile's ranges, then added to the
     /// batch like reports'.
-    fn gather_polled(&self, mut readings: Vec<Reading>, batch: &mut Batch) {
+    fn gather_polled(&self, readings: Vec<Reading>, batch: &mut Batch) {
         let Some(first) = readings.first() else {
             return;
         };
         let device = first.device.clone();
-        let mut rejected = Vec::new();
-        if let Ok(mut registry) = self.registry.lock()
-            && let Some(d) = registry.get_mut(&device)
-        {
-            let profile = self.verifier.profile(&d.info.kind);
-            readings.retain(|r| match (&r.measurement, profile) {
-                (Measurement::Value { field, value, .. }, Some(p)) => {
-                    let ok = p
-                        .fields
-                        .iter()
-                        .find(|f| f.name == *field)
-                        .is_some_and(|f| *value >= f.min && *value <= f.max);
-                    if !ok {
-                        rejected.push(format!("{field} = {value}"));
-                    }
-                    ok
-                }
-                _ => true,
-            });
-            d.state.accepted += 1;
-            d.state.last_seen_ms = Some(now_ms());
-        }
+        let (readings, rejected) = match self.registry.lock() {
+            Ok(mut registry) => match registry.get_mut(&device) {
+                Some(d) => self.verifier.polled(d, readings, now_ms()),
+                None => (readings, Vec::new()),
+            },
+            Err(_) => {
+                tracing::error!("registry lock poisoned; polled readings dropped");
+                return;
+            }
+        };
         for r in &rejected {
-            self.metrics
-                .rejected
-                .with_label_values(&["out_of_range"])
-                .inc();
-            tracing::debug!(device = %device, value = %r, "polled value out of the profile's range");
+            self.metrics.rejected.with_label_values(&[r.reason]).inc();
+            tracing::debug!(device = %device, reason = r.reason, detail = %r.detail, "polled reading refused");
         }
         self.metrics
             .readings

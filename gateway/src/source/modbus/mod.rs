@@ -24,9 +24,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_modbus::client::{Context, Reader};
 
+use crate::decode::registers;
 use crate::metrics::Metrics;
 use crate::reading::{Measurement, Reading};
-use plan::{Block, decode, plan};
+use plan::{Block, plan};
 
 /// The `[modbus]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -516,8 +517,8 @@ async fn read_blocks(
                     let r = &device.map.registers[i];
                     let o = usize::from(offset);
                     let value = match &values {
-                        Values::Words(w) => w.get(o..).and_then(|w| decode(r, w, None)),
-                        Values::Bits(bits) => decode(r, &[], bits.get(o).copied()),
+                        Values::Words(w) => w.get(o..).and_then(|w| registers::value(r, w, None)),
+                        Values::Bits(bits) => registers::value(r, &[], bits.get(o).copied()),
                     };
                     if let Some(value) = value.filter(|v| v.is_finite()) {
                         readings.push(Reading {
