@@ -1,19 +1,31 @@
-//! The gateway's configuration file.
+//! The gateway's configuration file: the composition of every component's section.
+//!
+//! Each component owns its section and its `check()` (the broker's in [`crate::net::mqtt`],
+//! the store's in [`crate::store`], each sink's in its folder, ...); this module only puts them
+//! together, resolves paths, applies the environment, and reports every problem as
+//! FILE:LINE:COLUMN with its key. `[alerts]` is the one composed section: the rule settings
+//! (checked here, for [`crate::alert::rule`]) and the notifiers' sections.
 //!
 //! TOML, unknown keys refused, every field documented here and in `deploy/gateway/*.toml`.
 //! Secrets come from the environment (`CITYSENSE_MQTT_PASSWORD`) or a file
 //! (`mqtt.password_file`), never from the config itself, and are never logged. [`Config::load`]
 //! reads, overrides and validates in one step: every problem names the file, line and key.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use device_profiles::source::{LoadError, Problem, SourceFile};
 use serde::Deserialize;
 
+use crate::aggregate::AggregateSection;
+use crate::api::HttpSection;
 use crate::decode::VerifySection;
 use crate::net::mqtt::MqttSection;
 use crate::secret::{Secret, read_password};
+use crate::sink::city_platform::CityPlatformSection;
+use crate::sink::influxdb::InfluxSection;
+use crate::sink::notify::{AlertmanagerSection, WebhookSection};
+use crate::source::modbus::ModbusSection;
+use crate::store::StoreSection;
 
 /// Environment variable that overrides `mqtt.username`.
 pub const ENV_MQTT_USERNAME: &str = "CITYSENSE_MQTT_USERNAME";
@@ -46,7 +58,7 @@ pub struct Config {
     pub store: StoreSection,
     /// The InfluxDB (or VictoriaMetrics) sink; absent means points stay in the local store.
     #[serde(default)]
-    pub influxdb: Option<crate::sink::influxdb::InfluxSection>,
+    pub influxdb: Option<InfluxSection>,
     /// Aggregation tunables.
     #[serde(default)]
     pub aggregate: AggregateSection,
@@ -55,10 +67,10 @@ pub struct Config {
     pub alerts: AlertsSection,
     /// Polling the site's Modbus devices.
     #[serde(default)]
-    pub modbus: crate::source::modbus::ModbusSection,
+    pub modbus: ModbusSection,
     /// Forwarding to the city's data-sharing and exchange platform; absent means none.
     #[serde(default)]
-    pub city_platform: Option<crate::sink::city_platform::CityPlatformSection>,
+    pub city_platform: Option<CityPlatformSection>,
 }
 
 /// Alert rules and notifiers.
@@ -85,10 +97,10 @@ pub struct AlertsSection {
     pub mqtt: bool,
     /// Webhooks (generic JSON, DingTalk or WeCom robots).
     #[serde(default)]
-    pub webhook: Vec<crate::sink::notify::WebhookSection>,
+    pub webhook: Vec<WebhookSection>,
     /// Prometheus Alertmanager (API v2).
     #[serde(default)]
-    pub alertmanager: Option<crate::sink::notify::AlertmanagerSection>,
+    pub alertmanager: Option<AlertmanagerSection>,
 }
 
 impl Default for AlertsSection {
@@ -117,65 +129,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Aggregation tunables.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregateSection {
-    /// A ticket tag read again at the same gate within this many seconds is the same passage.
-    #[serde(default = "default_dedupe")]
-    pub tag_dedupe_s: u32,
-    /// How late (event time) a reading may arrive and still update its window, in seconds.
-    /// Later readings are kept raw and counted, not aggregated.
-    #[serde(default = "default_lateness")]
-    pub allowed_lateness_s: u32,
-}
-
-impl Default for AggregateSection {
-    fn default() -> Self {
-        AggregateSection {
-            tag_dedupe_s: default_dedupe(),
-            allowed_lateness_s: default_lateness(),
-        }
-    }
-}
-
-impl AggregateSection {
-    /// The aggregators' settings.
-    pub fn settings(&self) -> crate::aggregate::AggregateSettings {
-        crate::aggregate::AggregateSettings {
-            tag_dedupe_ms: i64::from(self.tag_dedupe_s) * 1000,
-            lateness_ms: i64::from(self.allowed_lateness_s) * 1000,
-        }
-    }
-}
-
-fn default_dedupe() -> u32 {
-    60
-}
-fn default_lateness() -> u32 {
-    120
-}
-/// The local store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSection {
-    /// The SQLite database file where readings are committed before they are acknowledged.
-    /// Its folder must be writable by the gateway.
-    pub path: PathBuf,
-    /// Raw readings are kept this many hours for local queries and for rebuilding aggregation
-    /// state after a restart.
-    #[serde(default = "default_raw_retention")]
-    pub raw_retention_h: u32,
-    /// Points are kept this many days, and never before every sink delivered them.
-    #[serde(default = "default_point_retention")]
-    pub point_retention_days: u32,
-    /// Bound on the store's size. At the bound the oldest raw readings are dropped (counted);
-    /// if undelivered points alone fill it, new reports are refused until a sink catches up
-    /// (the broker keeps them).
-    #[serde(default = "default_max_size")]
-    pub max_size_mb: u64,
-}
-
 /// Identity.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,47 +151,6 @@ pub struct SiteSection {
     /// District codes this gateway serves; empty means every district of the site.
     #[serde(default)]
     pub zones: Vec<String>,
-}
-
-/// HTTP server.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSection {
-    /// Address for `/metrics`, `/healthz`, `/readyz` and `/api/v1`.
-    #[serde(default = "default_http")]
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection {
-            listen: default_http(),
-        }
-    }
-}
-
-fn default_raw_retention() -> u32 {
-    24
-}
-fn default_point_retention() -> u32 {
-    7
-}
-fn default_max_size() -> u64 {
-    4096
-}
-
-impl StoreSection {
-    /// The retention rules.
-    pub fn retention(&self) -> crate::store::Retention {
-        crate::store::Retention {
-            raw_ms: i64::from(self.raw_retention_h) * 3_600_000,
-            points_ms: i64::from(self.point_retention_days) * 86_400_000,
-            max_bytes: self.max_size_mb.saturating_mul(1 << 20),
-        }
-    }
-}
-fn default_http() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
 impl Config {
@@ -344,29 +256,7 @@ impl Config {
         }
         p.extend(self.mqtt.check());
         p.extend(self.verify.check());
-        let store_dir = self
-            .store
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !store_dir.is_dir() {
-            p.push((
-                "store.path".into(),
-                format!(
-                    "folder {} of the local store does not exist",
-                    store_dir.display()
-                ),
-            ));
-        } else if std::fs::metadata(store_dir).is_ok_and(|m| m.permissions().readonly()) {
-            p.push((
-                "store.path".into(),
-                format!(
-                    "folder {} of the local store is not writable",
-                    store_dir.display()
-                ),
-            ));
-        }
+        p.extend(self.store.check());
         if let Some(influx) = &self.influxdb {
             p.extend(influx.check());
         }
@@ -394,32 +284,10 @@ impl Config {
             }
         }
         for (i, w) in a.webhook.iter().enumerate() {
-            if let Err(e) = reqwest::Url::parse(&w.url) {
-                p.push((
-                    format!("alerts.webhook[{i}].url"),
-                    format!("\"{}\" is not a URL: {e}", w.url),
-                ));
-            }
-            if a.webhook[..i].iter().any(|o| o.name == w.name) {
-                p.push((
-                    format!("alerts.webhook[{i}].name"),
-                    format!("webhook name \"{}\" is used twice", w.name),
-                ));
-            }
+            p.extend(w.check(i, &a.webhook[..i]));
         }
         if let Some(am) = &a.alertmanager {
-            if let Err(e) = reqwest::Url::parse(&am.url) {
-                p.push((
-                    "alerts.alertmanager.url".into(),
-                    format!("\"{}\" is not a URL: {e}", am.url),
-                ));
-            }
-            if am.resend_s == 0 {
-                p.push((
-                    "alerts.alertmanager.resend_s".into(),
-                    "resend_s must be at least 1: Alertmanager resolves alerts that are not re-sent".into(),
-                ));
-            }
+            p.extend(am.check());
         }
         for (i, z) in self.site.zones.iter().enumerate() {
             if z.len() != 6 || !z.bytes().all(|b| b.is_ascii_digit()) {

@@ -19,6 +19,7 @@ pub mod window;
 
 // Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
+use serde::Deserialize;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -185,6 +186,45 @@ type TrafficKey = (Arc<str>, &'static str, Option<u8>);
 type PipeSeries = (Arc<str>, Windows<PipeWindow>);
 /// One device's zone, kind and windows.
 type HealthSeries = (Arc<str>, Arc<str>, Windows<HealthWindow>);
+
+/// Aggregation tunables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// A ticket tag read again at the same gate within this many seconds is the same passage.
+    #[serde(default = "default_dedupe")]
+    pub tag_dedupe_s: u32,
+    /// How late (event time) a reading may arrive and still update its window, in seconds.
+    /// Later readings are kept raw and counted, not aggregated.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness_s: u32,
+}
+
+impl Default for AggregateSection {
+    fn default() -> Self {
+        AggregateSection {
+            tag_dedupe_s: default_dedupe(),
+            allowed_lateness_s: default_lateness(),
+        }
+    }
+}
+
+impl AggregateSection {
+    /// The aggregators' settings.
+    pub fn settings(&self) -> AggregateSettings {
+        AggregateSettings {
+            tag_dedupe_ms: i64::from(self.tag_dedupe_s) * 1000,
+            lateness_ms: i64::from(self.allowed_lateness_s) * 1000,
+        }
+    }
+}
+
+fn default_dedupe() -> u32 {
+    60
+}
+fn default_lateness() -> u32 {
+    120
+}
 
 /// Tunables (`[aggregate]` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

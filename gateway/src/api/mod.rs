@@ -2,6 +2,7 @@
 //! `/api/v1/devices/{id}`, `/api/v1/series`, `GET /api/v1/alerts`,
 //! `POST /api/v1/alerts/{id}/ack`.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -9,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::clock::now_ms;
@@ -299,4 +301,24 @@ async fn device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
         )
             .into_response(),
     }
+}
+/// HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address for `/metrics`, `/healthz`, `/readyz` and `/api/v1`.
+    #[serde(default = "default_http")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http(),
+        }
+    }
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
 }

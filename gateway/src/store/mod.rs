@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use rustc_hash::FxHashMap;
 
+mod config;
 mod cursors;
 mod devices;
 mod outbox;
@@ -47,6 +48,7 @@ mod retention;
 mod row;
 mod wal;
 
+pub use config::StoreSection;
 pub use outbox::Committed;
 pub use retention::{Enforced, Retention};
 

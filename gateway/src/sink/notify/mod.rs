@@ -80,6 +80,48 @@ pub struct AlertmanagerSection {
     pub timeout_ms: u64,
 }
 
+impl WebhookSection {
+    /// Checks the `i`th webhook against the values types cannot check and the webhooks before
+    /// it; returns `(key, reason)` pairs.
+    pub fn check(&self, i: usize, before: &[WebhookSection]) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if let Err(e) = reqwest::Url::parse(&self.url) {
+            p.push((
+                format!("alerts.webhook[{i}].url"),
+                format!("\"{}\" is not a URL: {e}", self.url),
+            ));
+        }
+        if before.iter().any(|o| o.name == self.name) {
+            p.push((
+                format!("alerts.webhook[{i}].name"),
+                format!("webhook name \"{}\" is used twice", self.name),
+            ));
+        }
+        p
+    }
+}
+
+impl AlertmanagerSection {
+    /// Checks values that types alone cannot; returns `(key, reason)` pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if let Err(e) = reqwest::Url::parse(&self.url) {
+            p.push((
+                "alerts.alertmanager.url".into(),
+                format!("\"{}\" is not a URL: {e}", self.url),
+            ));
+        }
+        if self.resend_s == 0 {
+            p.push((
+                "alerts.alertmanager.resend_s".into(),
+                "resend_s must be at least 1: Alertmanager resolves alerts that are not re-sent"
+                    .into(),
+            ));
+        }
+        p
+    }
+}
+
 fn default_timeout_ms() -> u64 {
     10_000
 }
