@@ -123,7 +123,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let mut engine = alert::Engine::new(
             &catalog,
-            crate::commands::load_rules(&catalog, &settings.alerts)?,
+            settings.alerts.rules(&catalog)?,
             settings.alerts.renotify_s,
         );
         let dropped = engine.restore(store.alert_states()?);

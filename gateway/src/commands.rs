@@ -18,35 +18,7 @@ pub fn load_rules(
     catalog: &Catalog,
     section: &config::AlertsSection,
 ) -> anyhow::Result<Vec<alert::Rule>> {
-    let files = section
-        .rule_files
-        .iter()
-        .map(|f| alert::RuleFile::load(f))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let tuning = alert::rule::DefaultsTuning {
-        cap_factor: section.cap_factor,
-        cap_factor_by_area: section.cap_factor_by_area.clone(),
-    };
-    let unknown: Vec<&String> = tuning
-        .cap_factor_by_area
-        .keys()
-        .filter(|id| {
-            !catalog
-                .site
-                .scenic_areas
-                .iter()
-                .any(|a| a.id == **id || a.choke_points.iter().any(|c| c.id == **id))
-        })
-        .collect();
-    anyhow::ensure!(
-        unknown.is_empty(),
-        "alerts.cap_factor_by_area names no scenic area or choke point of the site: {unknown:?}"
-    );
-    let defaults = alert::rule::defaults(catalog, &tuning);
-    let rules = alert::rule::merge(defaults, &files);
-    let problems = alert::rule::check_against(catalog, &rules);
-    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
-    Ok(rules)
+    section.rules(catalog)
 }
 
 /// `gateway run`: loads the config's files and runs until `shutdown` completes.

@@ -13,10 +13,13 @@
 
 use std::path::{Path, PathBuf};
 
+use device_profiles::Catalog;
 use device_profiles::source::{LoadError, Problem, SourceFile};
 use serde::Deserialize;
 
 use crate::aggregate::AggregateSection;
+use crate::alert::Rule;
+use crate::alert::rule::DefaultsTuning;
 use crate::api::HttpSection;
 use crate::decode::VerifySection;
 use crate::net::mqtt::MqttSection;
@@ -114,6 +117,18 @@ impl Default for AlertsSection {
             webhook: Vec::new(),
             alertmanager: None,
         }
+    }
+}
+
+impl AlertsSection {
+    /// The rules in force: the defaults of the site and profiles with this section's caps, then
+    /// the rule files'.
+    pub fn rules(&self, catalog: &Catalog) -> anyhow::Result<Vec<Rule>> {
+        let tuning = DefaultsTuning {
+            cap_factor: self.cap_factor,
+            cap_factor_by_area: self.cap_factor_by_area.clone(),
+        };
+        crate::alert::rule::in_force(catalog, &self.rule_files, tuning)
     }
 }
 

@@ -816,6 +816,38 @@ pub fn merge(mut rules: Vec<Rule>, files: &[RuleFile]) -> Vec<Rule> {
     rules
 }
 
+/// The rules in force: the defaults of the site and profiles, then the rule files'.
+pub fn in_force(
+    catalog: &Catalog,
+    rule_files: &[std::path::PathBuf],
+    tuning: DefaultsTuning,
+) -> anyhow::Result<Vec<Rule>> {
+    let files = rule_files
+        .iter()
+        .map(|f| RuleFile::load(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let unknown: Vec<&String> = tuning
+        .cap_factor_by_area
+        .keys()
+        .filter(|id| {
+            !catalog
+                .site
+                .scenic_areas
+                .iter()
+                .any(|a| a.id == **id || a.choke_points.iter().any(|c| c.id == **id))
+        })
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "alerts.cap_factor_by_area names no scenic area or choke point of the site: {unknown:?}"
+    );
+    let defaults = defaults(catalog, &tuning);
+    let rules = merge(defaults, &files);
+    let problems = check_against(catalog, &rules);
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -520,7 +520,7 @@ mod tests {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
         let keys = demo_keys(&catalog);
         let metrics = Metrics::new();
-        let rules = crate::load_rules(&catalog, &Default::default()).unwrap();
+        let rules = crate::alert::rule::in_force(&catalog, &[], Default::default()).unwrap();
         let (store, _) = Store::open(Path::new(":memory:")).unwrap();
         // Never connected: the messages are QoS 0 and valid, so nothing is published.
         let (client, _) =
