@@ -11,13 +11,14 @@
 //! # Layout
 //! - [`scenario`]: scenario files. [`fleet`]: the virtual city and its nodes.
 //! - [`hardware`]: simulated QMC5883L and ADS1115 chips for the real drivers.
-//! - [`run`]: publishing, pacing and the oracle. [`load`]: `simulator load`, and its latency
-//!   [`probe`].
+//! - [`run`]: publishing, pacing and the oracle. [`load`]: `simulator load`, its latency
+//!   [`probe`], and the generated site both publish on ([`load_site`]).
 //! - [`modbus`]: Modbus slaves for the register-map profiles, with faults.
 
 pub mod fleet;
 pub mod hardware;
 pub mod load;
+pub mod load_site;
 pub mod modbus;
 pub mod probe;
 pub mod run;

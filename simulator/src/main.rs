@@ -207,7 +207,7 @@ fn main() -> ExitCode {
                 write_site,
             } => {
                 if let Some(dir) = write_site {
-                    let site = simulator::load::write_site(&dir, devices, &mqtt)?;
+                    let site = simulator::load_site::write_site(&dir, devices, &mqtt)?;
                     println!(
                         "wrote {} ({devices} devices), keys.toml and gateway.toml: gateway run --config {}",
                         site.display(),

@@ -6,7 +6,7 @@ use wire::{Body, Header, PipeReading, PipeReadings, Quantity, Timestamp, Trigger
 /// Report `sequence` of boot `epoch` of logger `d`: one pressure reading at `unix_ms`, with its
 /// topic.
 pub fn logger_report(d: usize, epoch: u32, sequence: u32, unix_ms: i64) -> (String, Vec<u8>) {
-    let id = simulator::load::device_id(d);
+    let id = simulator::load_site::device_id(d);
     let mut readings = heapless::Vec::new();
     let _ = readings.push(PipeReading {
         quantity: Quantity::Pressure,

@@ -115,7 +115,8 @@ async fn scenario_faults() {
 /// gateway's own counters within 1 %, over shared connections and with one per device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_figures_match_the_gateway_counters() {
-    use simulator::load::{LoadOptions, load, write_site};
+    use simulator::load::{LoadOptions, load};
+    use simulator::load_site::write_site;
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let site = write_site(dir.path(), 300, &format!("127.0.0.1:{}", broker.port)).unwrap();

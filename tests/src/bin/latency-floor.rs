@@ -35,7 +35,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
-use simulator::load::{PROBE_SUBJECT, ZONE};
+use simulator::load_site::{PROBE_SUBJECT, ZONE};
 use tokio::sync::mpsc;
 use wire::{Body, Quantity};
 

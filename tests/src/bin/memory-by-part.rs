@@ -40,7 +40,7 @@ fn main() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
+    let site = simulator::load_site::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );

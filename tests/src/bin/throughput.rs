@@ -306,7 +306,7 @@ struct Memory {
 
 async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: usize) -> Memory {
     let dir = tempfile::tempdir().unwrap();
-    let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
+    let site = simulator::load_site::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
     let (heap0, rss0) = (live_heap(), rss());
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
@@ -348,7 +348,7 @@ async fn memory_per_device(broker: &Mosquitto, vm: &VictoriaMetrics, devices: us
 /// Returns the first point of the new series apart, then the samples.
 async fn visibility(broker: &Mosquitto, vm: &VictoriaMetrics, samples: usize) -> (f64, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
-    let site = simulator::load::write_site(dir.path(), 1, "127.0.0.1:1883").unwrap();
+    let site = simulator::load_site::write_site(dir.path(), 1, "127.0.0.1:1883").unwrap();
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
@@ -419,7 +419,7 @@ async fn connection_scale(
     rate: f64,
 ) -> simulator::load::LoadReport {
     let dir = tempfile::tempdir().unwrap();
-    let site = simulator::load::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
+    let site = simulator::load_site::write_site(dir.path(), devices, "127.0.0.1:1883").unwrap();
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
@@ -530,7 +530,7 @@ async fn run() {
     let a = args();
     raise_file_limit();
     let dir = tempfile::tempdir().unwrap();
-    let site = simulator::load::write_site(dir.path(), a.devices, "127.0.0.1:1883").unwrap();
+    let site = simulator::load_site::write_site(dir.path(), a.devices, "127.0.0.1:1883").unwrap();
     let catalog = Arc::new(
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
