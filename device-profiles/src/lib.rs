@@ -19,20 +19,21 @@
 //! - [`source`]: reading a TOML file and turning errors into [`Problem`]s.
 //! - [`Catalog::ganzhou`]: the reference data compiled into the binary, for `gateway demo`.
 
+pub mod demo;
+pub mod file;
 pub mod locate;
 pub mod modbus;
 pub mod profile;
 pub mod site;
-pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use file::{LoadError, Problem};
 pub use profile::{Category, Encoding, Field, Profile};
 pub use site::Site;
-pub use source::{LoadError, Problem};
 
-use source::SourceFile;
+use file::TomlFile;
 
 /// The profiles folder of this source tree.
 pub const PROFILES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles");
@@ -65,12 +66,12 @@ impl Catalog {
         let files = builtin::PROFILES
             .iter()
             .map(|(name, text)| {
-                SourceFile::from_text(&Path::new("profiles").join(name), (*text).to_owned())
+                TomlFile::from_text(&Path::new("profiles").join(name), (*text).to_owned())
             })
             .collect();
         let profiles = profiles_from(files)?;
         let site = site_from(
-            SourceFile::from_text(Path::new("sites/ganzhou.toml"), builtin::GANZHOU.to_owned()),
+            TomlFile::from_text(Path::new("sites/ganzhou.toml"), builtin::GANZHOU.to_owned()),
             &profiles,
         )?;
         Ok(Catalog { profiles, site })
@@ -138,12 +139,12 @@ pub fn load_profiles(dir: &Path) -> Result<Profiles, LoadError> {
     paths.sort();
     let files = paths
         .iter()
-        .map(|p| SourceFile::read(p))
+        .map(|p| TomlFile::read(p))
         .collect::<Result<Vec<_>, _>>()?;
     profiles_from(files)
 }
 
-fn profiles_from(files: Vec<SourceFile>) -> Result<Profiles, LoadError> {
+fn profiles_from(files: Vec<TomlFile>) -> Result<Profiles, LoadError> {
     let mut problems = Vec::new();
     let mut profiles = Profiles::new();
     if files.is_empty() {
@@ -193,10 +194,10 @@ fn profiles_from(files: Vec<SourceFile>) -> Result<Profiles, LoadError> {
 
 /// Loads a site file and checks it against `profiles`.
 pub fn load_site(path: &Path, profiles: &Profiles) -> Result<Site, LoadError> {
-    site_from(SourceFile::read(path)?, profiles)
+    site_from(TomlFile::read(path)?, profiles)
 }
 
-fn site_from(file: SourceFile, profiles: &Profiles) -> Result<Site, LoadError> {
+fn site_from(file: TomlFile, profiles: &Profiles) -> Result<Site, LoadError> {
     let site: Site = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
     let problems: Vec<Problem> = site
         .check(profiles)

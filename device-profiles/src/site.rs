@@ -48,7 +48,57 @@ pub struct SiteInfo {
     /// GB/T 2260 code of the city (e.g. 360700); every district code starts with its first 4 digits.
     pub region: String,
     /// Local time offset, e.g. "+08:00" (opening hours and daily counts are local).
-    pub utc_offset: String,
+    pub utc_offset: UtcOffset,
+}
+
+/// A local time offset as written (`+08:00`) and as a number; checked when the site loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UtcOffset {
+    text: String,
+    ms: Option<i64>,
+}
+
+impl UtcOffset {
+    /// Parses `±HH:MM`; anything else is kept as written and refused by the site's check.
+    pub fn parse(text: &str) -> UtcOffset {
+        let ms = match text.as_bytes() {
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+                if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) =>
+            {
+                let d = |a: &u8, b: &u8| i64::from((a - b'0') * 10 + (b - b'0'));
+                let ms = (d(h1, h2) * 3600 + d(m1, m2) * 60) * 1000;
+                Some(if *sign == b'-' { -ms } else { ms })
+            }
+            _ => None,
+        };
+        UtcOffset {
+            text: text.to_owned(),
+            ms,
+        }
+    }
+
+    /// The offset in milliseconds (local = UTC + this). 0 for an offset the check refused,
+    /// which a loaded site never holds.
+    pub fn ms(&self) -> i64 {
+        self.ms.unwrap_or(0)
+    }
+
+    /// Whether it was a valid `±HH:MM`.
+    pub fn is_valid(&self) -> bool {
+        self.ms.is_some()
+    }
+}
+
+impl std::fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcOffset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UtcOffset, D::Error> {
+        Ok(UtcOffset::parse(&String::deserialize(d)?))
+    }
 }
 
 /// A district: the `{zone}` of MQTT topics.
@@ -549,8 +599,7 @@ impl Site {
                 ),
             ));
         }
-        if !matches!(self.site.utc_offset.as_bytes(), [b'+' | b'-', h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()))
-        {
+        if !self.site.utc_offset.is_valid() {
             p.push((
                 "site.utc_offset".into(),
                 format!(
@@ -657,5 +706,22 @@ impl Site {
                 format!("zone \"{zone}\" is not one of the site's [[district]] codes"),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_utc_offset_is_held_as_milliseconds_and_junk_is_kept_for_the_check() {
+        assert_eq!(UtcOffset::parse("+08:00").ms(), 8 * 3_600_000);
+        assert_eq!(
+            UtcOffset::parse("-03:30").ms(),
+            -(3 * 3600 + 30 * 60) * 1000
+        );
+        let junk = UtcOffset::parse("8h");
+        assert!(!junk.is_valid());
+        assert_eq!(junk.to_string(), "8h");
     }
 }

@@ -54,13 +54,13 @@ fn seal(device: &str, sequence: u32, t: i64, body: &Body) -> Vec<u8> {
         sequence,
         timestamp: Timestamp::Synced { unix_ms: t as u64 },
     };
-    wire::frame::seal_to_vec(&header, body, &gateway::demo::feed::demo_key(device)).unwrap()
+    wire::frame::seal_to_vec(&header, body, &device_profiles::demo::key(device)).unwrap()
 }
 
 /// `n` messages, a report every second per device, ending now.
 fn fixture(n: usize) -> Fixture {
     let catalog = Arc::new(Catalog::ganzhou().unwrap());
-    let keys = gateway::demo::feed::demo_keys(&catalog);
+    let keys = gateway::keys::Keys::demo(&catalog);
     let rounds = n / 4 + 1;
     let start_ms = gateway::clock::now_ms() - rounds as i64 * 1000;
     let topics = ["gz-p1-press", "gz-p2-press", "gz-r1-d1", "gz-s4-g1"].map(|d| topic(&catalog, d));

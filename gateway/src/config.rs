@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use device_profiles::Catalog;
-use device_profiles::source::{LoadError, Problem, SourceFile};
+use device_profiles::file::{LoadError, Problem, TomlFile};
 use serde::Deserialize;
 
 use crate::aggregate::AggregateSection;
@@ -180,7 +180,7 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, LoadError> {
-        let file = SourceFile::read(path)?;
+        let file = TomlFile::read(path)?;
         let mut config: Config = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use device_profiles::source::{LoadError, SourceFile};
+use device_profiles::file::{LoadError, TomlFile};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use wire::{DeviceKey, PreparedKey};
@@ -41,9 +41,19 @@ struct KeyEntry {
 pub struct Keys(FxHashMap<Box<str>, (DeviceKey, PreparedKey)>);
 
 impl Keys {
+    /// The demo keys of every wire device of `catalog` ([`device_profiles::demo`]): for
+    /// `gateway demo`, rehearsals and tests on loopback, never for a deployment.
+    pub fn demo(catalog: &device_profiles::Catalog) -> Keys {
+        let mut keys = Keys::default();
+        for (device, key) in device_profiles::demo::keys(catalog) {
+            keys.insert(device, key);
+        }
+        keys
+    }
+
     /// Reads and checks a keys file.
     pub fn load(path: &Path) -> Result<Keys, LoadError> {
-        let file = SourceFile::read(path)?;
+        let file = TomlFile::read(path)?;
         let keys = Self::parse(&file)?;
         warn_if_readable_by_others(path);
         Ok(keys)
@@ -51,10 +61,10 @@ impl Keys {
 
     /// Parses keys file text (for tests and `nodectl`).
     pub fn from_text(name: &Path, text: &str) -> Result<Keys, LoadError> {
-        Self::parse(&SourceFile::from_text(name, text.to_owned()))
+        Self::parse(&TomlFile::from_text(name, text.to_owned()))
     }
 
-    fn parse(file: &SourceFile) -> Result<Keys, LoadError> {
+    fn parse(file: &TomlFile) -> Result<Keys, LoadError> {
         let parsed: KeysFile = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
         let mut problems = Vec::new();
         let mut keys = Keys::default();

@@ -202,7 +202,7 @@ impl Fleet {
         seed: u64,
     ) -> anyhow::Result<Fleet> {
         let site = &catalog.site;
-        let utc_offset_ms = parse_offset(&site.site.utc_offset);
+        let utc_offset_ms = site.site.utc_offset.ms();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut salt = [0u8; 16];
         rng.fill(&mut salt);
@@ -217,7 +217,7 @@ impl Fleet {
             if profile.encoding != Encoding::Wire {
                 continue; // third-party JSON and Modbus devices run no CitySense firmware
             }
-            let key = gateway::demo::feed::demo_key(&d.id);
+            let key = device_profiles::demo::key(&d.id);
             let p = nodectl::provision(
                 catalog,
                 &nodectl::Request {
@@ -887,6 +887,3 @@ fn sense_lane(lane: &mut Lane, t: i64, spacing_m: f64, uptime_end: u64) {
         lane.cars.pop_front();
     }
 }
-
-/// A `+08:00` offset in ms.
-pub(crate) use gateway::aggregate::parse_offset;

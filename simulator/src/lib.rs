@@ -15,6 +15,7 @@
 //!   [`probe`], and the generated site both publish on ([`load_site`]).
 //! - [`modbus`]: Modbus slaves for the register-map profiles, with faults.
 
+pub mod clock;
 pub mod fleet;
 pub mod hardware;
 pub mod load;

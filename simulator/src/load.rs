@@ -18,10 +18,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use serde::Serialize;
 use wire::{Quantity, Trigger};
 
+use crate::clock::now_ms;
 use crate::load_site::{ZONE, boot, client, config, device_id};
 use crate::probe::Probe;
 use crate::run::Gateway;
-use gateway::clock::now_ms;
 
 /// The load is published in a burst every millisecond (`rate / 1000` reports), as near to
 /// reports arriving one by one as the timer goes. With a burst every 10 ms, 110 reports at

@@ -45,7 +45,7 @@ pub fn write_site(dir: &Path, devices: usize, broker: &str) -> anyhow::Result<st
             site,
             "\n[[device]]\nid = \"{id}\"\nprofile = \"{profile}\"\nzone = \"{ZONE}\"\n"
         );
-        let key = gateway::demo::feed::demo_key(&id);
+        let key = device_profiles::demo::key(&id);
         let _ = write!(
             keys,
             "\n[[device]]\nid = \"{id}\"\nkey = \"{}\"\n",
@@ -86,7 +86,7 @@ pub fn write_site(dir: &Path, devices: usize, broker: &str) -> anyhow::Result<st
 }
 
 pub(crate) fn config(id: &str, kind: &str) -> anyhow::Result<Config> {
-    let key = gateway::demo::feed::demo_key(id);
+    let key = device_profiles::demo::key(id);
     let text =
         |s: &str| heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("id {s} too long"));
     Ok(Config {

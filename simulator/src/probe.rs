@@ -26,8 +26,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use wire::{Quantity, Trigger};
 
+use crate::clock::now_ms;
 use crate::load_site::{PROBE_SUBJECT, ZONE, boot, client, config, probe_id};
-use gateway::clock::now_ms;
 
 /// How often the probe sends: raise, resolve, raise, … (two raises a second, 240 samples in a
 /// two-minute run).

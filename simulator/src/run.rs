@@ -13,9 +13,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use serde_json::Value;
 
-use crate::fleet::{Fleet, FleetCounts, Out, parse_offset};
+use crate::clock::now_ms;
+use crate::fleet::{Fleet, FleetCounts, Out};
 use crate::scenario::{Scenario, minutes};
-use gateway::clock::now_ms;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -122,7 +122,7 @@ pub async fn run(
     scenario: &Scenario,
     opts: &RunOptions,
 ) -> anyhow::Result<Outcome> {
-    let offset = parse_offset(&catalog.site.site.utc_offset);
+    let offset = catalog.site.site.utc_offset.ms();
     let now = now_ms();
     let start = scenario.start_ms(now, offset)?;
     let (from, to) = scenario.window();

@@ -24,7 +24,7 @@ pub fn logger_report(d: usize, epoch: u32, sequence: u32, unix_ms: i64) -> (Stri
         trigger: Trigger::Periodic,
         readings,
     });
-    let key = gateway::demo::feed::demo_key(&id);
+    let key = device_profiles::demo::key(&id);
     (
         format!("cs/v1/360702/water-pressure/{id}/up"),
         wire::frame::seal_to_vec(&header, &body, &key).unwrap(),

@@ -208,7 +208,7 @@ async fn two_rtus_share_an_rs485_line_and_a_dead_one_does_not_stall_the_other() 
         device_profiles::Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site)
             .unwrap(),
     );
-    let keys = gateway::demo::feed::demo_keys(&catalog);
+    let keys = gateway::keys::Keys::demo(&catalog);
     let url = format!("rtu://{}?baud=9600", port.display());
     let mut modbus = gateway::source::modbus::ModbusSection {
         interval_s: Some(1),

@@ -40,7 +40,7 @@ pub async fn start_gateway_settings(
     change: impl FnOnce(&mut Settings),
 ) -> Gateway {
     let catalog = catalog();
-    let keys = gateway::demo::feed::demo_keys(&catalog);
+    let keys = gateway::keys::Keys::demo(&catalog);
     start_gateway_on(catalog, keys, name, broker_port, change).await
 }
 
@@ -100,7 +100,7 @@ pub fn frame_at(device: &str, epoch: u32, sequence: u32, time_ms: i64, body: &Bo
             unix_ms: time_ms as u64,
         },
     };
-    wire::frame::seal_to_vec(&header, body, &gateway::demo::feed::demo_key(device)).unwrap()
+    wire::frame::seal_to_vec(&header, body, &device_profiles::demo::key(device)).unwrap()
 }
 
 /// A pipe report with one value.

@@ -282,16 +282,6 @@ pub struct Aggregators {
     settings: AggregateSettings,
 }
 
-/// A UTC offset such as `+08:00`, in milliseconds (0 when malformed).
-pub fn parse_offset(s: &str) -> i64 {
-    let sign = if s.starts_with('-') { -1 } else { 1 };
-    let digits: Vec<i64> = s[1..].split(':').filter_map(|p| p.parse().ok()).collect();
-    match digits.as_slice() {
-        [h, m] => sign * (h * 3600 + m * 60) * 1000,
-        _ => 0,
-    }
-}
-
 impl Aggregators {
     /// Aggregators for the site of `catalog`, with default settings.
     pub fn new(catalog: &Catalog) -> Aggregators {
@@ -388,7 +378,7 @@ impl Aggregators {
             places,
             areas,
             segments,
-            utc_offset_ms: parse_offset(&site.site.utc_offset),
+            utc_offset_ms: site.site.utc_offset.ms(),
             watermark: i64::MIN,
             drained_minute: i64::MIN,
             late_touch: false,

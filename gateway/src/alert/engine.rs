@@ -189,7 +189,7 @@ impl Context {
     fn new(catalog: &Catalog) -> Context {
         let site = &catalog.site;
         let mut c = Context {
-            utc_offset_ms: crate::aggregate::parse_offset(&site.site.utc_offset),
+            utc_offset_ms: site.site.utc_offset.ms(),
             ..Context::default()
         };
         for d in &site.devices {
@@ -1345,7 +1345,7 @@ expect = []
     #[test]
     fn a_gate_silent_in_opening_hours_is_stale_and_a_silent_device_offline() {
         let catalog = Catalog::ganzhou().unwrap();
-        let keys = crate::demo::feed::demo_keys(&catalog);
+        let keys = crate::keys::Keys::demo(&catalog);
         let mut registry = Registry::new(&catalog, &keys, &[]);
         // 2026-11-27 10:00 in Ganzhou (+08:00): 通天岩 is open (07:00–18:00).
         let ten_am = 1_795_744_800_000;
@@ -1393,7 +1393,7 @@ expect = []
     #[test]
     fn presence_keeps_no_state_for_devices_at_rest_and_writes_a_resolved_one_at_rest() {
         let catalog = Catalog::ganzhou().unwrap();
-        let keys = crate::demo::feed::demo_keys(&catalog);
+        let keys = crate::keys::Keys::demo(&catalog);
         let mut registry = Registry::new(&catalog, &keys, &[]);
         let t = 1_795_744_800_000;
         let ids: Vec<Arc<str>> = registry.iter().map(|d| d.info.id.clone()).collect();

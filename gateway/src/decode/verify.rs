@@ -268,14 +268,14 @@ mod verifier_tests {
     use wire::{Body, Header, Quantity, Timestamp};
 
     use super::*;
-    use crate::demo::feed::{demo_key, demo_keys};
+    use device_profiles::demo::key as demo_key;
 
     const NOW: i64 = 1_800_000_000_000;
     const TOPIC: &str = "cs/v1/360702/water-pressure/gz-p1-press/up";
 
     fn setup() -> (Verifier, Registry) {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
-        let keys = demo_keys(&catalog);
+        let keys = crate::keys::Keys::demo(&catalog);
         let registry = Registry::new(&catalog, &keys, &[]);
         (
             Verifier::new(&catalog, keys, VerifySection::default()),

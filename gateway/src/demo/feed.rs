@@ -10,7 +10,6 @@ use device_profiles::{Catalog, Category, Encoding};
 use rand::{Rng, SeedableRng};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use wire::body::{MAX_GATE_EVENTS, MAX_LANES};
 use wire::{
@@ -20,31 +19,6 @@ use wire::{
 };
 
 use crate::clock::now_ms;
-use crate::keys::Keys;
-
-/// The demo key of a device: SHA-256 of a fixed label and the id. Public by construction: for
-/// the demo only, never for deployed nodes (`nodectl provision` makes random keys).
-pub fn demo_key(device: &str) -> DeviceKey {
-    let digest = Sha256::digest(format!("citysense demo key:{device}"));
-    let mut k = [0u8; 32];
-    k.copy_from_slice(&digest);
-    DeviceKey::from_bytes(k)
-}
-
-/// Demo keys for every wire device of the catalog.
-pub fn demo_keys(catalog: &Catalog) -> Keys {
-    let mut keys = Keys::default();
-    for d in &catalog.site.devices {
-        if catalog
-            .profiles
-            .get(&d.profile)
-            .is_some_and(|p| p.encoding == Encoding::Wire)
-        {
-            keys.insert(&d.id, demo_key(&d.id));
-        }
-    }
-    keys
-}
 
 #[derive(Debug)]
 struct Node {
@@ -104,7 +78,7 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
                 .iter()
                 .find(|g| g.device == d.id)
                 .map(|g| g.direction),
-            key: demo_key(&d.id),
+            key: device_profiles::demo::key(&d.id),
             // Real nodes persist and increment their boot epoch; a demo run starting now is a
             // new boot, newer than any before it in the demo's store.
             boot_epoch: (start / 1000) as u32,

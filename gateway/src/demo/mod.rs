@@ -61,7 +61,7 @@ pub async fn run(
         start_embedded_broker(opts.mqtt)?;
     }
     let catalog = Arc::new(Catalog::ganzhou().context("the built-in Ganzhou site does not load")?);
-    let keys = traffic::demo_keys(&catalog);
+    let keys = crate::keys::Keys::demo(&catalog);
     let settings = Settings {
         gateway_id: "citysense-demo".into(),
         mqtt: demo_mqtt(opts.mqtt),

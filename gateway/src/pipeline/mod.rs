@@ -514,11 +514,11 @@ mod tests {
     use super::*;
     use crate::alert::Engine;
     use crate::decode::Verifier;
-    use crate::demo::feed::{demo_key, demo_keys};
+    use device_profiles::demo::key as demo_key;
 
     fn pipeline() -> Pipeline {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
-        let keys = demo_keys(&catalog);
+        let keys = crate::keys::Keys::demo(&catalog);
         let metrics = Metrics::new();
         let rules = crate::alert::rule::in_force(&catalog, &[], Default::default()).unwrap();
         let (store, _) = Store::open(Path::new(":memory:")).unwrap();

@@ -48,7 +48,7 @@ fn frame(sequence: u32, gas: f32) -> Vec<u8> {
         trigger: Trigger::Threshold,
         readings,
     });
-    wire::frame::seal_to_vec(&header, &body, &gateway::demo::feed::demo_key(DEVICE)).unwrap()
+    wire::frame::seal_to_vec(&header, &body, &device_profiles::demo::key(DEVICE)).unwrap()
 }
 
 async fn connect(port: u16, id: &str) -> (AsyncClient, mpsc::UnboundedReceiver<Vec<u8>>) {
@@ -105,7 +105,7 @@ async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
         },
         city_platform: None,
     };
-    let keys = gateway::demo::feed::demo_keys(&catalog);
+    let keys = gateway::keys::Keys::demo(&catalog);
     let gw = Gateway::start(settings, catalog, keys).await.unwrap();
     let (watcher, mut events) = connect(broker.port, &format!("bench-watch-{label}")).await;
     watcher

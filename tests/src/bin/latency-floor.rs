@@ -96,7 +96,7 @@ fn alarming_gas(p: &Publish) -> Option<f32> {
         return None;
     }
     let frame = wire::Frame::new_checked(&p.payload).ok()?;
-    let key = gateway::demo::feed::demo_key(frame.device_id());
+    let key = device_profiles::demo::key(frame.device_id());
     let message = frame.verify(&key).ok()?.decode().ok()?;
     let Body::PipeReadings(r) = message.body else {
         return None;

@@ -118,7 +118,7 @@ impl Exchange {
     /// For the gateway `gateway` with the store instance `store`; `region` is used when a
     /// record has no district of its own.
     pub fn new(catalog: &Catalog, gateway: &str, store: &str, region: &str) -> Exchange {
-        let offset_s = crate::aggregate::parse_offset(&catalog.site.site.utc_offset) / 1000;
+        let offset_s = catalog.site.site.utc_offset.ms() / 1000;
         let offset = FixedOffset::east_opt(offset_s as i32).unwrap_or_else(|| Utc.fix());
         let mut units_by_field = HashMap::new();
         let mut units_by_kind = HashMap::new();

@@ -72,13 +72,13 @@ impl LoadError {
 /// A TOML file's name and text, with its spans for locating problems. The gateway's config
 /// loader uses it too, so every CitySense file reports problems the same way.
 #[derive(Debug)]
-pub struct SourceFile {
+pub struct TomlFile {
     pub path: PathBuf,
     pub text: String,
     doc: Option<Document<String>>,
 }
 
-impl SourceFile {
+impl TomlFile {
     /// Reads a file.
     pub fn read(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
@@ -91,7 +91,7 @@ impl SourceFile {
     /// Wraps text already read (or compiled in).
     pub fn from_text(path: &Path, text: String) -> Self {
         let doc = Document::parse(text.clone()).ok();
-        SourceFile {
+        TomlFile {
             path: path.to_owned(),
             text,
             doc,
