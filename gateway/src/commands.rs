@@ -142,7 +142,7 @@ pub fn rules_test(
             let _ = writeln!(report, "{}: no [[test]] cases", path.display());
         }
         for case in &file.test {
-            match alert::engine::run_case(&rules, case, section.renotify_s) {
+            match alert::cases::run_case(&rules, case, section.renotify_s) {
                 Ok(n) => {
                     passed += 1;
                     let _ = writeln!(

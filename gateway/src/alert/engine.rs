@@ -6,17 +6,20 @@
 //! [`Engine::take_changes`] is committed by the caller in the same transaction as the readings
 //! that caused it, so a restart neither re-fires nor forgets.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 // Keys are rule indices, subjects and fields of the site (never raw input): a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
-use serde::{Deserialize, Serialize};
 
+use super::cases::round;
+use super::context::Context;
 use super::episode::{Episode, Side, Thresholds, Transition};
-use super::rule::{Category, Confirm, DeriveKind, Rule, Source};
+use super::history::History;
+use super::model::{Alert, AlertEvent, EventKind, Status, SubjectState};
+use super::rule::{Confirm, DeriveKind, Rule, Source};
 use crate::point::{FieldValue, Point};
 use crate::reading::{Measurement, Reading};
 use crate::registry::{Presence, Registry};
@@ -24,319 +27,34 @@ use crate::registry::{Presence, Registry};
 /// An episode whose value came back past the clear threshold this often is flagged flapping.
 const FLAPPING_CROSSINGS: u32 = 3;
 
-/// Whether an alert is still on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Open.
-    Firing,
-    /// Over.
-    Resolved,
-}
-
-/// Who acknowledged an alert, and when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ack {
-    /// Operator name as given.
-    pub by: String,
-    /// Free text.
-    #[serde(default)]
-    pub note: String,
-    /// When, Unix ms.
-    pub at_ms: i64,
-}
-
-/// One alert: what operators see, on every notifier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    /// Unique per episode: `{rule}:{subject}:{started_ms}`.
-    pub id: String,
-    /// The rule.
-    pub rule: String,
-    /// Category (the `{category}` of the MQTT topic).
-    pub category: Category,
-    /// Scenic area, choke point, road segment, pipe asset or device id.
-    pub subject: String,
-    /// The subject's name from the site file, where it has one.
-    pub subject_name: String,
-    /// District code (GB/T 2260).
-    pub zone: String,
-    /// Grade number, 1 = least severe.
-    pub grade: u8,
-    /// Grade name (`blue`, `warning`, `alarm`, …).
-    pub severity: String,
-    /// Grade label for people (蓝, 中度拥堵, …).
-    pub label: String,
-    /// Firing or resolved.
-    pub status: Status,
-    /// The value at the latest transition.
-    pub value: f64,
-    /// The set threshold of the grade.
-    pub threshold: f64,
-    /// When the episode started (event time), Unix ms.
-    pub started_ms: i64,
-    /// The latest transition, Unix ms.
-    pub updated_ms: i64,
-    /// When it resolved.
-    pub resolved_ms: Option<i64>,
-    /// Acknowledgement, cleared by an escalation.
-    pub ack: Option<Ack>,
-    /// The value kept crossing back and forth during this episode.
-    pub flapping: bool,
-    /// One line for people.
-    pub summary: String,
-}
-
-/// What happened to an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A new alert.
-    Raised,
-    /// A higher grade.
-    Escalated,
-    /// A reminder.
-    Renotified,
-    /// Over.
-    Resolved,
-    /// An operator took it.
-    Acknowledged,
-}
-
-impl EventKind {
-    /// The label and JSON name.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Raised => "raised",
-            EventKind::Escalated => "escalated",
-            EventKind::Renotified => "renotified",
-            EventKind::Resolved => "resolved",
-            EventKind::Acknowledged => "acknowledged",
-        }
-    }
-}
-
-/// One transition, as published on `cs/v1/alerts/events` and handed to every notifier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AlertEvent {
-    /// What happened.
-    pub kind: EventKind,
-    /// When (event time), Unix ms.
-    pub at_ms: i64,
-    /// For escalations: the severity before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_severity: Option<String>,
-    /// The alert after the transition.
-    pub alert: Alert,
-}
-
-/// The persisted state of one (rule, subject).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SubjectState {
-    /// The episode state machine.
-    pub episode: Episode,
-    /// The open alert, if any.
-    pub alert: Option<Alert>,
-}
-
-/// What changed since the last [`Engine::take_changes`]: state rows `("{rule}|{subject}",
-/// state)` and events, to be committed together.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Changes {
-    /// Changed states.
-    pub states: Vec<(String, SubjectState)>,
-    /// New events, in order.
-    pub events: Vec<AlertEvent>,
-}
-
-impl Changes {
-    /// Nothing to commit.
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.events.is_empty()
-    }
-}
-
-/// Why an acknowledgement failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AckError {
-    /// No open alert has that id.
-    #[error("no open alert with id \"{0}\"")]
-    NotFound(String),
-}
-
-#[derive(Debug, Clone, Default)]
-struct DeviceCtx {
-    /// The pipe asset it sits on: the subject of its reading rules.
-    asset: Option<Arc<str>>,
-    /// The scenic area of the gate it reads.
-    gate_area: Option<Arc<str>>,
-}
-
-/// What the engine knows about the site.
-#[derive(Debug, Clone, Default)]
-struct Context {
-    devices: HashMap<Arc<str>, DeviceCtx>,
-    /// Subject → (name, zone).
-    subjects: HashMap<Arc<str>, (String, Arc<str>)>,
-    access_roads: HashMap<Arc<str>, Vec<Arc<str>>>,
-    neighbours: HashMap<Arc<str>, Vec<Arc<str>>>,
-    /// Opening and closing, ms after local midnight.
-    hours: HashMap<Arc<str>, (i64, i64)>,
-    utc_offset_ms: i64,
-}
-
-impl Context {
-    fn new(catalog: &Catalog) -> Context {
-        let site = &catalog.site;
-        let mut c = Context {
-            utc_offset_ms: site.site.utc_offset.ms(),
-            ..Context::default()
-        };
-        for d in &site.devices {
-            c.devices.insert(d.id.as_str().into(), DeviceCtx::default());
-            c.subjects
-                .insert(d.id.as_str().into(), (d.id.clone(), d.zone.as_str().into()));
-        }
-        for a in &site.scenic_areas {
-            c.subjects.insert(
-                a.id.as_str().into(),
-                (a.name.clone(), a.zone.as_str().into()),
-            );
-            for p in &a.choke_points {
-                c.subjects.insert(
-                    p.id.as_str().into(),
-                    (format!("{} {}", a.name, p.name), a.zone.as_str().into()),
-                );
-            }
-            c.access_roads.insert(
-                a.id.as_str().into(),
-                a.access_roads.iter().map(|r| r.as_str().into()).collect(),
-            );
-            if let Some((open, close)) = a.hours.minutes() {
-                c.hours.insert(
-                    a.id.as_str().into(),
-                    (i64::from(open) * 60_000, i64::from(close) * 60_000),
-                );
-            }
-        }
-        for g in &site.gates {
-            if let Some(d) = c.devices.get_mut(g.device.as_str()) {
-                d.gate_area = Some(g.area.as_str().into());
-            }
-        }
-        for r in &site.road_segments {
-            c.subjects.insert(
-                r.id.as_str().into(),
-                (r.name.clone(), r.zone.as_str().into()),
-            );
-        }
-        for p in &site.pipe_assets {
-            c.subjects.insert(
-                p.id.as_str().into(),
-                (p.name.clone(), p.zone.as_str().into()),
-            );
-            c.neighbours.insert(
-                p.id.as_str().into(),
-                p.neighbours.iter().map(|n| n.as_str().into()).collect(),
-            );
-            for d in &p.devices {
-                if let Some(dev) = c.devices.get_mut(d.as_str()) {
-                    dev.asset = Some(p.id.as_str().into());
-                }
-            }
-        }
-        c
-    }
-
-    fn is_open(&self, area: &str, now_ms: i64) -> bool {
-        let Some(&(open, close)) = self.hours.get(area) else {
-            return true;
-        };
-        let t = (now_ms + self.utc_offset_ms).rem_euclid(86_400_000);
-        t >= open && t < close
-    }
-}
-
 #[derive(Debug, Clone)]
-struct Compiled {
-    rule: Rule,
-    thresholds: Thresholds,
+pub(super) struct Compiled {
+    pub(super) rule: Rule,
+    pub(super) thresholds: Thresholds,
     /// Thresholds of the subjects the rule scales.
-    scaled: HashMap<Arc<str>, Thresholds>,
+    pub(super) scaled: HashMap<Arc<str>, Thresholds>,
     /// Indexes of the coupling rules that follow this one.
-    coupled: Vec<usize>,
-}
-
-/// Recent values of one field of one subject, kept as what the derivations ask of them: the
-/// largest and the smallest value since any time within the kept span, and the latest value.
-///
-/// `maxima` holds the values larger than every later one (the suffix maxima), oldest first:
-/// the largest value since `from` is the first of them at or after `from`, found by binary
-/// search. `minima` likewise. Each value is pushed and popped at most once, so a subject
-/// reporting many times a second (a water main with a hundred loggers) costs O(log n) per
-/// reading instead of a walk through its whole window.
-#[derive(Debug, Clone, Default)]
-struct History {
-    maxima: VecDeque<(i64, f64)>,
-    minima: VecDeque<(i64, f64)>,
-    latest: Option<(i64, f64)>,
-}
-
-impl History {
-    fn push(&mut self, time_ms: i64, value: f64, keep_ms: i64) {
-        while self.maxima.back().is_some_and(|&(_, v)| v <= value) {
-            self.maxima.pop_back();
-        }
-        self.maxima.push_back((time_ms, value));
-        while self.minima.back().is_some_and(|&(_, v)| v >= value) {
-            self.minima.pop_back();
-        }
-        self.minima.push_back((time_ms, value));
-        self.latest = Some((time_ms, value));
-        for q in [&mut self.maxima, &mut self.minima] {
-            while q.front().is_some_and(|&(t, _)| t < time_ms - keep_ms) {
-                q.pop_front();
-            }
-        }
-    }
-
-    /// The first kept extremum at or after `from_ms`: the largest (or smallest) value since.
-    fn since(q: &VecDeque<(i64, f64)>, from_ms: i64) -> Option<f64> {
-        q.get(q.partition_point(|&(t, _)| t < from_ms))
-            .map(|&(_, v)| v)
-    }
-
-    fn max_since(&self, from_ms: i64) -> Option<f64> {
-        Self::since(&self.maxima, from_ms)
-    }
-
-    fn min_since(&self, from_ms: i64) -> Option<f64> {
-        Self::since(&self.minima, from_ms)
-    }
-
-    fn latest_since(&self, from_ms: i64) -> Option<f64> {
-        self.latest.filter(|&(t, _)| t >= from_ms).map(|(_, v)| v)
-    }
+    pub(super) coupled: Vec<usize>,
 }
 
 /// The rule engine. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    rules: Vec<Compiled>,
-    states: HashMap<(usize, Arc<str>), SubjectState>,
+    pub(super) rules: Vec<Compiled>,
+    pub(super) states: HashMap<(usize, Arc<str>), SubjectState>,
     /// Recent values per subject and field, for derived values (nested so that a lookup by
     /// `&str` allocates nothing).
-    history: HashMap<Arc<str>, HashMap<Box<str>, History>>,
+    pub(super) history: HashMap<Arc<str>, HashMap<Box<str>, History>>,
     /// Fields whose history is kept, and for how long (ms): the fields of rules with a
     /// derivation for their window, `flow` for the window of bursts confirmed by a flow spike.
-    history_fields: HashMap<Box<str>, i64>,
+    pub(super) history_fields: HashMap<Box<str>, i64>,
     /// The reading rules by field: a reading is offered only to the rules that watch its field.
-    reading_rules: HashMap<Box<str>, Arc<[usize]>>,
+    pub(super) reading_rules: HashMap<Box<str>, Arc<[usize]>>,
     /// Latest derived value per (rule, subject), for confirmation by neighbours.
-    derived: HashMap<(usize, Arc<str>), (i64, f64)>,
-    ctx: Context,
-    dirty: BTreeSet<(usize, Arc<str>)>,
-    events: Vec<AlertEvent>,
+    pub(super) derived: HashMap<(usize, Arc<str>), (i64, f64)>,
+    pub(super) ctx: Context,
+    pub(super) dirty: BTreeSet<(usize, Arc<str>)>,
+    pub(super) events: Vec<AlertEvent>,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -372,7 +90,7 @@ fn tags_match(rule: &Rule, p: &Point) -> bool {
 }
 
 impl Compiled {
-    fn thresholds(&self, subject: &str) -> &Thresholds {
+    pub(super) fn thresholds(&self, subject: &str) -> &Thresholds {
         self.scaled.get(subject).unwrap_or(&self.thresholds)
     }
 }
@@ -386,7 +104,7 @@ impl Engine {
         engine
     }
 
-    fn bare(rules: Vec<Rule>, renotify_s: u32) -> Engine {
+    pub(super) fn bare(rules: Vec<Rule>, renotify_s: u32) -> Engine {
         let mut compiled: Vec<Compiled> = rules
             .into_iter()
             .map(|rule| Compiled {
@@ -448,24 +166,6 @@ impl Engine {
     /// The rules in force.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().map(|c| &c.rule)
-    }
-
-    /// Restores persisted states (at start). Rows of rules that no longer exist are returned.
-    pub fn restore(&mut self, rows: Vec<(String, SubjectState)>) -> Vec<String> {
-        let mut unknown = Vec::new();
-        for (key, state) in rows {
-            let found = key.split_once('|').and_then(|(rule, subject)| {
-                let i = self.rules.iter().position(|c| c.rule.id == rule)?;
-                Some((i, Arc::<str>::from(subject)))
-            });
-            match found {
-                Some(k) => {
-                    self.states.insert(k, state);
-                }
-                None => unknown.push(key),
-            }
-        }
-        unknown
     }
 
     /// Feeds aggregated points.
@@ -590,7 +290,7 @@ impl Engine {
         }
     }
 
-    fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
+    pub(super) fn remember(&mut self, subject: &Arc<str>, field: &str, time_ms: i64, value: f64) {
         let Some(&keep_ms) = self.history_fields.get(field) else {
             return;
         };
@@ -609,13 +309,13 @@ impl Engine {
     }
 
     /// The kept history of `field` of `subject`.
-    fn history(&self, subject: &str, field: &str) -> Option<&History> {
+    pub(super) fn history(&self, subject: &str, field: &str) -> Option<&History> {
         self.history.get(subject).and_then(|f| f.get(field))
     }
 
     /// The value rule `i` watches for one input, `None` when the input does not count (a
     /// requirement or confirmation failed), and nothing at all when the field is absent.
-    fn value_of(
+    pub(super) fn value_of(
         &mut self,
         i: usize,
         subject: &Arc<str>,
@@ -673,7 +373,7 @@ impl Engine {
         Some(required.then_some(value))
     }
 
-    fn evaluate(
+    pub(super) fn evaluate(
         &mut self,
         i: usize,
         subject: &Arc<str>,
@@ -721,7 +421,14 @@ impl Engine {
         }
     }
 
-    fn feed(&mut self, i: usize, subject: &Arc<str>, zone: &Arc<str>, time_ms: i64, value: f64) {
+    pub(super) fn feed(
+        &mut self,
+        i: usize,
+        subject: &Arc<str>,
+        zone: &Arc<str>,
+        time_ms: i64,
+        value: f64,
+    ) {
         let key = (i, subject.clone());
         let c = &self.rules[i];
         let state = self.states.entry(key.clone()).or_default();
@@ -852,173 +559,18 @@ impl Engine {
             }
         }
     }
-
-    /// Acknowledges an open alert.
-    pub fn ack(&mut self, id: &str, by: &str, note: &str, now_ms: i64) -> Result<Alert, AckError> {
-        let Some((key, state)) = self
-            .states
-            .iter_mut()
-            .find(|(_, s)| s.alert.as_ref().is_some_and(|a| a.id == id))
-        else {
-            return Err(AckError::NotFound(id.to_owned()));
-        };
-        let Some(alert) = state.alert.as_mut() else {
-            return Err(AckError::NotFound(id.to_owned()));
-        };
-        if alert.ack.is_some() {
-            return Ok(alert.clone());
-        }
-        alert.ack = Some(Ack {
-            by: by.to_owned(),
-            note: note.to_owned(),
-            at_ms: now_ms,
-        });
-        let alert = alert.clone();
-        self.dirty.insert(key.clone());
-        self.events.push(AlertEvent {
-            kind: EventKind::Acknowledged,
-            at_ms: now_ms,
-            previous_severity: None,
-            alert: alert.clone(),
-        });
-        Ok(alert)
-    }
-
-    /// What changed since the last call, to commit.
-    pub fn take_changes(&mut self) -> Changes {
-        let states = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .map(|(i, subject)| {
-                // A state dropped at rest is written as such.
-                let s = self.states.get(&(i, subject.clone())).cloned();
-                let row = format!("{}|{}", self.rules[i].rule.id, subject);
-                (row, s.unwrap_or_default())
-            })
-            .collect();
-        Changes {
-            states,
-            events: std::mem::take(&mut self.events),
-        }
-    }
-
-    /// Open alerts, oldest first.
-    pub fn open_alerts(&self) -> Vec<Alert> {
-        let mut v: Vec<Alert> = self
-            .states
-            .values()
-            .filter_map(|s| s.alert.clone())
-            .collect();
-        v.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
-        v
-    }
-
-    /// Open alerts counted by (category, severity), with a zero for every pair a rule can
-    /// raise (so gauges fall back to zero).
-    pub fn active_counts(&self) -> BTreeMap<(&'static str, String), i64> {
-        let mut counts = BTreeMap::new();
-        for c in &self.rules {
-            for g in &c.rule.grades {
-                counts.insert((c.rule.category.name(), g.name.clone()), 0);
-            }
-        }
-        for s in self.states.values() {
-            if let Some(a) = &s.alert {
-                *counts
-                    .entry((a.category.name(), a.severity.clone()))
-                    .or_default() += 1;
-            }
-        }
-        counts
-    }
-}
-
-fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// Runs one rule-file test case against `rules`; `Err` is a readable diff.
-pub fn run_case(
-    rules: &[Rule],
-    case: &super::rule::TestCase,
-    renotify_s: u32,
-) -> Result<usize, String> {
-    let Some(rule) = rules.iter().find(|r| r.id == case.rule) else {
-        return Err(format!("no rule \"{}\" to test", case.rule));
-    };
-    let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
-    let mut rows: Vec<(i64, BTreeMap<String, f64>)> = case
-        .rows
-        .iter()
-        .map(|r| {
-            let at = r.get("at_s").copied().unwrap_or(0.0);
-            ((at * 1000.0).round() as i64, r.clone())
-        })
-        .collect();
-    for ramp in &case.ramp {
-        let span = f64::from(ramp.to_s - ramp.from_s).max(1.0);
-        let mut t = ramp.from_s;
-        while t <= ramp.to_s {
-            let v = ramp.start + (ramp.end - ramp.start) * f64::from(t - ramp.from_s) / span;
-            let at = i64::from(t) * 1000;
-            match rows.iter_mut().find(|(a, _)| *a == at) {
-                Some((_, row)) => {
-                    row.insert(ramp.field.clone(), v);
-                }
-                None => rows.push((at, BTreeMap::from([(ramp.field.clone(), v)]))),
-            }
-            t += ramp.every_s;
-        }
-    }
-    rows.sort_by_key(|(t, _)| *t);
-    let subject: Arc<str> = case.subject.as_str().into();
-    let zone: Arc<str> = "".into();
-    for (at, row) in &rows {
-        if let Some(v) = row.get(&rule.field) {
-            engine.remember(&subject, &rule.field, *at, *v);
-        }
-        if let Some(v) = row.get("flow") {
-            engine.remember(&subject, "flow", *at, *v);
-        }
-        engine.evaluate(0, &subject, &zone, *at, &|n| row.get(n).copied());
-    }
-    let got: Vec<(f64, String, String)> = engine
-        .take_changes()
-        .events
-        .into_iter()
-        .map(|e| {
-            (
-                e.at_ms as f64 / 1000.0,
-                e.kind.name().to_owned(),
-                e.alert.severity,
-            )
-        })
-        .collect();
-    let want: Vec<(f64, String, String)> = case
-        .expect
-        .iter()
-        .map(|e| (e.at_s, e.kind.clone(), e.grade.clone()))
-        .collect();
-    if got == want {
-        return Ok(got.len());
-    }
-    let show = |v: &[(f64, String, String)]| {
-        if v.is_empty() {
-            return "    (nothing)\n".to_owned();
-        }
-        v.iter()
-            .map(|(t, k, g)| format!("    at_s = {t}: {k} {g}\n"))
-            .collect::<String>()
-    };
-    Err(format!("expected:\n{}got:\n{}", show(&want), show(&got)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::cases::run_case;
+    use crate::alert::model::{AckError, Changes};
+    use crate::alert::rule::Category;
     use crate::alert::rule::{DefaultsTuning, RuleFile, defaults};
 
     #[test]
-    fn history_extremes_match_a_walk_through_every_kept_value() {
+    pub(super) fn history_extremes_match_a_walk_through_every_kept_value() {
         let keep_ms = 120_000;
         let mut h = History::default();
         let mut all: Vec<(i64, f64)> = Vec::new();
@@ -1050,13 +602,13 @@ mod tests {
         );
     }
 
-    fn engine() -> Engine {
+    pub(super) fn engine() -> Engine {
         let catalog = Catalog::ganzhou().unwrap();
         let rules = defaults(&catalog, &DefaultsTuning::default());
         Engine::new(&catalog, rules, 3600)
     }
 
-    fn crowd_point(area: &str, minute: i64, ratio: f64) -> Point {
+    pub(super) fn crowd_point(area: &str, minute: i64, ratio: f64) -> Point {
         Point {
             measurement: "crowd".into(),
             tags: vec![
@@ -1069,7 +621,7 @@ mod tests {
         }
     }
 
-    fn gas(device: &str, time_ms: i64, value: f64) -> Reading {
+    pub(super) fn gas(device: &str, time_ms: i64, value: f64) -> Reading {
         Reading {
             device: device.into(),
             zone: "360702".into(),
@@ -1086,7 +638,7 @@ mod tests {
         }
     }
 
-    fn kinds(c: &Changes) -> Vec<(String, &'static str, String)> {
+    pub(super) fn kinds(c: &Changes) -> Vec<(String, &'static str, String)> {
         c.events
             .iter()
             .map(|e| {
@@ -1100,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_rule_file_passes_its_own_cases() {
+    pub(super) fn the_shipped_rule_file_passes_its_own_cases() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/ganzhou.toml");
         let (report, ok) = crate::rules_test(&[path], None).unwrap();
@@ -1109,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_expectation_fails_with_a_diff() {
+    pub(super) fn a_wrong_expectation_fails_with_a_diff() {
         let file = RuleFile::parse(
             std::path::Path::new("wrong.toml"),
             r#"
@@ -1131,7 +683,7 @@ expect = []
     }
 
     #[test]
-    fn a_surge_on_points_raises_the_area_and_couples_its_access_roads() {
+    pub(super) fn a_surge_on_points_raises_the_area_and_couples_its_access_roads() {
         let mut e = engine();
         e.on_points(&[crowd_point("S4", 1, 0.65)]);
         let c = e.take_changes();
@@ -1179,7 +731,7 @@ expect = []
     }
 
     #[test]
-    fn choke_points_and_areas_are_separate_subjects() {
+    pub(super) fn choke_points_and_areas_are_separate_subjects() {
         let mut e = engine();
         let mut p = crowd_point("S3", 1, 0.95);
         p.tags.insert(1, ("choke_point".into(), "S3-bridge".into()));
@@ -1193,7 +745,7 @@ expect = []
     }
 
     #[test]
-    fn a_restart_mid_episode_neither_refires_nor_forgets() {
+    pub(super) fn a_restart_mid_episode_neither_refires_nor_forgets() {
         let mut e = engine();
         e.on_readings(&[gas("gz-t1-gas", 1_000, 22.0)]);
         let c = e.take_changes();
@@ -1234,7 +786,7 @@ expect = []
     }
 
     #[test]
-    fn acknowledging_silences_reminders_until_an_escalation() {
+    pub(super) fn acknowledging_silences_reminders_until_an_escalation() {
         let catalog = Catalog::ganzhou().unwrap();
         let mut e = Engine::new(&catalog, defaults(&catalog, &DefaultsTuning::default()), 60);
         e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
@@ -1264,7 +816,7 @@ expect = []
     }
 
     #[test]
-    fn unchanged_episodes_are_not_rewritten_for_every_value() {
+    pub(super) fn unchanged_episodes_are_not_rewritten_for_every_value() {
         let mut e = engine();
         e.on_readings(&[gas("gz-t1-gas", 0, 1.0)]);
         e.take_changes();
@@ -1273,7 +825,7 @@ expect = []
     }
 
     #[test]
-    fn a_burst_is_confirmed_by_a_neighbour_drop() {
+    pub(super) fn a_burst_is_confirmed_by_a_neighbour_drop() {
         let catalog = Catalog::ganzhou().unwrap();
         let p1 = catalog
             .site
@@ -1321,7 +873,7 @@ expect = []
     }
 
     #[test]
-    fn a_refused_sink_raises_a_gateway_alert_until_it_delivers_again() {
+    pub(super) fn a_refused_sink_raises_a_gateway_alert_until_it_delivers_again() {
         let mut e = engine();
         e.on_sinks(1_000, "360702", &[("influxdb", false)]);
         assert!(e.take_changes().events.is_empty());
@@ -1343,7 +895,7 @@ expect = []
     }
 
     #[test]
-    fn a_gate_silent_in_opening_hours_is_stale_and_a_silent_device_offline() {
+    pub(super) fn a_gate_silent_in_opening_hours_is_stale_and_a_silent_device_offline() {
         let catalog = Catalog::ganzhou().unwrap();
         let keys = crate::keys::Keys::demo(&catalog);
         let mut registry = Registry::new(&catalog, &keys, &[]);
@@ -1391,7 +943,7 @@ expect = []
     }
 
     #[test]
-    fn presence_keeps_no_state_for_devices_at_rest_and_writes_a_resolved_one_at_rest() {
+    pub(super) fn presence_keeps_no_state_for_devices_at_rest_and_writes_a_resolved_one_at_rest() {
         let catalog = Catalog::ganzhou().unwrap();
         let keys = crate::keys::Keys::demo(&catalog);
         let mut registry = Registry::new(&catalog, &keys, &[]);

@@ -8,13 +8,23 @@
 //! ```
 //!
 //! # Layout
+//! - [`model`]: alerts, their events, the persisted state of each (rule, subject), changes.
 //! - [`episode`]: the state machine of one (rule, subject): hysteresis, hold times, escalation.
-//! - [`rule`]: rule definitions, the defaults of DOMAIN.md §6, rule files with test cases.
-//! - [`engine`]: evaluates rules and produces transitions.
+//! - [`rule`]: rule definitions, the defaults of DOMAIN.md §6, rule files.
+//! - [`context`]: what the engine knows of the site; [`history`]: recent values for derivations.
+//! - [`engine`]: evaluates rules and produces transitions; [`state`]: restoring, acknowledging,
+//!   taking changes.
+//! - [`cases`]: the test cases of rule files.
 
+pub mod cases;
+pub mod context;
 pub mod engine;
 pub mod episode;
+pub mod history;
+pub mod model;
 pub mod rule;
+pub mod state;
 
-pub use engine::{Alert, AlertEvent, Changes, Engine, EventKind, Status, SubjectState};
+pub use engine::Engine;
+pub use model::{Alert, AlertEvent, Changes, EventKind, Status, SubjectState};
 pub use rule::{Rule, RuleFile};

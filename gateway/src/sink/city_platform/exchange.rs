@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alert::AlertEvent;
-use crate::alert::engine::Status;
+use crate::alert::model::Status;
 use crate::point::{FieldValue, Point, Quality};
 use crate::reading::{Measurement, Reading};
 
@@ -403,7 +403,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::alert::engine::{Alert, EventKind};
+    use crate::alert::model::{Alert, EventKind};
     use crate::alert::rule::Category;
 
     fn exchange() -> Exchange {

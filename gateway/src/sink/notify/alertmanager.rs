@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::DeliveryError;
-use crate::alert::engine::{Alert, AlertEvent, Engine, Status};
+use crate::alert::Engine;
+use crate::alert::model::{Alert, AlertEvent, Status};
 
 use super::AlertmanagerSection;
 
@@ -142,7 +143,7 @@ impl AlertmanagerNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::engine::EventKind;
+    use crate::alert::model::EventKind;
     use crate::sink::notify::tests::event;
 
     #[test]

@@ -27,7 +27,7 @@ pub use self::alertmanager::AlertmanagerNotifier;
 pub use self::mqtt::MqttNotifier;
 pub use self::webhook::WebhookNotifier;
 use super::{Failure, Feed, Meters, NotReady, Options, Read, Sink};
-use crate::alert::engine::AlertEvent;
+use crate::alert::model::AlertEvent;
 use crate::metrics::Metrics;
 use crate::store::{Committed, Store, StoreError, Table};
 
@@ -352,7 +352,8 @@ pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::alert::engine::{Alert, Engine, EventKind, Status};
+    use crate::alert::Engine;
+    use crate::alert::model::{Alert, EventKind, Status};
     use crate::alert::rule::Category;
 
     /// The next batch's evaluation holds the engine while a committed batch is reported: its

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{DeliveryError, Envelope};
-use crate::alert::engine::{Alert, AlertEvent, Engine};
+use crate::alert::Engine;
+use crate::alert::model::{Alert, AlertEvent};
 use crate::net::mqtt::{ConfirmedPublisher, Message, PublishError};
 
 use super::BATCH;

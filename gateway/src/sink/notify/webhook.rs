@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 
 use super::{DeliveryError, Envelope};
-use crate::alert::engine::{AlertEvent, EventKind};
+use crate::alert::model::{AlertEvent, EventKind};
 
 use super::{WebhookFormat, WebhookSection};
 

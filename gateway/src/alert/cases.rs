@@ -1,0 +1,88 @@
+//! The test cases of rule files (`[[test]]`): inputs in, the transitions a rule must make out,
+//! and a readable diff when it does not (`gateway rules test`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::engine::Engine;
+use super::rule::Rule;
+
+pub(super) fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Runs one rule-file test case against `rules`; `Err` is a readable diff.
+pub fn run_case(
+    rules: &[Rule],
+    case: &super::rule::TestCase,
+    renotify_s: u32,
+) -> Result<usize, String> {
+    let Some(rule) = rules.iter().find(|r| r.id == case.rule) else {
+        return Err(format!("no rule \"{}\" to test", case.rule));
+    };
+    let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
+    let mut rows: Vec<(i64, BTreeMap<String, f64>)> = case
+        .rows
+        .iter()
+        .map(|r| {
+            let at = r.get("at_s").copied().unwrap_or(0.0);
+            ((at * 1000.0).round() as i64, r.clone())
+        })
+        .collect();
+    for ramp in &case.ramp {
+        let span = f64::from(ramp.to_s - ramp.from_s).max(1.0);
+        let mut t = ramp.from_s;
+        while t <= ramp.to_s {
+            let v = ramp.start + (ramp.end - ramp.start) * f64::from(t - ramp.from_s) / span;
+            let at = i64::from(t) * 1000;
+            match rows.iter_mut().find(|(a, _)| *a == at) {
+                Some((_, row)) => {
+                    row.insert(ramp.field.clone(), v);
+                }
+                None => rows.push((at, BTreeMap::from([(ramp.field.clone(), v)]))),
+            }
+            t += ramp.every_s;
+        }
+    }
+    rows.sort_by_key(|(t, _)| *t);
+    let subject: Arc<str> = case.subject.as_str().into();
+    let zone: Arc<str> = "".into();
+    for (at, row) in &rows {
+        if let Some(v) = row.get(&rule.field) {
+            engine.remember(&subject, &rule.field, *at, *v);
+        }
+        if let Some(v) = row.get("flow") {
+            engine.remember(&subject, "flow", *at, *v);
+        }
+        engine.evaluate(0, &subject, &zone, *at, &|n| row.get(n).copied());
+    }
+    let got: Vec<(f64, String, String)> = engine
+        .take_changes()
+        .events
+        .into_iter()
+        .map(|e| {
+            (
+                e.at_ms as f64 / 1000.0,
+                e.kind.name().to_owned(),
+                e.alert.severity,
+            )
+        })
+        .collect();
+    let want: Vec<(f64, String, String)> = case
+        .expect
+        .iter()
+        .map(|e| (e.at_s, e.kind.clone(), e.grade.clone()))
+        .collect();
+    if got == want {
+        return Ok(got.len());
+    }
+    let show = |v: &[(f64, String, String)]| {
+        if v.is_empty() {
+            return "    (nothing)\n".to_owned();
+        }
+        v.iter()
+            .map(|(t, k, g)| format!("    at_s = {t}: {k} {g}\n"))
+            .collect::<String>()
+    };
+    Err(format!("expected:\n{}got:\n{}", show(&want), show(&got)))
+}

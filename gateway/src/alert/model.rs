@@ -1,0 +1,147 @@
+//! What the alert engine produces and persists: alerts, their events, the state of each (rule,
+//! subject), and the changes a commit takes.
+
+use serde::{Deserialize, Serialize};
+
+use super::episode::Episode;
+use super::rule::Category;
+
+/// Whether an alert is still on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Open.
+    Firing,
+    /// Over.
+    Resolved,
+}
+
+/// Who acknowledged an alert, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Operator name as given.
+    pub by: String,
+    /// Free text.
+    #[serde(default)]
+    pub note: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
+/// One alert: what operators see, on every notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Unique per episode: `{rule}:{subject}:{started_ms}`.
+    pub id: String,
+    /// The rule.
+    pub rule: String,
+    /// Category (the `{category}` of the MQTT topic).
+    pub category: Category,
+    /// Scenic area, choke point, road segment, pipe asset or device id.
+    pub subject: String,
+    /// The subject's name from the site file, where it has one.
+    pub subject_name: String,
+    /// District code (GB/T 2260).
+    pub zone: String,
+    /// Grade number, 1 = least severe.
+    pub grade: u8,
+    /// Grade name (`blue`, `warning`, `alarm`, …).
+    pub severity: String,
+    /// Grade label for people (蓝, 中度拥堵, …).
+    pub label: String,
+    /// Firing or resolved.
+    pub status: Status,
+    /// The value at the latest transition.
+    pub value: f64,
+    /// The set threshold of the grade.
+    pub threshold: f64,
+    /// When the episode started (event time), Unix ms.
+    pub started_ms: i64,
+    /// The latest transition, Unix ms.
+    pub updated_ms: i64,
+    /// When it resolved.
+    pub resolved_ms: Option<i64>,
+    /// Acknowledgement, cleared by an escalation.
+    pub ack: Option<Ack>,
+    /// The value kept crossing back and forth during this episode.
+    pub flapping: bool,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new alert.
+    Raised,
+    /// A higher grade.
+    Escalated,
+    /// A reminder.
+    Renotified,
+    /// Over.
+    Resolved,
+    /// An operator took it.
+    Acknowledged,
+}
+
+impl EventKind {
+    /// The label and JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Raised => "raised",
+            EventKind::Escalated => "escalated",
+            EventKind::Renotified => "renotified",
+            EventKind::Resolved => "resolved",
+            EventKind::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// One transition, as published on `cs/v1/alerts/events` and handed to every notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// When (event time), Unix ms.
+    pub at_ms: i64,
+    /// For escalations: the severity before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_severity: Option<String>,
+    /// The alert after the transition.
+    pub alert: Alert,
+}
+
+/// The persisted state of one (rule, subject).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubjectState {
+    /// The episode state machine.
+    pub episode: Episode,
+    /// The open alert, if any.
+    pub alert: Option<Alert>,
+}
+
+/// What changed since the last [`Engine::take_changes`]: state rows `("{rule}|{subject}",
+/// state)` and events, to be committed together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Changed states.
+    pub states: Vec<(String, SubjectState)>,
+    /// New events, in order.
+    pub events: Vec<AlertEvent>,
+}
+
+impl Changes {
+    /// Nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Why an acknowledgement failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// No open alert has that id.
+    #[error("no open alert with id \"{0}\"")]
+    NotFound(String),
+}

@@ -1,0 +1,106 @@
+//! The engine's state as operators and the store see it: restoring it at start, acknowledging
+//! alerts, the changes to commit, and what is open.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::engine::Engine;
+use super::model::{Ack, AckError, Alert, AlertEvent, Changes, EventKind, SubjectState};
+
+impl Engine {
+    /// Restores persisted states (at start). Rows of rules that no longer exist are returned.
+    pub fn restore(&mut self, rows: Vec<(String, SubjectState)>) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for (key, state) in rows {
+            let found = key.split_once('|').and_then(|(rule, subject)| {
+                let i = self.rules.iter().position(|c| c.rule.id == rule)?;
+                Some((i, Arc::<str>::from(subject)))
+            });
+            match found {
+                Some(k) => {
+                    self.states.insert(k, state);
+                }
+                None => unknown.push(key),
+            }
+        }
+        unknown
+    }
+
+    /// Acknowledges an open alert.
+    pub fn ack(&mut self, id: &str, by: &str, note: &str, now_ms: i64) -> Result<Alert, AckError> {
+        let Some((key, state)) = self
+            .states
+            .iter_mut()
+            .find(|(_, s)| s.alert.as_ref().is_some_and(|a| a.id == id))
+        else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        let Some(alert) = state.alert.as_mut() else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        if alert.ack.is_some() {
+            return Ok(alert.clone());
+        }
+        alert.ack = Some(Ack {
+            by: by.to_owned(),
+            note: note.to_owned(),
+            at_ms: now_ms,
+        });
+        let alert = alert.clone();
+        self.dirty.insert(key.clone());
+        self.events.push(AlertEvent {
+            kind: EventKind::Acknowledged,
+            at_ms: now_ms,
+            previous_severity: None,
+            alert: alert.clone(),
+        });
+        Ok(alert)
+    }
+
+    /// What changed since the last call, to commit.
+    pub fn take_changes(&mut self) -> Changes {
+        let states = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(i, subject)| {
+                // A state dropped at rest is written as such.
+                let s = self.states.get(&(i, subject.clone())).cloned();
+                let row = format!("{}|{}", self.rules[i].rule.id, subject);
+                (row, s.unwrap_or_default())
+            })
+            .collect();
+        Changes {
+            states,
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
+    /// Open alerts, oldest first.
+    pub fn open_alerts(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self
+            .states
+            .values()
+            .filter_map(|s| s.alert.clone())
+            .collect();
+        v.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        v
+    }
+
+    /// Open alerts counted by (category, severity), with a zero for every pair a rule can
+    /// raise (so gauges fall back to zero).
+    pub fn active_counts(&self) -> BTreeMap<(&'static str, String), i64> {
+        let mut counts = BTreeMap::new();
+        for c in &self.rules {
+            for g in &c.rule.grades {
+                counts.insert((c.rule.category.name(), g.name.clone()), 0);
+            }
+        }
+        for s in self.states.values() {
+            if let Some(a) = &s.alert {
+                *counts
+                    .entry((a.category.name(), a.severity.clone()))
+                    .or_default() += 1;
+            }
+        }
+        counts
+    }
+}
