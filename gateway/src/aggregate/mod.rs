@@ -11,37 +11,36 @@
 //! the end of their window as timestamp, so a re-emitted window overwrites its earlier point.
 //!
 //! # Layout
+//! - [`crowd`], [`traffic`], [`pipe`], [`health`]: one aggregator each, with its windows, what
+//!   a reading adds and the points a closed window gives; [`Aggregators`] offers each reading
+//!   to its device's health and to the aggregator of its place.
 //! - [`window`]: event-time windows with allowed lateness.
 //! - [`grade`]: congestion grades and the traffic performance index.
 
+pub mod crowd;
 pub mod grade;
+pub mod health;
+pub mod pipe;
+pub mod traffic;
 pub mod window;
 
 // Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
 use serde::Deserialize;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
-use device_profiles::site::{GateDirection, RoadClass};
+use device_profiles::site::GateDirection;
 
-use crate::point::{FieldValue, Point, Quality};
-use crate::reading::{Measurement, Reading, Tag};
-use window::Windows;
+use crate::point::Point;
+use crate::reading::{Measurement, Reading};
 
-const MINUTE: i64 = 60_000;
-const DAY: i64 = 24 * 3600 * 1000;
+pub(crate) const MINUTE: i64 = 60_000;
+pub(crate) const DAY: i64 = 24 * 3600 * 1000;
 /// How late data may arrive and still update its window.
 pub const LATENESS_MS: i64 = 2 * MINUTE;
 /// A tag read again at the same gate within this time is the same passage.
 pub const DEDUPE_MS: i64 = MINUTE;
-/// The crowd forecast looks this many minutes ahead (DOMAIN.md §6.1).
-const FORECAST_MIN: f64 = 30.0;
-/// Weight of the latest minute in the smoothed net inflow (about a five-minute average).
-const FORECAST_SMOOTHING: f64 = 0.2;
-/// The incident baseline: mean speed of the segment's previous 1-minute bins over this span.
-const BASELINE_MS: i64 = 15 * MINUTE;
 
 #[derive(Debug, Clone)]
 enum Place {
@@ -59,133 +58,6 @@ enum Place {
         asset: Arc<str>,
     },
 }
-
-#[derive(Debug, Clone)]
-struct AreaInfo {
-    /// `area` (and `choke_point`) and `zone` tags of its points.
-    tags: Vec<(String, String)>,
-    /// Closing time, milliseconds after local midnight: the crowd's day ends there.
-    close_ms: i64,
-    instantaneous: f64,
-    daily: f64,
-}
-
-#[derive(Debug, Clone)]
-struct SegmentInfo {
-    zone: Arc<str>,
-    class: RoadClass,
-    free_flow_kmh: f64,
-}
-
-#[derive(Debug, Default, Clone)]
-struct CrowdWindow {
-    entries: u64,
-    exits: u64,
-}
-
-#[derive(Debug)]
-struct Crowd {
-    windows: Windows<CrowdWindow>,
-    /// Occupancy and daily entries after the last emitted window, and which local day.
-    occupancy: i64,
-    daily_entries: u64,
-    day: i64,
-    last_emitted_end: i64,
-    /// Net inflow per minute, smoothed over about five minutes: the crowd forecast.
-    net_per_min: f64,
-}
-
-#[derive(Debug, Default, Clone)]
-struct TrafficWindow {
-    vehicles: u64,
-    occupancy_sum: f64,
-    occupancy_n: u64,
-    speed_weighted: f64,
-    speed_vehicles: u64,
-}
-
-#[derive(Debug, Default, Clone)]
-struct PipeWindow {
-    first: Option<(i64, f64)>,
-    last: Option<(i64, f64)>,
-    min: f64,
-    max: f64,
-    sum: f64,
-    n: u64,
-}
-
-/// One device's 5-minute health window, in constant space (a series per device).
-#[derive(Debug, Default, Clone)]
-struct HealthWindow {
-    /// Frames and reports without sequence numbers.
-    reports: u32,
-    /// Frames seen: readings of one frame count once (they arrive together).
-    frames: u32,
-    /// The frame counted last.
-    last_origin: Option<(u32, u32)>,
-    /// Boot epoch and the lowest and highest sequence seen in it.
-    sequences: Option<(u32, u32, u32)>,
-    /// Sequence numbers spanned in earlier epochs.
-    span_before: u32,
-    /// First and last report time, and the longest gap between reports taken in time order; a
-    /// report arriving out of order inside that span leaves the gap as measured (an upper bound).
-    first_ms: i64,
-    last_ms: i64,
-    max_gap_ms: i64,
-    battery_pct: Option<u8>,
-    signal_dbm: Option<i8>,
-}
-
-impl HealthWindow {
-    /// Counts a report at `t` (frame `origin`, or none for JSON devices).
-    fn report(&mut self, origin: Option<(u32, u32)>, t: i64) {
-        if let Some(o) = origin {
-            if self.last_origin == Some(o) {
-                return;
-            }
-            self.last_origin = Some(o);
-            self.frames += 1;
-            let (epoch, seq) = o;
-            self.sequences = match self.sequences {
-                None => Some((epoch, seq, seq)),
-                Some((e, lo, hi)) if e == epoch => Some((e, lo.min(seq), hi.max(seq))),
-                Some((e, lo, hi)) if e < epoch => {
-                    self.span_before += hi - lo + 1;
-                    Some((epoch, seq, seq))
-                }
-                // A late frame of an earlier epoch: a span of its own.
-                current => {
-                    self.span_before += 1;
-                    current
-                }
-            };
-        }
-        if self.reports == 0 {
-            (self.first_ms, self.last_ms) = (t, t);
-        } else if t >= self.last_ms {
-            self.max_gap_ms = self.max_gap_ms.max(t - self.last_ms);
-            self.last_ms = t;
-        } else if t < self.first_ms {
-            self.max_gap_ms = self.max_gap_ms.max(self.first_ms - t);
-            self.first_ms = t;
-        }
-        self.reports += 1;
-    }
-
-    /// Frames seen over the sequence numbers they span.
-    fn completeness(&self) -> Option<f64> {
-        let (_, lo, hi) = self.sequences?;
-        let span = self.span_before + (hi - lo + 1);
-        Some((f64::from(self.frames) / f64::from(span)).min(1.0))
-    }
-}
-
-/// A road segment, a bin (`1m`, `5m`) and a lane (`None`: the whole segment).
-type TrafficKey = (Arc<str>, &'static str, Option<u8>);
-/// One asset's field: its zone and windows.
-type PipeSeries = (Arc<str>, Windows<PipeWindow>);
-/// One device's zone, kind and windows.
-type HealthSeries = (Arc<str>, Arc<str>, Windows<HealthWindow>);
 
 /// Aggregation tunables.
 #[derive(Debug, Clone, Deserialize)]
@@ -259,8 +131,6 @@ pub struct AggregateCounts {
 #[derive(Debug)]
 pub struct Aggregators {
     places: HashMap<Arc<str>, Place>,
-    areas: HashMap<Arc<str>, AreaInfo>,
-    segments: HashMap<Arc<str>, SegmentInfo>,
     utc_offset_ms: i64,
     watermark: i64,
     /// The minute of the watermark at the last drain. Every window size is a whole number of
@@ -269,14 +139,10 @@ pub struct Aggregators {
     /// visited (a visit per series per batch would cost O(devices) for every batch).
     drained_minute: i64,
     late_touch: bool,
-    crowd: HashMap<Arc<str>, Crowd>,
-    recent_tags: HashMap<(Arc<str>, Tag), i64>,
-    /// By segment, bin and lane (`None`: the whole segment).
-    traffic: HashMap<TrafficKey, Windows<TrafficWindow>>,
-    /// Speeds of recent 1-minute segment bins `(window end, km/h)`: the incident baseline.
-    speeds: HashMap<Arc<str>, std::collections::VecDeque<(i64, f64)>>,
-    pipe: HashMap<(Arc<str>, Cow<'static, str>), PipeSeries>,
-    health: HashMap<Arc<str>, HealthSeries>,
+    crowds: crowd::Crowds,
+    traffic: traffic::Traffic,
+    pipes: pipe::Pipes,
+    health: health::Health,
     /// Counters.
     pub counts: AggregateCounts,
     settings: AggregateSettings,
@@ -292,40 +158,6 @@ impl Aggregators {
     pub fn with_settings(catalog: &Catalog, settings: AggregateSettings) -> Aggregators {
         let site = &catalog.site;
         let mut places = HashMap::default();
-        let mut areas = HashMap::default();
-        for a in &site.scenic_areas {
-            let close_ms = a
-                .hours
-                .minutes()
-                .map_or(DAY, |(_, close)| i64::from(close) * MINUTE);
-            areas.insert(
-                Arc::from(a.id.as_str()),
-                AreaInfo {
-                    tags: vec![
-                        ("area".into(), a.id.clone()),
-                        ("zone".into(), a.zone.clone()),
-                    ],
-                    close_ms,
-                    instantaneous: f64::from(a.capacity.instantaneous),
-                    daily: f64::from(a.capacity.daily),
-                },
-            );
-            for c in &a.choke_points {
-                areas.insert(
-                    Arc::from(c.id.as_str()),
-                    AreaInfo {
-                        tags: vec![
-                            ("area".into(), a.id.clone()),
-                            ("choke_point".into(), c.id.clone()),
-                            ("zone".into(), a.zone.clone()),
-                        ],
-                        close_ms,
-                        instantaneous: f64::from(c.capacity),
-                        daily: 0.0,
-                    },
-                );
-            }
-        }
         for g in &site.gates {
             places.insert(
                 Arc::from(g.device.as_str()),
@@ -345,16 +177,7 @@ impl Aggregators {
                 },
             );
         }
-        let mut segments = HashMap::default();
         for r in &site.road_segments {
-            segments.insert(
-                Arc::from(r.id.as_str()),
-                SegmentInfo {
-                    zone: r.zone.as_str().into(),
-                    class: r.class,
-                    free_flow_kmh: f64::from(r.free_flow_kmh),
-                },
-            );
             for d in &r.detectors {
                 places.insert(
                     Arc::from(d.device.as_str()),
@@ -376,18 +199,14 @@ impl Aggregators {
         }
         Aggregators {
             places,
-            areas,
-            segments,
             utc_offset_ms: site.site.utc_offset.ms(),
             watermark: i64::MIN,
             drained_minute: i64::MIN,
             late_touch: false,
-            crowd: HashMap::default(),
-            recent_tags: HashMap::default(),
-            traffic: HashMap::default(),
-            speeds: HashMap::default(),
-            pipe: HashMap::default(),
-            health: HashMap::default(),
+            crowds: crowd::Crowds::new(site),
+            traffic: traffic::Traffic::new(site),
+            pipes: pipe::Pipes::default(),
+            health: health::Health::default(),
             counts: AggregateCounts::default(),
             settings,
         }
@@ -414,27 +233,11 @@ impl Aggregators {
         self.drain()
     }
 
+    /// Offers `r` to its device's health and to the aggregator of its place.
     fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
         let (wm, lateness) = (self.watermark, self.settings.lateness_ms);
-        let h = self.health.entry(r.device.clone()).or_insert_with(|| {
-            (
-                r.zone.clone(),
-                r.kind.clone(),
-                Windows::new(5 * MINUTE, lateness),
-            )
-        });
-        let hw = h.2.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
-        hw.report(r.origin, r.time_ms);
-        if let Measurement::Status {
-            battery_pct,
-            signal_dbm,
-            ..
-        } = &r.measurement
-        {
-            hw.battery_pct = *battery_pct;
-            hw.signal_dbm = Some(*signal_dbm);
-        }
-        let Some(place) = self.places.get(&r.device).cloned() else {
+        self.health.report(r, lateness, wm)?;
+        let Some(place) = self.places.get(&r.device) else {
             return Ok(());
         };
         match (place, &r.measurement) {
@@ -445,44 +248,18 @@ impl Aggregators {
                     direction,
                 },
                 Measurement::Passage { tag, entry },
-            ) => {
-                let key = (gate, *tag);
-                if let Some(seen) = self.recent_tags.get(&key)
-                    && (r.time_ms - seen).abs() < self.settings.tag_dedupe_ms
-                {
-                    self.counts.duplicate_passages += 1;
-                    return Ok(());
-                }
-                self.recent_tags.insert(key, r.time_ms);
-                let is_entry = match direction {
-                    GateDirection::Entry => true,
-                    GateDirection::Exit => false,
-                    GateDirection::Both => *entry,
-                };
-                for subject in subjects.iter() {
-                    let w = self.crowd_windows(subject).get_mut_from(
-                        r.time_ms,
-                        r.unsynced_clock,
-                        wm,
-                    )?;
-                    if is_entry {
-                        w.entries += 1
-                    } else {
-                        w.exits += 1
-                    }
-                }
-            }
-            (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => {
-                for subject in subjects.iter() {
-                    let w = self.crowd_windows(subject).get_mut_from(
-                        r.time_ms,
-                        r.unsynced_clock,
-                        wm,
-                    )?;
-                    w.entries += u64::from(*entries);
-                    w.exits += u64::from(*exits);
-                }
-            }
+            ) => self.crowds.passage(
+                r,
+                (subjects, gate, *direction),
+                (*tag, *entry),
+                self.settings.tag_dedupe_ms,
+                lateness,
+                wm,
+                &mut self.counts,
+            ),
+            (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => self
+                .crowds
+                .counts(r, subjects, (*entries, *exits), lateness, wm),
             (
                 Place::Detector { segment },
                 Measurement::Lane {
@@ -492,281 +269,35 @@ impl Aggregators {
                     speed_kmh,
                     ..
                 },
-            ) => {
-                // The segment in 1- and 5-minute bins; each lane in 5-minute bins.
-                for (bin, lane) in [("1m", None), ("5m", None), ("5m", Some(*lane))] {
-                    let size = if bin == "1m" { MINUTE } else { 5 * MINUTE };
-                    let w = self
-                        .traffic
-                        .entry((segment.clone(), bin, lane))
-                        .or_insert_with(|| Windows::new(size, lateness))
-                        .get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
-                    w.vehicles += u64::from(*vehicles);
-                    w.occupancy_sum += occupancy_pct;
-                    w.occupancy_n += 1;
-                    if let Some(s) = speed_kmh
-                        && *vehicles > 0
-                    {
-                        w.speed_weighted += s * f64::from(*vehicles);
-                        w.speed_vehicles += u64::from(*vehicles);
-                    }
-                }
-            }
+            ) => self.traffic.lane(
+                r,
+                segment,
+                *lane,
+                (*vehicles, *occupancy_pct, *speed_kmh),
+                lateness,
+                wm,
+            ),
             (Place::Asset { asset }, Measurement::Value { field, value, .. }) => {
-                let entry = self
-                    .pipe
-                    .entry((asset, field.clone()))
-                    .or_insert_with(|| (r.zone.clone(), Windows::new(MINUTE, lateness)));
-                let w = entry.1.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
-                if w.n == 0 {
-                    (w.min, w.max) = (*value, *value);
-                }
-                if w.first.is_none_or(|(t, _)| r.time_ms < t) {
-                    w.first = Some((r.time_ms, *value));
-                }
-                if w.last.is_none_or(|(t, _)| r.time_ms >= t) {
-                    w.last = Some((r.time_ms, *value));
-                }
-                w.min = w.min.min(*value);
-                w.max = w.max.max(*value);
-                w.sum += value;
-                w.n += 1;
+                self.pipes.value(r, asset, (field, *value), lateness, wm)
             }
-            _ => {}
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    fn crowd_windows(&mut self, area: &Arc<str>) -> &mut Windows<CrowdWindow> {
-        let lateness = self.settings.lateness_ms;
-        &mut self
-            .crowd
-            .entry(area.clone())
-            .or_insert_with(|| Crowd {
-                windows: Windows::new(MINUTE, lateness),
-                occupancy: 0,
-                daily_entries: 0,
-                day: i64::MIN,
-                last_emitted_end: i64::MIN,
-                net_per_min: 0.0,
-            })
-            .windows
-    }
-
+    /// The points of every window closed at the watermark.
     fn drain(&mut self) -> Vec<Point> {
         let wm = self.watermark;
         let mut out = Vec::new();
-        let dedupe = self.settings.tag_dedupe_ms;
-        self.recent_tags.retain(|_, t| wm - *t < dedupe);
-        let offset = self.utc_offset_ms;
-        for (subject, c) in &mut self.crowd {
-            let Some(info) = self.areas.get(subject) else {
-                continue;
-            };
-            for closed in c.windows.drain_closed(wm) {
-                let (end, w) = (closed.end, closed.state);
-                // Windows close in order; a late re-emission recomputes from the state after
-                // the previous emission, which is what the operators saw then.
-                // The crowd's day ends at closing time: occupancy and daily entries start again
-                // (24-hour areas close at midnight).
-                let day = (end - 1 + offset - info.close_ms).div_euclid(DAY);
-                if day != c.day {
-                    (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
-                    c.net_per_min = 0.0;
-                }
-                let raw = c.occupancy + w.entries as i64 - w.exits as i64;
-                let drift = raw < 0 || raw as f64 > 1.5 * info.instantaneous;
-                if drift {
-                    self.counts.drift += 1;
-                }
-                if end > c.last_emitted_end {
-                    c.occupancy = raw.max(0);
-                    c.daily_entries += w.entries;
-                    c.last_emitted_end = end;
-                    let net = w.entries as f64 - w.exits as f64;
-                    c.net_per_min =
-                        FORECAST_SMOOTHING * net + (1.0 - FORECAST_SMOOTHING) * c.net_per_min;
-                }
-                let forecast = (c.occupancy as f64 + c.net_per_min * FORECAST_MIN).max(0.0);
-                let mut fields = vec![
-                    ("entries".into(), FieldValue::Int(w.entries as i64)),
-                    ("exits".into(), FieldValue::Int(w.exits as i64)),
-                    ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
-                    ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
-                    ("occupancy".into(), FieldValue::Int(c.occupancy)),
-                    (
-                        "occupancy_ratio".into(),
-                        FieldValue::Float(c.occupancy as f64 / info.instantaneous),
-                    ),
-                    (
-                        "daily_entries".into(),
-                        FieldValue::Int(c.daily_entries as i64),
-                    ),
-                    ("drift".into(), FieldValue::Bool(drift)),
-                    (
-                        "forecast_ratio".into(),
-                        FieldValue::Float(forecast / info.instantaneous),
-                    ),
-                ];
-                // Choke points have no daily capacity.
-                if info.daily > 0.0 {
-                    fields.push((
-                        "daily_ratio".into(),
-                        FieldValue::Float(c.daily_entries as f64 / info.daily),
-                    ));
-                }
-                out.push(Point {
-                    measurement: "crowd".into(),
-                    tags: info.tags.clone(),
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: drift,
-                    },
-                });
-            }
-        }
-        for ((segment, bin, lane), windows) in &mut self.traffic {
-            let Some(info) = self.segments.get(segment) else {
-                continue;
-            };
-            for closed in windows.drain_closed(wm) {
-                let (start, end, w) = (closed.start, closed.end, closed.state);
-                let hours = (end - start) as f64 / 3_600_000.0;
-                let occupancy = if w.occupancy_n > 0 {
-                    w.occupancy_sum / w.occupancy_n as f64
-                } else {
-                    0.0
-                };
-                let speed =
-                    (w.speed_vehicles > 0).then(|| w.speed_weighted / w.speed_vehicles as f64);
-                let grade = match speed {
-                    Some(s) => grade::grade_by_speed(info.class, s),
-                    None => grade::grade_by_occupancy(occupancy),
-                };
-                let mut fields = vec![
-                    ("volume".into(), FieldValue::Int(w.vehicles as i64)),
-                    (
-                        "flow_vph".into(),
-                        FieldValue::Float(w.vehicles as f64 / hours),
-                    ),
-                    ("occupancy_pct".into(), FieldValue::Float(occupancy)),
-                    ("grade".into(), FieldValue::Int(grade as i64)),
-                ];
-                if let (Some(s), "1m", None) = (speed, *bin, lane) {
-                    let recent = self.speeds.entry(segment.clone()).or_default();
-                    recent.retain(|(e, _)| *e < end && *e >= end - BASELINE_MS);
-                    if recent.len() >= 3 {
-                        let baseline =
-                            recent.iter().map(|(_, v)| v).sum::<f64>() / recent.len() as f64;
-                        if baseline > 0.0 {
-                            fields.push(("speed_ratio".into(), FieldValue::Float(s / baseline)));
-                        }
-                    }
-                    recent.push_back((end, s));
-                }
-                if let Some(s) = speed {
-                    fields.push(("speed_kmh".into(), FieldValue::Float(s)));
-                    fields.push((
-                        "tpi".into(),
-                        FieldValue::Float(grade::tpi(info.free_flow_kmh, s)),
-                    ));
-                }
-                let mut tags = vec![
-                    ("segment".into(), segment.to_string()),
-                    ("zone".into(), info.zone.to_string()),
-                    ("class".into(), format!("{:?}", info.class).to_lowercase()),
-                    ("bin".into(), (*bin).to_owned()),
-                ];
-                if let Some(lane) = lane {
-                    tags.push(("lane".into(), lane.to_string()));
-                }
-                out.push(Point {
-                    measurement: "traffic".into(),
-                    tags,
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: speed.is_none() && w.vehicles > 0,
-                    },
-                });
-            }
-        }
-        for ((asset, field), (zone, windows)) in &mut self.pipe {
-            for closed in windows.drain_closed(wm) {
-                let (end, w) = (closed.end, closed.state);
-                let mut fields = vec![
-                    ("min".into(), FieldValue::Float(w.min)),
-                    ("max".into(), FieldValue::Float(w.max)),
-                    ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
-                    ("count".into(), FieldValue::Int(w.n as i64)),
-                ];
-                if let Some((_, last)) = w.last {
-                    fields.insert(0, ("last".into(), FieldValue::Float(last)));
-                }
-                if let (Some((t0, v0)), Some((t1, v1))) = (w.first, w.last)
-                    && t1 > t0
-                {
-                    fields.push((
-                        "rate_per_min".into(),
-                        FieldValue::Float((v1 - v0) / ((t1 - t0) as f64 / 60_000.0)),
-                    ));
-                }
-                out.push(Point {
-                    measurement: "pipe".into(),
-                    tags: vec![
-                        ("asset".into(), asset.to_string()),
-                        ("zone".into(), zone.to_string()),
-                        ("field".into(), field.to_string()),
-                    ],
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: false,
-                    },
-                });
-            }
-        }
-        for (device, (zone, kind, windows)) in &mut self.health {
-            for closed in windows.drain_closed(wm) {
-                let (end, w) = (closed.end, closed.state);
-                let mut fields = vec![("reports".into(), FieldValue::Int(i64::from(w.reports)))];
-                if w.reports > 1 {
-                    let gap = w.max_gap_ms as f64 / 1000.0;
-                    fields.push(("max_gap_s".into(), FieldValue::Float(gap)));
-                }
-                if let Some(c) = w.completeness() {
-                    fields.push(("completeness".into(), FieldValue::Float(c)));
-                }
-                if let Some(b) = w.battery_pct {
-                    fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
-                }
-                if let Some(s) = w.signal_dbm {
-                    fields.push(("signal_dbm".into(), FieldValue::Int(i64::from(s))));
-                }
-                out.push(Point {
-                    measurement: "device_health".into(),
-                    tags: vec![
-                        ("device".into(), device.to_string()),
-                        ("zone".into(), zone.to_string()),
-                        ("kind".into(), kind.to_string()),
-                    ],
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: false,
-                    },
-                });
-            }
-        }
+        self.crowds.drain(
+            wm,
+            self.utc_offset_ms,
+            self.settings.tag_dedupe_ms,
+            &mut self.counts,
+            &mut out,
+        );
+        self.traffic.drain(wm, &mut out);
+        self.pipes.drain(wm, &mut out);
+        self.health.drain(wm, &mut out);
         out
     }
 }
@@ -774,6 +305,8 @@ impl Aggregators {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::point::FieldValue;
+    use crate::reading::Tag;
 
     fn catalog() -> Catalog {
         Catalog::ganzhou().unwrap()
@@ -1073,27 +606,6 @@ mod tests {
         let p = again.iter().find(|p| p.measurement == "pipe").unwrap();
         assert_eq!((p.time_ms, p.quality.late), (T0 + 60_000, true));
         assert_eq!(field(p, "min"), &FieldValue::Float(0.10));
-    }
-
-    #[test]
-    fn device_health_completeness_spans_boot_epochs() {
-        let mut w = HealthWindow::default();
-        // Epoch 1: sequences 10..=12 with 11 lost; the node reboots: epoch 2, sequences 0 and 1.
-        for (origin, t) in [
-            ((1, 10), 0),
-            ((1, 12), 20_000),
-            ((2, 0), 30_000),
-            ((2, 1), 40_000),
-        ] {
-            w.report(Some(origin), T0 + t);
-            w.report(Some(origin), T0 + t); // a second reading of the same frame
-        }
-        assert_eq!((w.reports, w.frames), (4, 4));
-        assert_eq!(w.completeness(), Some(4.0 / 5.0));
-        assert_eq!(w.max_gap_ms, 20_000);
-        // A frame arriving out of order before the first one extends the span it covers.
-        w.report(Some((1, 9)), T0 - 30_000);
-        assert_eq!(w.max_gap_ms, 30_000);
     }
 
     #[test]

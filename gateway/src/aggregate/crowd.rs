@@ -1,0 +1,254 @@
+//! Crowds per scenic area and choke point (LB/T 034-2014): entries and exits per minute from
+//! the gates' passages (a tag read again at the same gate within the dedupe time is the same
+//! passage) or counts, occupancy and daily entries carried from window to window and started
+//! again at closing time, the drift flag, and the 30-minute forecast.
+
+use std::sync::Arc;
+
+// Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
+use device_profiles::Site;
+use device_profiles::site::GateDirection;
+use rustc_hash::FxHashMap as HashMap;
+
+use super::window::{TooLate, Windows};
+use super::{AggregateCounts, DAY, MINUTE};
+use crate::point::{FieldValue, Point, Quality};
+use crate::reading::{Reading, Tag};
+
+/// The crowd forecast looks this many minutes ahead (DOMAIN.md §6.1).
+const FORECAST_MIN: f64 = 30.0;
+/// Weight of the latest minute in the smoothed net inflow (about a five-minute average).
+const FORECAST_SMOOTHING: f64 = 0.2;
+
+#[derive(Debug, Clone)]
+struct AreaInfo {
+    /// `area` (and `choke_point`) and `zone` tags of its points.
+    tags: Vec<(String, String)>,
+    /// Closing time, milliseconds after local midnight: the crowd's day ends there.
+    close_ms: i64,
+    instantaneous: f64,
+    daily: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct CrowdWindow {
+    entries: u64,
+    exits: u64,
+}
+
+#[derive(Debug)]
+struct Crowd {
+    windows: Windows<CrowdWindow>,
+    /// Occupancy and daily entries after the last emitted window, and which local day.
+    occupancy: i64,
+    daily_entries: u64,
+    day: i64,
+    last_emitted_end: i64,
+    /// Net inflow per minute, smoothed over about five minutes: the crowd forecast.
+    net_per_min: f64,
+}
+
+/// The crowds of a site's areas and choke points.
+#[derive(Debug, Default)]
+pub(super) struct Crowds {
+    areas: HashMap<Arc<str>, AreaInfo>,
+    crowd: HashMap<Arc<str>, Crowd>,
+    recent_tags: HashMap<(Arc<str>, Tag), i64>,
+}
+
+impl Crowds {
+    /// The scenic areas and choke points of `site`.
+    pub(super) fn new(site: &Site) -> Crowds {
+        let mut areas = HashMap::default();
+        for a in &site.scenic_areas {
+            let close_ms = a
+                .hours
+                .minutes()
+                .map_or(DAY, |(_, close)| i64::from(close) * MINUTE);
+            areas.insert(
+                Arc::from(a.id.as_str()),
+                AreaInfo {
+                    tags: vec![
+                        ("area".into(), a.id.clone()),
+                        ("zone".into(), a.zone.clone()),
+                    ],
+                    close_ms,
+                    instantaneous: f64::from(a.capacity.instantaneous),
+                    daily: f64::from(a.capacity.daily),
+                },
+            );
+            for c in &a.choke_points {
+                areas.insert(
+                    Arc::from(c.id.as_str()),
+                    AreaInfo {
+                        tags: vec![
+                            ("area".into(), a.id.clone()),
+                            ("choke_point".into(), c.id.clone()),
+                            ("zone".into(), a.zone.clone()),
+                        ],
+                        close_ms,
+                        instantaneous: f64::from(c.capacity),
+                        daily: 0.0,
+                    },
+                );
+            }
+        }
+        Crowds {
+            areas,
+            ..Crowds::default()
+        }
+    }
+
+    fn windows(&mut self, area: &Arc<str>, lateness: i64) -> &mut Windows<CrowdWindow> {
+        &mut self
+            .crowd
+            .entry(area.clone())
+            .or_insert_with(|| Crowd {
+                windows: Windows::new(MINUTE, lateness),
+                occupancy: 0,
+                daily_entries: 0,
+                day: i64::MIN,
+                last_emitted_end: i64::MIN,
+                net_per_min: 0.0,
+            })
+            .windows
+    }
+
+    /// One visitor through `gate` (ticket `tag`), counted for each of `subjects`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn passage(
+        &mut self,
+        r: &Reading,
+        (subjects, gate, direction): (&[Arc<str>], &Arc<str>, GateDirection),
+        (tag, entry): (Tag, bool),
+        dedupe_ms: i64,
+        lateness: i64,
+        wm: i64,
+        counts: &mut AggregateCounts,
+    ) -> Result<(), TooLate> {
+        let key = (gate.clone(), tag);
+        if let Some(seen) = self.recent_tags.get(&key)
+            && (r.time_ms - seen).abs() < dedupe_ms
+        {
+            counts.duplicate_passages += 1;
+            return Ok(());
+        }
+        self.recent_tags.insert(key, r.time_ms);
+        let is_entry = match direction {
+            GateDirection::Entry => true,
+            GateDirection::Exit => false,
+            GateDirection::Both => entry,
+        };
+        for subject in subjects {
+            let w =
+                self.windows(subject, lateness)
+                    .get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
+            if is_entry {
+                w.entries += 1
+            } else {
+                w.exits += 1
+            }
+        }
+        Ok(())
+    }
+
+    /// A gate's counts of a period, for each of `subjects`.
+    pub(super) fn counts(
+        &mut self,
+        r: &Reading,
+        subjects: &[Arc<str>],
+        (entries, exits): (u32, u32),
+        lateness: i64,
+        wm: i64,
+    ) -> Result<(), TooLate> {
+        for subject in subjects {
+            let w =
+                self.windows(subject, lateness)
+                    .get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
+            w.entries += u64::from(entries);
+            w.exits += u64::from(exits);
+        }
+        Ok(())
+    }
+
+    /// The points of the windows closed at watermark `wm`.
+    pub(super) fn drain(
+        &mut self,
+        wm: i64,
+        offset: i64,
+        dedupe: i64,
+        counts: &mut AggregateCounts,
+        out: &mut Vec<Point>,
+    ) {
+        self.recent_tags.retain(|_, t| wm - *t < dedupe);
+        for (subject, c) in &mut self.crowd {
+            let Some(info) = self.areas.get(subject) else {
+                continue;
+            };
+            for closed in c.windows.drain_closed(wm) {
+                let (end, w) = (closed.end, closed.state);
+                // Windows close in order; a late re-emission recomputes from the state after
+                // the previous emission, which is what the operators saw then.
+                // The crowd's day ends at closing time: occupancy and daily entries start again
+                // (24-hour areas close at midnight).
+                let day = (end - 1 + offset - info.close_ms).div_euclid(DAY);
+                if day != c.day {
+                    (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
+                    c.net_per_min = 0.0;
+                }
+                let raw = c.occupancy + w.entries as i64 - w.exits as i64;
+                let drift = raw < 0 || raw as f64 > 1.5 * info.instantaneous;
+                if drift {
+                    counts.drift += 1;
+                }
+                if end > c.last_emitted_end {
+                    c.occupancy = raw.max(0);
+                    c.daily_entries += w.entries;
+                    c.last_emitted_end = end;
+                    let net = w.entries as f64 - w.exits as f64;
+                    c.net_per_min =
+                        FORECAST_SMOOTHING * net + (1.0 - FORECAST_SMOOTHING) * c.net_per_min;
+                }
+                let forecast = (c.occupancy as f64 + c.net_per_min * FORECAST_MIN).max(0.0);
+                let mut fields = vec![
+                    ("entries".into(), FieldValue::Int(w.entries as i64)),
+                    ("exits".into(), FieldValue::Int(w.exits as i64)),
+                    ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
+                    ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
+                    ("occupancy".into(), FieldValue::Int(c.occupancy)),
+                    (
+                        "occupancy_ratio".into(),
+                        FieldValue::Float(c.occupancy as f64 / info.instantaneous),
+                    ),
+                    (
+                        "daily_entries".into(),
+                        FieldValue::Int(c.daily_entries as i64),
+                    ),
+                    ("drift".into(), FieldValue::Bool(drift)),
+                    (
+                        "forecast_ratio".into(),
+                        FieldValue::Float(forecast / info.instantaneous),
+                    ),
+                ];
+                // Choke points have no daily capacity.
+                if info.daily > 0.0 {
+                    fields.push((
+                        "daily_ratio".into(),
+                        FieldValue::Float(c.daily_entries as f64 / info.daily),
+                    ));
+                }
+                out.push(Point {
+                    measurement: "crowd".into(),
+                    tags: info.tags.clone(),
+                    fields,
+                    time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: drift,
+                    },
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Pipe assets (DOMAIN.md §4): each field of each asset per minute: last, min, max, mean, count
+//! and the rate of change.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+// Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
+use rustc_hash::FxHashMap as HashMap;
+
+use super::MINUTE;
+use super::window::{TooLate, Windows};
+use crate::point::{FieldValue, Point, Quality};
+use crate::reading::Reading;
+
+#[derive(Debug, Default, Clone)]
+struct PipeWindow {
+    first: Option<(i64, f64)>,
+    last: Option<(i64, f64)>,
+    min: f64,
+    max: f64,
+    sum: f64,
+    n: u64,
+}
+
+/// One asset's field: its zone and windows.
+type PipeSeries = (Arc<str>, Windows<PipeWindow>);
+
+/// The fields of a site's pipe assets.
+#[derive(Debug, Default)]
+pub(super) struct Pipes {
+    series: HashMap<(Arc<str>, Cow<'static, str>), PipeSeries>,
+}
+
+impl Pipes {
+    /// One value of `field` on `asset`.
+    pub(super) fn value(
+        &mut self,
+        r: &Reading,
+        asset: &Arc<str>,
+        (field, value): (&Cow<'static, str>, f64),
+        lateness: i64,
+        wm: i64,
+    ) -> Result<(), TooLate> {
+        let entry = self
+            .series
+            .entry((asset.clone(), field.clone()))
+            .or_insert_with(|| (r.zone.clone(), Windows::new(MINUTE, lateness)));
+        let w = entry.1.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
+        if w.n == 0 {
+            (w.min, w.max) = (value, value);
+        }
+        if w.first.is_none_or(|(t, _)| r.time_ms < t) {
+            w.first = Some((r.time_ms, value));
+        }
+        if w.last.is_none_or(|(t, _)| r.time_ms >= t) {
+            w.last = Some((r.time_ms, value));
+        }
+        w.min = w.min.min(value);
+        w.max = w.max.max(value);
+        w.sum += value;
+        w.n += 1;
+        Ok(())
+    }
+
+    /// The points of the windows closed at watermark `wm`.
+    pub(super) fn drain(&mut self, wm: i64, out: &mut Vec<Point>) {
+        for ((asset, field), (zone, windows)) in &mut self.series {
+            for closed in windows.drain_closed(wm) {
+                let (end, w) = (closed.end, closed.state);
+                let mut fields = vec![
+                    ("min".into(), FieldValue::Float(w.min)),
+                    ("max".into(), FieldValue::Float(w.max)),
+                    ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
+                    ("count".into(), FieldValue::Int(w.n as i64)),
+                ];
+                if let Some((_, last)) = w.last {
+                    fields.insert(0, ("last".into(), FieldValue::Float(last)));
+                }
+                if let (Some((t0, v0)), Some((t1, v1))) = (w.first, w.last)
+                    && t1 > t0
+                {
+                    fields.push((
+                        "rate_per_min".into(),
+                        FieldValue::Float((v1 - v0) / ((t1 - t0) as f64 / 60_000.0)),
+                    ));
+                }
+                out.push(Point {
+                    measurement: "pipe".into(),
+                    tags: vec![
+                        ("asset".into(), asset.to_string()),
+                        ("zone".into(), zone.to_string()),
+                        ("field".into(), field.to_string()),
+                    ],
+                    fields,
+                    time_ms: end,
+                    quality: Quality {
+                        late: closed.late,
+                        unsynced_clock: closed.unsynced_clock,
+                        estimated: false,
+                    },
+                });
+            }
+        }
+    }
+}
