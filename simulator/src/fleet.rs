@@ -10,10 +10,12 @@ use std::collections::{HashMap, VecDeque};
 use device_profiles::site::GateDirection;
 use device_profiles::{Catalog, Category, Encoding};
 use node::config::Role;
-use node::node::{Node, Persisted, RamStorage};
-use node::pipe::{Calibration, Input, Transducers, Watch, WatchState};
-use node::qmc5883l::{Qmc5883l, Range, Rate};
-use node::rfid::{Gate, TagRead};
+use node::drivers::TagRead;
+use node::drivers::ads1115::{Input, Transducers};
+use node::drivers::qmc5883l::{Qmc5883l, Range, Rate};
+use node::lifecycle::{Node, Persisted, RamStorage};
+use node::pipe::{Calibration, Watch, WatchState};
+use node::rfid::Gate;
 use node::traffic::{Change, Detector, LaneCounter, Tuning};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -114,7 +116,7 @@ impl<O: Out> node::Uplink for Uplinked<'_, O> {
     }
 }
 
-use node::node::poll_once as ready;
+use node::lifecycle::poll_once as ready;
 
 #[derive(Debug)]
 struct Area {

@@ -181,8 +181,9 @@ impl I2c for SimAdc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use node::pipe::{Calibration, Input, Transducers};
-    use node::qmc5883l::{Qmc5883l, Range, Rate};
+    use node::drivers::ads1115::{Input, Transducers};
+    use node::drivers::qmc5883l::{Qmc5883l, Range, Rate};
+    use node::pipe::Calibration;
 
     #[test]
     fn the_real_drivers_read_the_simulated_chips() {

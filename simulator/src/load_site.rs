@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use node::config::{Config, Role};
-use node::node::{Node, Persisted, Storage, StorageFailed};
+use node::lifecycle::{Node, Persisted, Storage, StorageFailed};
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 
 /// The zone of the generated site.

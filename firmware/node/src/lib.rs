@@ -11,14 +11,14 @@
 //!
 //! # Layout
 //! - [`config`]: the provisioned config block (id, zone, key, broker, intervals; version, CRC).
-//! - [`node`]: boot epoch and sequence numbers, sealing, the offline [`queue`], downlinks,
-//!   status, the [`node::Uplink`] and [`node::Storage`] traits.
-//! - [`rfid`]: gate readers (MFRC522 over SPI, a UHF module over UART with our [`uhf`] codec),
-//!   salted tag hashing, debouncing, batching.
-//! - [`qmc5883l`] and [`traffic`]: the magnetometer driver and vehicle detection (baseline,
-//!   drift, hysteresis, occupancy, speed), interval reports.
-//! - [`pipe`]: ADS1115 transducers with calibration, a Modbus RTU master, thresholds with
-//!   immediate reports, the report schedule.
+//! - [`lifecycle`]: a node's life from boot to report: boot epoch and sequence numbers, sealing,
+//!   the offline [`queue`], downlinks, status, the [`Uplink`] and [`Storage`] traits.
+//! - [`drivers`]: the chips (ADS1115, MFRC522, the UHF module codec, a Modbus RTU master,
+//!   QMC5883L), knowing nothing of the domain.
+//! - [`rfid`]: gates: salted tag hashing, debouncing, batching of what the readers saw.
+//! - [`traffic`]: vehicle detection on the magnetometer (baseline, drift, hysteresis,
+//!   occupancy, speed), interval reports.
+//! - [`pipe`]: transducer calibration, thresholds with immediate reports, the report schedule.
 //! - [`mqtt`] (feature `mqtt`): the MQTT 5 session (minimq) behind [`node::Uplink`].
 //! - `selftest` (feature `selftest`): checks that run on the host and in QEMU.
 
@@ -26,17 +26,16 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod drivers;
+pub mod lifecycle;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
-pub mod node;
 pub mod pipe;
-pub mod qmc5883l;
 pub mod queue;
 pub mod rfid;
 #[cfg(any(test, feature = "selftest"))]
 pub mod selftest;
 pub mod traffic;
-pub mod uhf;
 
 pub use config::Config;
-pub use node::{Node, Storage, Uplink};
+pub use lifecycle::{Node, Storage, Uplink};

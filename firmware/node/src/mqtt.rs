@@ -8,7 +8,7 @@ use embassy_time::{Duration, with_timeout};
 use heapless::{Deque, Vec};
 use minimq::{Connection, Io, Publication, QoS, SubscriptionOptions, TopicFilter};
 
-use crate::node::Uplink;
+use crate::lifecycle::Uplink;
 
 /// Largest downlink kept (a key rotation frame is ~100 bytes).
 pub const MAX_DOWNLINK: usize = 256;
@@ -136,8 +136,8 @@ mod tests {
 
     use super::*;
     use crate::config::{Role, Stream};
-    use crate::node::Node;
-    use crate::node::tests::Ram;
+    use crate::lifecycle::Node;
+    use crate::lifecycle::tests::Ram;
     use embedded_io_adapters::tokio_1::FromTokio;
     use minimq::{Buffers, ConfigBuilder, Session};
     use system_tests::services::Mosquitto;

@@ -6,9 +6,10 @@
 use wire::{Body, DeviceKey, Direction, FrameError, Header, Quantity, Timestamp, Trigger};
 
 use crate::config::{BLOCK_LEN, Config, ConfigError, GateRole, Role};
-use crate::node::{Node, Uplink};
+use crate::drivers::TagRead;
+use crate::lifecycle::{Node, Uplink};
 use crate::pipe::{Watch, WatchState};
-use crate::rfid::{Gate, TagRead};
+use crate::rfid::Gate;
 use crate::traffic::{Change, Detector, LaneCounter, Tuning};
 
 /// One check.
@@ -113,7 +114,7 @@ fn config_block() -> Result<(), &'static str> {
     )
 }
 
-type Ram = crate::node::RamStorage;
+type Ram = crate::lifecycle::RamStorage;
 
 /// Keeps the last frame published.
 struct LastFrame(heapless::Vec<u8, 640>, u32);
@@ -127,7 +128,7 @@ impl Uplink for LastFrame {
     }
 }
 
-use crate::node::poll_once as ready;
+use crate::lifecycle::poll_once as ready;
 
 fn tilt(v: f32) -> Body {
     crate::pipe::report(Trigger::Threshold, &[(Quantity::Tilt, v)])
@@ -352,7 +353,7 @@ fn cover_lift() -> Result<(), &'static str> {
 }
 
 fn modbus_frame() -> Result<(), &'static str> {
-    let mut m = crate::pipe::ModbusMaster::new(1);
+    let mut m = crate::drivers::modbus_rtu::ModbusMaster::new(1);
     let req = m.read_holdings(0, 2).map_err(|_| "request failed")?;
     ensure(
         req[..] == [0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xC4, 0x0B],

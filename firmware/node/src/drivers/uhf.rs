@@ -8,7 +8,7 @@
 
 use heapless::Vec;
 
-use crate::rfid::{MAX_TAG_LEN, TagRead};
+use super::{MAX_TAG_LEN, TagRead};
 
 const HEADER: u8 = 0xBB;
 const END: u8 = 0x7E;
