@@ -21,7 +21,7 @@ use wire::{Quantity, Trigger};
 use crate::clock::now_ms;
 use crate::load_site::{ZONE, boot, client, config, device_id};
 use crate::probe::Probe;
-use crate::run::Gateway;
+use crate::run::GatewayApi;
 
 /// The load is published in a burst every millisecond (`rate / 1000` reports), as near to
 /// reports arriving one by one as the timer goes. With a burst every 10 ms, 110 reports at
@@ -114,7 +114,7 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         opts.devices > 0 && opts.rate > 0.0,
         "need devices and a rate above 0"
     );
-    let gateway = Gateway::new(&opts.gateway)?;
+    let gateway = GatewayApi::new(&opts.gateway)?;
     let received_before = gateway
         .metric(
             "citysense_mqtt_messages_received_total",

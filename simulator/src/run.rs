@@ -198,7 +198,7 @@ pub async fn run(
     while acked.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gateway = Gateway::new(&opts.gateway)?;
+    let gateway = GatewayApi::new(&opts.gateway)?;
     let settle_until = Instant::now() + opts.settle;
     let min_settle = Instant::now() + Duration::from_secs(2).min(opts.settle);
     loop {
@@ -215,17 +215,17 @@ pub async fn run(
     }
 }
 
-/// The gateway's HTTP API.
+/// A client of the gateway's HTTP API (the oracle's view of the gateway).
 #[derive(Debug)]
-pub struct Gateway {
+pub struct GatewayApi {
     base: String,
     http: reqwest::Client,
 }
 
-impl Gateway {
+impl GatewayApi {
     /// At `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> anyhow::Result<Gateway> {
-        Ok(Gateway {
+    pub fn new(base: &str) -> anyhow::Result<GatewayApi> {
+        Ok(GatewayApi {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -279,7 +279,7 @@ async fn judge(
     scenario: &Scenario,
     fleet: &Fleet,
     topic_events: &Arc<Mutex<Vec<Value>>>,
-    gateway: &Gateway,
+    gateway: &GatewayApi,
     offset: i64,
 ) -> anyhow::Result<(String, bool)> {
     // Events from the alerts topic and from the API, de-duplicated by their outbox sequence.

@@ -4,6 +4,12 @@
 //!
 //! Time is simulated: [`Fleet::step`] advances one simulated second; what the nodes report is
 //! stamped with simulated time, and queued frames are handed to an [`Out`] for publishing.
+//!
+//! # Layout
+//! - [`world`]: the city's demand and physics: arrivals by time of day, traffic, pipe values
+//!   under the scenario's events.
+//! - [`nodes`]: the virtual nodes and their simulated sensors behind the real drivers.
+//! - [`faults`]: the scenario's faults (link down, replayed and forged frames, ...).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,121 +17,24 @@ use device_profiles::site::GateDirection;
 use device_profiles::{Catalog, Category, Encoding};
 use node::config::Role;
 use node::drivers::TagRead;
-use node::drivers::ads1115::{Input, Transducers};
-use node::drivers::qmc5883l::{Qmc5883l, Range, Rate};
+use node::drivers::ads1115::Transducers;
 use node::lifecycle::{Node, Persisted, RamStorage};
-use node::pipe::{Calibration, Watch, WatchState};
+use node::pipe::{Watch, WatchState};
 use node::rfid::Gate;
-use node::traffic::{Change, Detector, LaneCounter, Tuning};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wire::{Body, DeviceKey, GateCounts, Header, Quantity, Timestamp, Trigger};
+use wire::{Body, GateCounts, Quantity, Trigger};
 
-use crate::hardware::{Field, Inputs, SimAdc, SimMagnetometer};
-use crate::scenario::{EventKind, FaultKind, Scenario, minutes};
+use crate::scenario::{EventKind, FaultKind, Scenario};
 
-/// Frames a node keeps while its link is down.
-const QUEUE: usize = 256;
-/// Magnetometer samples per simulated second (the detector needs ≥ 3 per vehicle).
-const MAG_HZ: u64 = 25;
-/// Earth's field at the sensors, LSB at 2 G.
-const EARTH: [i16; 3] = [1200, -300, 4100];
-/// A car's footprint over a sensor, metres.
-const CAR_M: f64 = 4.5;
+mod faults;
+mod nodes;
+mod world;
 
-/// A detected lane: two sensors a known distance apart.
-#[derive(Debug)]
-struct Lane {
-    number: u8,
-    sensors: [(Qmc5883l<SimMagnetometer>, Detector, Field); 2],
-    counter: LaneCounter,
-    /// Vehicles: (time over sensor A, ms; speed, m/s).
-    cars: VecDeque<(i64, f64)>,
-}
-
-/// What a node senses.
-#[derive(Debug)]
-enum Sensing {
-    /// An RFID gate reader.
-    Gate {
-        area: String,
-        direction: GateDirection,
-        gate: Box<Gate>,
-    },
-    /// A people counter at a gate.
-    Counter {
-        area: String,
-        direction: GateDirection,
-        entries: u32,
-        exits: u32,
-    },
-    /// A traffic detector.
-    Traffic {
-        segment: String,
-        lanes: Vec<Lane>,
-        spacing_m: f64,
-    },
-    /// A pipe, well or cover sensor.
-    Pipe {
-        asset: String,
-        fields: Vec<Quantity>,
-        adc: Option<(Transducers<SimAdc>, Inputs)>,
-        watches: Vec<(Watch, WatchState)>,
-    },
-}
-
-/// One virtual node.
-#[derive(Debug)]
-pub struct VirtualNode {
-    /// Device id.
-    pub id: String,
-    /// The `up` topic.
-    pub topic: String,
-    node: Node<QUEUE>,
-    sensing: Sensing,
-    report_every_ms: i64,
-    next_report_ms: i64,
-    next_status_ms: i64,
-    /// Frames published lately (for the replay fault).
-    recent: VecDeque<Vec<u8>>,
-}
-
-/// Where frames go: `publish` returns `false` while the node's link is down.
-pub trait Out {
-    /// Publishes one frame.
-    fn publish(&mut self, topic: &str, frame: Vec<u8>) -> bool;
-}
-
-struct Uplinked<'a, O: Out> {
-    out: &'a mut O,
-    down: bool,
-    recent: &'a mut VecDeque<Vec<u8>>,
-}
-
-impl<O: Out> node::Uplink for Uplinked<'_, O> {
-    type Error = ();
-    async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ()> {
-        if self.down || !self.out.publish(topic, payload.to_vec()) {
-            return Err(());
-        }
-        if self.recent.len() == 16 {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(payload.to_vec());
-        Ok(())
-    }
-}
-
-use node::lifecycle::poll_once as ready;
-
-#[derive(Debug)]
-struct Area {
-    peak_per_min: f64,
-    factor: f64,
-    dwell_ms: f64,
-    /// When each visitor inside leaves.
-    leaving: VecDeque<i64>,
-}
+use crate::hardware::{Inputs, SimAdc};
+pub use nodes::{Out, VirtualNode};
+use nodes::{QUEUE, Sensing, Uplinked, adc_read, ready, sense_lane};
+use world::{Area, arrival_curve, poisson, traffic_curve};
 
 /// Counts of what the fleet did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -155,44 +64,6 @@ pub struct Fleet {
     /// Counters.
     pub counts: FleetCounts,
     faults_done: Vec<bool>,
-}
-
-fn poisson(rng: &mut StdRng, lambda: f64) -> u32 {
-    if lambda <= 0.0 {
-        return 0;
-    }
-    if lambda > 30.0 {
-        let n = lambda + lambda.sqrt() * rng.random_range(-1.0..1.0) * 1.7;
-        return n.max(0.0).round() as u32;
-    }
-    let (l, mut k, mut p) = ((-lambda).exp(), 0u32, 1.0f64);
-    loop {
-        p *= rng.random::<f64>();
-        if p <= l {
-            return k;
-        }
-        k += 1;
-    }
-}
-
-/// Daytime arrivals: peaks at 10–11 h and 14:30–16 h (DOMAIN.md §7), quiet at night.
-fn arrival_curve(minute_of_day: f64) -> f64 {
-    let bump = |centre: f64, width: f64| (-((minute_of_day - centre) / width).powi(2)).exp();
-    (0.15 + bump(630.0, 75.0) + 0.9 * bump(915.0, 70.0)).min(1.0) * day_light(minute_of_day)
-}
-
-/// Traffic: morning and evening rush.
-fn traffic_curve(minute_of_day: f64) -> f64 {
-    let bump = |centre: f64, width: f64| (-((minute_of_day - centre) / width).powi(2)).exp();
-    (0.25 + bump(480.0, 60.0) + bump(1080.0, 70.0)).min(1.0)
-}
-
-fn day_light(minute_of_day: f64) -> f64 {
-    if (360.0..1380.0).contains(&minute_of_day) {
-        1.0
-    } else {
-        0.1
-    }
 }
 
 impl Fleet {
@@ -275,26 +146,7 @@ impl Fleet {
                         .unwrap_or_default();
                     let lanes = lanes
                         .iter()
-                        .map(|&number| {
-                            let sensor = || {
-                                let field = Field::default();
-                                field.set(EARTH);
-                                let chip = SimMagnetometer::new(field.clone());
-                                let driver = Qmc5883l::new(chip, Rate::Hz200, Range::Gauss2)
-                                    .map_err(|_| anyhow::anyhow!("simulated magnetometer"))?;
-                                Ok::<_, anyhow::Error>((
-                                    driver,
-                                    Detector::new(Tuning::default()),
-                                    field,
-                                ))
-                            };
-                            Ok(Lane {
-                                number,
-                                sensors: [sensor()?, sensor()?],
-                                counter: LaneCounter::default(),
-                                cars: VecDeque::new(),
-                            })
-                        })
+                        .map(|&number| nodes::lane(number))
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     Sensing::Traffic {
                         segment,
@@ -434,45 +286,6 @@ impl Fleet {
             utc_offset_ms,
             rng,
             counts: FleetCounts::default(),
-        })
-    }
-
-    /// Local minute of day at `t`.
-    fn minute_of_day(&self, t: i64) -> f64 {
-        ((t + self.utc_offset_ms).rem_euclid(86_400_000)) as f64 / 60_000.0
-    }
-
-    /// Whether an event of `kind` on `subject` is on at `t`; its value.
-    fn event(&self, kind: EventKind, subject: &str, t: i64) -> Option<(f64, f64)> {
-        let m = self.minute_of_day(t);
-        self.scenario.events.iter().find_map(|e| {
-            if e.kind != kind || e.subject != subject {
-                return None;
-            }
-            let from = f64::from(minutes(&e.at).ok()?);
-            let until = e
-                .until
-                .as_deref()
-                .and_then(|u| minutes(u).ok())
-                .map_or(f64::MAX, f64::from);
-            (m >= from && m < until).then(|| (e.value.unwrap_or(1.0), m - from))
-        })
-    }
-
-    fn fault(&self, kind: FaultKind, device: &str, t: i64) -> Option<(usize, f64)> {
-        let m = self.minute_of_day(t);
-        self.scenario.faults.iter().enumerate().find_map(|(i, f)| {
-            let everyone = kind == FaultKind::BrokerOutage;
-            if f.kind != kind || (!everyone && f.device != device) {
-                return None;
-            }
-            let from = f64::from(minutes(&f.at).ok()?);
-            let until = f
-                .until
-                .as_deref()
-                .and_then(|u| minutes(u).ok())
-                .map_or(from + 1.0, f64::from);
-            (m >= from && m < until).then_some((i, f.value.unwrap_or(0.0)))
         })
     }
 
@@ -747,49 +560,20 @@ impl Fleet {
         }
     }
 
-    fn apply_faults(&mut self, t: i64, out: &mut impl Out) {
-        for i in 0..self.nodes.len() {
-            let id = self.nodes[i].id.clone();
-            for kind in [FaultKind::Replay, FaultKind::Forged] {
-                let Some((f, value)) = self.fault(kind, &id, t) else {
-                    continue;
-                };
-                if self.faults_done[f] {
-                    continue;
-                }
-                self.faults_done[f] = true;
-                let vn = &self.nodes[i];
-                let n = value.max(1.0) as usize;
-                match kind {
-                    FaultKind::Replay => {
-                        let old: Vec<Vec<u8>> = vn.recent.iter().take(n).cloned().collect();
-                        for frame in old {
-                            if out.publish(&vn.topic, frame) {
-                                self.counts.replayed += 1;
-                            }
-                        }
-                    }
-                    _ => {
-                        let wrong = DeviceKey::from_bytes([0xEE; 32]);
-                        for k in 0..n {
-                            let header = Header {
-                                device_id: &vn.id,
-                                boot_epoch: vn.node.boot_epoch(),
-                                sequence: vn.node.sequence() + 10_000 + k as u32,
-                                timestamp: Timestamp::Synced { unix_ms: t as u64 },
-                            };
-                            let body =
-                                node::pipe::report(Trigger::Periodic, &[(Quantity::Gas, 0.0)]);
-                            if let Ok(frame) = wire::frame::seal_to_vec(&header, &body, &wrong)
-                                && out.publish(&vn.topic, frame)
-                            {
-                                self.counts.forged += 1;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    /// Local minute of day at `t`.
+    fn minute_of_day(&self, t: i64) -> f64 {
+        world::minute_of_day(t, self.utc_offset_ms)
+    }
+
+    /// Whether an event of `kind` on `subject` is on at `t`: its value and the minutes since it
+    /// began.
+    fn event(&self, kind: EventKind, subject: &str, t: i64) -> Option<(f64, f64)> {
+        world::event_on(&self.scenario, kind, subject, self.minute_of_day(t))
+    }
+
+    /// Whether a fault of `kind` on `device` is on at `t`: its index and value.
+    fn fault(&self, kind: FaultKind, device: &str, t: i64) -> Option<(usize, f64)> {
+        faults::fault_on(&self.scenario, kind, device, self.minute_of_day(t))
     }
 
     /// The physical values at node `i`'s asset at `t` (DOMAIN.md §7.3 plus events).
@@ -799,93 +583,16 @@ impl Fleet {
         };
         let (asset, fields) = (asset.clone(), fields.clone());
         let m = self.minute_of_day(t);
-        let night = !(360.0..1380.0).contains(&m);
-        let burst = self.event(EventKind::Burst, &asset, t);
-        let leak = self.event(EventKind::GasLeak, &asset, t);
-        let cover = self.event(EventKind::Cover, &asset, t);
-        let storm = self.event(EventKind::Storm, &asset, t);
-        let rng = &mut self.rng;
+        let conditions = world::PipeConditions {
+            night: !(360.0..1380.0).contains(&m),
+            burst: self.event(EventKind::Burst, &asset, t),
+            leak: self.event(EventKind::GasLeak, &asset, t),
+            cover: self.event(EventKind::Cover, &asset, t),
+            storm: self.event(EventKind::Storm, &asset, t),
+        };
         fields
             .iter()
-            .map(|q| {
-                let v = match q {
-                    Quantity::Pressure => {
-                        let base = if night { 0.34 } else { 0.30 } + rng.random_range(-0.01..0.01);
-                        // A burst takes 0.12 MPa within 90 s.
-                        base - burst.map_or(0.0, |(_, mins)| 0.12 * (mins / 1.5).min(1.0))
-                    }
-                    Quantity::Flow => {
-                        rng.random_range(180.0..220.0)
-                            * burst.map_or(1.0, |(_, mins)| 1.0 + 0.8 * (mins / 1.5).min(1.0))
-                    }
-                    Quantity::Gas => {
-                        rng.random_range(0.0..2.0) + leak.map_or(0.0, |(_, mins)| 3.0 * mins)
-                    }
-                    Quantity::Oxygen => rng.random_range(20.7..20.95),
-                    Quantity::HydrogenSulfide => rng.random_range(0.0..1.0),
-                    Quantity::Tilt => cover.map_or(rng.random_range(0.0..1.0), |(deg, _)| deg),
-                    Quantity::WellLevel => {
-                        rng.random_range(1.8..2.0) - storm.map_or(0.0, |(_, mins)| 0.035 * mins)
-                    }
-                    Quantity::RoadWater => storm.map_or(0.0, |(_, mins)| 0.4 * mins),
-                };
-                (*q, v.clamp(0.0, 1000.0) as f32)
-            })
+            .map(|q| (*q, conditions.value(*q, &mut self.rng)))
             .collect()
-    }
-}
-
-/// Reads a pressure through the ADS1115 and the node's calibration (0–1 MPa over 4–20 mA).
-fn adc_read(adc: &mut Transducers<SimAdc>, inputs: &Inputs, mpa: f32) -> Option<f32> {
-    // The transducer drives 4–20 mA into 150 Ω.
-    inputs.set(0, (4.0 + 16.0 * mpa.clamp(0.0, 1.0)) * 0.150);
-    let cal = Calibration::four_to_twenty_ma(0.0, 1.0);
-    for _ in 0..3 {
-        match adc.read(Input::A0) {
-            Ok(raw) => return Some(cal.apply(raw)),
-            Err(nb::Error::WouldBlock) => {}
-            Err(nb::Error::Other(_)) => return None,
-        }
-    }
-    None
-}
-
-/// Senses one second of a lane at `MAG_HZ` through the real driver and detector.
-fn sense_lane(lane: &mut Lane, t: i64, spacing_m: f64, uptime_end: u64) {
-    let step = 1000 / MAG_HZ as i64;
-    let mut ts = t - 1000 + step;
-    while ts <= t {
-        let uptime = uptime_end.saturating_sub((t - ts) as u64);
-        for (s, offset_m) in [(0usize, 0.0), (1, spacing_m)] {
-            let over = lane.cars.iter().any(|&(at, v)| {
-                let pos = (ts - at) as f64 / 1000.0 * v - offset_m;
-                (0.0..CAR_M).contains(&pos)
-            });
-            let (driver, detector, field) = &mut lane.sensors[s];
-            field.set(if over {
-                [EARTH[0] + 250, EARTH[1] + 90, EARTH[2] - 400]
-            } else {
-                EARTH
-            });
-            if let Ok(Some(sample)) = driver.read()
-                && let Some(change) = detector.sample(sample, uptime)
-            {
-                if s == 0 {
-                    lane.counter.first_sensor(change, uptime);
-                } else if spacing_m > 0.0 && change == Change::Arrived {
-                    lane.counter
-                        .second_sensor(change, uptime, (spacing_m * 1000.0) as u32);
-                }
-            }
-        }
-        ts += step;
-    }
-    // Cars past both sensors are gone.
-    while lane
-        .cars
-        .front()
-        .is_some_and(|&(at, v)| (t - at) as f64 / 1000.0 * v > CAR_M + spacing_m + 1.0)
-    {
-        lane.cars.pop_front();
     }
 }
