@@ -121,7 +121,7 @@ pub struct SubjectState {
     pub alert: Option<Alert>,
 }
 
-/// What changed since the last [`Engine::take_changes`]: state rows `("{rule}|{subject}",
+/// What changed since the last [`Engine::take_changes`](super::Engine::take_changes): state rows `("{rule}|{subject}",
 /// state)` and events, to be committed together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {

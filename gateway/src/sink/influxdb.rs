@@ -1,8 +1,9 @@
-//! The InfluxDB sink: drains points from the local store with its own cursor and writes them
-//! through the v2 write API (`influxdb2` crate; InfluxDB 2, or VictoriaMetrics, which accepts
-//! the same API).
+//! The InfluxDB sink: points from the local store, written through the v2 write API
+//! (`influxdb2` crate; InfluxDB 2, or VictoriaMetrics, which accepts the same API). The
+//! [sink runtime](crate::sink::runtime) drains the store into it with its own cursor.
 //!
-//! The cursor advances only after the server accepted a batch (2xx). Failures by class:
+//! The cursor advances only after the server accepted a batch (2xx). Failures by class
+//! ([`classify`] says which; the runtime acts on it):
 //! - **400** (bad lines): the batch is split until the refused lines are alone; those go to the
 //!   store's sink dead letters with the server's reason, the rest is delivered.
 //! - **413** (too large): the batch is split and retried.
@@ -13,8 +14,8 @@
 //! Points carry deterministic tags and timestamps, so a batch written twice (a crash between
 //! the server's 2xx and the cursor's commit) overwrites itself.
 //!
-//! When: a commit that holds points wakes the sink, which writes what is pending at once unless
-//! it wrote less than `flush_ms` ago; then it waits for the rest of that gap, and the points
+//! When (the runtime's batching by age, with `flush_ms` as its gap): a commit that holds points
+//! wakes the sink, which writes what is pending at once unless it wrote less than `flush_ms` ago; then it waits for the rest of that gap, and the points
 //! committed meanwhile go in the same write. So a point waits at most `flush_ms` for its write,
 //! a point that comes alone is written as soon as it is committed, and an idle sink looks at the
 //! store only every 5 s. (A timer alone made every point wait for the next tick, up to
@@ -114,7 +115,7 @@ impl InfluxSection {
 }
 
 /// Classifies the server's answer (see the module docs).
-fn classify(e: RequestError) -> Failure {
+pub fn classify(e: RequestError) -> Failure {
     match e {
         RequestError::Http { status, text } => match status.as_u16() {
             400 => Failure::Rejected(text),

@@ -7,7 +7,7 @@
 //! ledgers move with the same commit, in memory, and reach their table at a checkpoint; at open
 //! the readings after the last checkpoint are replayed onto them (each reading carries its
 //! frame's `(epoch, sequence)`), so the ledgers reject nothing that was not committed and
-//! accept nothing twice that was (see [`devices`]).
+//! accept nothing twice that was (see `store/devices.rs`).
 //!
 //! Writes go through one connection; queries that change nothing (sinks, notifiers, the HTTP
 //! API) through another, which in WAL mode reads the last commit without waiting for the one
@@ -150,7 +150,7 @@ pub struct Store {
     /// `None` for an in-memory store.
     reader: Option<Mutex<Connection>>,
     /// Each device's newest committed reading (the next one's `prev_id`) and ledger, written
-    /// to `reading_heads` and `ledgers` at a checkpoint (see [`devices`]). Locked after `conn`
+    /// to `reading_heads` and `ledgers` at a checkpoint (see `store/devices.rs`). Locked after `conn`
     /// when both are taken.
     devices: Mutex<devices::Devices>,
     /// Set by [`Store::enforce`] when the size bound is reached with nothing left to drop.

@@ -1,6 +1,6 @@
 //! The two ways records go upstream: MQTT 5 (one QoS1 message per record, delivered on its
 //! PUBACK) and HTTPS (one POST per batch with an idempotency key). Both only send; retries,
-//! splitting and cursors are the sink's ([`super::run`]).
+//! splitting and cursors are the sink runtime's ([`crate::sink::runtime`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
