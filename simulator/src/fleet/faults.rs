@@ -4,8 +4,9 @@
 
 use wire::{DeviceKey, Header, Quantity, Timestamp, Trigger};
 
+use super::world::minutes_into;
 use super::{Fleet, Out};
-use crate::scenario::{FaultKind, Scenario, minutes};
+use crate::scenario::{FaultKind, Scenario};
 
 /// Whether a fault of `kind` on `device` is on at local minute `m` (a broker outage is on for
 /// every device): its index in the scenario and its value. A fault without an end lasts a
@@ -21,13 +22,8 @@ pub(super) fn fault_on(
         if f.kind != kind || (!everyone && f.device != device) {
             return None;
         }
-        let from = f64::from(minutes(&f.at).ok()?);
-        let until = f
-            .until
-            .as_deref()
-            .and_then(|u| minutes(u).ok())
-            .map_or(from + 1.0, f64::from);
-        (m >= from && m < until).then_some((i, f.value.unwrap_or(0.0)))
+        minutes_into(&f.at, f.until.as_deref(), 1.0, m)?;
+        Some((i, f.value.unwrap_or(0.0)))
     })
 }
 

@@ -74,14 +74,24 @@ pub(super) fn event_on(
         if e.kind != kind || e.subject != subject {
             return None;
         }
-        let from = f64::from(minutes(&e.at).ok()?);
-        let until = e
-            .until
-            .as_deref()
-            .and_then(|u| minutes(u).ok())
-            .map_or(f64::MAX, f64::from);
-        (m >= from && m < until).then(|| (e.value.unwrap_or(1.0), m - from))
+        let since = minutes_into(&e.at, e.until.as_deref(), f64::MAX, m)?;
+        Some((e.value.unwrap_or(1.0), since))
     })
+}
+
+/// Minutes since `at` when local minute `m` lies in `[at, until)`; without `until`, the window
+/// lasts `default_minutes`.
+pub(super) fn minutes_into(
+    at: &str,
+    until: Option<&str>,
+    default_minutes: f64,
+    m: f64,
+) -> Option<f64> {
+    let from = f64::from(minutes(at).ok()?);
+    let until = until
+        .and_then(|u| minutes(u).ok())
+        .map_or(from + default_minutes, f64::from);
+    (m >= from && m < until).then_some(m - from)
 }
 
 /// What a pipe asset's sensors are under at one moment: night or day, and the events on it

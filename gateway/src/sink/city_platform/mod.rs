@@ -287,55 +287,52 @@ pub fn start(
             oldest_unsent: Some(m.city_oldest_unsent.with_label_values(&[label])),
             delivery_seconds: None,
         };
-        fn records<W>(
-            d: Dataset,
-            s: &Arc<CityPlatformSection>,
-            x: &Arc<Exchange>,
-            lateness_ms: i64,
-        ) -> Arc<Records<W>> {
-            Arc::new(Records {
-                dataset: d,
-                section: s.clone(),
-                exchange: x.clone(),
-                lateness_ms,
-                woken_by: PhantomData,
-            })
-        }
-        let (store, not_ready, shutdown) =
-            (cx.store.clone(), cx.not_ready.clone(), cx.shutdown.clone());
-        let task: Task = match d {
-            Dataset::Aggregates => Box::pin(super::run(
-                forwarder,
-                records(d, &shared, &exchange, cx.lateness_ms),
-                options,
-                meters,
-                store,
-                not_ready,
-                wakes.points.clone(),
-                shutdown,
-            )),
-            Dataset::Alerts => Box::pin(super::run(
-                forwarder,
-                records(d, &shared, &exchange, cx.lateness_ms),
-                options,
-                meters,
-                store,
-                not_ready,
-                wakes.alerts.clone(),
-                shutdown,
-            )),
-            Dataset::Raw => Box::pin(super::run(
-                forwarder,
-                records(d, &shared, &exchange, cx.lateness_ms),
-                options,
-                meters,
-                store,
-                not_ready,
-                wakes.readings.clone(),
-                shutdown,
-            )),
+        let sink = (forwarder, options, meters);
+        let records = |d| Records {
+            dataset: d,
+            section: shared.clone(),
+            exchange: exchange.clone(),
+            lateness_ms: cx.lateness_ms,
+            woken_by: PhantomData,
+        };
+        let task = match d {
+            Dataset::Aggregates => spawnable(sink, records(d), cx, wakes.points.clone()),
+            Dataset::Alerts => spawnable(sink, records(d).with_wake(), cx, wakes.alerts.clone()),
+            Dataset::Raw => spawnable(sink, records(d), cx, wakes.readings.clone()),
         };
         out.push(task);
     }
     Ok(out)
+}
+
+impl Records<()> {
+    /// The same records, woken by a wake-up of another type.
+    fn with_wake<W>(self) -> Records<W> {
+        Records {
+            dataset: self.dataset,
+            section: self.section,
+            exchange: self.exchange,
+            lateness_ms: self.lateness_ms,
+            woken_by: PhantomData,
+        }
+    }
+}
+
+/// One dataset's sink on the runtime, woken by `wake`.
+fn spawnable<W: Clone + Send + Sync + 'static>(
+    (forwarder, options, meters): (Forwarder, Options, Meters),
+    records: Records<W>,
+    cx: &Context,
+    wake: watch::Receiver<W>,
+) -> Task {
+    Box::pin(super::run(
+        forwarder,
+        Arc::new(records),
+        options,
+        meters,
+        cx.store.clone(),
+        cx.not_ready.clone(),
+        wake,
+        cx.shutdown.clone(),
+    ))
 }
