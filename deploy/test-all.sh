@@ -22,6 +22,9 @@ declare -A PACKAGES=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [qemu-system-arm]=qemu-system-arm
   [llvm-size]=llvm
+  # Benchmarks only (deploy/bench/run.sh measures the disk with it); installed so a fresh
+  # machine can run them.
+  [fio]=fio
 )
 
 install_missing() {
