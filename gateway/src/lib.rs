@@ -18,19 +18,20 @@
 //!
 //! # Layout
 //!
-//! Each layer imports only the layers below it; `tests/layering.rs` keeps it so.
+//! Each layer imports only the layers below it; `tests/system/layering.rs` (in the
+//! `system-tests` crate) fails on an import from the same layer or one above, and on circles.
 //!
-//! | layer | modules |
+//! | layer, lowest first | modules |
 //! |---|---|
-//! | ground | [`clock`], [`backoff`], [`secret`], [`heap`], [`metrics`], [`reading`], [`point`], [`ledger`], [`keys`], [`registry`] |
-//! | connections | [`net`]: MQTT options, the confirmed publisher, the watchdog, TLS |
-//! | input | [`decode`]: device messages to verified readings; [`source`]: the MQTT session and the Modbus pollers |
-//! | state | [`aggregate`] and [`alert`]: pure state, time passed in |
+//! | ground | [`clock`], [`backoff`], [`secret`], [`heap`], [`metrics`], [`reading`], [`point`], [`ledger`], [`keys`] |
+//! | connections | [`registry`] (devices, presence, replay windows); [`net`]: MQTT options, the confirmed publisher, the watchdog, TLS |
+//! | input | [`decode`]: device messages (frames, JSON, Modbus registers) to verified readings |
+//! | state | [`aggregate`], then [`alert`]: pure state, time passed in |
 //! | durability | [`store`]: the local store (accept, outbox, cursors, retention, quarantine) |
-//! | output | [`sink`]: the sink runtime and its sinks |
+//! | sources and sinks | [`source`]: the MQTT session and the Modbus pollers; [`sink`]: the sink runtime and its sinks |
 //! | flow | [`pipeline`]: batches, verification, aggregation, rules, commit, acknowledgement |
-//! | edges | [`api`]: HTTP; [`demo`]: `gateway demo` |
-//! | wiring | [`config`] composes every component's section; [`app`] starts a [`Gateway`]; [`housekeeping`] runs the background jobs; [`commands`] the CLI's jobs |
+//! | edges | [`api`]: HTTP; [`housekeeping`]: retention, presence, rebuilding state |
+//! | wiring | [`config`] composes every component's section; [`app`] starts a [`Gateway`]; [`commands`] and [`demo`] are the CLI's jobs |
 
 pub mod aggregate;
 pub mod alert;
