@@ -90,6 +90,7 @@ impl Context {
         c
     }
 
+    #[inline]
     pub(super) fn is_open(&self, area: &str, now_ms: i64) -> bool {
         let Some(&(open, close)) = self.hours.get(area) else {
             return true;

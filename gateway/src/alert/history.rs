@@ -18,6 +18,7 @@ pub(super) struct History {
 }
 
 impl History {
+    #[inline]
     pub(super) fn push(&mut self, time_ms: i64, value: f64, keep_ms: i64) {
         while self.maxima.back().is_some_and(|&(_, v)| v <= value) {
             self.maxima.pop_back();
@@ -36,19 +37,23 @@ impl History {
     }
 
     /// The first kept extremum at or after `from_ms`: the largest (or smallest) value since.
+    #[inline]
     pub(super) fn since(q: &VecDeque<(i64, f64)>, from_ms: i64) -> Option<f64> {
         q.get(q.partition_point(|&(t, _)| t < from_ms))
             .map(|&(_, v)| v)
     }
 
+    #[inline]
     pub(super) fn max_since(&self, from_ms: i64) -> Option<f64> {
         Self::since(&self.maxima, from_ms)
     }
 
+    #[inline]
     pub(super) fn min_since(&self, from_ms: i64) -> Option<f64> {
         Self::since(&self.minima, from_ms)
     }
 
+    #[inline]
     pub(super) fn latest_since(&self, from_ms: i64) -> Option<f64> {
         self.latest.filter(|&(t, _)| t >= from_ms).map(|(_, v)| v)
     }
