@@ -11,8 +11,15 @@
 //! operator's alert shows the worst grade reached) until it resolves. A re-notification is due
 //! every `renotify_ms` while the episode lasts.
 //!
-//! Plain state, no clock: time comes with each value (STYLE.md §6). The state is small and
-//! serialisable, so it is persisted with the store and a restart neither re-fires nor forgets.
+//! Holds are timed, not sampled (Prometheus `for:`): a value is current until a newer one
+//! replaces it or it goes stale, so a hold completes at `since + hold` without another value
+//! ([`Episode::tick`]), as long as the latest value was still current then. A device that reports
+//! once when a cover is lifted raises after the hold, not at its next report an hour later; a
+//! stale value neither raises nor resolves.
+//!
+//! Plain state, no clock: time comes with each value and each tick (STYLE.md §6). The state is
+//! small and serialisable, so it is persisted with the store and a restart neither re-fires nor
+//! forgets.
 
 use serde::{Deserialize, Serialize};
 
@@ -116,12 +123,75 @@ pub struct Episode {
     /// staying there: a flapping value.
     #[serde(default)]
     pub crossings: u32,
+    /// The latest value and its time while rising or clearing: what a hold completes on
+    /// without another value ([`Episode::tick`]).
+    #[serde(default)]
+    latest: Option<(i64, f64)>,
 }
 
 impl Episode {
     /// Whether an episode is open.
     pub fn is_open(&self) -> bool {
         self.grade > 0
+    }
+
+    /// Whether a hold is under way that [`Episode::tick`] may complete.
+    pub fn pending(&self) -> bool {
+        self.latest.is_some() && (self.rising.is_some() || self.clearing.is_some())
+    }
+
+    /// The latest value while a hold is under way.
+    pub fn latest_value(&self) -> Option<f64> {
+        self.latest.map(|(_, v)| v)
+    }
+
+    /// Raises or escalates to the grade held throughout the rise, at `at_ms`.
+    fn rise(&mut self, at_ms: i64) -> Transition {
+        let (from, to) = (self.grade, self.rising.map_or(self.grade, |(_, held)| held));
+        self.grade = to;
+        self.rising = None;
+        self.latest = None;
+        self.last_notified = Some(at_ms);
+        if from == 0 {
+            Transition::Raised { grade: to }
+        } else {
+            Transition::Escalated { from, to }
+        }
+    }
+
+    /// Ends the episode.
+    fn resolve(&mut self) -> Transition {
+        let grade = self.grade;
+        *self = Episode {
+            last_time: self.last_time,
+            ..Episode::default()
+        };
+        Transition::Resolved { grade }
+    }
+
+    /// Completes a hold under way once `now_ms` has passed its end, without another value: the
+    /// latest value counts until it is `stale_ms` old. Returns the transition and when the hold
+    /// completed (event time: the same whenever the tick comes), or nothing when no hold is due,
+    /// or the value went stale before its hold ended (a stale value neither raises nor resolves).
+    pub fn tick(
+        &mut self,
+        t: &Thresholds,
+        now_ms: i64,
+        stale_ms: i64,
+    ) -> Option<(Transition, i64)> {
+        let (latest_ms, _) = self.latest?;
+        let current_until = latest_ms.saturating_add(stale_ms);
+        if let Some((since, _)) = self.rising {
+            let due = since.saturating_add(t.hold_ms);
+            return (now_ms >= due && due <= current_until).then(|| (self.rise(due), due));
+        }
+        if let Some(since) = self.clearing
+            && self.is_open()
+        {
+            let due = since.saturating_add(t.clear_hold_ms);
+            return (now_ms >= due && due <= current_until).then(|| (self.resolve(), due));
+        }
+        None
     }
 
     /// Nothing under way: no episode, nothing rising, clearing or counted (the time of the
@@ -155,16 +225,13 @@ impl Episode {
             }
             let since = *self.clearing.get_or_insert(time_ms);
             if time_ms - since >= t.clear_hold_ms {
-                let grade = self.grade;
-                *self = Episode {
-                    last_time: self.last_time,
-                    ..Episode::default()
-                };
-                return Some(Transition::Resolved { grade });
+                return Some(self.resolve());
             }
+            self.latest = Some((time_ms, value));
             return None;
         }
         self.clearing = None;
+        self.latest = None;
 
         // Rising: above the current grade for long enough raises or escalates to the lowest
         // grade held throughout.
@@ -172,16 +239,9 @@ impl Episode {
             let (since, held) = self.rising.get_or_insert((time_ms, reached));
             *held = (*held).min(reached);
             if time_ms - *since >= t.hold_ms {
-                let (from, to) = (self.grade, *held);
-                self.grade = to;
-                self.rising = None;
-                self.last_notified = Some(time_ms);
-                return Some(if from == 0 {
-                    Transition::Raised { grade: to }
-                } else {
-                    Transition::Escalated { from, to }
-                });
+                return Some(self.rise(time_ms));
             }
+            self.latest = Some((time_ms, value));
             return None;
         }
         self.rising = None;
@@ -338,6 +398,92 @@ mod tests {
             restored.observe(&t, 780_000, 0.10),
             Some(Transition::Resolved { grade: 2 }),
             "the resolution still comes"
+        );
+    }
+
+    /// A cover that reports once when lifted: tilt past 15° held 30 s, clear after 60 s.
+    fn cover() -> Thresholds {
+        Thresholds {
+            side: Side::Above,
+            grades: vec![15.0],
+            clear_margin: 5.0,
+            hold_ms: 30_000,
+            clear_hold_ms: 60_000,
+            renotify_ms: 0,
+        }
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn one_report_past_the_threshold_raises_when_its_hold_ends_without_another() {
+        let t = cover();
+        let mut e = Episode::default();
+        assert_eq!(e.observe(&t, 1_000, 80.0), None, "the hold has just begun");
+        assert!(e.pending());
+        assert_eq!(e.tick(&t, 30_999, 2 * HOUR), None, "not yet");
+        assert_eq!(
+            e.tick(&t, 31_500, 2 * HOUR),
+            Some((Transition::Raised { grade: 1 }, 31_000)),
+            "at the hold's end, stamped with it"
+        );
+        assert!(e.is_open() && !e.pending());
+        assert_eq!(e.tick(&t, 40_000, 2 * HOUR), None, "raised once");
+        // The cover is put back: one report, and the clear hold completes on the clock too.
+        assert_eq!(e.observe(&t, 100_000, 2.0), None);
+        assert_eq!(e.tick(&t, 159_999, 2 * HOUR), None);
+        assert_eq!(
+            e.tick(&t, 160_000, 2 * HOUR),
+            Some((Transition::Resolved { grade: 1 }, 160_000))
+        );
+        assert!(e.at_rest());
+    }
+
+    #[test]
+    fn a_stale_value_neither_raises_nor_resolves() {
+        let t = cover();
+        let mut e = Episode::default();
+        e.observe(&t, 0, 80.0);
+        // The value went stale 10 s after it came, before its 30-s hold ended.
+        assert_eq!(e.tick(&t, HOUR, 10_000), None);
+        assert!(!e.is_open());
+        // Open, then one cleared value that goes stale before the clear hold ends.
+        let mut open = Episode::default();
+        open.observe(&t, 0, 80.0);
+        assert!(open.tick(&t, 30_000, HOUR).is_some());
+        open.observe(&t, 40_000, 1.0);
+        assert_eq!(
+            open.tick(&t, HOUR, 20_000),
+            None,
+            "stale before 60 s of clear"
+        );
+        assert!(open.is_open());
+    }
+
+    #[test]
+    fn a_value_back_on_the_good_side_before_the_hold_ends_cancels_it() {
+        let t = cover();
+        let mut e = Episode::default();
+        e.observe(&t, 0, 80.0);
+        e.observe(&t, 10_000, 3.0);
+        assert!(!e.pending());
+        assert_eq!(e.tick(&t, HOUR, 2 * HOUR), None);
+        assert!(e.at_rest());
+    }
+
+    #[test]
+    fn a_tick_and_a_later_report_give_one_raise_between_them() {
+        let t = cover();
+        let (mut ticked, mut sampled) = (Episode::default(), Episode::default());
+        ticked.observe(&t, 0, 80.0);
+        let first = ticked.tick(&t, 30_000, HOUR);
+        assert!(matches!(first, Some((Transition::Raised { .. }, 30_000))));
+        assert_eq!(ticked.observe(&t, 45_000, 81.0), None, "already raised");
+        // Without a tick, the next report raises, as before.
+        sampled.observe(&t, 0, 80.0);
+        assert_eq!(
+            sampled.observe(&t, 45_000, 81.0),
+            Some(Transition::Raised { grade: 1 })
         );
     }
 }
