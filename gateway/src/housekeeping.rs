@@ -148,6 +148,8 @@ pub async fn sweep_presence(
         let checked = alerts
             .apply(&store, |e| {
                 if let Ok(r) = registry.lock() {
+                    // Holds complete on the clock, not on the next value.
+                    e.tick(now);
                     e.on_presence(now, &r);
                     let zone = r.zones().first().map_or("000000", |z| &**z);
                     e.on_sinks(now, zone, &refused);

@@ -26,6 +26,9 @@ use crate::registry::{Presence, Registry};
 
 /// An episode whose value came back past the clear threshold this often is flagged flapping.
 const FLAPPING_CROSSINGS: u32 = 3;
+/// How long a value stays current when neither the rule nor its devices' profiles say: three
+/// one-minute windows of a point.
+const DEFAULT_STALE_MS: i64 = 3 * 60_000;
 
 #[derive(Debug, Clone)]
 pub(super) struct Compiled {
@@ -35,6 +38,8 @@ pub(super) struct Compiled {
     pub(super) scaled: HashMap<Arc<str>, Thresholds>,
     /// Indexes of the coupling rules that follow this one.
     pub(super) coupled: Vec<usize>,
+    /// How long a value stays current without a newer one ([`Rule::stale_s`]).
+    pub(super) stale_ms: i64,
 }
 
 /// The rule engine. See the module documentation.
@@ -55,6 +60,44 @@ pub struct Engine {
     pub(super) ctx: Context,
     pub(super) dirty: BTreeSet<(usize, Arc<str>)>,
     pub(super) events: Vec<AlertEvent>,
+    /// The (rule, subject)s with a hold under way: what [`Engine::tick`] visits.
+    pub(super) pending: HashMap<(usize, Arc<str>), Pending>,
+    /// The wall clock of the values being evaluated ([`Engine::arrived`]).
+    pub(super) wall_ms: Option<i64>,
+}
+
+/// A hold under way, as the tick sees it.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    /// The subject's zone, for the event.
+    pub(super) zone: Arc<str>,
+    /// Event time of the latest value.
+    pub(super) latest_ms: i64,
+    /// Wall-clock time that value arrived (or the tick first saw it).
+    pub(super) arrived_ms: Option<i64>,
+}
+
+/// How long a value of `rule` stays current by default (see [`Rule::stale_s`]): for readings, as
+/// long as the slowest of its device kinds stays online without a report.
+fn default_stale_ms(catalog: &Catalog, rule: &Rule) -> i64 {
+    match rule.source {
+        Source::Reading => catalog
+            .profiles
+            .values()
+            .filter(|p| {
+                if rule.kinds.is_empty() {
+                    rule.field == "battery_pct" || p.fields.iter().any(|f| f.name == rule.field)
+                } else {
+                    rule.kinds.contains(&p.kind)
+                }
+            })
+            .map(|p| i64::from(p.report_interval_s) * i64::from(p.offline_after_intervals) * 1000)
+            .max()
+            .unwrap_or(DEFAULT_STALE_MS),
+        Source::Point if rule.measurement.as_deref() == Some("device_health") => 3 * 5 * 60_000,
+        Source::Presence | Source::Sink => 10_000,
+        _ => DEFAULT_STALE_MS,
+    }
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -101,6 +144,11 @@ impl Engine {
     pub fn new(catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Engine {
         let mut engine = Self::bare(rules, renotify_s);
         engine.ctx = Context::new(catalog);
+        for c in &mut engine.rules {
+            if c.rule.stale_s.is_none() {
+                c.stale_ms = default_stale_ms(catalog, &c.rule);
+            }
+        }
         engine
     }
 
@@ -114,6 +162,9 @@ impl Engine {
                     .keys()
                     .map(|s| (Arc::from(s.as_str()), rule.thresholds_for(s, renotify_s)))
                     .collect(),
+                stale_ms: rule
+                    .stale_s
+                    .map_or(DEFAULT_STALE_MS, |s| i64::from(s) * 1000),
                 rule,
                 coupled: Vec::new(),
             })
@@ -160,6 +211,8 @@ impl Engine {
             ctx: Context::default(),
             dirty: BTreeSet::new(),
             events: Vec::new(),
+            pending: HashMap::default(),
+            wall_ms: None,
         }
     }
 
@@ -438,7 +491,88 @@ impl Engine {
         if state.episode.essence() != before {
             self.dirty.insert(key.clone());
         }
-        let Some(transition) = transition else {
+        if state.episode.pending() {
+            let pending = Pending {
+                zone: zone.clone(),
+                latest_ms: time_ms,
+                arrived_ms: self.wall_ms,
+            };
+            self.pending.insert(key, pending);
+        } else {
+            self.pending.remove(&key);
+        }
+        if let Some(transition) = transition {
+            self.emit(i, subject, zone, transition, time_ms, value);
+        }
+    }
+
+    /// The values evaluated next arrived at wall-clock `now_ms`: the moment [`Engine::tick`]
+    /// counts a hold's remaining time from.
+    pub fn arrived(&mut self, now_ms: i64) {
+        self.wall_ms = Some(now_ms);
+    }
+
+    /// Completes the holds under way whose end has passed while their latest value was current
+    /// (see [`Episode::tick`]): a set hold raises and a clear hold resolves without another
+    /// value. Call it every second with the wall clock.
+    ///
+    /// A subject's clock is the event time of its latest value advanced by the wall time since
+    /// that value arrived: for a live device, the wall clock; for a backlog or a rehearsal on a
+    /// past day, the hold completes only once its remaining span has passed without a newer
+    /// value, so values arriving behind it still count.
+    pub fn tick(&mut self, now_ms: i64) {
+        let keys: Vec<(usize, Arc<str>)> = self.pending.keys().cloned().collect();
+        for key in keys {
+            let Some(p) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            let arrived = *p.arrived_ms.get_or_insert(now_ms);
+            let subject_now = p
+                .latest_ms
+                .saturating_add(now_ms.saturating_sub(arrived).max(0));
+            let zone = p.zone.clone();
+            let c = &self.rules[key.0];
+            let (thresholds, stale_ms) = (c.thresholds(&key.1), c.stale_ms);
+            let Some(state) = self.states.get_mut(&key) else {
+                self.pending.remove(&key);
+                continue;
+            };
+            let value = state.episode.latest_value();
+            let Some((transition, at_ms)) = state.episode.tick(thresholds, subject_now, stale_ms)
+            else {
+                continue;
+            };
+            self.dirty.insert(key.clone());
+            if !state.episode.pending() {
+                self.pending.remove(&key);
+            }
+            let (i, subject) = key;
+            self.emit(
+                i,
+                &subject,
+                &zone,
+                transition,
+                at_ms,
+                value.unwrap_or(f64::NAN),
+            );
+        }
+    }
+
+    /// Turns a transition of (rule `i`, `subject`) at `time_ms` into the alert operators see and
+    /// its event, and passes a crowd grade on to the coupled rules of the area's access roads.
+    fn emit(
+        &mut self,
+        i: usize,
+        subject: &Arc<str>,
+        zone: &Arc<str>,
+        transition: Transition,
+        time_ms: i64,
+        value: f64,
+    ) {
+        let key = (i, subject.clone());
+        let c = &self.rules[i];
+        let thresholds = c.thresholds(subject);
+        let Some(state) = self.states.get_mut(&key) else {
             return;
         };
         let rule = &c.rule;
@@ -992,6 +1126,84 @@ expect = []
                 .values()
                 .all(|s| s.alert.is_some() || !s.episode.at_rest()),
             "only states under way are kept"
+        );
+    }
+
+    fn tilt(time_ms: i64, value: f64) -> Reading {
+        Reading {
+            device: "gz-m1-cover".into(),
+            zone: "360702".into(),
+            kind: "smart-manhole".into(),
+            time_ms,
+            received_ms: time_ms,
+            unsynced_clock: false,
+            origin: None,
+            measurement: Measurement::Value {
+                field: "tilt".into(),
+                value,
+                urgent: true,
+            },
+        }
+    }
+
+    fn tilt_events(e: &mut Engine) -> Vec<(EventKind, i64, String)> {
+        e.take_changes()
+            .events
+            .into_iter()
+            .filter(|x| x.alert.rule.contains("tilt"))
+            .map(|x| (x.kind, x.at_ms, x.alert.severity))
+            .collect()
+    }
+
+    #[test]
+    fn a_cover_that_reports_once_when_lifted_raises_when_its_hold_ends() {
+        let mut e = engine();
+        const T: i64 = 1_790_900_000_000;
+        e.arrived(T);
+        e.on_readings(&[tilt(T, 45.0)]);
+        assert!(
+            tilt_events(&mut e).is_empty(),
+            "the 30-s hold has just begun"
+        );
+        e.tick(T + 29_000);
+        assert!(tilt_events(&mut e).is_empty());
+        e.tick(T + 30_400);
+        let raised = tilt_events(&mut e);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!((raised[0].0, raised[0].1), (EventKind::Raised, T + 30_000));
+        e.tick(T + 31_000);
+        assert!(tilt_events(&mut e).is_empty(), "raised once");
+    }
+
+    #[test]
+    fn a_rehearsal_on_a_past_day_completes_a_hold_only_after_its_span_without_a_newer_value() {
+        let mut e = engine();
+        const NOW: i64 = 1_790_900_000_000;
+        // Values of three days ago arrive now, a simulated second every 10 ms.
+        let past = NOW - 3 * 86_400_000;
+        e.arrived(NOW);
+        e.on_readings(&[tilt(past, 45.0)]);
+        e.tick(NOW + 1_000);
+        assert!(
+            tilt_events(&mut e).is_empty(),
+            "the wall clock is days past the hold's end, but the cover's own clock is not"
+        );
+        // The next simulated value puts the cover back before its hold ended: nothing to raise.
+        e.arrived(NOW + 1_010);
+        e.on_readings(&[tilt(past + 10_000, 0.5)]);
+        e.tick(NOW + 60_000);
+        assert!(tilt_events(&mut e).is_empty());
+        // Lifted again and nothing more arrives: raised once its 30 s have passed.
+        e.arrived(NOW + 61_000);
+        e.on_readings(&[tilt(past + 20_000, 45.0)]);
+        e.tick(NOW + 90_000);
+        assert!(tilt_events(&mut e).is_empty());
+        e.tick(NOW + 91_000);
+        let raised = tilt_events(&mut e);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(
+            (raised[0].0, raised[0].1),
+            (EventKind::Raised, past + 50_000)
         );
     }
 }

@@ -145,6 +145,11 @@ impl Episode {
         self.latest.map(|(_, v)| v)
     }
 
+    /// The time of the latest value while a hold is under way.
+    pub fn latest_time(&self) -> Option<i64> {
+        self.latest.map(|(t, _)| t)
+    }
+
     /// Raises or escalates to the grade held throughout the rise, at `at_ms`.
     fn rise(&mut self, at_ms: i64) -> Transition {
         let (from, to) = (self.grade, self.rising.map_or(self.grade, |(_, held)| held));

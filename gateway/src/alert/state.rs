@@ -18,6 +18,23 @@ impl Engine {
             });
             match found {
                 Some(k) => {
+                    if state.episode.pending() {
+                        // Its zone for the event: the site's, or the open alert's.
+                        let zone = self
+                            .ctx
+                            .subjects
+                            .get(&k.1)
+                            .map(|(_, z)| z.clone())
+                            .or_else(|| state.alert.as_ref().map(|a| Arc::from(a.zone.as_str())))
+                            .unwrap_or_else(|| Arc::from(""));
+                        let latest_ms = state.episode.latest_time().unwrap_or(i64::MIN);
+                        let pending = super::engine::Pending {
+                            zone,
+                            latest_ms,
+                            arrived_ms: None,
+                        };
+                        self.pending.insert(k.clone(), pending);
+                    }
                     self.states.insert(k, state);
                 }
                 None => unknown.push(key),

@@ -304,6 +304,7 @@ impl Pipeline {
             }
         };
         let changes = self.alerts.evaluate(|e| {
+            e.arrived(now_ms());
             e.on_readings(&batch.readings);
             e.on_points(&points);
         });

@@ -65,6 +65,7 @@ pub(super) fn base(
         hold_s: 0,
         clear_hold_s: 0,
         renotify_s: None,
+        stale_s: None,
         require: Vec::new(),
         derive: None,
         confirm: None,

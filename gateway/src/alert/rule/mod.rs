@@ -170,6 +170,12 @@ pub struct Rule {
     /// Re-notify an open alert this often, seconds; absent: `alerts.renotify_s`; 0: never.
     #[serde(default)]
     pub renotify_s: Option<u32>,
+    /// A value counts as current this long without a newer one, seconds, so a hold completes
+    /// on time after a single report; a stale value neither raises nor resolves. Absent: the
+    /// offline threshold of the rule's device kinds (report interval × offline intervals) for
+    /// reading rules, three windows for point rules, ten seconds for presence and sink rules.
+    #[serde(default)]
+    pub stale_s: Option<u32>,
     /// Other fields that must hold.
     #[serde(default)]
     pub require: Vec<Require>,
