@@ -547,3 +547,78 @@ async fn an_influxdb_that_refuses_the_gateway_raises_an_alert_that_resolves_once
     assert_eq!(resolved["alert"]["id"], raised["alert"]["id"]);
     gw.stop().await;
 }
+
+/// A third-party cover that reports only on change (one JSON message when lifted, one when put
+/// back): the hold and the clear hold complete on the gateway's clock, not at its next report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cover_that_reports_once_raises_within_its_hold_and_resolves_within_its_clear_hold() {
+    const HOLD: Duration = Duration::from_secs(2);
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The cover's tilt rule with short holds, so the test waits seconds, not half a minute.
+    let rules = dir.path().join("cover.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+id = "pipe.tilt_high"
+category = "pipe"
+description = "cover lifted or displaced"
+source = "reading"
+field = "tilt"
+kinds = ["manhole-json"]
+side = "above"
+grades = [{ name = "warning", at = 5.0 }, { name = "alarm", at = 10.0 }, { name = "critical", at = 30.0 }]
+clear_margin = 1.0
+hold_s = 2
+clear_hold_s = 2
+"#,
+    )
+    .unwrap();
+    let gw = start_gateway_settings("cover", broker.port, |s| {
+        s.alerts.rule_files = vec![rules.clone()];
+    })
+    .await;
+    let mut events = watch_alerts("cover-watch", broker.port).await;
+    let (vendor, _) = client("cover-vendor", broker.port, true).await;
+    let topic = up_topic("gz-m9-cover");
+    let report = |tilt: f64, status: &str| {
+        let ts = gateway::clock::now_ms() / 1000;
+        format!(
+            r#"{{"device_id":"gz-m9-cover","tilt":{tilt},"battery":80,"status":"{status}","ts":{ts}}}"#
+        )
+        .into_bytes()
+    };
+    let tilt = |e: &Value| is_rule(e, "pipe.tilt_high");
+
+    // Lifted: one report, then nothing.
+    let lifted = std::time::Instant::now();
+    publish(&vendor, &topic, report(45.0, "open")).await;
+    let raised = next_event(&mut events, Duration::from_secs(10), tilt).await;
+    let took = lifted.elapsed();
+    assert_eq!(raised["kind"], "raised", "{raised}");
+    assert_eq!(raised["alert"]["severity"], "critical");
+    assert!(
+        took >= HOLD - Duration::from_millis(100) && took <= HOLD + Duration::from_millis(1500),
+        "raised {took:?} after the only report (hold {HOLD:?}: within the hold + 1 s)"
+    );
+    // Stamped with the hold's end in the cover's own time.
+    let started = raised["alert"]["started_ms"].as_i64().unwrap();
+    assert_eq!(
+        started % 1000,
+        0,
+        "the cover's time has whole seconds: {raised}"
+    );
+
+    // Put back: one report, and the clear hold completes on the clock too.
+    let put_back = std::time::Instant::now();
+    publish(&vendor, &topic, report(0.5, "normal")).await;
+    let resolved = next_event(&mut events, Duration::from_secs(10), tilt).await;
+    let took = put_back.elapsed();
+    assert_eq!(resolved["kind"], "resolved", "{resolved}");
+    assert!(
+        took >= HOLD - Duration::from_millis(100) && took <= HOLD + Duration::from_millis(1500),
+        "resolved {took:?} after the only report (clear hold {HOLD:?})"
+    );
+    gw.stop().await;
+}
