@@ -85,6 +85,12 @@ pub enum Measurement {
         /// Fingerprint of the key in use.
         key_fingerprint: String,
     },
+    /// An operator's count of the visitors inside the scenic area or choke point the reading's
+    /// `device` names, at `time_ms`: the occupancy baseline (see `aggregate::crowd`).
+    Occupancy {
+        /// Visitors inside.
+        count: u32,
+    },
 }
 
 /// A hashed ticket tag: the 8 bytes a reader sends (salted HMAC of the ticket's EPC), never the

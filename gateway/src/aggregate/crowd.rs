@@ -2,6 +2,15 @@
 //! the gates' passages (a tag read again at the same gate within the dedupe time is the same
 //! passage) or counts, occupancy and daily entries carried from window to window and started
 //! again at closing time, the drift flag, and the 30-minute forecast.
+//!
+//! **The occupancy baseline.** A gateway whose first window of an area comes during opening
+//! hours (a start or a lost store mid-day) does not know how many visitors are inside: exits of
+//! visitors it never saw enter would drive the count below zero. Until the closing-time reset,
+//! or an operator's count (`Measurement::Occupancy`, `POST /api/v1/areas/{id}/occupancy`), the
+//! area's points carry `occupancy_known = false` and neither occupancy, its ratio, the forecast
+//! nor a drift flag; entries and exits still count, and a count set later becomes the occupancy
+//! at the end of its window, which the windows after it move. A first window outside opening
+//! hours starts from an empty area.
 
 use std::sync::Arc;
 
@@ -24,6 +33,8 @@ const FORECAST_SMOOTHING: f64 = 0.2;
 struct AreaInfo {
     /// `area` (and `choke_point`) and `zone` tags of its points.
     tags: Vec<(String, String)>,
+    /// Opening time, milliseconds after local midnight (0 for areas open all day).
+    open_ms: i64,
     /// Closing time, milliseconds after local midnight: the crowd's day ends there.
     close_ms: i64,
     instantaneous: f64,
@@ -34,6 +45,8 @@ struct AreaInfo {
 struct CrowdWindow {
     entries: u64,
     exits: u64,
+    /// An operator's count in this window: the occupancy at its end.
+    count: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -46,6 +59,10 @@ struct Crowd {
     last_emitted_end: i64,
     /// Net inflow per minute, smoothed over about five minutes: the crowd forecast.
     net_per_min: f64,
+    /// Whether the occupancy is known: not when the first window came during opening hours
+    /// (visitors who entered before the gateway heard them are inside), until the closing-time
+    /// reset or an operator's count. `None` before the first window.
+    known: Option<bool>,
 }
 
 /// The crowds of a site's areas and choke points.
@@ -61,10 +78,9 @@ impl Crowds {
     pub(super) fn new(site: &Site) -> Crowds {
         let mut areas = HashMap::default();
         for a in &site.scenic_areas {
-            let close_ms = a
-                .hours
-                .minutes()
-                .map_or(DAY, |(_, close)| i64::from(close) * MINUTE);
+            let (open_ms, close_ms) = a.hours.minutes().map_or((0, DAY), |(open, close)| {
+                (i64::from(open) * MINUTE, i64::from(close) * MINUTE)
+            });
             areas.insert(
                 Arc::from(a.id.as_str()),
                 AreaInfo {
@@ -72,6 +88,7 @@ impl Crowds {
                         ("area".into(), a.id.clone()),
                         ("zone".into(), a.zone.clone()),
                     ],
+                    open_ms,
                     close_ms,
                     instantaneous: f64::from(a.capacity.instantaneous),
                     daily: f64::from(a.capacity.daily),
@@ -86,6 +103,7 @@ impl Crowds {
                             ("choke_point".into(), c.id.clone()),
                             ("zone".into(), a.zone.clone()),
                         ],
+                        open_ms,
                         close_ms,
                         instantaneous: f64::from(c.capacity),
                         daily: 0.0,
@@ -110,6 +128,7 @@ impl Crowds {
                 day: i64::MIN,
                 last_emitted_end: i64::MIN,
                 net_per_min: 0.0,
+                known: None,
             })
             .windows
     }
@@ -171,6 +190,31 @@ impl Crowds {
         Ok(())
     }
 
+    /// An operator's count of the visitors inside `area` at the reading's time: the occupancy at
+    /// the end of that window, which later windows' entries and exits then move.
+    pub(super) fn count(
+        &mut self,
+        r: &Reading,
+        area: &Arc<str>,
+        count: u32,
+        lateness: i64,
+        wm: i64,
+    ) -> Result<(), TooLate> {
+        if !self.areas.contains_key(area) {
+            return Ok(());
+        }
+        let w = self
+            .windows(area, lateness)
+            .get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
+        w.count = Some(count);
+        Ok(())
+    }
+
+    /// Whether `area` is known (a scenic area or choke point of the site).
+    pub(super) fn has(&self, area: &str) -> bool {
+        self.areas.contains_key(area)
+    }
+
     /// The points of the windows closed at watermark `wm`.
     pub(super) fn drain(
         &mut self,
@@ -195,13 +239,26 @@ impl Crowds {
                 if day != c.day {
                     (c.occupancy, c.daily_entries, c.day) = (0, 0, day);
                     c.net_per_min = 0.0;
+                    // The first window: known only outside opening hours (the area is empty).
+                    // A closing-time reset: known.
+                    let local = (end - 1 + offset).rem_euclid(DAY);
+                    let open = local >= info.open_ms && local < info.close_ms;
+                    c.known = Some(c.known.is_some() || !open);
                 }
-                let raw = c.occupancy + w.entries as i64 - w.exits as i64;
-                let drift = raw < 0 || raw as f64 > 1.5 * info.instantaneous;
+                let fresh = end > c.last_emitted_end;
+                let raw = match w.count {
+                    Some(n) if fresh => {
+                        c.known = Some(true);
+                        i64::from(n)
+                    }
+                    _ => c.occupancy + w.entries as i64 - w.exits as i64,
+                };
+                let known = c.known == Some(true);
+                let drift = known && (raw < 0 || raw as f64 > 1.5 * info.instantaneous);
                 if drift {
                     counts.drift += 1;
                 }
-                if end > c.last_emitted_end {
+                if fresh {
                     c.occupancy = raw.max(0);
                     c.daily_entries += w.entries;
                     c.last_emitted_end = end;
@@ -215,21 +272,28 @@ impl Crowds {
                     ("exits".into(), FieldValue::Int(w.exits as i64)),
                     ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
                     ("outflow_per_min".into(), FieldValue::Float(w.exits as f64)),
-                    ("occupancy".into(), FieldValue::Int(c.occupancy)),
-                    (
-                        "occupancy_ratio".into(),
-                        FieldValue::Float(c.occupancy as f64 / info.instantaneous),
-                    ),
                     (
                         "daily_entries".into(),
                         FieldValue::Int(c.daily_entries as i64),
                     ),
-                    ("drift".into(), FieldValue::Bool(drift)),
-                    (
-                        "forecast_ratio".into(),
-                        FieldValue::Float(forecast / info.instantaneous),
-                    ),
                 ];
+                if known {
+                    fields.extend([
+                        ("occupancy".into(), FieldValue::Int(c.occupancy)),
+                        (
+                            "occupancy_ratio".into(),
+                            FieldValue::Float(c.occupancy as f64 / info.instantaneous),
+                        ),
+                        ("drift".into(), FieldValue::Bool(drift)),
+                        (
+                            "forecast_ratio".into(),
+                            FieldValue::Float(forecast / info.instantaneous),
+                        ),
+                    ]);
+                } else {
+                    // Neither an occupancy nor a drift: the gateway does not know who was inside.
+                    fields.push(("occupancy_known".into(), FieldValue::Bool(false)));
+                }
                 // Choke points have no daily capacity.
                 if info.daily > 0.0 {
                     fields.push((

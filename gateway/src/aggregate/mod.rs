@@ -236,6 +236,10 @@ impl Aggregators {
     /// Offers `r` to its device's health and to the aggregator of its place.
     fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
         let (wm, lateness) = (self.watermark, self.settings.lateness_ms);
+        if let Measurement::Occupancy { count } = r.measurement {
+            // An operator's count names its area as the device: no device health.
+            return self.crowds.count(r, &r.device, count, lateness, wm);
+        }
         self.health.report(r, lateness, wm)?;
         let Some(place) = self.places.get(&r.device) else {
             return Ok(());
@@ -282,6 +286,11 @@ impl Aggregators {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether `area` is a scenic area or choke point of the site.
+    pub fn has_area(&self, area: &str) -> bool {
+        self.crowds.has(area)
     }
 
     /// The points of every window closed at the watermark.
@@ -336,9 +345,30 @@ mod tests {
     // 2026-10-01 10:00 +08:00.
     const T0: i64 = 1_790_820_000_000;
 
+    /// Aggregators whose `areas` start known: an operator counted 0 visitors in each at `at`
+    /// (the tests begin mid-day, when the occupancy is otherwise unknown).
+    fn counted(areas: &[&str], at: i64) -> Aggregators {
+        let mut a = Aggregators::new(&catalog());
+        let counts: Vec<Reading> = areas
+            .iter()
+            .map(|area| reading(area, "operator", at, Measurement::Occupancy { count: 0 }))
+            .collect();
+        a.ingest(&counts);
+        a
+    }
+
+    /// The crowd points after the window of `at` (that window holds the operator's count).
+    fn crowd_after(points: &[Point], at: i64) -> Vec<&Point> {
+        let end = (at.div_euclid(MINUTE) + 1) * MINUTE;
+        points
+            .iter()
+            .filter(|p| p.measurement == "crowd" && p.time_ms > end)
+            .collect()
+    }
+
     #[test]
     fn a_tag_read_twenty_times_at_one_gate_counts_once() {
-        let mut a = Aggregators::new(&catalog());
+        let mut a = counted(&["S4"], T0 - 2 * MINUTE);
         let reads: Vec<Reading> = (0..20)
             .map(|i| {
                 reading(
@@ -352,7 +382,7 @@ mod tests {
                 )
             })
             .collect();
-        assert!(a.ingest(&reads).iter().all(|p| p.measurement != "crowd"));
+        assert!(crowd_after(&a.ingest(&reads), T0 - 2 * MINUTE).is_empty());
         let points = a.ingest(&[reading(
             "gz-s4-g3",
             "uhf-rfid-gate",
@@ -362,7 +392,7 @@ mod tests {
                 entry: false,
             },
         )]);
-        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        let crowd = crowd_after(&points, T0 - 2 * MINUTE);
         assert_eq!(crowd.len(), 1);
         assert_eq!(field(crowd[0], "entries"), &FieldValue::Int(1));
         assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
@@ -372,7 +402,7 @@ mod tests {
 
     #[test]
     fn occupancy_never_goes_below_zero_and_drift_is_flagged() {
-        let mut a = Aggregators::new(&catalog());
+        let mut a = counted(&["S4"], T0 - 2 * MINUTE);
         let exits: Vec<Reading> = (0..3)
             .map(|i| {
                 reading(
@@ -397,7 +427,7 @@ mod tests {
                 urgent: false,
             },
         )]);
-        let crowd = points.iter().find(|p| p.measurement == "crowd").unwrap();
+        let crowd = crowd_after(&points, T0 - 2 * MINUTE)[0];
         assert_eq!(field(crowd, "occupancy"), &FieldValue::Int(0));
         assert_eq!(field(crowd, "drift"), &FieldValue::Bool(true));
         assert_eq!(a.counts.drift, 1);
@@ -405,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_choke_point_counts_the_passages_of_its_gates_against_its_own_capacity() {
-        let mut a = Aggregators::new(&catalog());
+        let mut a = counted(&["S3", "S3-bridge"], T0 - 2 * MINUTE);
         // 古浮桥: S3-G1 and S3-G2 bound the bridge deck (capacity 600) and the area S3.
         let pass = |d: &str, t: i64, tag: u64, entry: bool| {
             reading(
@@ -424,6 +454,10 @@ mod tests {
             pass("gz-s3-g2", T0 + 2, 0xa, false),
         ]);
         let points = a.ingest(&[pass("gz-s3-g2", T0 + 2 * MINUTE, 0xf, true)]);
+        let points: Vec<Point> = crowd_after(&points, T0 - 2 * MINUTE)
+            .into_iter()
+            .cloned()
+            .collect();
         let deck = points
             .iter()
             .find(|p| p.tags.contains(&("choke_point".into(), "S3-bridge".into())))
@@ -472,9 +506,9 @@ mod tests {
 
     #[test]
     fn the_crowd_day_starts_again_at_closing_time() {
-        let mut a = Aggregators::new(&catalog());
         // 通天岩 (S4) closes at 18:00 local = 10:00 UTC. T0 is 10:00 local; closing is 8 h later.
         let closing = T0 + 8 * 3600 * 1000;
+        let mut a = counted(&["S4"], closing - 5 * MINUTE);
         let pass = |t: i64, tag: u64| {
             reading(
                 "gz-s4-g1",
@@ -489,7 +523,7 @@ mod tests {
         let mut points = a.ingest(&[pass(closing - 30_000, 0xa)]);
         points.extend(a.ingest(&[pass(closing + 30_000, 0xb)]));
         points.extend(a.ingest(&[pass(closing + 3 * MINUTE, 0xc)]));
-        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        let crowd = crowd_after(&points, closing - 5 * MINUTE);
         assert_eq!(crowd.len(), 2);
         assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
         assert_eq!(
@@ -699,5 +733,104 @@ mod tests {
         replay_points.sort();
         assert!(!live_points.is_empty());
         assert_eq!(live_points, replay_points);
+    }
+
+    fn gate(device: &str, t: i64, tag: u64, entry: bool) -> Reading {
+        reading(
+            device,
+            "uhf-rfid-gate",
+            t,
+            Measurement::Passage {
+                tag: Tag::from(tag),
+                entry,
+            },
+        )
+    }
+
+    fn has(p: &Point, name: &str) -> bool {
+        p.fields.iter().any(|(k, _)| k == name)
+    }
+
+    #[test]
+    fn a_start_in_opening_hours_leaves_occupancy_unknown_without_drift_until_an_operator_counts() {
+        // 通天岩 (S4) is open 07:00–18:00; T0 is 10:00 local: visitors are inside already.
+        let mut a = Aggregators::new(&catalog());
+        let exits: Vec<Reading> = (0..5)
+            .map(|i| gate("gz-s4-g3", T0 + i, i as u64, false))
+            .collect();
+        let mut points = a.ingest(&exits);
+        points.extend(a.ingest(&[gate("gz-s4-g1", T0 + 3 * MINUTE, 0x10, true)]));
+        let unknown = points.iter().find(|p| p.measurement == "crowd").unwrap();
+        assert_eq!(
+            field(unknown, "exits"),
+            &FieldValue::Int(5),
+            "exits still count"
+        );
+        assert_eq!(field(unknown, "occupancy_known"), &FieldValue::Bool(false));
+        for absent in ["occupancy", "occupancy_ratio", "drift", "forecast_ratio"] {
+            assert!(!has(unknown, absent), "{absent} while unknown: {unknown:?}");
+        }
+        assert_eq!(a.counts.drift, 0, "no drift while unknown");
+        // The duty officer counts 120 inside at 10:05; then 3 leave in the next minute.
+        let count = reading(
+            "S4",
+            "operator",
+            T0 + 5 * MINUTE + 10_000,
+            Measurement::Occupancy { count: 120 },
+        );
+        let mut points = a.ingest(&[count]);
+        let leaving: Vec<Reading> = (0..3)
+            .map(|i| gate("gz-s4-g3", T0 + 6 * MINUTE + i, 0x20 + i as u64, false))
+            .collect();
+        points.extend(a.ingest(&leaving));
+        points.extend(a.ingest(&[gate("gz-s4-g1", T0 + 9 * MINUTE, 0x30, true)]));
+        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        let at = |end: i64| {
+            crowd
+                .iter()
+                .find(|p| p.time_ms == end)
+                .unwrap_or_else(|| panic!("no point ending {end}: {crowd:?}"))
+        };
+        let counted = at(T0 + 6 * MINUTE);
+        assert_eq!(field(counted, "occupancy"), &FieldValue::Int(120));
+        assert!(!has(counted, "occupancy_known"));
+        assert_eq!(
+            field(at(T0 + 7 * MINUTE), "occupancy"),
+            &FieldValue::Int(117)
+        );
+        assert_eq!(a.counts.drift, 0);
+    }
+
+    #[test]
+    fn a_start_before_opening_counts_from_an_empty_area_and_still_flags_drift() {
+        let mut a = Aggregators::new(&catalog());
+        // 06:30 local, before 通天岩 opens: the area is empty.
+        let early = T0 - 3 * 3600 * 1000 - 30 * MINUTE;
+        let mut points = a.ingest(&[gate("gz-s4-g1", early, 0x1, true)]);
+        points.extend(a.ingest(&[gate("gz-s4-g3", early + MINUTE, 0x2, false)]));
+        points.extend(a.ingest(&[gate("gz-s4-g3", early + MINUTE + 1, 0x3, false)]));
+        points.extend(a.ingest(&[gate("gz-s4-g1", early + 4 * MINUTE, 0x4, true)]));
+        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
+        // One more exit than entries: a gate that misses entries is a real drift.
+        assert_eq!(field(crowd[1], "drift"), &FieldValue::Bool(true));
+        assert_eq!(a.counts.drift, 1);
+    }
+
+    #[test]
+    fn an_unknown_occupancy_becomes_known_at_the_closing_time_reset() {
+        let closing = T0 + 8 * 3600 * 1000;
+        let mut a = Aggregators::new(&catalog());
+        let mut points = a.ingest(&[gate("gz-s4-g3", closing - 30_000, 0x1, false)]);
+        points.extend(a.ingest(&[gate("gz-s4-g1", closing + 30_000, 0x2, true)]));
+        points.extend(a.ingest(&[gate("gz-s4-g1", closing + 3 * MINUTE, 0x3, true)]));
+        let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
+        assert_eq!(crowd.len(), 2, "{crowd:?}");
+        assert_eq!(field(crowd[0], "occupancy_known"), &FieldValue::Bool(false));
+        assert_eq!(
+            field(crowd[1], "occupancy"),
+            &FieldValue::Int(1),
+            "after closing the area starts empty"
+        );
     }
 }

@@ -339,6 +339,10 @@ impl Exchange {
                 fields.insert("firmware".into(), field(firmware.clone(), ""));
                 "status"
             }
+            Measurement::Occupancy { count } => {
+                fields.insert("count".into(), field(*count, "visitors"));
+                "occupancy_count"
+            }
         };
         let quality = Quality {
             late: r.received_ms - r.time_ms > lateness_ms,
