@@ -143,7 +143,21 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_listen))?;
         let http_addr = listener.local_addr()?;
+        let (polled_tx, polled_rx) = mpsc::channel(64);
         let app = api::router(api::AppState {
+            areas: Arc::new(
+                catalog
+                    .site
+                    .scenic_areas
+                    .iter()
+                    .flat_map(|a| {
+                        std::iter::once(a.id.clone())
+                            .chain(a.choke_points.iter().map(|c| c.id.clone()))
+                            .map(|id| (id, a.zone.clone()))
+                    })
+                    .collect(),
+            ),
+            readings: polled_tx.clone(),
             registry: registry.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
@@ -196,7 +210,6 @@ impl Gateway {
         let options = net::mqtt::options(&settings.mqtt, &settings.gateway_id)?;
         let (client, eventloop) = net::mqtt::client(options);
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
-        let (polled_tx, polled_rx) = mpsc::channel(64);
         if settings.modbus.enabled {
             let mut buses: HashMap<(String, u32), Vec<source::modbus::Device>> = HashMap::new();
             for device in source::modbus::devices(&catalog, &settings.zones, &settings.modbus)? {

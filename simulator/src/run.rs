@@ -157,6 +157,22 @@ pub async fn run(
     )
     .await?;
     let mut out = Publisher { client };
+    // The simulated areas start empty: the duty officer's count the gateway starts from, or a
+    // rehearsal in opening hours would leave their occupancy unknown.
+    let gateway = GatewayApi::new(&opts.gateway)?;
+    for crowd in &scenario.crowd {
+        let area = catalog
+            .site
+            .scenic_areas
+            .iter()
+            .find(|a| a.id == crowd.area);
+        let ids = area
+            .into_iter()
+            .flat_map(|a| std::iter::once(&a.id).chain(a.choke_points.iter().map(|c| &c.id)));
+        for id in ids {
+            gateway.set_occupancy(id, 0, start - 1).await?;
+        }
+    }
     if opts.progress {
         eprintln!(
             "{}: {} nodes, {} simulated minutes at {}× ({:.0} s)",
@@ -198,7 +214,6 @@ pub async fn run(
     while acked.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gateway = GatewayApi::new(&opts.gateway)?;
     let settle_until = Instant::now() + opts.settle;
     let min_settle = Instant::now() + Duration::from_secs(2).min(opts.settle);
     loop {
@@ -247,6 +262,26 @@ impl GatewayApi {
             r.status()
         );
         Ok(r.text().await?)
+    }
+
+    /// Tells the gateway that `count` visitors were inside `area` at `at_ms`: the occupancy
+    /// baseline a rehearsal starts from (its simulated areas start empty).
+    pub async fn set_occupancy(&self, area: &str, count: u32, at_ms: i64) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/areas/{area}/occupancy", self.base);
+        let r = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "count": count, "at_ms": at_ms }))
+            .send()
+            .await
+            .with_context(|| format!("gateway {url}"))?;
+        let status = r.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "gateway {url}: HTTP {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        Ok(())
     }
 
     /// A counter of `/metrics` with the given labels, summed.

@@ -94,6 +94,14 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
     // the ten minutes of clearing have passed.
     let targets = [3000, 3700, 4000, 4900, 5000, 5500, 5600, 4000, 3000];
     let base = surge_start(gateway::clock::now_ms());
+    // The gateway starts mid-day: the duty officer's count (nobody inside yet) is its baseline.
+    let (status, body) = post(
+        gw.http_addr(),
+        "/api/v1/areas/S4/occupancy",
+        &format!(r#"{{"count": 0, "at_ms": {}}}"#, base - 1),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
     let (mut occupancy, mut seq) = (0i64, 0u32);
     let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
         let mut left = n;

@@ -35,6 +35,11 @@ pub struct AppState {
     pub not_ready: crate::sink::NotReady,
     /// The alert engine.
     pub alerts: crate::pipeline::alerts::Alerts,
+    /// The site's scenic areas and choke points, with their zones: where an operator may set
+    /// the occupancy.
+    pub areas: Arc<std::collections::BTreeMap<String, String>>,
+    /// Readings that enter the pipeline beside the sources (an operator's count).
+    pub readings: tokio::sync::mpsc::Sender<Vec<Reading>>,
 }
 
 /// The routes.
@@ -48,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(ack))
+        .route(
+            "/api/v1/areas/{id}/occupancy",
+            axum::routing::post(set_occupancy),
+        )
         .with_state(state)
 }
 
@@ -149,6 +158,76 @@ async fn ack(
         Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Body of `POST /api/v1/areas/{id}/occupancy`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OccupancyBody {
+    /// Visitors inside, as the duty officer counted them.
+    count: u32,
+    /// When they were counted, Unix ms (default: now).
+    #[serde(default)]
+    at_ms: Option<i64>,
+}
+
+/// The most a count may be ahead of the gateway's clock, ms.
+const COUNT_SKEW_MS: i64 = 60_000;
+
+/// `POST /api/v1/areas/{id}/occupancy`: an operator's count of the visitors inside a scenic
+/// area or choke point, the baseline its occupancy continues from (see
+/// `aggregate::crowd`). It enters the pipeline as a reading, so it is committed before it
+/// counts and a restart applies it again.
+async fn set_occupancy(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: OccupancyBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"count\": N, \"at_ms\": T (optional)}}: {e}"),
+            );
+        }
+    };
+    let Some(zone) = s.areas.get(&id) else {
+        return bad_request(
+            StatusCode::NOT_FOUND,
+            format!("no scenic area or choke point with id \"{id}\""),
+        );
+    };
+    let now = now_ms();
+    let at_ms = body.at_ms.unwrap_or(now);
+    if at_ms > now + COUNT_SKEW_MS {
+        return bad_request(
+            StatusCode::BAD_REQUEST,
+            format!("at_ms {at_ms} is in the future (the gateway's clock says {now})"),
+        );
+    }
+    let reading = Reading {
+        device: id.as_str().into(),
+        zone: zone.as_str().into(),
+        kind: "operator".into(),
+        time_ms: at_ms,
+        received_ms: now,
+        unsynced_clock: false,
+        origin: None,
+        measurement: crate::reading::Measurement::Occupancy { count: body.count },
+    };
+    if s.readings.send(vec![reading]).await.is_err() {
+        return bad_request(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is stopping".to_owned(),
+        );
+    }
+    tracing::info!(area = %id, count = body.count, at_ms, "occupancy baseline set through the API");
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"area": id, "count": body.count, "at_ms": at_ms})),
+    )
+        .into_response()
 }
 
 /// Query of `GET /api/v1/series`.
