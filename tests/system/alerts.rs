@@ -630,3 +630,89 @@ clear_hold_s = 2
     );
     gw.stop().await;
 }
+
+/// Yesterday at `hh:mm` local time in Ganzhou (+08:00), Unix ms.
+fn yesterday_at(hh: i64, mm: i64) -> i64 {
+    let day = 24 * 60 * MINUTE;
+    let offset = 8 * 60 * MINUTE;
+    let today = (gateway::clock::now_ms() + offset).div_euclid(day) * day - offset;
+    today - day + hh * 60 * MINUTE + mm * MINUTE
+}
+
+/// A gateway that starts while 通天岩 is open does not know who is inside: exits of visitors it
+/// never saw enter raise no drift alarm, and the points say the occupancy is unknown. Once the
+/// duty officer counts, a gate that misses entries is a real drift again, and raises one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_drift_does() {
+    let broker = Mosquitto::start();
+    let gw = start_gateway("baseline", broker.port, 10).await;
+    let mut events = watch_alerts("baseline-watch", broker.port).await;
+    let (node, _) = client("baseline-gates", broker.port, true).await;
+    let mut rng = rand::rng();
+    let mut seq = 0u32;
+    let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
+        seq += 1;
+        let body = passages(n, direction, &mut rng);
+        publish(&node, &up_topic(device), frame_at(device, 9, seq, t, &body)).await;
+    };
+    // 10:00 yesterday, open since 07:00: twenty leave, then five arrive.
+    let ten = yesterday_at(10, 0);
+    send("gz-s4-g3", 20, Direction::Exit, ten + 1_000).await;
+    send("gz-s4-g1", 5, Direction::Entry, ten + MINUTE + 1_000).await;
+    send("gz-s4-g1", 1, Direction::Entry, ten + 4 * MINUTE + 1_000).await;
+    let series = |addr| async move {
+        let (_, body) = get(
+            addr,
+            "/api/v1/series?measurement=crowd&subject=S4&minutes=3000",
+        )
+        .await;
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    // A point's fields are `[name, {"Int": 20}]` pairs: the value of one, if there.
+    let field = |p: &Value, name: &str| {
+        p["fields"].as_array().and_then(|f| {
+            f.iter()
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv[1].as_object()?.values().next().cloned())
+        })
+    };
+    let addr = gw.http_addr();
+    wait_for(
+        "the first minutes aggregated",
+        Duration::from_secs(10),
+        || async { series(addr).await.as_array().is_some_and(|p| p.len() >= 2) },
+    )
+    .await;
+    let points = series(addr).await;
+    let first = &points[0];
+    assert_eq!(field(first, "exits"), Some(Value::from(20)), "{points}");
+    assert_eq!(
+        field(first, "occupancy_known"),
+        Some(Value::from(false)),
+        "{points}"
+    );
+    assert_eq!(field(first, "drift"), None, "{points}");
+    assert_eq!(field(first, "occupancy"), None, "{points}");
+
+    // The duty officer counts 3 inside at 10:05; then four leave: one more than were there.
+    let (status, body) = post(
+        addr,
+        "/api/v1/areas/S4/occupancy",
+        &format!(r#"{{"count": 3, "at_ms": {}}}"#, ten + 5 * MINUTE),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = post(addr, "/api/v1/areas/S99/occupancy", r#"{"count": 3}"#).await;
+    assert_eq!(status, 404, "an unknown area is named");
+    let (status, body) = post(addr, "/api/v1/areas/S4/occupancy", r#"{"count": -1}"#).await;
+    assert_eq!(status, 400, "{body}");
+    send("gz-s4-g3", 4, Direction::Exit, ten + 6 * MINUTE + 1_000).await;
+    send("gz-s4-g1", 1, Direction::Entry, ten + 9 * MINUTE + 1_000).await;
+    let drift = |e: &Value| is_rule(e, "crowd.count_drift") && e["alert"]["subject"] == "S4";
+    let raised = next_event(&mut events, Duration::from_secs(15), drift).await;
+    assert_eq!(raised["kind"], "raised", "{raised}");
+    // Only the real drift: nothing before the count.
+    let at = raised["at_ms"].as_i64().unwrap();
+    assert!(at > ten + 5 * MINUTE, "raised at {at}, before the count");
+    gw.stop().await;
+}
