@@ -21,6 +21,7 @@
 
 pub mod demo;
 pub mod file;
+pub mod keys;
 pub mod locate;
 pub mod modbus;
 pub mod profile;

@@ -1,40 +1,13 @@
-//! The keys file: which key each device signs its frames with.
+//! The device keys the gateway verifies frames with: the keys file ([`device_profiles::keys`],
+//! written by `nodectl provision`), each key prepared once for verifying. Keep the file readable
+//! by the gateway's user only (mode 0600); the gateway warns otherwise.
 //!
-//! Written by `nodectl provision` (one entry appended per device) and read by the gateway at
-//! start. Keep it readable by the gateway's user only (mode 0600); the gateway warns otherwise.
-//!
-//! ```toml
-//! # CitySense device keys.
-//! [[device]]
-//! id = "gz-s4-g1"
-//! key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # 32 bytes, hex
-//! ```
-//!
-//! A device may appear once. Devices with third-party JSON profiles have no key: the broker's
-//! per-device credentials and ACLs authenticate them.
 
 use std::path::Path;
 
-use device_profiles::file::{LoadError, TomlFile};
+use device_profiles::file::LoadError;
 use rustc_hash::FxHashMap;
-use serde::Deserialize;
 use wire::{DeviceKey, PreparedKey};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeysFile {
-    #[serde(default, rename = "device")]
-    devices: Vec<KeyEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyEntry {
-    /// The device id, as in the site file.
-    id: String,
-    /// 32 bytes, hex.
-    key: String,
-}
 
 /// Device keys by device id, each also prepared for verifying frames.
 #[derive(Debug, Default, Clone)]
@@ -51,44 +24,26 @@ impl Keys {
         keys
     }
 
-    /// Reads and checks a keys file.
+    /// Reads and checks a keys file ([`device_profiles::keys`]).
     pub fn load(path: &Path) -> Result<Keys, LoadError> {
-        let file = TomlFile::read(path)?;
-        let keys = Self::parse(&file)?;
+        let keys = Self::from_entries(device_profiles::keys::load(path)?);
         warn_if_readable_by_others(path);
         Ok(keys)
     }
 
     /// Parses keys file text (for tests and `nodectl`).
     pub fn from_text(name: &Path, text: &str) -> Result<Keys, LoadError> {
-        Self::parse(&TomlFile::from_text(name, text.to_owned()))
+        Ok(Self::from_entries(device_profiles::keys::from_text(
+            name, text,
+        )?))
     }
 
-    fn parse(file: &TomlFile) -> Result<Keys, LoadError> {
-        let parsed: KeysFile = file.parse().map_err(|p| LoadError::Invalid(vec![p]))?;
-        let mut problems = Vec::new();
+    fn from_entries(entries: Vec<(String, DeviceKey)>) -> Keys {
         let mut keys = Keys::default();
-        for (i, e) in parsed.devices.into_iter().enumerate() {
-            match parse_key(&e.key) {
-                Err(reason) => problems.push(file.problem(
-                    &format!("device[{i}].key"),
-                    format!("device \"{}\": {reason}", e.id),
-                )),
-                Ok(key) => {
-                    if keys.insert(&e.id, key).is_some() {
-                        problems.push(file.problem(
-                            &format!("device[{i}].id"),
-                            format!("device \"{}\" has a second key entry", e.id),
-                        ));
-                    }
-                }
-            }
+        for (id, key) in entries {
+            keys.insert(&id, key);
         }
-        if problems.is_empty() {
-            Ok(keys)
-        } else {
-            Err(LoadError::Invalid(problems))
-        }
+        keys
     }
 
     /// The key of a device.
@@ -120,26 +75,6 @@ impl Keys {
     }
 }
 
-/// Parses 64 hex digits into a key.
-pub fn parse_key(hex_key: &str) -> Result<DeviceKey, String> {
-    let bytes = hex::decode(hex_key.trim()).map_err(|e| format!("key is not hex ({e})"))?;
-    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        format!(
-            "key must be 32 bytes (64 hex digits), not {} bytes",
-            bytes.len()
-        )
-    })?;
-    Ok(DeviceKey::from_bytes(arr))
-}
-
-/// One keys-file entry, as `nodectl provision` appends it.
-pub fn entry(device: &str, key: &DeviceKey) -> String {
-    format!(
-        "\n[[device]]\nid = \"{device}\"\nkey = \"{}\"\n",
-        hex::encode(key.as_bytes())
-    )
-}
-
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -155,6 +90,8 @@ fn warn_if_readable_by_others(_: &Path) {}
 
 #[cfg(test)]
 mod tests {
+    use device_profiles::keys::entry;
+
     use super::*;
 
     #[test]

@@ -50,6 +50,10 @@ enum Command {
         /// Seconds to wait for the gateway after the last report.
         #[arg(long, default_value_t = 20)]
         settle_s: u64,
+        /// The keys file the nodes sign with (as `nodectl provision` writes it, and the gateway
+        /// reads) [default: the demo keys]. Every simulated device needs its key there.
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// Load-test a gateway: N pressure loggers at R frames/s for D seconds; compares what was
     /// published with the gateway's own counters and times alerts under load.
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
                 acceleration,
                 seed,
                 settle_s,
+                keys,
             } => {
                 let catalog = match (site, profiles) {
                     (Some(s), Some(p)) => Catalog::load(&p, &s)?,
@@ -184,6 +189,10 @@ fn main() -> ExitCode {
                         seed,
                         settle: Duration::from_secs(settle_s),
                         progress: true,
+                        keys: keys
+                            .map(|k| device_profiles::keys::load(&k))
+                            .transpose()?
+                            .map(|entries| entries.into_iter().collect()),
                     },
                 )
                 .await?;

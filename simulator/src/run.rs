@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub settle: Duration,
     /// Print progress.
     pub progress: bool,
+    /// The nodes' keys by device; `None`: the demo keys.
+    pub keys: Option<std::collections::HashMap<String, wire::DeviceKey>>,
 }
 
 /// What a run found.
@@ -131,7 +133,7 @@ pub async fn run(
         .acceleration
         .unwrap_or(scenario.time.acceleration)
         .max(1.0);
-    let mut fleet = Fleet::new(catalog, scenario, start, opts.seed)?;
+    let mut fleet = Fleet::new(catalog, scenario, start, opts.seed, opts.keys.as_ref())?;
     anyhow::ensure!(
         !fleet.nodes.is_empty(),
         "the scenario simulates no CitySense node"

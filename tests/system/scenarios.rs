@@ -19,12 +19,34 @@ fn scenario(name: &str) -> Scenario {
 
 /// Runs `scenario` against a fresh gateway on a fresh broker.
 async fn play(name: &str, s: &Scenario, acceleration: f64) -> Outcome {
+    play_keyed(name, s, acceleration, None, None).await
+}
+
+/// [`play`] with provisioned keys in the gateway (`gateway_keys`) and in the simulator's nodes
+/// (`keys`); `None`: the demo keys.
+async fn play_keyed(
+    name: &str,
+    s: &Scenario,
+    acceleration: f64,
+    gateway_keys: Option<&std::collections::HashMap<String, wire::DeviceKey>>,
+    keys: Option<std::collections::HashMap<String, wire::DeviceKey>>,
+) -> Outcome {
     let broker = Mosquitto::start();
-    let gw = start_gateway(name, broker.port, 10).await;
+    let gw = match gateway_keys {
+        None => start_gateway(name, broker.port, 10).await,
+        Some(keys) => {
+            let mut gateway_keys = gateway::keys::Keys::default();
+            for (id, key) in keys {
+                gateway_keys.insert(id, key.clone());
+            }
+            start_gateway_on(catalog(), gateway_keys, name, broker.port, |_| {}).await
+        }
+    };
     let outcome = run(
         &catalog(),
         s,
         &RunOptions {
+            keys,
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: broker.port,
             gateway: format!("http://{}", gw.http_addr()),
@@ -153,4 +175,34 @@ async fn load_figures_match_the_gateway_counters() {
         assert!(r.alert_samples >= 1, "{r:?}");
     }
     gw.stop().await;
+}
+
+/// A rehearsal with the keys `nodectl provision` made (here: random ones, the gateway's too)
+/// passes; its nodes signing with the demo keys instead are refused by that gateway, and a keys
+/// file that lacks a simulated device is named before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_signs_with_the_keys_file_not_the_demo_keys() {
+    use rand::Rng;
+    let catalog = catalog();
+    let mut rng = rand::rng();
+    let keys: std::collections::HashMap<String, wire::DeviceKey> =
+        device_profiles::demo::keys(&catalog)
+            .map(|(id, _)| (id.to_owned(), wire::DeviceKey::from_bytes(rng.random())))
+            .collect();
+    let s = scenario("stolen-cover");
+    let outcome = play_keyed("keyed", &s, 2400.0, Some(&keys), Some(keys.clone())).await;
+    assert!(outcome.passed, "{}", outcome.report);
+    let demo = play_keyed("keyed-demo", &s, 2400.0, Some(&keys), None).await;
+    assert!(
+        !demo.passed,
+        "the demo keys are refused by a gateway with provisioned keys: {}",
+        demo.report
+    );
+
+    let mut missing = keys.clone();
+    missing.retain(|id, _| !id.contains("cover"));
+    let err = simulator::fleet::Fleet::new(&catalog, &s, 1_790_000_000_000, 1, Some(&missing))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no key in the keys file"), "{err}");
 }

@@ -32,7 +32,7 @@ fn write_config(
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys: String = DEVICES
         .iter()
-        .map(|(d, _, _)| gateway::keys::entry(d, &device_profiles::demo::key(d)))
+        .map(|(d, _, _)| device_profiles::keys::entry(d, &device_profiles::demo::key(d)))
         .collect();
     std::fs::write(dir.join("keys.toml"), keys).unwrap();
     let config = dir.join("gateway.toml");

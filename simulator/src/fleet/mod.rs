@@ -23,7 +23,7 @@ use node::pipe::{Watch, WatchState};
 use node::rfid::Gate;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wire::{Body, GateCounts, Quantity, Trigger};
+use wire::{Body, DeviceKey, GateCounts, Quantity, Trigger};
 
 use crate::scenario::{EventKind, FaultKind, Scenario};
 
@@ -73,6 +73,7 @@ impl Fleet {
         scenario: &Scenario,
         start_ms: i64,
         seed: u64,
+        keys: Option<&HashMap<String, DeviceKey>>,
     ) -> anyhow::Result<Fleet> {
         let site = &catalog.site;
         let utc_offset_ms = site.site.utc_offset.ms();
@@ -90,7 +91,15 @@ impl Fleet {
             if profile.encoding != Encoding::Wire {
                 continue; // third-party JSON and Modbus devices run no CitySense firmware
             }
-            let key = device_profiles::demo::key(&d.id);
+            let key = match keys {
+                None => device_profiles::demo::key(&d.id),
+                Some(keys) => keys.get(&d.id).cloned().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "device {} is simulated but has no key in the keys file (provision it, or leave out --keys for the demo keys)",
+                        d.id
+                    )
+                })?,
+            };
             let p = nodectl::provision(
                 catalog,
                 &nodectl::Request {
