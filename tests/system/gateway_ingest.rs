@@ -711,3 +711,85 @@ async fn two_gateways_in_a_shared_subscription_group_split_one_zone() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Starts `gateway demo` on `store` with its HTTP and embedded broker on free ports; returns the
+/// child, and the broker's port once the demo owns its HTTP port.
+async fn spawn_demo(store: &std::path::Path) -> (std::process::Child, u16) {
+    let (http, mqtt) = (free_port(), free_port());
+    let mut child = std::process::Command::new(gateway_binary())
+        .args(["demo", "--http", &format!("127.0.0.1:{http}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .arg("--store")
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !system_tests::services::port_owned_by(child.id(), http) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("gateway demo exited with {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the demo did not listen within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, mqtt)
+}
+
+/// The alert events of the next `span` on the demo broker at `mqtt`: (rule, kind).
+async fn demo_alerts_for(mqtt: u16, name: &str, span: Duration) -> Vec<(String, String)> {
+    let (watcher, mut events) = client(name, mqtt, true).await;
+    watcher
+        .subscribe(
+            "cs/v1/alerts/events",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + span;
+    let mut seen = Vec::new();
+    while let Ok(Some((_, body))) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        events.recv(),
+    )
+    .await
+    {
+        let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let rule = e["alert"]["rule"].as_str().unwrap_or_default().to_owned();
+        seen.push((rule, e["kind"].as_str().unwrap_or_default().to_owned()));
+    }
+    seen
+}
+
+/// The demo's own traffic is consistent (no more visitors leave than entered), and a demo that
+/// starts while its areas are open does not know who is inside: neither a fresh store nor a
+/// restart on the same store raises `crowd.count_drift`, at any time of day. Its incidents
+/// still raise their alerts. (Issue 22 asks for ten minutes; this watches 3 + 1.5 to keep the
+/// suite short: the drift used to come within the first minute.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_demo_raises_no_drift_alarm_from_its_own_traffic_fresh_or_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("demo.db");
+    let drifts = |seen: &[(String, String)]| {
+        seen.iter()
+            .filter(|(rule, kind)| rule == "crowd.count_drift" && kind == "raised")
+            .count()
+    };
+    let (mut child, mqtt) = spawn_demo(&store).await;
+    let fresh = demo_alerts_for(mqtt, "demo-drift-fresh", Duration::from_secs(180)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(drifts(&fresh), 0, "on a fresh store: {fresh:?}");
+    assert!(
+        fresh.iter().any(|(_, kind)| kind == "raised"),
+        "the demo's incidents raise alerts: {fresh:?}"
+    );
+    let (mut child, mqtt) = spawn_demo(&store).await;
+    let restarted = demo_alerts_for(mqtt, "demo-drift-restart", Duration::from_secs(90)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(drifts(&restarted), 0, "after a restart: {restarted:?}");
+}

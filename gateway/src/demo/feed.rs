@@ -2,6 +2,7 @@
 //! frames (and the third-party cover its JSON) over MQTT, at a demo cadence, with values around
 //! the nominal figures of DOMAIN.md §7. The simulator replaces this for scenarios and load.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ struct Node {
     lanes: Vec<u8>,
     free_flow_kmh: f64,
     gate: Option<GateDirection>,
+    /// The area and the choke points its gate bounds: what its passages count for.
+    subjects: Vec<String>,
     key: DeviceKey,
     boot_epoch: u32,
     sequence: u32,
@@ -78,6 +81,20 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
                 .iter()
                 .find(|g| g.device == d.id)
                 .map(|g| g.direction),
+            subjects: site
+                .gates
+                .iter()
+                .filter(|g| g.device == d.id)
+                .flat_map(|g| {
+                    std::iter::once(g.area.clone()).chain(
+                        site.scenic_areas
+                            .iter()
+                            .flat_map(|a| &a.choke_points)
+                            .filter(|c| c.gates.contains(&g.id))
+                            .map(|c| c.id.clone()),
+                    )
+                })
+                .collect(),
             key: device_profiles::demo::key(&d.id),
             // Real nodes persist and increment their boot epoch; a demo run starting now is a
             // new boot, newer than any before it in the demo's store.
@@ -93,6 +110,9 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
             .await;
     }
     tracing::info!(devices = nodes.len(), "built-in traffic started");
+    // Visitors the feed has let into each area and choke point: no more leave than entered, so
+    // its own traffic never drifts.
+    let mut inside: HashMap<String, u32> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -104,7 +124,7 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
             node.next_due_ms = now + node.every.as_millis() as i64;
             let payload = match node.encoding {
                 Encoding::Json => cover_json(node, now, &mut rng),
-                _ => frame(node, now, &mut rng),
+                _ => frame(node, now, &mut rng, &mut inside),
             };
             if client
                 .try_publish(node.topic.clone(), QoS::AtLeastOnce, false, payload)
@@ -116,7 +136,12 @@ pub async fn run(client: AsyncClient, catalog: Arc<Catalog>, mut shutdown: watch
     }
 }
 
-fn frame(node: &mut Node, now: i64, rng: &mut impl Rng) -> Vec<u8> {
+fn frame(
+    node: &mut Node,
+    now: i64,
+    rng: &mut impl Rng,
+    inside: &mut HashMap<String, u32>,
+) -> Vec<u8> {
     let body = if node.sequence.is_multiple_of(10) {
         Body::Status(DeviceStatus {
             battery_pct: Some(rng.random_range(60..=100)),
@@ -130,7 +155,7 @@ fn frame(node: &mut Node, now: i64, rng: &mut impl Rng) -> Vec<u8> {
             key_fingerprint: node.key.fingerprint(),
         })
     } else {
-        measurement(node, (now - node.started_ms) / 1000, rng)
+        measurement(node, (now - node.started_ms) / 1000, rng, inside)
     };
     let header = Header {
         device_id: &node.id,
@@ -160,20 +185,54 @@ fn incident(device: &str, q: Quantity, elapsed_s: i64) -> Option<f32> {
 /// The incidents repeat this often.
 const INCIDENT_CYCLE_S: i64 = 240;
 
-fn measurement(node: &Node, elapsed_s: i64, rng: &mut impl Rng) -> Body {
+/// Lets up to `wanted` visitors out of the subjects of `node` (no more than are inside any of
+/// them) and `entries` in; returns how many left.
+fn pass(node: &Node, inside: &mut HashMap<String, u32>, entries: u32, wanted: u32) -> u32 {
+    let room = node
+        .subjects
+        .iter()
+        .map(|s| inside.get(s).copied().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    let exits = wanted.min(room);
+    for s in &node.subjects {
+        let n = inside.entry(s.clone()).or_default();
+        *n = *n - exits + entries;
+    }
+    exits
+}
+
+fn measurement(
+    node: &Node,
+    elapsed_s: i64,
+    rng: &mut impl Rng,
+    inside: &mut HashMap<String, u32>,
+) -> Body {
     match node.category {
-        Category::Crowd if node.kind == "people-counter" => Body::GateCounts(GateCounts {
-            interval_s: node.every.as_secs() as u16,
-            entries: rng.random_range(5..60),
-            exits: rng.random_range(5..50),
-        }),
+        Category::Crowd if node.kind == "people-counter" => {
+            let entries = rng.random_range(5..60);
+            let exits = pass(node, inside, entries, rng.random_range(5..50));
+            Body::GateCounts(GateCounts {
+                interval_s: node.every.as_secs() as u16,
+                entries,
+                exits,
+            })
+        }
         Category::Crowd => {
             let mut events = heapless::Vec::<GateEvent, MAX_GATE_EVENTS>::new();
             for i in 0..rng.random_range(0..8u32) {
-                let direction = match node.gate {
-                    Some(GateDirection::Exit) => Direction::Exit,
-                    Some(GateDirection::Both) if rng.random_bool(0.4) => Direction::Exit,
-                    _ => Direction::Entry,
+                let wants_out = match node.gate {
+                    Some(GateDirection::Exit) => true,
+                    Some(GateDirection::Both) => rng.random_bool(0.4),
+                    _ => false,
+                };
+                let direction = if wants_out && pass(node, inside, 0, 1) == 1 {
+                    Direction::Exit
+                } else if wants_out {
+                    continue; // nobody inside to leave
+                } else {
+                    pass(node, inside, 1, 0);
+                    Direction::Entry
                 };
                 let _ = events.push(GateEvent {
                     tag: TagHash(rng.random()),
