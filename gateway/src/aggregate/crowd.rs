@@ -117,6 +117,7 @@ impl Crowds {
         }
     }
 
+    #[inline]
     fn windows(&mut self, area: &Arc<str>, lateness: i64) -> &mut Windows<CrowdWindow> {
         &mut self
             .crowd
@@ -135,6 +136,7 @@ impl Crowds {
 
     /// One visitor through `gate` (ticket `tag`), counted for each of `subjects`.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn passage(
         &mut self,
         r: &Reading,
@@ -172,6 +174,7 @@ impl Crowds {
     }
 
     /// A gate's counts of a period, for each of `subjects`.
+    #[inline]
     pub(super) fn counts(
         &mut self,
         r: &Reading,
@@ -192,6 +195,7 @@ impl Crowds {
 
     /// An operator's count of the visitors inside `area` at the reading's time: the occupancy at
     /// the end of that window, which later windows' entries and exits then move.
+    #[inline]
     pub(super) fn count(
         &mut self,
         r: &Reading,
@@ -267,7 +271,8 @@ impl Crowds {
                         FORECAST_SMOOTHING * net + (1.0 - FORECAST_SMOOTHING) * c.net_per_min;
                 }
                 let forecast = (c.occupancy as f64 + c.net_per_min * FORECAST_MIN).max(0.0);
-                let mut fields = vec![
+                let mut fields = Vec::with_capacity(10);
+                fields.extend([
                     ("entries".into(), FieldValue::Int(w.entries as i64)),
                     ("exits".into(), FieldValue::Int(w.exits as i64)),
                     ("inflow_per_min".into(), FieldValue::Float(w.entries as f64)),
@@ -276,7 +281,7 @@ impl Crowds {
                         "daily_entries".into(),
                         FieldValue::Int(c.daily_entries as i64),
                     ),
-                ];
+                ]);
                 if known {
                     fields.extend([
                         ("occupancy".into(), FieldValue::Int(c.occupancy)),

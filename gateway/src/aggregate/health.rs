@@ -35,6 +35,7 @@ pub(super) struct HealthWindow {
 
 impl HealthWindow {
     /// Counts a report at `t` (frame `origin`, or none for JSON devices).
+    #[inline]
     fn report(&mut self, origin: Option<(u32, u32)>, t: i64) {
         if let Some(o) = origin {
             if self.last_origin == Some(o) {
@@ -88,6 +89,7 @@ pub(super) struct Health {
 
 impl Health {
     /// Counts `r` for its device, and its battery and signal when it is a status report.
+    #[inline]
     pub(super) fn report(&mut self, r: &Reading, lateness: i64, wm: i64) -> Result<(), TooLate> {
         let h = self.series.entry(r.device.clone()).or_insert_with(|| {
             (

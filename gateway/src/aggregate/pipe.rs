@@ -33,6 +33,7 @@ pub(super) struct Pipes {
 
 impl Pipes {
     /// One value of `field` on `asset`.
+    #[inline]
     pub(super) fn value(
         &mut self,
         r: &Reading,

@@ -69,6 +69,7 @@ impl Traffic {
 
     /// One lane's counts of a period on `segment`.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn lane(
         &mut self,
         r: &Reading,

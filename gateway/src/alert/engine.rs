@@ -486,11 +486,14 @@ impl Engine {
         let c = &self.rules[i];
         let state = self.states.entry(key.clone()).or_default();
         let before = state.episode.essence();
+        let was_pending = state.episode.pending();
         let thresholds = c.thresholds(subject);
         let transition = state.episode.observe(thresholds, time_ms, value);
         if state.episode.essence() != before {
             self.dirty.insert(key.clone());
         }
+        // Most values find their episode at rest: only a hold begun, going on or ended touches
+        // the pending set.
         if state.episode.pending() {
             let pending = Pending {
                 zone: zone.clone(),
@@ -498,7 +501,7 @@ impl Engine {
                 arrived_ms: self.wall_ms,
             };
             self.pending.insert(key, pending);
-        } else {
+        } else if was_pending {
             self.pending.remove(&key);
         }
         if let Some(transition) = transition {
