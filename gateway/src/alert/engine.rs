@@ -1209,4 +1209,36 @@ expect = []
             (EventKind::Raised, past + 50_000)
         );
     }
+
+    #[test]
+    fn a_hold_under_way_survives_a_restart_and_completes_on_the_clock() {
+        let mut e = engine();
+        const T: i64 = 1_790_900_000_000;
+        e.arrived(T);
+        e.on_readings(&[tilt(T, 45.0)]);
+        // What the store kept, through JSON as the store keeps it.
+        let rows: Vec<(String, SubjectState)> = e
+            .take_changes()
+            .states
+            .into_iter()
+            .map(|(k, s)| {
+                (
+                    k,
+                    serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        assert!(!rows.is_empty(), "the rising hold is persisted");
+        // The gateway comes back 10 s later: the hold's 30 s count from its first look.
+        let mut restarted = engine();
+        assert!(restarted.restore(rows).is_empty());
+        restarted.tick(T + 10_000);
+        assert!(tilt_events(&mut restarted).is_empty());
+        restarted.tick(T + 39_000);
+        assert!(tilt_events(&mut restarted).is_empty());
+        restarted.tick(T + 40_000);
+        let raised = tilt_events(&mut restarted);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!((raised[0].0, raised[0].1), (EventKind::Raised, T + 30_000));
+    }
 }
