@@ -14,6 +14,7 @@
 //! - [`context`]: what the engine knows of the site; [`history`]: recent values for derivations.
 //! - [`engine`]: evaluates rules and produces transitions; [`state`]: restoring, acknowledging,
 //!   taking changes.
+//! - [`timed`]: holds on the clock: staleness, holds under way, the tick.
 //! - [`cases`]: the test cases of rule files.
 
 pub mod cases;
@@ -24,6 +25,7 @@ pub mod history;
 pub mod model;
 pub mod rule;
 pub mod state;
+pub mod timed;
 
 pub use engine::Engine;
 pub use model::{Alert, AlertEvent, Changes, EventKind, Status, SubjectState};

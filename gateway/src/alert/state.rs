@@ -28,7 +28,7 @@ impl Engine {
                             .or_else(|| state.alert.as_ref().map(|a| Arc::from(a.zone.as_str())))
                             .unwrap_or_else(|| Arc::from(""));
                         let latest_ms = state.episode.latest_time().unwrap_or(i64::MIN);
-                        let pending = super::engine::Pending {
+                        let pending = super::timed::Pending {
                             zone,
                             latest_ms,
                             arrived_ms: None,
