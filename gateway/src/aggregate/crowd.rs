@@ -214,11 +214,6 @@ impl Crowds {
         Ok(())
     }
 
-    /// Whether `area` is known (a scenic area or choke point of the site).
-    pub(super) fn has(&self, area: &str) -> bool {
-        self.areas.contains_key(area)
-    }
-
     /// The points of the windows closed at watermark `wm`.
     pub(super) fn drain(
         &mut self,

@@ -288,11 +288,6 @@ impl Aggregators {
         }
     }
 
-    /// Whether `area` is a scenic area or choke point of the site.
-    pub fn has_area(&self, area: &str) -> bool {
-        self.crowds.has(area)
-    }
-
     /// The points of every window closed at the watermark.
     fn drain(&mut self) -> Vec<Point> {
         let wm = self.watermark;

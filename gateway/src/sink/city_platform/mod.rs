@@ -171,7 +171,7 @@ impl<W: Clone + Send + Sync + 'static> Feed for Records<W> {
     ) -> Result<Read<Record>, StoreError> {
         let (x, d) = (&self.exchange, self.dataset);
         let id = self.section.dataset_id(d);
-        let mut records: Vec<(i64, Record)> = match d {
+        let records: Vec<(i64, Record)> = match d {
             Dataset::Aggregates => store
                 .points_after(after, until, limit)?
                 .into_iter()
@@ -190,7 +190,7 @@ impl<W: Clone + Send + Sync + 'static> Feed for Records<W> {
                 .map(|(seq, r)| (seq, x.reading(&id, seq, &r, self.lateness_ms)))
                 .collect(),
         };
-        let read = Read::of(std::mem::take(&mut records), until, limit);
+        let read = Read::of(records, until, limit);
         let wanted = &self.section.dataset(d).measurements;
         Ok(Read {
             items: read
@@ -288,43 +288,31 @@ pub fn start(
             delivery_seconds: None,
         };
         let sink = (forwarder, options, meters);
-        let records = |d| Records {
-            dataset: d,
-            section: shared.clone(),
-            exchange: exchange.clone(),
-            lateness_ms: cx.lateness_ms,
-            woken_by: PhantomData,
-        };
+        let records = (d, &shared, &exchange);
         let task = match d {
-            Dataset::Aggregates => spawnable(sink, records(d), cx, wakes.points.clone()),
-            Dataset::Alerts => spawnable(sink, records(d).with_wake(), cx, wakes.alerts.clone()),
-            Dataset::Raw => spawnable(sink, records(d), cx, wakes.readings.clone()),
+            Dataset::Aggregates => spawnable(sink, records, cx, wakes.points.clone()),
+            Dataset::Alerts => spawnable(sink, records, cx, wakes.alerts.clone()),
+            Dataset::Raw => spawnable(sink, records, cx, wakes.readings.clone()),
         };
         out.push(task);
     }
     Ok(out)
 }
 
-impl Records<()> {
-    /// The same records, woken by a wake-up of another type.
-    fn with_wake<W>(self) -> Records<W> {
-        Records {
-            dataset: self.dataset,
-            section: self.section,
-            exchange: self.exchange,
-            lateness_ms: self.lateness_ms,
-            woken_by: PhantomData,
-        }
-    }
-}
-
 /// One dataset's sink on the runtime, woken by `wake`.
 fn spawnable<W: Clone + Send + Sync + 'static>(
     (forwarder, options, meters): (Forwarder, Options, Meters),
-    records: Records<W>,
+    (dataset, section, exchange): (Dataset, &Arc<CityPlatformSection>, &Arc<Exchange>),
     cx: &Context,
     wake: watch::Receiver<W>,
 ) -> Task {
+    let records = Records {
+        dataset,
+        section: section.clone(),
+        exchange: exchange.clone(),
+        lateness_ms: cx.lateness_ms,
+        woken_by: PhantomData,
+    };
     Box::pin(super::run(
         forwarder,
         Arc::new(records),
