@@ -61,7 +61,7 @@ impl Settings {
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
             retention: c.store.retention(),
-            aggregate: c.aggregate.settings(),
+            aggregate: c.aggregate.settings(c.store.retention().raw_ms),
             influxdb: c.influxdb.clone(),
             alerts: c.alerts.clone(),
             modbus: c.modbus.clone(),
@@ -363,7 +363,7 @@ fn start_sinks(
             store: store.clone(),
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
-            lateness_ms: settings.aggregate.lateness_ms,
+            lateness_ms: settings.aggregate.late_after_ms,
             shutdown: shutdown.clone(),
         };
         for task in sink::city_platform::start(city, catalog, &cx, wakes.clone())? {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::aggregate;
+use crate::aggregate::{self, correct::Due};
 use crate::clock::{SLOW_COMMIT, millis, now_ms};
 use crate::metrics::Metrics;
 use crate::pipeline::alerts::Alerts;
@@ -38,6 +38,10 @@ pub fn replay_recent(
             .collect();
         n += recent.len();
         aggregators.ingest(&recent);
+        // The backlogs this chunk brought, corrected from what was accepted up to it (as live).
+        aggregators.correct(Due::All, |devices, since| {
+            store.readings_of(devices, since, last)
+        })?;
     }
 }
 /// Applies retention and the size bound every ten seconds, and exports the store's size, the

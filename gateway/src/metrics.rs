@@ -49,8 +49,12 @@ pub struct Metrics {
     pub batch_accept_seconds: Histogram,
     /// Messages per batch.
     pub batch_messages: Histogram,
-    /// Readings later than their window's allowed lateness (stored raw, not aggregated).
+    /// Readings older than the raw retention when they came (stored raw, not aggregated).
     pub aggregate_too_late: IntCounter,
+    /// Corrections: a unit's windows recomputed from the raw readings after late data.
+    pub aggregate_corrections: IntCounter,
+    /// Raw readings read again by corrections.
+    pub aggregate_corrected_readings: IntCounter,
     /// Repeated tag reads at one gate counted once.
     pub duplicate_passages: IntCounter,
     /// Windows where occupancy would have gone below zero or above 1.5 × capacity.
@@ -240,7 +244,15 @@ impl Metrics {
             ),
             aggregate_too_late: counter(
                 "citysense_aggregate_too_late_total",
-                "Readings later than their window's allowed lateness (stored raw, not aggregated).",
+                "Readings older than the raw retention when they came (stored raw, not aggregated).",
+            ),
+            aggregate_corrections: counter(
+                "citysense_aggregate_corrections_total",
+                "Corrections: a unit's windows recomputed from the raw readings after late data.",
+            ),
+            aggregate_corrected_readings: counter(
+                "citysense_aggregate_corrected_readings_total",
+                "Raw readings read again by corrections.",
             ),
             duplicate_passages: counter(
                 "citysense_duplicate_passages_total",

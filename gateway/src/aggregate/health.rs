@@ -90,14 +90,11 @@ pub(super) struct Health {
 impl Health {
     /// Counts `r` for its device, and its battery and signal when it is a status report.
     #[inline]
-    pub(super) fn report(&mut self, r: &Reading, lateness: i64, wm: i64) -> Result<(), TooLate> {
-        let h = self.series.entry(r.device.clone()).or_insert_with(|| {
-            (
-                r.zone.clone(),
-                r.kind.clone(),
-                Windows::new(5 * MINUTE, lateness),
-            )
-        });
+    pub(super) fn report(&mut self, r: &Reading, wm: i64) -> Result<(), TooLate> {
+        let h = self
+            .series
+            .entry(r.device.clone())
+            .or_insert_with(|| (r.zone.clone(), r.kind.clone(), Windows::new(5 * MINUTE)));
         let hw = h.2.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
         hw.report(r.origin, r.time_ms);
         if let Measurement::Status {
@@ -112,41 +109,49 @@ impl Health {
         Ok(())
     }
 
-    /// The points of the windows closed at watermark `wm`.
-    pub(super) fn drain(&mut self, wm: i64, out: &mut Vec<Point>) {
-        for (device, (zone, kind, windows)) in &mut self.series {
-            for closed in windows.drain_closed(wm) {
-                let (end, w) = (closed.end, closed.state);
-                let mut fields = vec![("reports".into(), FieldValue::Int(i64::from(w.reports)))];
-                if w.reports > 1 {
-                    let gap = w.max_gap_ms as f64 / 1000.0;
-                    fields.push(("max_gap_s".into(), FieldValue::Float(gap)));
-                }
-                if let Some(c) = w.completeness() {
-                    fields.push(("completeness".into(), FieldValue::Float(c)));
-                }
-                if let Some(b) = w.battery_pct {
-                    fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
-                }
-                if let Some(s) = w.signal_dbm {
-                    fields.push(("signal_dbm".into(), FieldValue::Int(i64::from(s))));
-                }
-                out.push(Point {
-                    measurement: "device_health".into(),
-                    tags: vec![
-                        ("device".into(), device.to_string()),
-                        ("zone".into(), zone.to_string()),
-                        ("kind".into(), kind.to_string()),
-                    ],
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: false,
-                    },
-                });
+    /// Clears `device`'s windows from `start` on, for a correction.
+    pub(super) fn reset(&mut self, device: &str, start: i64) {
+        if let Some((_, _, w)) = self.series.get_mut(device) {
+            w.clear_from(start);
+        }
+    }
+
+    /// The points of `device`'s windows closed at watermark `wm`.
+    pub(super) fn drain(&mut self, device: &Arc<str>, wm: i64, out: &mut Vec<Point>) {
+        let Some((zone, kind, windows)) = self.series.get_mut(device) else {
+            return;
+        };
+        for closed in windows.drain_closed(wm) {
+            let (end, w) = (closed.end, closed.state);
+            let mut fields = vec![("reports".into(), FieldValue::Int(i64::from(w.reports)))];
+            if w.reports > 1 {
+                let gap = w.max_gap_ms as f64 / 1000.0;
+                fields.push(("max_gap_s".into(), FieldValue::Float(gap)));
             }
+            if let Some(c) = w.completeness() {
+                fields.push(("completeness".into(), FieldValue::Float(c)));
+            }
+            if let Some(b) = w.battery_pct {
+                fields.push(("battery_pct".into(), FieldValue::Int(i64::from(b))));
+            }
+            if let Some(s) = w.signal_dbm {
+                fields.push(("signal_dbm".into(), FieldValue::Int(i64::from(s))));
+            }
+            out.push(Point {
+                measurement: "device_health".into(),
+                tags: vec![
+                    ("device".into(), device.to_string()),
+                    ("zone".into(), zone.to_string()),
+                    ("kind".into(), kind.to_string()),
+                ],
+                fields,
+                time_ms: end,
+                quality: Quality {
+                    late: closed.late,
+                    unsynced_clock: closed.unsynced_clock,
+                    estimated: false,
+                },
+            });
         }
     }
 }

@@ -17,10 +17,12 @@
 //! - [`window`]: event-time windows with allowed lateness.
 //! - [`grade`]: congestion grades and the traffic performance index.
 
+pub mod correct;
 pub mod crowd;
 pub mod grade;
 pub mod health;
 pub mod pipe;
+pub mod progress;
 pub mod traffic;
 pub mod window;
 
@@ -34,17 +36,22 @@ use device_profiles::site::GateDirection;
 
 use crate::point::Point;
 use crate::reading::{Measurement, Reading};
+use correct::Corrections;
+use pipe::PipeKey;
+use progress::Progress;
 
 pub(crate) const MINUTE: i64 = 60_000;
 pub(crate) const DAY: i64 = 24 * 3600 * 1000;
-/// How late data may arrive and still update its window.
-pub const LATENESS_MS: i64 = 2 * MINUTE;
 /// A tag read again at the same gate within this time is the same passage.
 pub const DEDUPE_MS: i64 = MINUTE;
+/// Raw readings are kept this long by default: late data up to this old is corrected.
+pub const RAW_RETENTION_MS: i64 = 24 * 3_600_000;
 
 #[derive(Debug, Clone)]
 enum Place {
     Gate {
+        /// The area's unit.
+        unit: usize,
         /// The area, then every choke point the gate bounds (shared: a place is copied for every
         /// reading).
         subjects: Arc<[Arc<str>]>,
@@ -52,6 +59,7 @@ enum Place {
         direction: GateDirection,
     },
     Detector {
+        unit: usize,
         segment: Arc<str>,
     },
     Asset {
@@ -59,15 +67,69 @@ enum Place {
     },
 }
 
-/// Aggregation tunables.
+/// A device of the site: where its readings go, its health unit and its offline threshold.
+#[derive(Debug, Clone)]
+struct Device {
+    place: Option<Place>,
+    health: usize,
+    /// The units it feeds besides its health (a pipe device's join as it reports fields).
+    units: Vec<usize>,
+    offline_ms: i64,
+}
+
+/// What one set of devices feeds (see [`progress`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum UnitKey {
+    /// A scenic area and its choke points.
+    Area(Arc<str>),
+    /// A road segment.
+    Segment(Arc<str>),
+    /// A field of a pipe asset.
+    Pipe(PipeKey),
+    /// A device's health.
+    Health(Arc<str>),
+}
+
+#[derive(Debug, Clone)]
+struct Unit {
+    key: UnitKey,
+    progress: Progress,
+    /// The devices (and, for an area, the subjects operators count) a correction reads.
+    sources: Arc<[Arc<str>]>,
+    /// Listed in `Aggregators::due`.
+    due: bool,
+}
+
+/// The unit of a pipe asset's field, made when the field is first heard.
+fn pipe_unit(
+    pipe_units: &mut HashMap<PipeKey, usize>,
+    units: &mut Vec<Unit>,
+    asset_devices: &HashMap<Arc<str>, Arc<[Arc<str>]>>,
+    key: &PipeKey,
+) -> usize {
+    if let Some(&u) = pipe_units.get(key) {
+        return u;
+    }
+    units.push(Unit {
+        key: UnitKey::Pipe(key.clone()),
+        progress: Progress::default(),
+        sources: asset_devices.get(&key.0).cloned().unwrap_or_default(),
+        due: false,
+    });
+    pipe_units.insert(key.clone(), units.len() - 1);
+    units.len() - 1
+}
+
+/// Aggregation tunables (`[aggregate]` in the config file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSection {
     /// A ticket tag read again at the same gate within this many seconds is the same passage.
     #[serde(default = "default_dedupe")]
     pub tag_dedupe_s: u32,
-    /// How late (event time) a reading may arrive and still update its window, in seconds.
-    /// Later readings are kept raw and counted, not aggregated.
+    /// A reading received more than this many seconds after its event time is marked late in
+    /// what the city platform is sent. Aggregates count late data whatever its delay (within
+    /// `store.raw_retention_h`): see the crate docs on corrections.
     #[serde(default = "default_lateness")]
     pub allowed_lateness_s: u32,
 }
@@ -82,11 +144,12 @@ impl Default for AggregateSection {
 }
 
 impl AggregateSection {
-    /// The aggregators' settings.
-    pub fn settings(&self) -> AggregateSettings {
+    /// The aggregators' settings, for raw readings kept `raw_retention_ms`.
+    pub fn settings(&self, raw_retention_ms: i64) -> AggregateSettings {
         AggregateSettings {
             tag_dedupe_ms: i64::from(self.tag_dedupe_s) * 1000,
-            lateness_ms: i64::from(self.allowed_lateness_s) * 1000,
+            raw_retention_ms,
+            late_after_ms: i64::from(self.allowed_lateness_s) * 1000,
         }
     }
 }
@@ -98,20 +161,25 @@ fn default_lateness() -> u32 {
     120
 }
 
-/// Tunables (`[aggregate]` in the config file).
+/// Tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggregateSettings {
     /// A tag read again at the same gate within this many ms is the same passage.
     pub tag_dedupe_ms: i64,
-    /// How late data may arrive and still update its window, in ms.
-    pub lateness_ms: i64,
+    /// How long the local store keeps raw readings: late data up to this old is corrected,
+    /// older data is counted `too_late`.
+    pub raw_retention_ms: i64,
+    /// A reading received more than this many ms after its event time is marked late in what
+    /// the city platform is sent.
+    pub late_after_ms: i64,
 }
 
 impl Default for AggregateSettings {
     fn default() -> Self {
         AggregateSettings {
             tag_dedupe_ms: DEDUPE_MS,
-            lateness_ms: LATENESS_MS,
+            raw_retention_ms: RAW_RETENTION_MS,
+            late_after_ms: i64::from(default_lateness()) * 1000,
         }
     }
 }
@@ -119,26 +187,34 @@ impl Default for AggregateSettings {
 /// Counters the gateway exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AggregateCounts {
-    /// Readings later than their window's lateness (kept raw, not aggregated).
+    /// Readings older than the raw retention when they came: kept raw, not aggregated.
     pub too_late: u64,
     /// Repeated tag reads at one gate counted once.
     pub duplicate_passages: u64,
     /// Occupancy would have gone below zero or above 1.5 × capacity.
     pub drift: u64,
+    /// Corrections run: a unit's windows recomputed from the raw readings.
+    pub corrections: u64,
+    /// Raw readings read again by corrections.
+    pub corrected_readings: u64,
 }
 
 /// Every aggregator of one gateway.
 #[derive(Debug)]
 pub struct Aggregators {
-    places: HashMap<Arc<str>, Place>,
+    devices: HashMap<Arc<str>, Device>,
+    units: Vec<Unit>,
+    /// The unit of each area (by area id) and of each pipe asset's field.
+    area_units: HashMap<Arc<str>, usize>,
+    pipe_units: HashMap<PipeKey, usize>,
+    /// Pipe assets' devices, for the sources of their fields' units.
+    asset_devices: HashMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// Units whose watermark entered a new minute: drained after the batch.
+    due: Vec<usize>,
+    /// The newest event time heard: data older than the raw retention before it is too late.
+    newest: i64,
+    corrections: Corrections,
     utc_offset_ms: i64,
-    watermark: i64,
-    /// The minute of the watermark at the last drain. Every window size is a whole number of
-    /// minutes, so windows can only close when the watermark enters a new minute, or when a
-    /// reading lands in a window already closed (`late_touch`): only then is every series
-    /// visited (a visit per series per batch would cost O(devices) for every batch).
-    drained_minute: i64,
-    late_touch: bool,
     crowds: crowd::Crowds,
     traffic: traffic::Traffic,
     pipes: pipe::Pipes,
@@ -157,37 +233,67 @@ impl Aggregators {
     /// Aggregators for the site of `catalog`.
     pub fn with_settings(catalog: &Catalog, settings: AggregateSettings) -> Aggregators {
         let site = &catalog.site;
-        let mut places = HashMap::default();
-        for g in &site.gates {
-            places.insert(
-                Arc::from(g.device.as_str()),
-                Place::Gate {
-                    subjects: std::iter::once(g.area.as_str())
-                        .chain(
-                            site.scenic_areas
-                                .iter()
-                                .flat_map(|a| &a.choke_points)
-                                .filter(|c| c.gates.contains(&g.id))
-                                .map(|c| c.id.as_str()),
-                        )
-                        .map(Arc::from)
-                        .collect(),
-                    gate: g.id.as_str().into(),
-                    direction: g.direction,
-                },
-            );
+        let mut units: Vec<Unit> = Vec::new();
+        let mut unit = |key: UnitKey, sources: Vec<Arc<str>>| {
+            units.push(Unit {
+                key,
+                progress: Progress::default(),
+                sources: sources.into(),
+                due: false,
+            });
+            units.len() - 1
+        };
+        let mut area_units = HashMap::default();
+        let mut places: HashMap<Arc<str>, Place> = HashMap::default();
+        for a in &site.scenic_areas {
+            let gates: Vec<_> = site.gates.iter().filter(|g| g.area == a.id).collect();
+            let sources = gates
+                .iter()
+                .map(|g| g.device.as_str())
+                .chain(std::iter::once(a.id.as_str()))
+                .chain(a.choke_points.iter().map(|c| c.id.as_str()))
+                .map(Arc::from)
+                .collect();
+            let u = unit(UnitKey::Area(a.id.as_str().into()), sources);
+            area_units.insert(Arc::from(a.id.as_str()), u);
+            for g in gates {
+                places.insert(
+                    Arc::from(g.device.as_str()),
+                    Place::Gate {
+                        unit: u,
+                        subjects: std::iter::once(g.area.as_str())
+                            .chain(
+                                a.choke_points
+                                    .iter()
+                                    .filter(|c| c.gates.contains(&g.id))
+                                    .map(|c| c.id.as_str()),
+                            )
+                            .map(Arc::from)
+                            .collect(),
+                        gate: g.id.as_str().into(),
+                        direction: g.direction,
+                    },
+                );
+            }
         }
         for r in &site.road_segments {
+            let sources = r.detectors.iter().map(|d| Arc::from(d.device.as_str()));
+            let u = unit(UnitKey::Segment(r.id.as_str().into()), sources.collect());
             for d in &r.detectors {
                 places.insert(
                     Arc::from(d.device.as_str()),
                     Place::Detector {
+                        unit: u,
                         segment: r.id.as_str().into(),
                     },
                 );
             }
         }
+        let mut asset_devices = HashMap::default();
         for p in &site.pipe_assets {
+            let devices: Arc<[Arc<str>]> =
+                p.devices.iter().map(|d| Arc::from(d.as_str())).collect();
+            asset_devices.insert(Arc::from(p.id.as_str()), devices);
             for d in &p.devices {
                 places.insert(
                     Arc::from(d.as_str()),
@@ -197,12 +303,38 @@ impl Aggregators {
                 );
             }
         }
+        let mut devices = HashMap::default();
+        for d in &site.devices {
+            let id: Arc<str> = d.id.as_str().into();
+            let offline_ms = catalog.profiles.get(&d.profile).map_or(i64::MAX, |p| {
+                i64::from(p.report_interval_s) * i64::from(p.offline_after_intervals) * 1000
+            });
+            let health = unit(UnitKey::Health(id.clone()), vec![id.clone()]);
+            let place = places.remove(&id);
+            let units = match &place {
+                Some(Place::Gate { unit, .. } | Place::Detector { unit, .. }) => vec![*unit],
+                _ => Vec::new(),
+            };
+            devices.insert(
+                id.clone(),
+                Device {
+                    place,
+                    health,
+                    units,
+                    offline_ms,
+                },
+            );
+        }
         Aggregators {
-            places,
+            devices,
+            units,
+            area_units,
+            pipe_units: HashMap::default(),
+            asset_devices,
+            due: Vec::new(),
+            newest: i64::MIN,
+            corrections: Corrections::default(),
             utc_offset_ms: site.site.utc_offset.ms(),
-            watermark: i64::MIN,
-            drained_minute: i64::MIN,
-            late_touch: false,
             crowds: crowd::Crowds::new(site),
             traffic: traffic::Traffic::new(site),
             pipes: pipe::Pipes::default(),
@@ -214,58 +346,90 @@ impl Aggregators {
 
     /// Adds readings and returns the points of the windows that closed. A batch is taken in
     /// event-time order, so a buffered hour delivered at once aggregates as it would have live.
+    /// A reading for a window already closed asks for a correction ([`Aggregators::correct`]).
     pub fn ingest(&mut self, readings: &[Reading]) -> Vec<Point> {
         let mut ordered: Vec<&Reading> = readings.iter().collect();
-        ordered.sort_by_key(|r| r.time_ms);
+        ordered.sort_by(|a, b| (a.time_ms.cmp(&b.time_ms)).then_with(|| a.device.cmp(&b.device)));
         for r in ordered {
-            // Possibly in a closed window: before the start of the watermark's minute.
-            self.late_touch |= r.time_ms < self.watermark.div_euclid(MINUTE).saturating_mul(MINUTE);
-            if self.add(r).is_err() {
+            if r.time_ms < self.newest.saturating_sub(self.settings.raw_retention_ms) {
+                // Its raw neighbours are gone: no correction could count it exactly.
                 self.counts.too_late += 1;
+                continue;
             }
-            self.watermark = self.watermark.max(r.time_ms);
+            self.add(r);
+            self.newest = self.newest.max(r.time_ms);
         }
-        let minute = self.watermark.div_euclid(MINUTE);
-        if minute == self.drained_minute && !self.late_touch {
-            return Vec::new();
-        }
-        (self.drained_minute, self.late_touch) = (minute, false);
-        self.drain()
+        self.drain_due()
     }
 
-    /// Offers `r` to its device's health and to the aggregator of its place.
-    fn add(&mut self, r: &Reading) -> Result<(), window::TooLate> {
-        let (wm, lateness) = (self.watermark, self.settings.lateness_ms);
+    /// Offers `r` to its device's health and to the aggregator of its place, then moves the
+    /// device's progress in every unit it feeds: any report, a status too, shows how far the
+    /// device has reported.
+    fn add(&mut self, r: &Reading) {
+        let Aggregators {
+            devices,
+            units,
+            area_units,
+            pipe_units,
+            asset_devices,
+            due,
+            corrections,
+            crowds,
+            traffic,
+            pipes,
+            health,
+            counts,
+            settings,
+            ..
+        } = self;
         if let Measurement::Occupancy { count } = r.measurement {
-            // An operator's count names its area as the device: no device health.
-            return self.crowds.count(r, &r.device, count, lateness, wm);
+            // An operator's count names its area or choke point as the device: no progress.
+            let Some(&u) = crowds.group_of(&r.device).and_then(|g| area_units.get(g)) else {
+                return;
+            };
+            let wm = units[u].progress.watermark();
+            if crowds.count(r, &r.device, count, wm).is_err() {
+                corrections.late(u, r.time_ms);
+            }
+            return;
         }
-        self.health.report(r, lateness, wm)?;
-        let Some(place) = self.places.get(&r.device) else {
-            return Ok(());
+        let Some(device) = devices.get_mut(&r.device) else {
+            return;
         };
-        match (place, &r.measurement) {
+        let wm = units[device.health].progress.watermark();
+        if health.report(r, wm).is_err() {
+            corrections.late(device.health, r.time_ms);
+        }
+        let fed = match (&device.place, &r.measurement) {
             (
-                Place::Gate {
+                Some(Place::Gate {
+                    unit,
                     subjects,
                     gate,
                     direction,
-                },
+                }),
                 Measurement::Passage { tag, entry },
-            ) => self.crowds.passage(
-                r,
-                (subjects, gate, *direction),
-                (*tag, *entry),
-                self.settings.tag_dedupe_ms,
-                lateness,
-                wm,
-                &mut self.counts,
-            ),
-            (Place::Gate { subjects, .. }, Measurement::Counts { entries, exits, .. }) => self
-                .crowds
-                .counts(r, subjects, (*entries, *exits), lateness, wm),
+            ) => {
+                let wm = units[*unit].progress.watermark();
+                let added = crowds.passage(
+                    r,
+                    (subjects, gate, *direction),
+                    (*tag, *entry),
+                    settings.tag_dedupe_ms,
+                    wm,
+                    counts,
+                );
+                Some((*unit, added))
+            }
             (
-                Place::Detector { segment },
+                Some(Place::Gate { unit, subjects, .. }),
+                Measurement::Counts { entries, exits, .. },
+            ) => {
+                let wm = units[*unit].progress.watermark();
+                Some((*unit, crowds.counts(r, subjects, (*entries, *exits), wm)))
+            }
+            (
+                Some(Place::Detector { unit, segment }),
                 Measurement::Lane {
                     lane,
                     vehicles,
@@ -273,36 +437,72 @@ impl Aggregators {
                     speed_kmh,
                     ..
                 },
-            ) => self.traffic.lane(
-                r,
-                segment,
-                *lane,
-                (*vehicles, *occupancy_pct, *speed_kmh),
-                lateness,
-                wm,
-            ),
-            (Place::Asset { asset }, Measurement::Value { field, value, .. }) => {
-                self.pipes.value(r, asset, (field, *value), lateness, wm)
+            ) => {
+                let wm = units[*unit].progress.watermark();
+                let added = traffic.lane(
+                    r,
+                    segment,
+                    *lane,
+                    (*vehicles, *occupancy_pct, *speed_kmh),
+                    wm,
+                );
+                Some((*unit, added))
             }
-            _ => Ok(()),
+            (Some(Place::Asset { asset }), Measurement::Value { field, value, .. }) => {
+                let key = (asset.clone(), field.clone());
+                let u = pipe_unit(pipe_units, units, asset_devices, &key);
+                if !device.units.contains(&u) {
+                    device.units.push(u);
+                }
+                let wm = units[u].progress.watermark();
+                Some((u, pipes.value(r, &key, *value, wm)))
+            }
+            _ => None,
+        };
+        if let Some((u, Err(_))) = fed {
+            corrections.late(u, r.time_ms);
+        }
+        let offline = device.offline_ms;
+        for &u in std::iter::once(&device.health).chain(&device.units) {
+            let unit = &mut units[u];
+            if unit.progress.advance(&r.device, r.time_ms, offline) && !unit.due {
+                unit.due = true;
+                due.push(u);
+            }
         }
     }
 
-    /// The points of every window closed at the watermark.
-    fn drain(&mut self) -> Vec<Point> {
-        let wm = self.watermark;
+    /// The points of the windows closed in the units listed as due.
+    fn drain_due(&mut self) -> Vec<Point> {
         let mut out = Vec::new();
-        self.crowds.drain(
-            wm,
-            self.utc_offset_ms,
-            self.settings.tag_dedupe_ms,
-            &mut self.counts,
-            &mut out,
-        );
-        self.traffic.drain(wm, &mut out);
-        self.pipes.drain(wm, &mut out);
-        self.health.drain(wm, &mut out);
+        for u in std::mem::take(&mut self.due) {
+            self.units[u].due = false;
+            self.drain_unit(u, &mut out);
+        }
         out
+    }
+
+    /// The points of unit `u`'s windows closed at its watermark.
+    fn drain_unit(&mut self, u: usize, out: &mut Vec<Point>) {
+        let unit = &mut self.units[u];
+        let wm = unit.progress.watermark();
+        unit.progress.drained();
+        match &unit.key {
+            UnitKey::Area(area) => self.crowds.drain(
+                area,
+                wm,
+                (
+                    self.utc_offset_ms,
+                    self.settings.tag_dedupe_ms,
+                    self.settings.raw_retention_ms,
+                ),
+                &mut self.counts,
+                out,
+            ),
+            UnitKey::Segment(segment) => self.traffic.drain(segment, wm, out),
+            UnitKey::Pipe(key) => self.pipes.drain(key, wm, out),
+            UnitKey::Health(device) => self.health.drain(device, wm, out),
+        }
     }
 }
 
@@ -327,6 +527,22 @@ mod tests {
             origin: None,
             measurement: m,
         }
+    }
+
+    /// A status report: `device` has reported up to `t`.
+    fn status(device: &str, t: i64) -> Reading {
+        reading(
+            device,
+            "uhf-rfid-gate",
+            t,
+            Measurement::Status {
+                battery_pct: None,
+                signal_dbm: -60,
+                uptime_s: 1,
+                firmware: "1.0.0".into(),
+                key_fingerprint: "0".into(),
+            },
+        )
     }
 
     fn field<'a>(p: &'a Point, name: &str) -> &'a FieldValue {
@@ -378,15 +594,18 @@ mod tests {
             })
             .collect();
         assert!(crowd_after(&a.ingest(&reads), T0 - 2 * MINUTE).is_empty());
-        let points = a.ingest(&[reading(
-            "gz-s4-g3",
-            "uhf-rfid-gate",
-            T0 + 3 * MINUTE,
-            Measurement::Passage {
-                tag: Tag::from(0xbb),
-                entry: false,
-            },
-        )]);
+        let points = a.ingest(&[
+            reading(
+                "gz-s4-g3",
+                "uhf-rfid-gate",
+                T0 + 3 * MINUTE,
+                Measurement::Passage {
+                    tag: Tag::from(0xbb),
+                    entry: false,
+                },
+            ),
+            status("gz-s4-g1", T0 + 3 * MINUTE),
+        ]);
         let crowd = crowd_after(&points, T0 - 2 * MINUTE);
         assert_eq!(crowd.len(), 1);
         assert_eq!(field(crowd[0], "entries"), &FieldValue::Int(1));
@@ -412,16 +631,7 @@ mod tests {
             })
             .collect();
         a.ingest(&exits);
-        let points = a.ingest(&[reading(
-            "gz-p1-press",
-            "water-pressure",
-            T0 + 2 * MINUTE,
-            Measurement::Value {
-                field: "pressure".into(),
-                value: 0.3,
-                urgent: false,
-            },
-        )]);
+        let points = a.ingest(&[status("gz-s4-g3", T0 + 2 * MINUTE)]);
         let crowd = crowd_after(&points, T0 - 2 * MINUTE)[0];
         assert_eq!(field(crowd, "occupancy"), &FieldValue::Int(0));
         assert_eq!(field(crowd, "drift"), &FieldValue::Bool(true));
@@ -448,7 +658,10 @@ mod tests {
             pass("gz-s3-g1", T0 + 1, 0xb, true),
             pass("gz-s3-g2", T0 + 2, 0xa, false),
         ]);
-        let points = a.ingest(&[pass("gz-s3-g2", T0 + 2 * MINUTE, 0xf, true)]);
+        let points = a.ingest(&[
+            pass("gz-s3-g2", T0 + 2 * MINUTE, 0xf, true),
+            status("gz-s3-g1", T0 + 2 * MINUTE),
+        ]);
         let points: Vec<Point> = crowd_after(&points, T0 - 2 * MINUTE)
             .into_iter()
             .cloned()
@@ -611,30 +824,67 @@ mod tests {
     }
 
     #[test]
-    fn late_data_re_emits_its_window_while_the_watermark_stays_in_its_minute() {
-        let mut a = Aggregators::new(&catalog());
-        let pressure = |t: i64, value: f64| {
-            reading(
-                "gz-p1-press",
-                "water-pressure",
-                t,
-                Measurement::Value {
-                    field: "pressure".into(),
-                    value,
-                    urgent: false,
-                },
-            )
+    fn late_data_waits_for_its_backlog_then_one_correction_re_emits_every_window_after_it() {
+        // gz-s4-g1 and gz-s4-g3 count 通天岩. g3 loses its link for ten minutes: once it is five
+        // minutes (its offline threshold) behind, it no longer holds the windows, and its
+        // backlog, when it comes, is late.
+        let mut stored: Vec<Reading> = Vec::new();
+        let mut a = counted(&["S4"], T0 - 2 * MINUTE);
+        let mut deliver = |a: &mut Aggregators, rs: Vec<Reading>| {
+            stored.extend(rs.iter().cloned());
+            let mut points = a.ingest(&rs);
+            let stored = stored.clone();
+            let read = |devices: &[Arc<str>], since: i64| {
+                Ok::<_, ()>(
+                    stored
+                        .iter()
+                        .filter(|r| devices.contains(&r.device) && r.time_ms >= since)
+                        .cloned()
+                        .collect(),
+                )
+            };
+            points.extend(a.correct(correct::Due::Settled, read).unwrap());
+            points
         };
-        a.ingest(&[pressure(T0 + 10_000, 0.30)]);
-        let first = a.ingest(&[pressure(T0 + 61_000, 0.30)]);
-        assert_eq!(first.iter().filter(|p| p.measurement == "pipe").count(), 1);
-        // Same watermark minute, nothing new closes: no points and no visit of every series.
-        assert!(a.ingest(&[pressure(T0 + 62_000, 0.31)]).is_empty());
-        // A late reading for the closed minute re-emits it at once, marked late.
-        let again = a.ingest(&[pressure(T0 + 20_000, 0.10)]);
-        let p = again.iter().find(|p| p.measurement == "pipe").unwrap();
-        assert_eq!((p.time_ms, p.quality.late), (T0 + 60_000, true));
-        assert_eq!(field(p, "min"), &FieldValue::Float(0.10));
+        let mut points = Vec::new();
+        for m in 0..12 {
+            let t = T0 + m * MINUTE;
+            let mut rs = vec![gate("gz-s4-g1", t, 0x100 + m as u64, true)];
+            if m < 2 {
+                rs.push(gate("gz-s4-g3", t + 1, 0x200 + m as u64, false));
+            }
+            points.extend(deliver(&mut a, rs));
+        }
+        let before: Vec<&Point> = crowd_after(&points, T0 - 2 * MINUTE);
+        assert_eq!(
+            before.last().map(|p| p.time_ms),
+            Some(T0 + 6 * MINUTE),
+            "windows close five minutes behind the newest gate while g3 is silent"
+        );
+        assert_eq!(field(before[0], "occupancy"), &FieldValue::Int(0));
+        // The backlog: g3's exits of minutes 2..10, in two batches; one correction after both.
+        let backlog: Vec<Reading> = (2..10)
+            .map(|m| gate("gz-s4-g3", T0 + m * MINUTE + 1, 0x200 + m as u64, false))
+            .collect();
+        assert!(crowd_after(&deliver(&mut a, backlog[..4].to_vec()), T0).is_empty());
+        assert_eq!(a.counts.corrections, 0, "the backlog is still coming");
+        // Minutes 6 to 8 were still open: they close as usual. This batch brings no late data:
+        // the backlog has come, and one correction re-emits every window from minute 2 on.
+        let again = deliver(&mut a, backlog[4..].to_vec());
+        assert_eq!((a.counts.corrections, a.counts.too_late), (1, 0));
+        let area: Vec<&Point> = crowd_after(&again, T0)
+            .into_iter()
+            .filter(|p| p.tags.len() == 2)
+            .collect();
+        let ends: Vec<i64> = area.iter().map(|p| (p.time_ms - T0) / MINUTE).collect();
+        assert_eq!(ends, vec![7, 8, 9, 3, 4, 5, 6, 7, 8, 9]);
+        let revised = &area[3..];
+        assert!(revised.iter().all(|p| p.quality.late), "revisions");
+        // Each minute one in and one out: the occupancy stays 0 where it went below before.
+        let occupancy: Vec<&FieldValue> = revised.iter().map(|p| field(p, "occupancy")).collect();
+        assert_eq!(occupancy, vec![&FieldValue::Int(0); 7]);
+        assert_eq!(field(revised[6], "daily_entries"), &FieldValue::Int(9));
+        assert_eq!(a.counts.drift, 0);
     }
 
     #[test]
@@ -754,7 +1004,10 @@ mod tests {
             .map(|i| gate("gz-s4-g3", T0 + i, i as u64, false))
             .collect();
         let mut points = a.ingest(&exits);
-        points.extend(a.ingest(&[gate("gz-s4-g1", T0 + 3 * MINUTE, 0x10, true)]));
+        points.extend(a.ingest(&[
+            gate("gz-s4-g1", T0 + 3 * MINUTE, 0x10, true),
+            status("gz-s4-g3", T0 + 3 * MINUTE),
+        ]));
         let unknown = points.iter().find(|p| p.measurement == "crowd").unwrap();
         assert_eq!(
             field(unknown, "exits"),
@@ -778,7 +1031,10 @@ mod tests {
             .map(|i| gate("gz-s4-g3", T0 + 6 * MINUTE + i, 0x20 + i as u64, false))
             .collect();
         points.extend(a.ingest(&leaving));
-        points.extend(a.ingest(&[gate("gz-s4-g1", T0 + 9 * MINUTE, 0x30, true)]));
+        points.extend(a.ingest(&[
+            gate("gz-s4-g1", T0 + 9 * MINUTE, 0x30, true),
+            status("gz-s4-g3", T0 + 9 * MINUTE),
+        ]));
         let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
         let at = |end: i64| {
             crowd
@@ -804,7 +1060,10 @@ mod tests {
         let mut points = a.ingest(&[gate("gz-s4-g1", early, 0x1, true)]);
         points.extend(a.ingest(&[gate("gz-s4-g3", early + MINUTE, 0x2, false)]));
         points.extend(a.ingest(&[gate("gz-s4-g3", early + MINUTE + 1, 0x3, false)]));
-        points.extend(a.ingest(&[gate("gz-s4-g1", early + 4 * MINUTE, 0x4, true)]));
+        points.extend(a.ingest(&[
+            gate("gz-s4-g1", early + 4 * MINUTE, 0x4, true),
+            status("gz-s4-g3", early + 4 * MINUTE),
+        ]));
         let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
         assert_eq!(field(crowd[0], "occupancy"), &FieldValue::Int(1));
         // One more exit than entries: a gate that misses entries is a real drift.
@@ -818,7 +1077,10 @@ mod tests {
         let mut a = Aggregators::new(&catalog());
         let mut points = a.ingest(&[gate("gz-s4-g3", closing - 30_000, 0x1, false)]);
         points.extend(a.ingest(&[gate("gz-s4-g1", closing + 30_000, 0x2, true)]));
-        points.extend(a.ingest(&[gate("gz-s4-g1", closing + 3 * MINUTE, 0x3, true)]));
+        points.extend(a.ingest(&[
+            gate("gz-s4-g1", closing + 3 * MINUTE, 0x3, true),
+            status("gz-s4-g3", closing + 3 * MINUTE),
+        ]));
         let crowd: Vec<&Point> = points.iter().filter(|p| p.measurement == "crowd").collect();
         assert_eq!(crowd.len(), 2, "{crowd:?}");
         assert_eq!(field(crowd[0], "occupancy_known"), &FieldValue::Bool(false));

@@ -25,10 +25,13 @@ struct PipeWindow {
 /// One asset's field: its zone and windows.
 type PipeSeries = (Arc<str>, Windows<PipeWindow>);
 
+/// An asset and one of its fields.
+pub(super) type PipeKey = (Arc<str>, Cow<'static, str>);
+
 /// The fields of a site's pipe assets.
 #[derive(Debug, Default)]
 pub(super) struct Pipes {
-    series: HashMap<(Arc<str>, Cow<'static, str>), PipeSeries>,
+    series: HashMap<PipeKey, PipeSeries>,
 }
 
 impl Pipes {
@@ -37,15 +40,17 @@ impl Pipes {
     pub(super) fn value(
         &mut self,
         r: &Reading,
-        asset: &Arc<str>,
-        (field, value): (&Cow<'static, str>, f64),
-        lateness: i64,
+        key: &PipeKey,
+        value: f64,
         wm: i64,
     ) -> Result<(), TooLate> {
-        let entry = self
-            .series
-            .entry((asset.clone(), field.clone()))
-            .or_insert_with(|| (r.zone.clone(), Windows::new(MINUTE, lateness)));
+        let entry = match self.series.get_mut(key) {
+            Some(e) => e,
+            None => self
+                .series
+                .entry(key.clone())
+                .or_insert_with(|| (r.zone.clone(), Windows::new(MINUTE))),
+        };
         let w = entry.1.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
         if w.n == 0 {
             (w.min, w.max) = (value, value);
@@ -63,44 +68,53 @@ impl Pipes {
         Ok(())
     }
 
-    /// The points of the windows closed at watermark `wm`.
-    pub(super) fn drain(&mut self, wm: i64, out: &mut Vec<Point>) {
-        for ((asset, field), (zone, windows)) in &mut self.series {
-            for closed in windows.drain_closed(wm) {
-                let (end, w) = (closed.end, closed.state);
-                let mut fields = vec![
-                    ("min".into(), FieldValue::Float(w.min)),
-                    ("max".into(), FieldValue::Float(w.max)),
-                    ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
-                    ("count".into(), FieldValue::Int(w.n as i64)),
-                ];
-                if let Some((_, last)) = w.last {
-                    fields.insert(0, ("last".into(), FieldValue::Float(last)));
-                }
-                if let (Some((t0, v0)), Some((t1, v1))) = (w.first, w.last)
-                    && t1 > t0
-                {
-                    fields.push((
-                        "rate_per_min".into(),
-                        FieldValue::Float((v1 - v0) / ((t1 - t0) as f64 / 60_000.0)),
-                    ));
-                }
-                out.push(Point {
-                    measurement: "pipe".into(),
-                    tags: vec![
-                        ("asset".into(), asset.to_string()),
-                        ("zone".into(), zone.to_string()),
-                        ("field".into(), field.to_string()),
-                    ],
-                    fields,
-                    time_ms: end,
-                    quality: Quality {
-                        late: closed.late,
-                        unsynced_clock: closed.unsynced_clock,
-                        estimated: false,
-                    },
-                });
+    /// Clears the windows of `key` from `start` on, for a correction.
+    pub(super) fn reset(&mut self, key: &PipeKey, start: i64) {
+        if let Some((_, w)) = self.series.get_mut(key) {
+            w.clear_from(start);
+        }
+    }
+
+    /// The points of `key`'s windows closed at watermark `wm`.
+    pub(super) fn drain(&mut self, key: &PipeKey, wm: i64, out: &mut Vec<Point>) {
+        let Some((zone, windows)) = self.series.get_mut(key) else {
+            return;
+        };
+        let (asset, field) = key;
+        for closed in windows.drain_closed(wm) {
+            let (end, w) = (closed.end, closed.state);
+            let mut fields = vec![
+                ("min".into(), FieldValue::Float(w.min)),
+                ("max".into(), FieldValue::Float(w.max)),
+                ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
+                ("count".into(), FieldValue::Int(w.n as i64)),
+            ];
+            if let Some((_, last)) = w.last {
+                fields.insert(0, ("last".into(), FieldValue::Float(last)));
             }
+            if let (Some((t0, v0)), Some((t1, v1))) = (w.first, w.last)
+                && t1 > t0
+            {
+                fields.push((
+                    "rate_per_min".into(),
+                    FieldValue::Float((v1 - v0) / ((t1 - t0) as f64 / 60_000.0)),
+                ));
+            }
+            out.push(Point {
+                measurement: "pipe".into(),
+                tags: vec![
+                    ("asset".into(), asset.to_string()),
+                    ("zone".into(), zone.to_string()),
+                    ("field".into(), field.to_string()),
+                ],
+                fields,
+                time_ms: end,
+                quality: Quality {
+                    late: closed.late,
+                    unsynced_clock: closed.unsynced_clock,
+                    estimated: false,
+                },
+            });
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Event-time tumbling windows with allowed lateness.
+//! Event-time tumbling windows.
 //!
-//! A reading lands in the window that contains its event time. The watermark is the latest
-//! event time seen; a window *closes* when the watermark passes its end, and is emitted then.
-//! Data for a closed window that arrives within `lateness` after the window's end updates it and
-//! marks it for emitting again (same timestamp and tags, so the point overwrites the earlier
-//! one). Data later than that is refused ([`TooLate`]): the caller counts it; the raw reading is
-//! already in the local store. Because everything depends on event time only, replaying a
-//! buffered hour in order gives the same windows as live delivery.
+//! A reading lands in the window that contains its event time. The watermark is how far the
+//! subject's devices have reported (see [`super::progress`]); a window *closes* when the
+//! watermark passes its end, and is emitted then, once. Data for a closed window is refused
+//! ([`TooLate`]): the caller asks for a correction, which clears the windows from the late one
+//! on ([`Windows::clear_from`]) and adds the subject's raw readings again, so every window
+//! after it (and what it carries on: occupancy, the speed baseline) is computed as if the data
+//! had come in order; the windows emitted again are revisions (same timestamp and tags, so the
+//! point overwrites the earlier one). Because everything depends on event time only, replaying
+//! a buffered hour in order gives the same windows as live delivery.
 
 /// The reading's window was already final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,24 +39,36 @@ pub struct Closed<'a, S> {
 
 /// Windows of one size for one subject (an area, a segment, an asset and field, ...).
 ///
-/// Open windows are few (the current one and those within lateness), so they are kept in a
+/// Open windows are few (those the slowest live device has not passed), so they are kept in a
 /// vector sorted by start, grown one slot at a time: a subject costs a few dozen bytes, which
 /// matters with a window series per device (issue 10: ≤ 1 KiB of state per device).
 #[derive(Debug, Clone)]
 pub struct Windows<S> {
     size_ms: i64,
-    lateness_ms: i64,
     slots: Vec<(i64, Slot<S>)>,
+    /// The end of the newest window emitted.
+    emitted_until: i64,
+    /// Windows ending at or before this were emitted before a correction cleared them: emitted
+    /// again, they are revisions.
+    revised_until: i64,
 }
 
 impl<S: Default> Windows<S> {
-    /// Windows of `size_ms`, accepting data up to `lateness_ms` after a window's end.
-    pub fn new(size_ms: i64, lateness_ms: i64) -> Self {
+    /// Windows of `size_ms`.
+    pub fn new(size_ms: i64) -> Self {
         Windows {
             size_ms,
-            lateness_ms,
             slots: Vec::new(),
+            emitted_until: i64::MIN,
+            revised_until: i64::MIN,
         }
+    }
+
+    /// Forgets the windows starting at or after `start` (a correction adds their readings
+    /// again); those emitted before are revisions when emitted again.
+    pub fn clear_from(&mut self, start: i64) {
+        self.slots.retain(|(s, _)| *s < start);
+        self.revised_until = self.revised_until.max(self.emitted_until);
     }
 
     /// The start of the window containing `t`.
@@ -62,7 +76,7 @@ impl<S: Default> Windows<S> {
         t.div_euclid(self.size_ms) * self.size_ms
     }
 
-    /// The state of the window containing `t`, to update; `TooLate` when the window is final
+    /// The state of the window containing `t`, to update; `TooLate` when the window closed
     /// under `watermark`.
     pub fn get_mut(&mut self, t: i64, watermark: i64) -> Result<&mut S, TooLate> {
         self.get_mut_from(t, false, watermark)
@@ -76,7 +90,7 @@ impl<S: Default> Windows<S> {
         watermark: i64,
     ) -> Result<&mut S, TooLate> {
         let start = self.start_of(t);
-        if start + self.size_ms + self.lateness_ms <= watermark {
+        if start + self.size_ms <= watermark {
             return Err(TooLate);
         }
         let at = match self.slots.binary_search_by_key(&start, |(s, _)| *s) {
@@ -99,20 +113,20 @@ impl<S: Default> Windows<S> {
         Ok(&mut slot.state)
     }
 
-    /// Windows that closed (end ≤ watermark) and changed since last emitted, oldest first;
-    /// then forgets windows past their lateness.
+    /// Windows that closed (end ≤ watermark) and were not emitted, oldest first; forgets the
+    /// windows emitted before.
     pub fn drain_closed(&mut self, watermark: i64) -> Vec<Closed<'_, S>> {
-        let (size, lateness) = (self.size_ms, self.lateness_ms);
-        // Forget windows that are final and were emitted.
+        let size = self.size_ms;
         self.slots
-            .retain(|(start, slot)| slot.dirty || start + size + lateness > watermark);
+            .retain(|(start, slot)| slot.dirty || start + size > watermark);
         let mut out = Vec::new();
         for (start, slot) in self.slots.iter_mut() {
             let start = *start;
             if start + size <= watermark && slot.dirty {
                 slot.dirty = false;
-                let late = slot.emitted;
+                let late = slot.emitted || start + size <= self.revised_until;
                 slot.emitted = true;
+                self.emitted_until = self.emitted_until.max(start + size);
                 out.push(Closed {
                     start,
                     end: start + size,
@@ -125,7 +139,7 @@ impl<S: Default> Windows<S> {
         out
     }
 
-    /// Windows held (bounded by size and lateness).
+    /// Windows held.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
@@ -142,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_window_is_emitted_when_the_watermark_passes_its_end() {
-        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+        let mut w: Windows<u32> = Windows::new(60_000);
         *w.get_mut(1_000, 1_000).unwrap() += 1;
         *w.get_mut(59_999, 59_999).unwrap() += 1;
         assert!(w.drain_closed(59_999).is_empty());
@@ -156,27 +170,55 @@ mod tests {
     }
 
     #[test]
-    fn late_data_within_lateness_re_emits_and_later_data_is_refused() {
-        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+    fn data_for_a_closed_window_is_refused() {
+        let mut w: Windows<u32> = Windows::new(60_000);
         *w.get_mut(10_000, 10_000).unwrap() += 1;
         assert_eq!(w.drain_closed(61_000).len(), 1);
-        *w.get_mut(20_000, 85_000).unwrap() += 1;
-        let again: Vec<_> = w
-            .drain_closed(85_000)
-            .into_iter()
-            .map(|c| (c.start, *c.state, c.late))
-            .collect();
-        assert_eq!(again, vec![(0, 2, true)], "re-emitted, marked late");
-        assert_eq!(w.get_mut(30_000, 90_000), Err(TooLate));
+        assert_eq!(w.get_mut(20_000, 61_000), Err(TooLate));
+        assert!(
+            w.get_mut(60_000, 61_000).is_ok(),
+            "the open window takes it"
+        );
     }
 
     #[test]
     fn old_windows_are_forgotten() {
-        let mut w: Windows<u32> = Windows::new(60_000, 30_000);
+        let mut w: Windows<u32> = Windows::new(60_000);
         for t in (0..3_600_000).step_by(1000) {
             *w.get_mut(t, t).unwrap() += 1;
             w.drain_closed(t);
         }
         assert!(w.len() <= 3, "{}", w.len());
+    }
+
+    #[test]
+    fn windows_cleared_for_a_correction_are_revisions_when_emitted_again() {
+        let mut w: Windows<u32> = Windows::new(60_000);
+        for t in [10_000, 70_000, 130_000] {
+            *w.get_mut(t, t).unwrap() += 1;
+            w.drain_closed(t);
+        }
+        assert_eq!(w.get_mut(20_000, 130_000), Err(TooLate));
+        w.clear_from(0);
+        for t in [10_000, 20_000, 70_000, 130_000] {
+            *w.get_mut(t, i64::MIN).unwrap() += 1;
+        }
+        let again: Vec<_> = w
+            .drain_closed(130_000)
+            .into_iter()
+            .map(|c| (c.start, *c.state, c.late))
+            .collect();
+        assert_eq!(again, vec![(0, 2, true), (60_000, 1, true)]);
+        *w.get_mut(190_000, 190_000).unwrap() += 1;
+        let next: Vec<_> = w
+            .drain_closed(190_000)
+            .into_iter()
+            .map(|c| c.late)
+            .collect();
+        assert_eq!(
+            next,
+            vec![false],
+            "a window never emitted before is no revision"
+        );
     }
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
 use crate::aggregate::Aggregators;
+use crate::aggregate::correct::Due;
 use crate::alert::Changes;
 use crate::clock::{SLOW_COMMIT, millis, now_ms};
 use crate::decode::{Rejection, Stream, Verifier, parse_topic};
@@ -152,6 +153,9 @@ impl Pipeline {
         // The batch's turn at the commit lock, asked for as soon as it holds anything.
         let mut turn: Option<Turn> = None;
         let (mut receiving, mut polling) = (true, true);
+        // A quiet gateway still runs the corrections whose backlog has come.
+        let mut corrections = tokio::time::interval(Duration::from_secs(1));
+        corrections.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while receiving || !batch.is_empty() {
             tokio::select! {
                 biased;
@@ -181,6 +185,11 @@ impl Pipeline {
                     Some(r) => self.gather_polled(r, &mut batch),
                     None => polling = false,
                 },
+                _ = corrections.tick(), if batch.is_empty() && turn.is_none() => {
+                    if self.aggregators.lock().is_ok_and(|a| a.corrections_pending()) {
+                        batch.arrived = Some(Instant::now());
+                    }
+                }
             }
             if turn.is_none() && !batch.is_empty() {
                 turn = Some(Box::pin(self.alerts.commit_lock.clone().lock_owned()));
@@ -256,29 +265,39 @@ impl Pipeline {
         batch.acks.append(messages);
     }
 
-    /// Aggregates the batch's readings, in one call so that the aggregators put the whole
-    /// batch in event-time order.
+    /// Runs the corrections whose backlog has come (their readings are committed: this batch's
+    /// turn came after the commit before it), then aggregates the batch's readings, in one call
+    /// so that the aggregators put the whole batch in event-time order.
     fn aggregate(&self, readings: &[Reading]) -> Vec<Point> {
-        match self.aggregators.lock() {
-            Ok(mut a) => {
-                let before = a.counts;
-                let points = a.ingest(readings);
-                self.metrics
-                    .aggregate_too_late
-                    .inc_by(a.counts.too_late - before.too_late);
-                self.metrics
-                    .duplicate_passages
-                    .inc_by(a.counts.duplicate_passages - before.duplicate_passages);
-                self.metrics
-                    .occupancy_drift
-                    .inc_by(a.counts.drift - before.drift);
-                points
-            }
-            Err(_) => {
-                tracing::error!("aggregation state lock poisoned; readings stored without points");
-                Vec::new()
+        let Ok(mut a) = self.aggregators.lock() else {
+            tracing::error!("aggregation state lock poisoned; readings stored without points");
+            return Vec::new();
+        };
+        let before = a.counts;
+        let mut points = Vec::new();
+        if a.corrections_pending() {
+            let read =
+                |devices: &[Arc<str>], since| self.store.readings_of(devices, since, i64::MAX);
+            match a.correct(Due::Settled, read) {
+                Ok(corrected) => points = corrected,
+                Err(e) => {
+                    tracing::error!(error = %e, "a correction could not read the local store; it stays pending");
+                }
             }
         }
+        points.extend(a.ingest(readings));
+        let m = &self.metrics;
+        let after = a.counts;
+        m.aggregate_too_late
+            .inc_by(after.too_late - before.too_late);
+        m.aggregate_corrections
+            .inc_by(after.corrections - before.corrections);
+        m.aggregate_corrected_readings
+            .inc_by(after.corrected_readings - before.corrected_readings);
+        m.duplicate_passages
+            .inc_by(after.duplicate_passages - before.duplicate_passages);
+        m.occupancy_drift.inc_by(after.drift - before.drift);
+        points
     }
 
     /// The batch's turn has come (the alert commit lock is `held`): it is aggregated, the rules

@@ -2,12 +2,18 @@
 //! readings, series, and the ledgers at open. Rows that no longer decode are quarantined on the
 //! way, never served.
 
+use std::sync::Arc;
+
 use rusqlite::params;
 
 use super::{Store, StoreError};
 use crate::ledger::Ledger;
 use crate::point::Point;
 use crate::reading::Reading;
+
+/// How long before the earliest event time a correction asks for its chain walks stop: more
+/// than the clock skew the verifier allows (`verify.max_clock_skew_s`, 60 s by default).
+pub const RECEIVED_MARGIN_MS: i64 = 10 * 60_000;
 
 impl Store {
     /// Runs `SELECT key, body ...` on `table` and decodes the bodies; rows that do not decode
@@ -99,6 +105,42 @@ impl Store {
         )?;
         rows.reverse();
         Ok(rows.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The readings of `devices` with event time at or after `since_ms` and `id <= until_id`,
+    /// in acceptance order (for corrections of the aggregates). Each device's chain is followed
+    /// back from its head until a reading received [`RECEIVED_MARGIN_MS`] before `since_ms`:
+    /// nothing with a later event time was accepted before it (the verifier refuses clocks
+    /// further ahead).
+    pub fn readings_of(
+        &self,
+        devices: &[Arc<str>],
+        since_ms: i64,
+        until_id: i64,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let heads: Vec<i64> = {
+            let known = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
+            devices
+                .iter()
+                .filter_map(|d| known.heads.get(&**d).copied())
+                .collect()
+        };
+        let mut out = Vec::new();
+        for head in heads {
+            out.extend(self.decoded_readings(
+                "WITH RECURSIVE chain(id) AS (
+                     SELECT ?1
+                     UNION ALL
+                     SELECT r.prev_id FROM chain c JOIN readings r ON r.id = c.id
+                     WHERE r.prev_id IS NOT NULL AND r.received_ms >= ?2)
+                 SELECT r.id, r.device, r.time_ms, r.received_ms, r.body
+                 FROM chain c JOIN readings r ON r.id = c.id
+                 WHERE r.time_ms >= ?3 AND r.id <= ?4",
+                params![head, since_ms - RECEIVED_MARGIN_MS, since_ms, until_id],
+            )?);
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Readings with `id > after`, in acceptance order, at most `limit` (for sinks and replay).
