@@ -96,10 +96,13 @@ impl Gateway {
         }
         registry.restore_ledgers(store.ledgers()?);
         let mut aggregators = aggregate::Aggregators::with_settings(&catalog, settings.aggregate);
-        let replayed = housekeeping::replay_recent(&store, &mut aggregators)?;
+        let since = crate::clock::now_ms() - settings.retention.raw_ms;
+        let replayed = housekeeping::replay_recent(&store, &mut aggregators, since)?;
+        let corrected = housekeeping::resume_corrections(&store, &mut aggregators)?;
         if replayed > 0 {
             tracing::info!(
                 readings = replayed,
+                corrected_points = corrected,
                 "aggregation state rebuilt from the local store"
             );
         }

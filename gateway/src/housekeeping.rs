@@ -17,13 +17,18 @@ use crate::registry::{Presence, Registry};
 use crate::sink::NotReady;
 use crate::store::{self, Store};
 
-/// Feeds the last day of stored readings to fresh aggregators, so windows open at a restart and
-/// the day's crowd counts continue. The points this emits were stored before; they are dropped.
+#[cfg(test)]
+mod arrival_orders;
+
+/// Feeds the stored readings with event times from `since_ms` on to fresh aggregators, so
+/// windows open at a restart and the day's crowd counts continue; the backlogs they hold are
+/// corrected as they were live. The points this emits were stored before; they are dropped.
+/// Returns the readings replayed.
 pub fn replay_recent(
     store: &Store,
     aggregators: &mut aggregate::Aggregators,
+    since_ms: i64,
 ) -> anyhow::Result<usize> {
-    let since = now_ms() - 24 * 3600 * 1000;
     let (mut after, mut n) = (0, 0);
     loop {
         let batch = store.readings_after(after, 10_000)?;
@@ -34,15 +39,40 @@ pub fn replay_recent(
         let recent: Vec<reading::Reading> = batch
             .into_iter()
             .map(|(_, r)| r)
-            .filter(|r| r.time_ms >= since)
+            .filter(|r| r.time_ms >= since_ms)
             .collect();
         n += recent.len();
         aggregators.ingest(&recent);
-        // The backlogs this chunk brought, corrected from what was accepted up to it (as live).
         aggregators.correct(Due::All, |devices, since| {
             store.readings_of(devices, since, last)
         })?;
     }
+}
+
+/// Runs the corrections a stop interrupted (recorded with the last commit: their backlog was
+/// committed, their revised points not) on the replayed aggregators, and commits their points.
+/// Returns how many points that was.
+pub fn resume_corrections(
+    store: &Store,
+    aggregators: &mut aggregate::Aggregators,
+) -> anyhow::Result<usize> {
+    let Some(recorded) = store.pending_corrections()? else {
+        return Ok(0);
+    };
+    let pending: Vec<(String, i64)> = match serde_json::from_str(&recorded) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "the corrections recorded in the local store do not decode; left out");
+            Vec::new()
+        }
+    };
+    aggregators.expect_corrections(&pending);
+    let points = aggregators.correct(Due::All, |devices, since| {
+        store.readings_of(devices, since, i64::MAX)
+    })?;
+    let none = serde_json::to_string(&aggregators.corrections_to_record().unwrap_or_default())?;
+    store.accept_with(&[], &points, &[], &Default::default(), Some(&none))?;
+    Ok(points.len())
 }
 /// Applies retention and the size bound every ten seconds, and exports the store's size, the
 /// runway (time) left at the current write rate, drops and quarantined records.

@@ -33,16 +33,21 @@ struct Pending {
 #[derive(Debug, Default)]
 pub(super) struct Corrections {
     pending: BTreeMap<usize, Pending>,
+    /// Units or their `from` changed since last recorded.
+    changed: bool,
 }
 
 impl Corrections {
     /// Unit `u` took a reading at `t` for a window that had closed.
     pub(super) fn late(&mut self, u: usize, t: i64) {
-        let p = self.pending.entry(u).or_insert(Pending {
-            from: t,
+        let p = self.pending.entry(u).or_insert_with(|| Pending {
+            from: i64::MAX,
             recent: true,
         });
-        p.from = p.from.min(t);
+        if t < p.from {
+            p.from = t;
+            self.changed = true;
+        }
         p.recent = true;
     }
 }
@@ -56,7 +61,43 @@ pub enum Due {
     All,
 }
 
+impl std::fmt::Display for UnitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitKey::Area(a) => write!(f, "area/{a}"),
+            UnitKey::Segment(s) => write!(f, "segment/{s}"),
+            UnitKey::Pipe((asset, field)) => write!(f, "pipe/{asset}/{field}"),
+            UnitKey::Health(d) => write!(f, "health/{d}"),
+        }
+    }
+}
+
 impl Aggregators {
+    /// The corrections waiting, as `(unit, from)`, when they changed since last asked: recorded
+    /// with the commit, so that those a stop interrupts run at the next start
+    /// ([`Aggregators::expect_corrections`]).
+    pub fn corrections_to_record(&mut self) -> Option<Vec<(String, i64)>> {
+        if !std::mem::take(&mut self.corrections.changed) {
+            return None;
+        }
+        let pending = self.corrections.pending.iter();
+        Some(
+            pending
+                .map(|(u, p)| (self.units[*u].key.to_string(), p.from))
+                .collect(),
+        )
+    }
+
+    /// Corrections recorded before a stop, to run again (units this site no longer has are
+    /// left out).
+    pub fn expect_corrections(&mut self, pending: &[(String, i64)]) {
+        for (key, from) in pending {
+            if let Some(u) = self.units.iter().position(|u| u.key.to_string() == *key) {
+                self.corrections.late(u, *from);
+            }
+        }
+    }
+
     /// Whether corrections are waiting.
     pub fn corrections_pending(&self) -> bool {
         !self.corrections.pending.is_empty()
@@ -84,6 +125,7 @@ impl Aggregators {
                 self.corrections.pending.extend(rest);
                 return Err(e);
             }
+            self.corrections.changed = true;
         }
         Ok(out)
     }

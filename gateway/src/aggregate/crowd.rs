@@ -1,6 +1,6 @@
 //! Crowds per scenic area and choke point (LB/T 034-2014): entries and exits per minute from
-//! the gates' passages (a tag read again at the same gate within the dedupe time is the same
-//! passage) or counts, occupancy and daily entries carried from window to window and started
+//! the gates' passages (a tag read again at the same gate within the dedupe time of its last
+//! read is the same passage) or counts, occupancy and daily entries carried from window to window and started
 //! again at closing time, the drift flag, and the 30-minute forecast.
 //!
 //! **The occupancy baseline.** A gateway whose first window of an area comes during opening
@@ -185,20 +185,27 @@ impl Crowds {
             .windows
     }
 
-    /// Whether `tag` read at `gate` at `t` is a passage already counted; if not, remembers it.
+    /// Whether `tag` read at `gate` at `t` belongs to a passage already counted: read there
+    /// within the dedupe time of its last read (a visitor lingering at the gate is one
+    /// passage). Remembers the read either way. Only the last read of a tag matters, so a
+    /// correction that reads the dedupe time before its first window decides as live did.
     #[inline]
     fn seen(&mut self, gate: &Arc<str>, tag: Tag, t: i64, dedupe_ms: i64) -> bool {
         let tags = match self.recent_tags.get_mut(gate) {
             Some(tags) => tags,
             None => self.recent_tags.entry(gate.clone()).or_default(),
         };
-        if let Some(seen) = tags.get(&tag)
-            && (t - seen).abs() < dedupe_ms
-        {
-            return true;
+        match tags.get_mut(&tag) {
+            Some(last) => {
+                let again = (t - *last).abs() < dedupe_ms;
+                *last = (*last).max(t);
+                again
+            }
+            None => {
+                tags.insert(tag, t);
+                false
+            }
         }
-        tags.insert(tag, t);
-        false
     }
 
     /// The area whose group `subject` (an area or a choke point) is in.

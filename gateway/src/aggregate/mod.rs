@@ -465,6 +465,11 @@ impl Aggregators {
         let offline = device.offline_ms;
         for &u in std::iter::once(&device.health).chain(&device.units) {
             let unit = &mut units[u];
+            // Out of order for its device: in-order delivery would have added the windows'
+            // readings in another order (a tag's dedupe, the longest gap, float sums).
+            if unit.progress.is_behind(&r.device, r.time_ms) {
+                corrections.late(u, r.time_ms);
+            }
             if unit.progress.advance(&r.device, r.time_ms, offline) && !unit.due {
                 unit.due = true;
                 due.push(u);

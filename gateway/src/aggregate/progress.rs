@@ -49,6 +49,15 @@ impl Progress {
         self.devices.iter().map(|d| d.1).max().unwrap_or(i64::MIN)
     }
 
+    /// Whether `device` has reported past `t` already: a reading at `t` comes out of order, and
+    /// the windows it lands in, even open ones, took its device's later readings first.
+    #[inline]
+    pub(super) fn is_behind(&self, device: &Arc<str>, t: i64) -> bool {
+        self.devices
+            .iter()
+            .any(|(d, latest, _)| *d == *device && t < *latest)
+    }
+
     /// `device` (offline after `offline_ms` of silence) reported at `t`. Returns whether the
     /// watermark entered a minute not yet drained.
     #[inline]

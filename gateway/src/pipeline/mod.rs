@@ -63,6 +63,8 @@ struct Accepted {
     points: Vec<Point>,
     ledgers: Vec<(String, Ledger)>,
     changes: Changes,
+    /// The aggregates' corrections still to run, when they changed (JSON).
+    corrections: Option<String>,
     /// The alert commit lock, released once this batch's alert changes are committed.
     held: tokio::sync::OwnedMutexGuard<()>,
     /// The messages to acknowledge once committed (QoS 0 ones need nothing).
@@ -268,10 +270,11 @@ impl Pipeline {
     /// Runs the corrections whose backlog has come (their readings are committed: this batch's
     /// turn came after the commit before it), then aggregates the batch's readings, in one call
     /// so that the aggregators put the whole batch in event-time order.
-    fn aggregate(&self, readings: &[Reading]) -> Vec<Point> {
+    /// Returns the points, and the corrections still to run when they changed (JSON).
+    fn aggregate(&self, readings: &[Reading]) -> (Vec<Point>, Option<String>) {
         let Ok(mut a) = self.aggregators.lock() else {
             tracing::error!("aggregation state lock poisoned; readings stored without points");
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let before = a.counts;
         let mut points = Vec::new();
@@ -297,14 +300,17 @@ impl Pipeline {
         m.duplicate_passages
             .inc_by(after.duplicate_passages - before.duplicate_passages);
         m.occupancy_drift.inc_by(after.drift - before.drift);
-        points
+        let corrections = a
+            .corrections_to_record()
+            .and_then(|c| serde_json::to_string(&c).ok());
+        (points, corrections)
     }
 
     /// The batch's turn has come (the alert commit lock is `held`): it is aggregated, the rules
     /// evaluate its readings and points, and it goes to the committer as it is to be committed,
     /// the lock held until then so that alert changes reach the outbox in engine order.
     fn evaluate(&self, batch: Batch, held: OwnedMutexGuard<()>) -> Accepted {
-        let points = self.aggregate(&batch.readings);
+        let (points, corrections) = self.aggregate(&batch.readings);
         self.metrics.batch_messages.observe(batch.messages as f64);
         // The sequence ledgers of the devices this batch moved, committed with its readings.
         let ledgers = match self.registry.lock() {
@@ -332,6 +338,7 @@ impl Pipeline {
             points,
             ledgers,
             changes,
+            corrections,
             held,
             acks: batch.acks,
             dead: batch.dead,
@@ -349,6 +356,7 @@ impl Pipeline {
                 points,
                 ledgers,
                 changes,
+                corrections,
                 held,
                 acks,
                 dead,
@@ -357,9 +365,14 @@ impl Pipeline {
             let with_points = !points.is_empty();
             let with_readings = !readings.is_empty();
             let mut event_ids = Vec::new();
-            if !readings.is_empty() || with_points || !ledgers.is_empty() || !changes.is_empty() {
+            if !readings.is_empty()
+                || with_points
+                || !ledgers.is_empty()
+                || !changes.is_empty()
+                || corrections.is_some()
+            {
                 event_ids = self
-                    .commit(readings, points, ledgers, changes.clone())
+                    .commit(readings, points, ledgers, changes.clone(), corrections)
                     .await;
             }
             if with_points {
@@ -432,8 +445,9 @@ impl Pipeline {
         points: Vec<Point>,
         ledgers: Vec<(String, Ledger)>,
         alerts: Changes,
+        corrections: Option<String>,
     ) -> Vec<i64> {
-        let batch = Arc::new((readings, points, ledgers, alerts));
+        let batch = Arc::new((readings, points, ledgers, alerts, corrections));
         let mut delay = Duration::from_millis(100);
         loop {
             let (store, b) = (self.store.clone(), batch.clone());
@@ -443,7 +457,7 @@ impl Pipeline {
                 let ledgers: Vec<(&str, &Ledger)> =
                     b.2.iter().map(|(d, l)| (d.as_str(), l)).collect();
                 store
-                    .accept(&b.0, &b.1, &ledgers, &b.3)
+                    .accept_with(&b.0, &b.1, &ledgers, &b.3, b.4.as_deref())
                     .map(|t| (queued, t))
             })
             .await;

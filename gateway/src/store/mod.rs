@@ -316,6 +316,20 @@ impl Store {
         ledgers: &[(&str, &Ledger)],
         alerts: &Changes,
     ) -> Result<Commit, StoreError> {
+        self.accept_with(readings, points, ledgers, alerts, None)
+    }
+
+    /// [`Store::accept`], also recording the aggregates' corrections still to run (JSON, see
+    /// [`Store::pending_corrections`]) with the batch: a correction whose backlog is committed
+    /// is never lost to a stop before it runs.
+    pub fn accept_with(
+        &self,
+        readings: &[Reading],
+        points: &[Point],
+        ledgers: &[(&str, &Ledger)],
+        alerts: &Changes,
+        corrections: Option<&str>,
+    ) -> Result<Commit, StoreError> {
         if self.full.load(Ordering::Relaxed) {
             return Err(StoreError::Full);
         }
@@ -370,6 +384,13 @@ impl Store {
             }
         }
         let event_ids = self.write_alerts(&tx, alerts)?;
+        if let Some(c) = corrections {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('pending_corrections', ?1)",
+                [c],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
         times.write = started.elapsed();
         let started = Instant::now();
         tx.commit().map_err(|e| self.sqlite(e))?;
@@ -380,6 +401,22 @@ impl Store {
         self.restart_wal_if_asked(&conn);
         times.restart = started.elapsed();
         Ok(Commit { times, event_ids })
+    }
+}
+
+impl Store {
+    /// The corrections still to run as of the last commit that recorded them (JSON written by
+    /// the pipeline), if any.
+    pub fn pending_corrections(&self) -> Result<Option<String>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'pending_corrections'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| self.sqlite(e))
     }
 }
 
