@@ -1,6 +1,7 @@
 //! The gateway's hot pieces without I/O: frame verification and decoding, each aggregator, rule
 //! evaluation, the whole receive path (verify + decode + aggregate + rules, as the pipeline
-//! runs it per batch), line-protocol encoding, and store commits by batch size.
+//! runs it per batch), line-protocol encoding, store commits by batch size, and the cost of a
+//! correction (a gate's hour-long backlog recomputed from the store).
 //!
 //! `cargo bench -p gateway --bench hot_path` (or `deploy/bench/run.sh`). Issue 10's target:
 //! the receive path at ≤ 2 µs per message, ≥ 500k frames/s on one core.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use device_profiles::Catalog;
 use gateway::aggregate::Aggregators;
+use gateway::aggregate::correct::Due;
 use gateway::alert::Engine;
 use gateway::decode::Verifier;
 use gateway::decode::VerifySection;
@@ -316,12 +318,95 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// 通天岩 (S4) at Golden Week rates: four gates, 1.5 passages a second each, for an hour ending
+/// a minute ago; gz-s4-g3 was offline all that hour and flushes its backlog at the end.
+fn golden_week_hour(now: i64) -> (Vec<Reading>, Vec<Reading>) {
+    let (start, end) = (now - 61 * 60_000, now - 60_000);
+    let (mut live, mut backlog) = (Vec::new(), Vec::new());
+    for (g, gate) in ["gz-s4-g1", "gz-s4-g2", "gz-s4-g3", "gz-s4-g4"]
+        .iter()
+        .enumerate()
+    {
+        let mut seq = 0;
+        let mut t = start + g as i64;
+        while t < end {
+            seq += 1;
+            let r = Reading {
+                device: (*gate).into(),
+                zone: "360702".into(),
+                kind: "uhf-rfid-gate".into(),
+                time_ms: t,
+                received_ms: t,
+                unsynced_clock: false,
+                origin: Some((1, seq)),
+                measurement: gateway::reading::Measurement::Passage {
+                    tag: gateway::reading::Tag::from(u64::from(seq) * 4 + g as u64),
+                    entry: seq % 3 != 0,
+                },
+            };
+            match g {
+                2 => backlog.push(Reading {
+                    received_ms: now,
+                    ..r
+                }),
+                _ => live.push(r),
+            }
+            t += 667;
+        }
+    }
+    live.sort_by_key(|r| r.time_ms);
+    (live, backlog)
+}
+
+/// A correction: one gate's hour-long backlog recomputed from the store (its area, the choke
+/// points and the gate's health), per correction.
+fn correction(c: &mut Criterion) {
+    let now = gateway::clock::now_ms();
+    let (live, backlog) = golden_week_hour(now);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("bench.db")).unwrap();
+    for batch in live.chunks(1024).chain(backlog.chunks(1024)) {
+        store.accept(batch, &[], &[], &Default::default()).unwrap();
+    }
+    let catalog = Catalog::ganzhou().unwrap();
+    // The gateway as it is when the backlog has come: corrections pending.
+    let pending = || {
+        let mut a = Aggregators::new(&catalog);
+        for batch in live.chunks(1024).chain(backlog.chunks(1024)) {
+            a.ingest(batch);
+        }
+        assert!(a.corrections_pending());
+        a
+    };
+    let read = |devices: &[Arc<str>], since| store.readings_of(devices, since, i64::MAX);
+    let mut a = pending();
+    let points = a.correct(Due::All, read).unwrap();
+    println!(
+        "correction: {} readings of a Golden Week hour ({} of them the backlog), {} corrections, {} readings re-read, {} points emitted again",
+        live.len() + backlog.len(),
+        backlog.len(),
+        a.counts.corrections,
+        a.counts.corrected_readings,
+        points.len()
+    );
+    let mut g = c.benchmark_group("correction");
+    g.sample_size(10);
+    g.bench_function("one_hour_backlog_of_one_gate", |b| {
+        b.iter_batched(
+            pending,
+            |mut a| std::hint::black_box(a.correct(Due::All, read).unwrap()),
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = bench
+    targets = bench, correction
 }
 criterion_main!(benches);

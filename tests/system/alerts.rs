@@ -650,9 +650,14 @@ async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_
     let (node, _) = client("baseline-gates", broker.port, true).await;
     let mut rng = rand::rng();
     let mut seq = 0u32;
+    // `n` passages through `device` at `t`; none: its status report (the area's windows close
+    // once both gates have passed them).
     let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
         seq += 1;
-        let body = passages(n, direction, &mut rng);
+        let body = match n {
+            0 => heartbeat(),
+            n => passages(n, direction, &mut rng),
+        };
         publish(&node, &up_topic(device), frame_at(device, 9, seq, t, &body)).await;
     };
     // 10:00 yesterday, open since 07:00: twenty leave, then five arrive.
@@ -660,6 +665,7 @@ async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_
     send("gz-s4-g3", 20, Direction::Exit, ten + 1_000).await;
     send("gz-s4-g1", 5, Direction::Entry, ten + MINUTE + 1_000).await;
     send("gz-s4-g1", 1, Direction::Entry, ten + 4 * MINUTE + 1_000).await;
+    send("gz-s4-g3", 0, Direction::Exit, ten + 4 * MINUTE + 1_000).await;
     let series = |addr| async move {
         let (_, body) = get(
             addr,
@@ -708,6 +714,7 @@ async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_
     assert_eq!(status, 400, "{body}");
     send("gz-s4-g3", 4, Direction::Exit, ten + 6 * MINUTE + 1_000).await;
     send("gz-s4-g1", 1, Direction::Entry, ten + 9 * MINUTE + 1_000).await;
+    send("gz-s4-g3", 0, Direction::Exit, ten + 9 * MINUTE + 1_000).await;
     let drift = |e: &Value| is_rule(e, "crowd.count_drift") && e["alert"]["subject"] == "S4";
     let raised = next_event(&mut events, Duration::from_secs(15), drift).await;
     assert_eq!(raised["kind"], "raised", "{raised}");

@@ -215,6 +215,29 @@ impl Store {
         )
     }
 
+    /// The row id of the first emission of `p`'s window (same measurement, tags and time), when
+    /// still stored: the city platform keeps it as the id of a revised window's record.
+    pub fn first_emission(&self, p: &Point) -> Result<Option<i64>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body FROM points WHERE measurement = ?1 AND time_ms = ?2 ORDER BY id",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![p.measurement, p.time_ms], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        for row in rows {
+            let (id, body) = row.map_err(|e| self.sqlite(e))?;
+            if serde_json::from_str::<Point>(&body).is_ok_and(|q| q.tags == p.tags) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Recent points of a measurement, optionally of one subject (any tag value), oldest first.
     /// A window emitted again (late data) shows once, with its latest values.
     pub fn series(

@@ -5,7 +5,9 @@
 //! A record's `id` is `{gateway}.{store}.{stream}.{seq}`: the gateway, its local store's
 //! instance, the stream (`aggregates`, `alerts`, `raw`) and the row id in that stream. A record
 //! sent twice (at-least-once delivery) carries the same id and the same content, so the platform
-//! de-duplicates by id.
+//! de-duplicates by id. An aggregate window recomputed after late data (a correction) is sent
+//! again with the id of its first version and a `revision`, the row id of the new version: the
+//! platform keeps the highest revision of an id.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,9 +99,16 @@ pub struct Record {
     pub quality: Quality,
     /// Origin, for de-duplication.
     pub source: Source,
+    /// A corrected aggregate window: the row id of this version (0, left out: the first).
+    #[serde(default, skip_serializing_if = "is_first")]
+    pub revision: i64,
     /// The alert, for the alerts dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<AlertInfo>,
+}
+
+fn is_first(revision: &i64) -> bool {
+    *revision == 0
 }
 
 /// Builds records for one gateway and store.
@@ -181,12 +190,14 @@ impl Exchange {
                 stream: stream.to_owned(),
                 seq,
             },
+            revision: 0,
             alert: None,
         }
     }
 
-    /// A point of the aggregates stream (row `seq`).
-    pub fn point(&self, dataset: &str, seq: i64, p: &Point) -> Record {
+    /// A point of the aggregates stream (row `seq`); `first`: the row of its window's first
+    /// version, when this one is a revision.
+    pub fn point(&self, dataset: &str, seq: i64, p: &Point, first: Option<i64>) -> Record {
         let mut region = None;
         let mut subjects = BTreeMap::new();
         for (k, v) in &p.tags {
@@ -217,17 +228,23 @@ impl Exchange {
                 Some((name.clone(), Field { value, unit }))
             })
             .collect();
-        self.record(
+        let mut r = self.record(
             dataset,
             "aggregates",
-            seq,
+            first.unwrap_or(seq),
             region,
             subjects,
             &p.measurement,
             fields,
             p.time_ms,
             p.quality,
-        )
+        );
+        if let Some(first) = first.filter(|f| *f != seq) {
+            r.source.seq = seq;
+            r.revision = seq;
+            debug_assert!(first < seq);
+        }
+        r
     }
 
     /// An alert transition of the alerts stream (outbox row `seq`).
@@ -427,6 +444,37 @@ mod tests {
     const T: i64 = 1_790_820_000_000;
 
     #[test]
+    fn a_corrected_window_keeps_its_first_id_and_carries_a_revision() {
+        let p = Point {
+            measurement: "crowd".into(),
+            tags: vec![
+                ("area".into(), "S4".into()),
+                ("zone".into(), "360702".into()),
+            ],
+            fields: vec![("daily_entries".into(), FieldValue::Int(1200))],
+            time_ms: T,
+            quality: Quality {
+                late: true,
+                ..Quality::default()
+            },
+        };
+        let r = exchange().point("citysense.aggregates", 977, &p, Some(42));
+        validate(&r);
+        assert_eq!(
+            r.id, "gw-1.18c2f.aggregates.42",
+            "the window's first version"
+        );
+        assert_eq!((r.revision, r.source.seq), (977, 977));
+        assert!(r.quality.late);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["revision"], 977);
+        let first = exchange().point("citysense.aggregates", 42, &p, Some(42));
+        assert_eq!((first.id, first.revision), (r.id.clone(), 0));
+        let json = serde_json::to_value(&first).unwrap();
+        assert!(json.get("revision").is_none(), "a first version has none");
+    }
+
+    #[test]
     fn a_pipe_point_carries_the_profile_unit_the_district_and_local_time() {
         let p = Point {
             measurement: "pipe".into(),
@@ -447,7 +495,7 @@ mod tests {
                 ..Quality::default()
             },
         };
-        let r = exchange().point("citysense.aggregates", 42, &p);
+        let r = exchange().point("citysense.aggregates", 42, &p, None);
         validate(&r);
         assert_eq!(r.id, "gw-1.18c2f.aggregates.42");
         assert_eq!(r.region, "360702");
@@ -566,7 +614,8 @@ mod tests {
             time_ms: T,
             quality: Quality::default(),
         };
-        let good = serde_json::to_value(exchange().point("citysense.aggregates", 1, &p)).unwrap();
+        let good =
+            serde_json::to_value(exchange().point("citysense.aggregates", 1, &p, None)).unwrap();
         assert!(v.is_valid(&good));
         assert_eq!(good["region"], "360700", "no district: the city's code");
         for (path, bad) in [

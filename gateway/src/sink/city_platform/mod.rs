@@ -172,11 +172,18 @@ impl<W: Clone + Send + Sync + 'static> Feed for Records<W> {
         let (x, d) = (&self.exchange, self.dataset);
         let id = self.section.dataset_id(d);
         let records: Vec<(i64, Record)> = match d {
-            Dataset::Aggregates => store
-                .points_after(after, until, limit)?
-                .into_iter()
-                .map(|(seq, p)| (seq, x.point(&id, seq, &p)))
-                .collect(),
+            Dataset::Aggregates => {
+                let mut records = Vec::new();
+                for (seq, p) in store.points_after(after, until, limit)? {
+                    // A revised window keeps the id of its first version.
+                    let first = match p.quality.late {
+                        true => store.first_emission(&p)?,
+                        false => None,
+                    };
+                    records.push((seq, x.point(&id, seq, &p, first)));
+                }
+                records
+            }
             Dataset::Alerts => store
                 .alert_events_after(after, limit)?
                 .into_iter()
