@@ -469,7 +469,7 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["revision"], 977);
         let first = exchange().point("citysense.aggregates", 42, &p, Some(42));
-        assert_eq!((first.id, first.revision), (r.id.clone(), 0));
+        assert_eq!((&first.id, first.revision), (&r.id, 0));
         let json = serde_json::to_value(&first).unwrap();
         assert!(json.get("revision").is_none(), "a first version has none");
     }
