@@ -766,30 +766,46 @@ async fn demo_alerts_for(mqtt: u16, name: &str, span: Duration) -> Vec<(String, 
 
 /// The demo's own traffic is consistent (no more visitors leave than entered), and a demo that
 /// starts while its areas are open does not know who is inside: neither a fresh store nor a
-/// restart on the same store raises `crowd.count_drift`, at any time of day. Its incidents
-/// still raise their alerts. (Issue 22 asks for ten minutes; this watches 3 + 1.5 to keep the
-/// suite short: the drift used to come within the first minute.)
+/// restart on the same store raises `crowd.count_drift` in ten minutes, at any time of day. Its
+/// incidents still raise their alerts. Two demos run side by side: one fresh for ten minutes,
+/// one stopped after two and started again on its store for eight more (with the real drift of
+/// a gate that stops counting exits raising one: `alerts.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_demo_raises_no_drift_alarm_from_its_own_traffic_fresh_or_after_a_restart() {
-    let data = tempfile::tempdir().unwrap();
-    let store = data.path().join("demo.db");
+    const TEN_MINUTES: Duration = Duration::from_secs(600);
+    const BEFORE_RESTART: Duration = Duration::from_secs(120);
     let drifts = |seen: &[(String, String)]| {
         seen.iter()
             .filter(|(rule, kind)| rule == "crowd.count_drift" && kind == "raised")
             .count()
     };
-    let (mut child, mqtt) = spawn_demo(&store).await;
-    let fresh = demo_alerts_for(mqtt, "demo-drift-fresh", Duration::from_secs(180)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let fresh = async {
+        let data = tempfile::tempdir().unwrap();
+        let (mut child, mqtt) = spawn_demo(&data.path().join("demo.db")).await;
+        let seen = demo_alerts_for(mqtt, "demo-drift-fresh", TEN_MINUTES).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    };
+    let restarted = async {
+        let data = tempfile::tempdir().unwrap();
+        let store = data.path().join("demo.db");
+        let (mut child, mqtt) = spawn_demo(&store).await;
+        let mut seen = demo_alerts_for(mqtt, "demo-drift-before", BEFORE_RESTART).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let (mut child, mqtt) = spawn_demo(&store).await;
+        let after = TEN_MINUTES - BEFORE_RESTART;
+        seen.extend(demo_alerts_for(mqtt, "demo-drift-restart", after).await);
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    };
+    let (fresh, restarted) = tokio::join!(fresh, restarted);
     assert_eq!(drifts(&fresh), 0, "on a fresh store: {fresh:?}");
     assert!(
         fresh.iter().any(|(_, kind)| kind == "raised"),
         "the demo's incidents raise alerts: {fresh:?}"
     );
-    let (mut child, mqtt) = spawn_demo(&store).await;
-    let restarted = demo_alerts_for(mqtt, "demo-drift-restart", Duration::from_secs(90)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(drifts(&restarted), 0, "after a restart: {restarted:?}");
+    assert_eq!(drifts(&restarted), 0, "with a restart: {restarted:?}");
 }

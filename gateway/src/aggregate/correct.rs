@@ -165,7 +165,7 @@ impl Aggregators {
         };
         let mut readings = read(&self.units[u].sources, read_from)?;
         readings.retain(|r| r.time_ms >= read_from);
-        readings.sort_by(|a, b| (a.time_ms.cmp(&b.time_ms)).then_with(|| a.device.cmp(&b.device)));
+        readings.sort_by(super::event_order);
         match &key {
             UnitKey::Area(area) => self.crowds.reset(area, cleared),
             UnitKey::Segment(segment) => self.traffic.reset(segment, cleared),

@@ -29,6 +29,7 @@ pub mod window;
 // Keys are ids of known devices and subjects (never raw input): a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use device_profiles::Catalog;
@@ -74,6 +75,8 @@ struct Device {
     health: usize,
     /// The units it feeds besides its health (a pipe device's join as it reports fields).
     units: Vec<usize>,
+    /// A pipe device's fields heard, with their units.
+    fields: Vec<(Cow<'static, str>, usize)>,
     offline_ms: i64,
 }
 
@@ -98,6 +101,20 @@ struct Unit {
     sources: Arc<[Arc<str>]>,
     /// Listed in `Aggregators::due`.
     due: bool,
+}
+
+/// The order readings are aggregated in: event time, then device (detectors reporting on the
+/// same interval boundary sum their floats in one order however they arrived); one device's
+/// readings of one instant (a frame's) keep their order (a stable sort).
+#[inline]
+fn event_order(a: &Reading, b: &Reading) -> std::cmp::Ordering {
+    a.time_ms.cmp(&b.time_ms).then_with(|| {
+        if Arc::ptr_eq(&a.device, &b.device) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.device.cmp(&b.device)
+        }
+    })
 }
 
 /// The unit of a pipe asset's field, made when the field is first heard.
@@ -321,6 +338,7 @@ impl Aggregators {
                     place,
                     health,
                     units,
+                    fields: Vec::new(),
                     offline_ms,
                 },
             );
@@ -349,7 +367,7 @@ impl Aggregators {
     /// A reading for a window already closed asks for a correction ([`Aggregators::correct`]).
     pub fn ingest(&mut self, readings: &[Reading]) -> Vec<Point> {
         let mut ordered: Vec<&Reading> = readings.iter().collect();
-        ordered.sort_by(|a, b| (a.time_ms.cmp(&b.time_ms)).then_with(|| a.device.cmp(&b.device)));
+        ordered.sort_by(|a, b| event_order(a, b));
         for r in ordered {
             if r.time_ms < self.newest.saturating_sub(self.settings.raw_retention_ms) {
                 // Its raw neighbours are gone: no correction could count it exactly.
@@ -450,10 +468,15 @@ impl Aggregators {
             }
             (Some(Place::Asset { asset }), Measurement::Value { field, value, .. }) => {
                 let key = (asset.clone(), field.clone());
-                let u = pipe_unit(pipe_units, units, asset_devices, &key);
-                if !device.units.contains(&u) {
-                    device.units.push(u);
-                }
+                let u = match device.fields.iter().find(|(f, _)| f == field) {
+                    Some(&(_, u)) => u,
+                    None => {
+                        let u = pipe_unit(pipe_units, units, asset_devices, &key);
+                        device.fields.push((field.clone(), u));
+                        device.units.push(u);
+                        u
+                    }
+                };
                 let wm = units[u].progress.watermark();
                 Some((u, pipes.value(r, &key, *value, wm)))
             }

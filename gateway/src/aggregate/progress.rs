@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub(super) struct Progress {
     /// Each device heard: its id, its newest event time and its offline threshold.
     devices: Vec<(Arc<str>, i64, i64)>,
+    /// The watermark, computed when a device moves.
+    watermark: i64,
     /// The minute of the watermark when the unit's windows were last drained.
     drained_minute: i64,
 }
@@ -26,6 +28,7 @@ impl Default for Progress {
     fn default() -> Self {
         Progress {
             devices: Vec::new(),
+            watermark: i64::MIN,
             drained_minute: i64::MIN,
         }
     }
@@ -35,12 +38,7 @@ impl Progress {
     /// Up to where the unit's windows are final.
     #[inline]
     pub(super) fn watermark(&self) -> i64 {
-        let newest = self.newest();
-        self.devices
-            .iter()
-            .map(|&(_, latest, offline)| latest.max(newest.saturating_sub(offline)))
-            .min()
-            .unwrap_or(i64::MIN)
+        self.watermark
     }
 
     /// The newest event time of any of its devices.
@@ -63,15 +61,23 @@ impl Progress {
     #[inline]
     pub(super) fn advance(&mut self, device: &Arc<str>, t: i64, offline_ms: i64) -> bool {
         match self.devices.iter_mut().find(|d| d.0 == *device) {
-            Some(d) => d.1 = d.1.max(t),
+            Some(d) if d.1 >= t => return false,
+            Some(d) => d.1 = t,
             None => self.devices.push((device.clone(), t, offline_ms)),
         }
-        self.watermark().div_euclid(super::MINUTE) != self.drained_minute
+        let newest = self.newest();
+        self.watermark = self
+            .devices
+            .iter()
+            .map(|&(_, latest, offline)| latest.max(newest.saturating_sub(offline)))
+            .min()
+            .unwrap_or(i64::MIN);
+        self.watermark.div_euclid(super::MINUTE) != self.drained_minute
     }
 
     /// The unit's windows were drained at its current watermark.
     pub(super) fn drained(&mut self) {
-        self.drained_minute = self.watermark().div_euclid(super::MINUTE);
+        self.drained_minute = self.watermark.div_euclid(super::MINUTE);
     }
 }
 
