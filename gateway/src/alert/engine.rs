@@ -61,6 +61,8 @@ pub struct Engine {
     pub(super) pending: HashMap<(usize, Arc<str>), Pending>,
     /// The wall clock of the values being evaluated ([`Engine::arrived`]).
     pub(super) wall_ms: Option<i64>,
+    /// Revised past points and the episodes subjects had live ([`super::retro`]).
+    pub(super) retro: super::retro::Retro,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -176,6 +178,7 @@ impl Engine {
             events: Vec::new(),
             pending: HashMap::default(),
             wall_ms: None,
+            retro: super::retro::Retro::default(),
         }
     }
 
@@ -211,9 +214,17 @@ impl Engine {
                         .find(|(k, _)| k == name)
                         .and_then(|(_, v)| field_number(v))
                 };
+                // A corrected window older than what the rule saw live: history.
+                if r.derive.is_none() && self.is_revision(i, &subject, p.time_ms) {
+                    if let Some(v) = lookup(&r.field) {
+                        self.retro.revised(i, &subject, &zone, p.time_ms, v);
+                    }
+                    continue;
+                }
                 self.evaluate(i, &subject, &zone, p.time_ms, &lookup);
             }
         }
+        self.settle_revisions();
     }
 
     /// Feeds readings as they arrive, in event-time order.
@@ -579,6 +590,7 @@ impl Engine {
             alert: alert.clone(),
         };
         if kind == EventKind::Resolved {
+            self.retro.lived(i, subject, (alert.started_ms, time_ms));
             state.alert = None;
         }
         self.dirty.insert(key);
@@ -610,7 +622,7 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::alert::cases::run_case;
     use crate::alert::model::{AckError, Changes};
@@ -650,13 +662,13 @@ mod tests {
         );
     }
 
-    pub(super) fn engine() -> Engine {
+    pub(in crate::alert) fn engine() -> Engine {
         let catalog = Catalog::ganzhou().unwrap();
         let rules = defaults(&catalog, &DefaultsTuning::default());
         Engine::new(&catalog, rules, 3600)
     }
 
-    pub(super) fn crowd_point(area: &str, minute: i64, ratio: f64) -> Point {
+    pub(in crate::alert) fn crowd_point(area: &str, minute: i64, ratio: f64) -> Point {
         Point {
             measurement: "crowd".into(),
             tags: vec![
@@ -686,7 +698,7 @@ mod tests {
         }
     }
 
-    pub(super) fn kinds(c: &Changes) -> Vec<(String, &'static str, String)> {
+    pub(in crate::alert) fn kinds(c: &Changes) -> Vec<(String, &'static str, String)> {
         c.events
             .iter()
             .map(|e| {

@@ -145,6 +145,11 @@ impl Episode {
         self.latest.map(|(_, v)| v)
     }
 
+    /// The event time of the latest value it observed.
+    pub fn last_time(&self) -> Option<i64> {
+        self.last_time
+    }
+
     /// The time of the latest value while a hold is under way.
     pub fn latest_time(&self) -> Option<i64> {
         self.latest.map(|(t, _)| t)

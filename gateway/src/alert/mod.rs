@@ -15,6 +15,7 @@
 //! - [`engine`]: evaluates rules and produces transitions; [`state`]: restoring, acknowledging,
 //!   taking changes.
 //! - [`timed`]: holds on the clock: staleness, holds under way, the tick.
+//! - [`retro`]: episodes corrected data shows entirely in the past (retrospective events).
 //! - [`cases`]: the test cases of rule files.
 
 pub mod cases;
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod episode;
 pub mod history;
 pub mod model;
+pub mod retro;
 pub mod rule;
 pub mod state;
 pub mod timed;

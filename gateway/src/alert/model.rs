@@ -83,6 +83,9 @@ pub enum EventKind {
     Resolved,
     /// An operator took it.
     Acknowledged,
+    /// An episode that corrected data shows started and ended in the past: recorded, not
+    /// notified as a live alarm.
+    Retrospective,
 }
 
 impl EventKind {
@@ -94,6 +97,7 @@ impl EventKind {
             EventKind::Renotified => "renotified",
             EventKind::Resolved => "resolved",
             EventKind::Acknowledged => "acknowledged",
+            EventKind::Retrospective => "retrospective",
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::DeliveryError;
 use crate::alert::Engine;
-use crate::alert::model::{Alert, AlertEvent, Status};
+use crate::alert::model::{Alert, AlertEvent, EventKind, Status};
 
 use super::AlertmanagerSection;
 
@@ -104,7 +104,11 @@ impl AlertmanagerNotifier {
         events: &[(i64, AlertEvent)],
     ) -> Result<(), DeliveryError> {
         let mut alerts = Vec::new();
-        for (_, e) in events {
+        // A retrospective episode is over: Alertmanager is for live alarms.
+        let live = events
+            .iter()
+            .filter(|(_, e)| e.kind != EventKind::Retrospective);
+        for (_, e) in live {
             let a = &e.alert;
             // An escalation changes the severity label: the lower grade's alert ends now.
             if let Some(before) = &e.previous_severity {

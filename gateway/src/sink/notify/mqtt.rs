@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{DeliveryError, Envelope};
 use crate::alert::Engine;
-use crate::alert::model::{Alert, AlertEvent};
+use crate::alert::model::{Alert, AlertEvent, EventKind};
 use crate::net::mqtt::{ConfirmedPublisher, Message, PublishError};
 
 use super::BATCH;
@@ -66,6 +66,11 @@ impl MqttNotifier {
                 retain: false,
                 properties: None,
             });
+            // The record of a retrospective episode goes on the event stream only: the subject's
+            // current state is not touched.
+            if event.kind == EventKind::Retrospective {
+                continue;
+            }
             let a = &event.alert;
             let topic = format!(
                 "cs/v1/alerts/{}/{}/{}",

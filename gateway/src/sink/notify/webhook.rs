@@ -81,7 +81,11 @@ impl WebhookNotifier {
         &mut self,
         events: &[(i64, AlertEvent)],
     ) -> Result<(), DeliveryError> {
-        for (seq, event) in events {
+        // A retrospective episode is over: no live alarm for the robots.
+        let live = events
+            .iter()
+            .filter(|(_, e)| e.kind != EventKind::Retrospective);
+        for (seq, event) in live {
             let body = Self::body(self.section.format, *seq, event);
             let response = self
                 .http
@@ -122,6 +126,7 @@ pub fn markdown(event: &AlertEvent) -> String {
         EventKind::Renotified => "仍在告警 still firing",
         EventKind::Resolved => "解除 resolved",
         EventKind::Acknowledged => "已确认 acknowledged",
+        EventKind::Retrospective => "事后发现 retrospective",
     };
     let at = humantime::format_rfc3339_seconds(
         UNIX_EPOCH + Duration::from_millis((event.at_ms + 8 * 3_600_000).max(0) as u64),
