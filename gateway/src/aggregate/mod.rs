@@ -10,11 +10,27 @@
 //! Plain state, no clock and no I/O: time comes from the readings (STYLE.md §6). Points carry
 //! the end of their window as timestamp, so a re-emitted window overwrites its earlier point.
 //!
+//! # Time
+//! - **Event time** only: a reading counts in the window its node stamped, whenever it arrives.
+//! - **Per-device progress** ([`progress`]): a unit (an area with its choke points, a road
+//!   segment, a pipe asset's field, a device's health) closes a window once each of its live
+//!   devices has reported past it; a device silent beyond its profile's offline threshold, or
+//!   never heard, holds nothing open.
+//! - **Corrections** ([`correct`]): data for a closed window (a backlog, a rehearsal, reports
+//!   out of order) recomputes its unit from the raw readings the store keeps, once the backlog
+//!   has come, and every window from the first one touched is emitted again as a revision,
+//!   with what the unit carries (occupancy, daily entries, the speed baseline) recomputed.
+//!   Only data older than the raw retention is `too_late`.
+//! - A batch is taken in event-time order, then device order; one device's readings of one
+//!   instant keep theirs: in-order delivery, any other order and a replay of the store end with
+//!   the same points (the property test in `housekeeping/arrival_orders.rs`).
+//!
 //! # Layout
 //! - [`crowd`], [`traffic`], [`pipe`], [`health`]: one aggregator each, with its windows, what
 //!   a reading adds and the points a closed window gives; [`Aggregators`] offers each reading
 //!   to its device's health and to the aggregator of its place.
-//! - [`window`]: event-time windows with allowed lateness.
+//! - [`progress`]: how far each unit's devices have reported; [`correct`]: corrections.
+//! - [`window`]: event-time windows.
 //! - [`grade`]: congestion grades and the traffic performance index.
 
 pub mod correct;

@@ -109,7 +109,7 @@ impl Store {
 
     /// The readings of `devices` with event time at or after `since_ms` and `id <= until_id`,
     /// in acceptance order (for corrections of the aggregates). Each device's chain is followed
-    /// back from its head until a reading received [`RECEIVED_MARGIN_MS`] before `since_ms`:
+    /// back from its head until a reading received ten minutes (`RECEIVED_MARGIN_MS`) before `since_ms`:
     /// nothing with a later event time was accepted before it (the verifier refuses clocks
     /// further ahead).
     pub fn readings_of(
