@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::MINUTE;
-use super::window::{TooLate, Windows};
+use super::window::{ExactSum, TooLate, Windows};
 use crate::point::{FieldValue, Point, Quality};
 use crate::reading::Reading;
 
@@ -18,7 +18,7 @@ struct PipeWindow {
     last: Option<(i64, f64)>,
     min: f64,
     max: f64,
-    sum: f64,
+    sum: ExactSum,
     n: u64,
 }
 
@@ -55,15 +55,20 @@ impl Pipes {
         if w.n == 0 {
             (w.min, w.max) = (value, value);
         }
-        if w.first.is_none_or(|(t, _)| r.time_ms < t) {
-            w.first = Some((r.time_ms, value));
+        // Ties in time (two devices measuring one field) go to the smaller value first: the same
+        // whatever order they came in.
+        let before =
+            |(t, v): (i64, f64), (u, x): (i64, f64)| t.cmp(&u).then(v.total_cmp(&x)).is_lt();
+        let this = (r.time_ms, value);
+        if w.first.is_none_or(|first| before(this, first)) {
+            w.first = Some(this);
         }
-        if w.last.is_none_or(|(t, _)| r.time_ms >= t) {
-            w.last = Some((r.time_ms, value));
+        if w.last.is_none_or(|last| before(last, this)) {
+            w.last = Some(this);
         }
         w.min = w.min.min(value);
         w.max = w.max.max(value);
-        w.sum += value;
+        w.sum.add(value);
         w.n += 1;
         Ok(())
     }
@@ -86,7 +91,10 @@ impl Pipes {
             let mut fields = vec![
                 ("min".into(), FieldValue::Float(w.min)),
                 ("max".into(), FieldValue::Float(w.max)),
-                ("mean".into(), FieldValue::Float(w.sum / w.n.max(1) as f64)),
+                (
+                    "mean".into(),
+                    FieldValue::Float(w.sum.value() / w.n.max(1) as f64),
+                ),
                 ("count".into(), FieldValue::Int(w.n as i64)),
             ];
             if let Some((_, last)) = w.last {

@@ -10,7 +10,7 @@ use device_profiles::Site;
 use device_profiles::site::RoadClass;
 use rustc_hash::FxHashMap as HashMap;
 
-use super::window::{Closed, TooLate, Windows};
+use super::window::{Closed, ExactSum, TooLate, Windows};
 use super::{MINUTE, grade};
 use crate::point::{FieldValue, Point, Quality};
 use crate::reading::Reading;
@@ -31,9 +31,9 @@ struct SegmentInfo {
 #[derive(Debug, Default, Clone)]
 struct TrafficWindow {
     vehicles: u64,
-    occupancy_sum: f64,
+    occupancy_sum: ExactSum,
     occupancy_n: u64,
-    speed_weighted: f64,
+    speed_weighted: ExactSum,
     speed_vehicles: u64,
 }
 
@@ -110,12 +110,12 @@ impl Traffic {
         for windows in [one, five, &mut s.lanes[at].1] {
             let w = windows.get_mut_from(r.time_ms, r.unsynced_clock, wm)?;
             w.vehicles += u64::from(vehicles);
-            w.occupancy_sum += occupancy_pct;
+            w.occupancy_sum.add(occupancy_pct);
             w.occupancy_n += 1;
             if let Some(s) = speed_kmh
                 && vehicles > 0
             {
-                w.speed_weighted += s * f64::from(vehicles);
+                w.speed_weighted.add(s * f64::from(vehicles));
                 w.speed_vehicles += u64::from(vehicles);
             }
         }
@@ -164,11 +164,11 @@ fn point(
     let (start, end, w) = (closed.start, closed.end, closed.state);
     let hours = (end - start) as f64 / 3_600_000.0;
     let occupancy = if w.occupancy_n > 0 {
-        w.occupancy_sum / w.occupancy_n as f64
+        w.occupancy_sum.value() / w.occupancy_n as f64
     } else {
         0.0
     };
-    let speed = (w.speed_vehicles > 0).then(|| w.speed_weighted / w.speed_vehicles as f64);
+    let speed = (w.speed_vehicles > 0).then(|| w.speed_weighted.value() / w.speed_vehicles as f64);
     let grade = match speed {
         Some(s) => grade::grade_by_speed(info.class, s),
         None => grade::grade_by_occupancy(occupancy),

@@ -10,6 +10,29 @@
 //! point overwrites the earlier one). Because everything depends on event time only, replaying
 //! a buffered hour in order gives the same windows as live delivery.
 
+/// A sum of floats that does not depend on the order they are added in (floating-point
+/// addition does): each value counts to nine decimals of its unit, in an integer. A window
+/// whose readings came in another order, or were added again by a correction, sums the same.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExactSum(i128);
+
+impl ExactSum {
+    const SCALE: f64 = 1e9;
+
+    /// Adds `v` (a value that is not finite adds nothing).
+    #[inline]
+    pub fn add(&mut self, v: f64) {
+        if v.is_finite() {
+            self.0 += (v * Self::SCALE).round() as i128;
+        }
+    }
+
+    /// The sum.
+    pub fn value(self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+}
+
 /// The reading's window was already final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLate;
