@@ -378,7 +378,7 @@ fn correction(c: &mut Criterion) {
         assert!(a.corrections_pending());
         a
     };
-    let read = |devices: &[Arc<str>], since| store.readings_of(devices, since, i64::MAX);
+    let read = |devices: &[Arc<str>], since| store.readings_of(devices, since, i64::MAX, 60_000);
     let mut a = pending();
     let points = a.correct(Due::All, read).unwrap();
     println!(

@@ -97,8 +97,10 @@ impl Gateway {
         registry.restore_ledgers(store.ledgers()?);
         let mut aggregators = aggregate::Aggregators::with_settings(&catalog, settings.aggregate);
         let since = crate::clock::now_ms() - settings.retention.raw_ms;
-        let replayed = housekeeping::replay_recent(&store, &mut aggregators, since)?;
-        let corrected = housekeeping::resume_corrections(&store, &mut aggregators)?;
+        let skew_ms = i64::try_from(settings.verify.max_clock_skew_s.saturating_mul(1000))
+            .unwrap_or(i64::MAX / 2);
+        let replayed = housekeeping::replay_recent(&store, &mut aggregators, since, skew_ms)?;
+        let corrected = housekeeping::resume_corrections(&store, &mut aggregators, skew_ms)?;
         if replayed > 0 {
             tracing::info!(
                 readings = replayed,

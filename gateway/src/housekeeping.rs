@@ -24,10 +24,13 @@ mod arrival_orders;
 /// windows open at a restart and the day's crowd counts continue; the backlogs they hold are
 /// corrected as they were live. The points this emits were stored before; they are dropped.
 /// Returns the readings replayed.
+/// `clock_skew_ms`: the verifier's `max_clock_skew_s` (how far ahead of its receipt a reading's
+/// event time may be).
 pub fn replay_recent(
     store: &Store,
     aggregators: &mut aggregate::Aggregators,
     since_ms: i64,
+    clock_skew_ms: i64,
 ) -> anyhow::Result<usize> {
     let (mut after, mut n) = (0, 0);
     loop {
@@ -44,7 +47,7 @@ pub fn replay_recent(
         n += recent.len();
         aggregators.ingest(&recent);
         aggregators.correct(Due::All, |devices, since| {
-            store.readings_of(devices, since, last)
+            store.readings_of(devices, since, last, clock_skew_ms)
         })?;
     }
 }
@@ -55,6 +58,7 @@ pub fn replay_recent(
 pub fn resume_corrections(
     store: &Store,
     aggregators: &mut aggregate::Aggregators,
+    clock_skew_ms: i64,
 ) -> anyhow::Result<usize> {
     let Some(recorded) = store.pending_corrections()? else {
         return Ok(0);
@@ -68,7 +72,7 @@ pub fn resume_corrections(
     };
     aggregators.expect_corrections(&pending);
     let points = aggregators.correct(Due::All, |devices, since| {
-        store.readings_of(devices, since, i64::MAX)
+        store.readings_of(devices, since, i64::MAX, clock_skew_ms)
     })?;
     let none = serde_json::to_string(&aggregators.corrections_to_record().unwrap_or_default())?;
     store.accept_with(&[], &points, &[], &Default::default(), Some(&none))?;

@@ -67,6 +67,11 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// How far ahead of its receipt a report's event time may be (`max_clock_skew_s`), ms.
+    pub fn max_clock_skew_ms(&self) -> i64 {
+        i64::try_from(self.rules.max_clock_skew_s.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
+    }
+
     /// The profile of a device kind.
     pub fn profile(&self, kind: &str) -> Option<&device_profiles::Profile> {
         self.profiles.get(kind)

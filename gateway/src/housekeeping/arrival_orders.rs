@@ -263,7 +263,7 @@ impl Gateway {
         let mut points = self
             .aggregators
             .correct(Due::Settled, |devices, since| {
-                store.readings_of(devices, since, i64::MAX)
+                store.readings_of(devices, since, i64::MAX, 60_000)
             })
             .unwrap();
         points.extend(self.aggregators.ingest(&readings));
@@ -295,14 +295,14 @@ impl Gateway {
         self.engine = engine(&self.catalog);
         let dropped = self.engine.restore(self.store.alert_states().unwrap());
         assert!(dropped.is_empty());
-        replay_recent(&self.store, &mut self.aggregators, i64::MIN).unwrap();
+        replay_recent(&self.store, &mut self.aggregators, i64::MIN, 60_000).unwrap();
         // The points it commits are read back below, as the sinks would.
         let before = self
             .store
             .points_after(0, i64::MAX, usize::MAX)
             .unwrap()
             .len();
-        resume_corrections(&self.store, &mut self.aggregators).unwrap();
+        resume_corrections(&self.store, &mut self.aggregators, 60_000).unwrap();
         let points = self.store.points_after(0, i64::MAX, usize::MAX).unwrap();
         for (_, p) in points.into_iter().skip(before) {
             self.points
@@ -318,7 +318,7 @@ impl Gateway {
         let points = self
             .aggregators
             .correct(Due::All, |devices, since| {
-                store.readings_of(devices, since, i64::MAX)
+                store.readings_of(devices, since, i64::MAX, 60_000)
             })
             .unwrap();
         self.commit(&[], points, &Changes::default());

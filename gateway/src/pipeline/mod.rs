@@ -279,8 +279,10 @@ impl Pipeline {
         let before = a.counts;
         let mut points = Vec::new();
         if a.corrections_pending() {
-            let read =
-                |devices: &[Arc<str>], since| self.store.readings_of(devices, since, i64::MAX);
+            let skew = self.verifier.max_clock_skew_ms();
+            let read = |devices: &[Arc<str>], since| {
+                self.store.readings_of(devices, since, i64::MAX, skew)
+            };
             match a.correct(Due::Settled, read) {
                 Ok(corrected) => points = corrected,
                 Err(e) => {

@@ -11,8 +11,8 @@ use crate::ledger::Ledger;
 use crate::point::Point;
 use crate::reading::Reading;
 
-/// How long before the earliest event time a correction asks for its chain walks stop: more
-/// than the clock skew the verifier allows (`verify.max_clock_skew_s`, 60 s by default).
+/// How long, at least, before the earliest event time a correction asks for its chain walks
+/// stop (a minute more than the verifier's `max_clock_skew_s` when that is longer).
 pub const RECEIVED_MARGIN_MS: i64 = 10 * 60_000;
 
 impl Store {
@@ -109,15 +109,17 @@ impl Store {
 
     /// The readings of `devices` with event time at or after `since_ms` and `id <= until_id`,
     /// in acceptance order (for corrections of the aggregates). Each device's chain is followed
-    /// back from its head until a reading received ten minutes (`RECEIVED_MARGIN_MS`) before `since_ms`:
-    /// nothing with a later event time was accepted before it (the verifier refuses clocks
-    /// further ahead).
+    /// back from its head until a reading received well before `since_ms` (ten minutes, or a
+    /// minute more than `clock_skew_ms`, the verifier's `max_clock_skew_s`): nothing with a
+    /// later event time was accepted before it, since the verifier refuses clocks further ahead.
     pub fn readings_of(
         &self,
         devices: &[Arc<str>],
         since_ms: i64,
         until_id: i64,
+        clock_skew_ms: i64,
     ) -> Result<Vec<Reading>, StoreError> {
+        let margin = RECEIVED_MARGIN_MS.max(clock_skew_ms + 60_000);
         let heads: Vec<i64> = {
             let known = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
             devices
@@ -136,7 +138,7 @@ impl Store {
                  SELECT r.id, r.device, r.time_ms, r.received_ms, r.body
                  FROM chain c JOIN readings r ON r.id = c.id
                  WHERE r.time_ms >= ?3 AND r.id <= ?4",
-                params![head, since_ms - RECEIVED_MARGIN_MS, since_ms, until_id],
+                params![head, since_ms - margin, since_ms, until_id],
             )?);
         }
         out.sort_by_key(|(id, _)| *id);
