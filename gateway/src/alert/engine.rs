@@ -61,8 +61,8 @@ pub struct Engine {
     pub(super) pending: HashMap<(usize, Arc<str>), Pending>,
     /// The wall clock of the values being evaluated ([`Engine::arrived`]).
     pub(super) wall_ms: Option<i64>,
-    /// Revised past points and the episodes subjects had live ([`super::retro`]).
-    pub(super) retro: super::retro::Retro,
+    /// Revised past points of the batch ([`super::retro`]).
+    pub(super) revisions: super::retro::Revisions,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -178,7 +178,7 @@ impl Engine {
             events: Vec::new(),
             pending: HashMap::default(),
             wall_ms: None,
-            retro: super::retro::Retro::default(),
+            revisions: super::retro::Revisions::default(),
         }
     }
 
@@ -217,7 +217,7 @@ impl Engine {
                 // A corrected window older than what the rule saw live: history.
                 if r.derive.is_none() && self.is_revision(i, &subject, p.time_ms) {
                     if let Some(v) = lookup(&r.field) {
-                        self.retro.revised(i, &subject, &zone, p.time_ms, v);
+                        self.revisions.push(i, &subject, &zone, p.time_ms, v);
                     }
                     continue;
                 }
@@ -590,7 +590,7 @@ impl Engine {
             alert: alert.clone(),
         };
         if kind == EventKind::Resolved {
-            self.retro.lived(i, subject, (alert.started_ms, time_ms));
+            super::retro::remember(&mut state.past, (alert.started_ms, time_ms));
             state.alert = None;
         }
         self.dirty.insert(key);

@@ -123,6 +123,10 @@ pub struct SubjectState {
     pub episode: Episode,
     /// The open alert, if any.
     pub alert: Option<Alert>,
+    /// The episodes it had (start, end, Unix ms), newest last, a few dozen at most: corrected
+    /// data of the past does not record them again as retrospective ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<(i64, i64)>,
 }
 
 /// What changed since the last [`Engine::take_changes`](super::Engine::take_changes): state rows `("{rule}|{subject}",

@@ -10,15 +10,15 @@
 //! rule's thresholds and holds in event time; each episode that is raised and resolved within
 //! them, and overlaps no alert the subject had live, is recorded.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Engine;
 use super::episode::{Episode, Transition};
 use super::model::{Alert, AlertEvent, EventKind, Status};
 
-/// Live episodes kept per (rule, subject) to tell a retrospective one from one operators had.
-const LIVED: usize = 32;
+/// Episodes kept per (rule, subject) to tell a retrospective one from one operators had.
+const PAST: usize = 32;
 
 /// A rule (by index) and a subject.
 type RuleSubject = (usize, Arc<str>);
@@ -26,27 +26,13 @@ type RuleSubject = (usize, Arc<str>);
 /// Values by event time.
 type Values = Vec<(i64, f64)>;
 
-/// What retrospective detection keeps.
+/// Revised past values of a batch of points by (rule, subject): zone and `(time, value)`.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Retro {
-    /// Revised past values of a batch of points by (rule, subject): zone and `(time, value)`.
-    revised: BTreeMap<RuleSubject, (Arc<str>, Values)>,
-    /// Episodes the subject had live (start, end), newest last.
-    lived: HashMap<RuleSubject, VecDeque<(i64, i64)>>,
-}
+pub(super) struct Revisions(BTreeMap<RuleSubject, (Arc<str>, Values)>);
 
-impl Retro {
-    /// A live episode of (rule `i`, `subject`) from `start` ended at `end`.
-    pub(super) fn lived(&mut self, i: usize, subject: &Arc<str>, (start, end): (i64, i64)) {
-        let l = self.lived.entry((i, subject.clone())).or_default();
-        if l.len() == LIVED {
-            l.pop_front();
-        }
-        l.push_back((start, end));
-    }
-
+impl Revisions {
     /// A value of (rule `i`, `subject`) at `time_ms`, older than what the rule has seen live.
-    pub(super) fn revised(
+    pub(super) fn push(
         &mut self,
         i: usize,
         subject: &Arc<str>,
@@ -54,12 +40,20 @@ impl Retro {
         time_ms: i64,
         value: f64,
     ) {
-        self.revised
+        self.0
             .entry((i, subject.clone()))
             .or_insert_with(|| (zone.clone(), Vec::new()))
             .1
             .push((time_ms, value));
     }
+}
+
+/// Records an episode (start, end) in `past`, keeping the newest [`PAST`].
+pub(super) fn remember(past: &mut Vec<(i64, i64)>, episode: (i64, i64)) {
+    if past.len() == PAST {
+        past.remove(0);
+    }
+    past.push(episode);
 }
 
 /// An episode found in revised values: start, end, the highest grade and the value there.
@@ -83,7 +77,7 @@ impl Engine {
     /// Plays the revised values of the batch and records the episodes they show entirely in
     /// the past.
     pub(super) fn settle_revisions(&mut self) {
-        for ((i, subject), (zone, mut values)) in std::mem::take(&mut self.retro.revised) {
+        for ((i, subject), (zone, mut values)) in std::mem::take(&mut self.revisions.0) {
             values.sort_by_key(|(t, _)| *t);
             let thresholds = self.rules[i].thresholds(&subject).clone();
             let mut episode = Episode::default();
@@ -115,22 +109,15 @@ impl Engine {
             }
             // One still open at the last revised value reaches into the live state: not past.
             let key = (i, subject.clone());
-            let live_since = self
-                .states
-                .get(&key)
-                .and_then(|s| s.alert.as_ref())
-                .map(|a| a.started_ms);
             for f in found {
+                let state = self.states.entry(key.clone()).or_default();
                 let overlaps = |&(s, e): &(i64, i64)| s <= f.end && f.start <= e;
-                let lived = self
-                    .retro
-                    .lived
-                    .get(&key)
-                    .is_some_and(|l| l.iter().any(overlaps));
-                if lived || live_since.is_some_and(|s| s <= f.end) {
+                let live_since = state.alert.as_ref().map(|a| a.started_ms);
+                if state.past.iter().any(overlaps) || live_since.is_some_and(|s| s <= f.end) {
                     continue;
                 }
-                self.retro.lived(i, &subject, (f.start, f.end));
+                remember(&mut state.past, (f.start, f.end));
+                self.dirty.insert(key.clone());
                 self.record_retrospective(i, &subject, &zone, &f);
             }
         }
@@ -223,9 +210,13 @@ mod tests {
         );
         assert!(a.summary.contains("retrospective"), "{}", a.summary);
         assert!(e.open_alerts().is_empty(), "nothing live");
-        // The same revision again records nothing more.
+        // The same revision again records nothing more, after a restart too.
         e.on_points(&revised);
         assert!(e.take_changes().events.is_empty());
+        let mut restarted = engine();
+        assert!(restarted.restore(c.states).is_empty());
+        restarted.on_points(&revised);
+        assert!(restarted.take_changes().events.is_empty());
     }
 
     #[test]
