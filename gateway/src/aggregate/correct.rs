@@ -163,7 +163,11 @@ impl Aggregators {
                 (start, start, start)
             }
         };
-        let mut readings = read(&self.units[u].sources, read_from)?;
+        let mut readings = match (&self.units[u].sources, &key) {
+            (Some(sources), _) => read(sources, read_from)?,
+            (None, UnitKey::Health(device)) => read(std::slice::from_ref(device), read_from)?,
+            (None, _) => Vec::new(),
+        };
         readings.retain(|r| r.time_ms >= read_from);
         readings.sort_by(super::event_order);
         match &key {

@@ -89,8 +89,6 @@ enum Place {
 struct Device {
     place: Option<Place>,
     health: usize,
-    /// The units it feeds besides its health (a pipe device's join as it reports fields).
-    units: Vec<usize>,
     /// A pipe device's fields heard, with their units.
     fields: Vec<(Cow<'static, str>, usize)>,
     offline_ms: i64,
@@ -113,8 +111,9 @@ enum UnitKey {
 struct Unit {
     key: UnitKey,
     progress: Progress,
-    /// The devices (and, for an area, the subjects operators count) a correction reads.
-    sources: Arc<[Arc<str>]>,
+    /// The devices (and, for an area, the subjects operators count) a correction reads; a
+    /// device's health reads the device (none kept: one unit per device).
+    sources: Option<Arc<[Arc<str>]>>,
     /// Listed in `Aggregators::due`.
     due: bool,
 }
@@ -146,7 +145,7 @@ fn pipe_unit(
     units.push(Unit {
         key: UnitKey::Pipe(key.clone()),
         progress: Progress::default(),
-        sources: asset_devices.get(&key.0).cloned().unwrap_or_default(),
+        sources: asset_devices.get(&key.0).cloned(),
         due: false,
     });
     pipe_units.insert(key.clone(), units.len() - 1);
@@ -267,11 +266,11 @@ impl Aggregators {
     pub fn with_settings(catalog: &Catalog, settings: AggregateSettings) -> Aggregators {
         let site = &catalog.site;
         let mut units: Vec<Unit> = Vec::new();
-        let mut unit = |key: UnitKey, sources: Vec<Arc<str>>| {
+        let mut unit = |key: UnitKey, sources: Option<Vec<Arc<str>>>| {
             units.push(Unit {
                 key,
                 progress: Progress::default(),
-                sources: sources.into(),
+                sources: sources.map(Arc::from),
                 due: false,
             });
             units.len() - 1
@@ -287,7 +286,7 @@ impl Aggregators {
                 .chain(a.choke_points.iter().map(|c| c.id.as_str()))
                 .map(Arc::from)
                 .collect();
-            let u = unit(UnitKey::Area(a.id.as_str().into()), sources);
+            let u = unit(UnitKey::Area(a.id.as_str().into()), Some(sources));
             area_units.insert(Arc::from(a.id.as_str()), u);
             for g in gates {
                 places.insert(
@@ -311,7 +310,10 @@ impl Aggregators {
         }
         for r in &site.road_segments {
             let sources = r.detectors.iter().map(|d| Arc::from(d.device.as_str()));
-            let u = unit(UnitKey::Segment(r.id.as_str().into()), sources.collect());
+            let u = unit(
+                UnitKey::Segment(r.id.as_str().into()),
+                Some(sources.collect()),
+            );
             for d in &r.detectors {
                 places.insert(
                     Arc::from(d.device.as_str()),
@@ -342,18 +344,12 @@ impl Aggregators {
             let offline_ms = catalog.profiles.get(&d.profile).map_or(i64::MAX, |p| {
                 i64::from(p.report_interval_s) * i64::from(p.offline_after_intervals) * 1000
             });
-            let health = unit(UnitKey::Health(id.clone()), vec![id.clone()]);
-            let place = places.remove(&id);
-            let units = match &place {
-                Some(Place::Gate { unit, .. } | Place::Detector { unit, .. }) => vec![*unit],
-                _ => Vec::new(),
-            };
+            let health = unit(UnitKey::Health(id.clone()), None);
             devices.insert(
                 id.clone(),
                 Device {
-                    place,
+                    place: places.remove(&id),
                     health,
-                    units,
                     fields: Vec::new(),
                     offline_ms,
                 },
@@ -489,7 +485,6 @@ impl Aggregators {
                     None => {
                         let u = pipe_unit(pipe_units, units, asset_devices, &key);
                         device.fields.push((field.clone(), u));
-                        device.units.push(u);
                         u
                     }
                 };
@@ -502,7 +497,14 @@ impl Aggregators {
             corrections.late(u, r.time_ms);
         }
         let offline = device.offline_ms;
-        for &u in std::iter::once(&device.health).chain(&device.units) {
+        let place_unit = match &device.place {
+            Some(Place::Gate { unit, .. } | Place::Detector { unit, .. }) => Some(*unit),
+            _ => None,
+        };
+        let fed = std::iter::once(device.health)
+            .chain(place_unit)
+            .chain(device.fields.iter().map(|(_, u)| *u));
+        for u in fed {
             let unit = &mut units[u];
             // Out of order for its device: in-order delivery would have added the windows'
             // readings in another order (a tag's dedupe, the longest gap, float sums).
