@@ -194,3 +194,108 @@ pub fn rules_list(config: Option<&std::path::Path>) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+/// The local store a `users`, `tokens` or `audit` command works on: `store`, or the config's.
+pub fn open_store(
+    config: Option<&std::path::Path>,
+    store: Option<&std::path::Path>,
+) -> anyhow::Result<crate::store::Store> {
+    let path = match (store, config) {
+        (Some(s), _) => {
+            // A path typed by hand: a typo must not make a second, empty store.
+            anyhow::ensure!(
+                s.exists(),
+                "no local store at {} (give the gateway's --config, which makes it where the gateway will look)",
+                s.display()
+            );
+            s.to_owned()
+        }
+        // The configured store: made here when the first admin is made before the first start.
+        (None, Some(c)) => Config::load(c)?.store.path,
+        (None, None) => {
+            anyhow::bail!("name the gateway's config (--config FILE) or its store (--store FILE)")
+        }
+    };
+    Ok(crate::store::Store::open(&path)?.0)
+}
+
+/// A password from standard input (`from_stdin`: its first line), or typed twice at a terminal
+/// without echo.
+pub fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "no terminal to type the password at: give it on standard input with --password-stdin"
+    );
+    let first = rpassword::prompt_password("password: ")?;
+    let again = rpassword::prompt_password("again: ")?;
+    anyhow::ensure!(first == again, "the two passwords differ");
+    Ok(first)
+}
+
+/// `gateway users list`: a table of the accounts.
+pub fn users_list(store: &crate::store::Store) -> anyhow::Result<String> {
+    let now = crate::clock::now_ms();
+    let mut out = format!(
+        "{:<24} {:<9} {:<9} {}\n",
+        "NAME", "ROLE", "STATE", "FAILED LOGINS"
+    );
+    for a in store.accounts()? {
+        let state = if a.disabled {
+            "disabled"
+        } else if a.locked_until_ms > now {
+            "locked"
+        } else {
+            "active"
+        };
+        out.push_str(&format!(
+            "{:<24} {:<9} {:<9} {}\n",
+            a.name, a.role, state, a.failures
+        ));
+    }
+    Ok(out)
+}
+
+/// `gateway tokens list`: a table of the API tokens (never their secrets).
+pub fn tokens_list(store: &crate::store::Store) -> anyhow::Result<String> {
+    let mut out = format!("{:<10} {:<8} {:<8} {}\n", "ID", "SCOPE", "STATE", "NAME");
+    for t in store.tokens()? {
+        let state = if t.revoked_ms.is_some() {
+            "revoked"
+        } else {
+            "live"
+        };
+        out.push_str(&format!(
+            "{:<10} {:<8} {:<8} {}\n",
+            t.id, t.scope, state, t.name
+        ));
+    }
+    Ok(out)
+}
+
+/// `gateway audit export --since`: the records as JSON lines. `since`: an RFC 3339 time or a
+/// span back from now (`7d`, `12h`).
+pub fn audit_export(store: &crate::store::Store, since: &str) -> anyhow::Result<String> {
+    let since_ms = match humantime::parse_rfc3339_weak(since) {
+        Ok(t) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        Err(_) => {
+            let span = humantime::parse_duration(since).with_context(|| {
+                format!("--since \"{since}\": an RFC 3339 time (2026-12-01T00:00:00Z) or a span back from now (7d, 12h)")
+            })?;
+            crate::clock::now_ms() - span.as_millis() as i64
+        }
+    };
+    let mut out = String::new();
+    for r in store.audit_since(since_ms)? {
+        out.push_str(&serde_json::to_string(&r)?);
+        out.push('\n');
+    }
+    Ok(out)
+}

@@ -37,6 +37,7 @@ pub mod aggregate;
 pub mod alert;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod commands;

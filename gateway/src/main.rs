@@ -45,6 +45,27 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Operators' accounts (roles viewer, operator, admin), in the gateway's local store.
+    Users {
+        #[command(flatten)]
+        at: StoreArgs,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// API tokens for machines (scopes read, operate).
+    Tokens {
+        #[command(flatten)]
+        at: StoreArgs,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// The audit trail: every login, acknowledgement, count, account and token change.
+    Audit {
+        #[command(flatten)]
+        at: StoreArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the whole system in one process: an embedded MQTT broker, the Ganzhou site, demo
     /// keys, built-in traffic, and HTTP on 127.0.0.1:8080.
     ///
@@ -67,6 +88,91 @@ enum Command {
         /// The local store's database file [default: citysense-demo.db in the temporary folder].
         #[arg(long)]
         store: Option<PathBuf>,
+    },
+}
+
+/// Where a `users`, `tokens` or `audit` command finds the local store.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The gateway's config file (its store.path is used).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The local store's database file (instead of --config).
+    #[arg(long, global = true)]
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Make an account. The password (at least 10 characters) is typed twice, or read from
+    /// standard input with --password-stdin.
+    ///
+    /// Example: gateway users add wang.li --role operator --config /etc/citysense/gateway.toml
+    Add {
+        /// Login name: letters, digits, '.', '_' or '-'.
+        name: String,
+        /// viewer (reads), operator (also acknowledges, counts), admin (also accounts, tokens).
+        #[arg(long)]
+        role: gateway::auth::Role,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set an account's password (and lift a lock after failed logins).
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account: it can no longer log in.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// Login name.
+        name: String,
+    },
+    /// List the accounts, their roles and states.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Make an API token for a machine; it is printed once (cst_…): keep it.
+    ///
+    /// Example: gateway tokens add simulator --scope operate --config gateway.toml
+    Add {
+        /// What it is for.
+        name: String,
+        /// read (as a viewer) or operate (as an operator).
+        #[arg(long)]
+        scope: gateway::auth::tokens::Scope,
+    },
+    /// Revoke a token by its id (the 8 hex digits after cst_).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+    /// List the tokens (ids, scopes, states; never the secrets).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail's hash chain; exits non-zero naming the first record that was
+    /// changed, removed or put out of order.
+    Verify,
+    /// Write the audit records as JSON lines to standard output.
+    ///
+    /// Example: gateway audit export --since 30d --config gateway.toml > audit.jsonl
+    Export {
+        /// An RFC 3339 time (2026-12-01T00:00:00Z) or a span back from now (7d, 12h).
+        #[arg(long, default_value = "180d")]
+        since: String,
     },
 }
 
@@ -137,6 +243,9 @@ fn main() -> ExitCode {
             Command::Rules {
                 command: RulesCommand::List { config },
             } => gateway::rules_list(config.as_deref()).map(|list| print!("{list}")),
+            Command::Users { at, command } => users(&at, command),
+            Command::Tokens { at, command } => tokens(&at, command),
+            Command::Audit { at, command } => audit(&at, command),
             Command::Demo {
                 http,
                 mqtt,
@@ -171,6 +280,83 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line's changes are recorded in the audit trail as done by `cli`.
+const CLI: &str = "cli";
+
+fn store(at: &StoreArgs) -> anyhow::Result<gateway::store::Store> {
+    gateway::commands::open_store(at.config.as_deref(), at.store.as_deref())
+}
+
+fn users(at: &StoreArgs, command: UsersCommand) -> anyhow::Result<()> {
+    use gateway::auth::login;
+    let store = store(at)?;
+    let now = gateway::clock::now_ms();
+    let done = match command {
+        UsersCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            let pw = gateway::commands::read_password(password_stdin)?;
+            login::add(&store, (&name, role, &pw), CLI, now)?
+                .map(|()| format!("account {name} ({}) made", role.name()))
+        }
+        UsersCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let pw = gateway::commands::read_password(password_stdin)?;
+            login::set_password(&store, &name, &pw, CLI, now)?
+                .map(|()| format!("password of {name} set"))
+        }
+        UsersCommand::Disable { name } => login::set_disabled(&store, &name, true, CLI, now)?
+            .map(|()| format!("account {name} disabled")),
+        UsersCommand::Enable { name } => login::set_disabled(&store, &name, false, CLI, now)?
+            .map(|()| format!("account {name} enabled")),
+        UsersCommand::List => Ok(gateway::commands::users_list(&store)?),
+    };
+    println!("{}", done?.trim_end());
+    Ok(())
+}
+
+fn tokens(at: &StoreArgs, command: TokensCommand) -> anyhow::Result<()> {
+    use gateway::auth::tokens;
+    let store = store(at)?;
+    let now = gateway::clock::now_ms();
+    match command {
+        TokensCommand::Add { name, scope } => {
+            let (t, token) = tokens::issue(&store, &name, scope, CLI, now)?;
+            eprintln!(
+                "token {} ({}, {}): shown once, keep it",
+                t.id,
+                name,
+                scope.name()
+            );
+            println!("{token}");
+        }
+        TokensCommand::Revoke { id } => {
+            anyhow::ensure!(tokens::revoke(&store, &id, CLI, now)?, "no live token {id}");
+            println!("token {id} revoked");
+        }
+        TokensCommand::List => print!("{}", gateway::commands::tokens_list(&store)?),
+    }
+    Ok(())
+}
+
+fn audit(at: &StoreArgs, command: AuditCommand) -> anyhow::Result<()> {
+    let store = store(at)?;
+    match command {
+        AuditCommand::Verify => match store.verify_audit()? {
+            Ok(n) => println!("audit trail holds: {n} records"),
+            Err(broken) => anyhow::bail!("audit trail broken: {broken}"),
+        },
+        AuditCommand::Export { since } => {
+            print!("{}", gateway::commands::audit_export(&store, &since)?)
+        }
+    }
+    Ok(())
 }
 
 /// 127.0.0.1:`port`, or a free port when something else already listens there (a system

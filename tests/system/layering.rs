@@ -25,7 +25,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
     // durability
     &["store"],
     // where messages come from and where accepted data goes
-    &["source", "sink"],
+    &["source", "sink", "auth"],
     &["pipeline"],
     &["api", "housekeeping"],
     // wiring

@@ -5,6 +5,7 @@
 mod alerts;
 mod city_platform;
 mod gateway_ingest;
+mod identity;
 mod layering;
 mod modbus_slaves;
 mod modbus_source;

@@ -24,7 +24,10 @@
 //! - `alert_events(id, at_ms, body)`: the alert outbox, drained by notifiers.
 //! - `cursors(sink, last_id)`: how far each sink and notifier delivered.
 //! - `quarantine(...)`: rows that no longer decode, moved aside and counted instead of crashing.
-//! - `meta(key, value)`: the schema version, the store's instance id, the device checkpoint.
+//! - `accounts`, `api_tokens`: operators and machines, passwords and tokens hashed.
+//! - `audit(...)`: the audit trail, each record chained to the one before by its hash.
+//! - `meta(key, value)`: the schema version, the store's instance id, the device checkpoint,
+//!   the corrections still to run, the audit trail's anchor.
 //!
 //! A database file that fails SQLite's `quick_check` at open is renamed `*.corrupt-<ms>` and a
 //! new one started: the gateway comes up, an ERROR says what happened, and the old file is kept
@@ -38,6 +41,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use rustc_hash::FxHashMap;
 
+mod accounts;
+mod audit;
 mod config;
 mod cursors;
 mod devices;
@@ -48,6 +53,8 @@ mod retention;
 mod row;
 mod wal;
 
+pub use accounts::{Account, ApiToken};
+pub use audit::{AuditBroken, AuditEntry, AuditRecord};
 pub use config::StoreSection;
 pub use outbox::Committed;
 pub use retention::{Enforced, Retention};
@@ -240,6 +247,8 @@ impl Store {
                  at_ms INTEGER NOT NULL);",
         )
         .map_err(err)?;
+        accounts::create(&conn).map_err(err)?;
+        audit::create(&conn).map_err(err)?;
         chain_readings_by_device(&mut conn).map_err(err)?;
         let devices = devices::Devices::load(&mut conn).map_err(err)?;
         conn.execute(
