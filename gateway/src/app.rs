@@ -168,12 +168,14 @@ impl Gateway {
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
             alerts: alerts.clone(),
+            sessions: Arc::default(),
         });
         let mut http_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
             let stop = async move {
                 let _ = http_shutdown.changed().await;
             };
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

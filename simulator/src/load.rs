@@ -114,7 +114,8 @@ pub async fn load(opts: &LoadOptions) -> anyhow::Result<LoadReport> {
         opts.devices > 0 && opts.rate > 0.0,
         "need devices and a rate above 0"
     );
-    let gateway = GatewayApi::new(&opts.gateway)?;
+    // Only /metrics, which is open.
+    let gateway = GatewayApi::new(&opts.gateway, None)?;
     let received_before = gateway
         .metric(
             "citysense_mqtt_messages_received_total",

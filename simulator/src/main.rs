@@ -54,6 +54,10 @@ enum Command {
         /// reads) [default: the demo keys]. Every simulated device needs its key there.
         #[arg(long)]
         keys: Option<PathBuf>,
+        /// The gateway's API token with the operate scope (`gateway tokens add simulator
+        /// --scope operate`; `gateway demo` prints one) [default: $CITYSENSE_TOKEN].
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Load-test a gateway: N pressure loggers at R frames/s for D seconds; compares what was
     /// published with the gateway's own counters and times alerts under load.
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
                 seed,
                 settle_s,
                 keys,
+                token,
             } => {
                 let catalog = match (site, profiles) {
                     (Some(s), Some(p)) => Catalog::load(&p, &s)?,
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
                         seed,
                         settle: Duration::from_secs(settle_s),
                         progress: true,
+                        token: token.or_else(|| std::env::var("CITYSENSE_TOKEN").ok()),
                         keys: keys
                             .map(|k| device_profiles::keys::load(&k))
                             .transpose()?

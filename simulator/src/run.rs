@@ -26,6 +26,9 @@ pub struct RunOptions {
     pub mqtt_port: u16,
     /// The gateway's HTTP base URL.
     pub gateway: String,
+    /// The API token the oracle reads the gateway's alerts and devices with, and sets the
+    /// scenario's counts with (scope `operate`: `gateway tokens add simulator --scope operate`).
+    pub token: Option<String>,
     /// Overrides the scenario's acceleration.
     pub acceleration: Option<f64>,
     /// Seed of the simulation's randomness.
@@ -161,7 +164,7 @@ pub async fn run(
     let mut out = Publisher { client };
     // The simulated areas start empty: the duty officer's count the gateway starts from, or a
     // rehearsal in opening hours would leave their occupancy unknown.
-    let gateway = GatewayApi::new(&opts.gateway)?;
+    let gateway = GatewayApi::new(&opts.gateway, opts.token.as_deref())?;
     for crowd in &scenario.crowd {
         let area = catalog
             .site
@@ -237,31 +240,46 @@ pub async fn run(
 pub struct GatewayApi {
     base: String,
     http: reqwest::Client,
+    /// `Authorization: Bearer …` for `/api/v1` (`/metrics` is open).
+    token: Option<String>,
 }
 
 impl GatewayApi {
-    /// At `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> anyhow::Result<GatewayApi> {
+    /// At `base` (e.g. `http://127.0.0.1:8080`), with an API token for `/api/v1`.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<GatewayApi> {
         Ok(GatewayApi {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            token: token.map(|t| format!("Bearer {t}")),
         })
+    }
+
+    fn authorized(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.header(reqwest::header::AUTHORIZATION, t),
+            None => r,
+        }
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let r = self
-            .http
-            .get(&url)
+            .authorized(self.http.get(&url))
             .send()
             .await
             .with_context(|| format!("gateway {url}"))?;
+        let status = r.status();
         anyhow::ensure!(
-            r.status().is_success(),
-            "gateway {url}: HTTP {}",
-            r.status()
+            status.is_success(),
+            "gateway {url}: HTTP {status}: {}{}",
+            r.text().await.unwrap_or_default(),
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                " (give simulator run --token, an API token of the gateway: gateway tokens add simulator --scope operate)"
+            } else {
+                ""
+            }
         );
         Ok(r.text().await?)
     }
@@ -271,8 +289,7 @@ impl GatewayApi {
     pub async fn set_occupancy(&self, area: &str, count: u32, at_ms: i64) -> anyhow::Result<()> {
         let url = format!("{}/api/v1/areas/{area}/occupancy", self.base);
         let r = self
-            .http
-            .post(&url)
+            .authorized(self.http.post(&url))
             .json(&serde_json::json!({ "count": count, "at_ms": at_ms }))
             .send()
             .await

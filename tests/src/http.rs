@@ -7,21 +7,71 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// `GET path` on `addr`: status code and body.
+/// The id of the API token test gateways are given ([`TEST_TOKEN`]).
+pub const TEST_TOKEN_ID: &str = "00000000";
+/// The secret of [`TEST_TOKEN`].
+pub const TEST_TOKEN_SECRET: &str =
+    "7e57000000000000000000000000000000000000000000000000000000000000";
+/// The `operate` API token the system tests' gateways know and [`get`] and [`post`] send.
+pub const TEST_TOKEN: &str =
+    "cst_00000000_7e57000000000000000000000000000000000000000000000000000000000000";
+
+/// `GET path` on `addr` with [`TEST_TOKEN`]: status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    request(addr, "GET", path, "").await
+    request(
+        addr,
+        "GET",
+        path,
+        "",
+        &[("Authorization", &format!("Bearer {TEST_TOKEN}"))],
+    )
+    .await
 }
 
-/// `POST path` with a JSON `body` on `addr`: status code and body.
+/// `POST path` with a JSON `body` on `addr` with [`TEST_TOKEN`]: status code and body.
 pub async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    request(addr, "POST", path, body).await
+    let auth = format!("Bearer {TEST_TOKEN}");
+    request(addr, "POST", path, body, &[("Authorization", &auth)]).await
 }
 
-async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+/// `method path` with `body` and `headers` on `addr`: status code, headers and body.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let (status, head, body) = exchange(addr, method, path, body, headers).await;
+    (status, head, body)
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, path, body, headers).await;
+    (status, body)
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     s.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -36,11 +86,11 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    let body = if text
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
@@ -48,7 +98,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
     } else {
         body
     };
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(body: &str) -> String {

@@ -237,13 +237,21 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     let state = next_event_on(&mut events, "cs/v1/alerts/360702/pipe/T1").await;
     assert_eq!(state["firing"], 1, "{state}");
 
-    // An operator takes it; an unknown id is refused.
-    let (status, body) = post(
-        gw.http_addr(),
-        &format!("/api/v1/alerts/{id}/ack"),
-        r#"{"by": "duty officer Li", "note": "ventilation started"}"#,
-    )
-    .await;
+    // An operator logs in and takes it (who takes it is who logged in); an unknown id is
+    // refused.
+    let (addr, pw) = (gw.http_addr(), "右转看见通天岩-2026");
+    let role = gateway::auth::Role::Operator;
+    gateway::auth::login::add(&gw.store(), ("li.duty", role, pw), "test", 0)
+        .unwrap()
+        .unwrap();
+    let operator = log_in(addr, "li.duty", pw).await;
+    let path = format!("/api/v1/alerts/{id}/ack");
+    let claimed = r#"{"by": "someone else", "note": "ventilation started"}"#;
+    let (status, body) = operator.post(&path, claimed).await;
+    assert_eq!(status, 400, "the body names nobody: {body}");
+    let (status, body) = operator
+        .post(&path, r#"{"note": "ventilation started"}"#)
+        .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = post(gw.http_addr(), "/api/v1/alerts/nope/ack", "").await;
     assert_eq!(status, 404, "{body}");
@@ -253,7 +261,7 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     );
     let acked = next_event(&mut events, Duration::from_secs(10), gas).await;
     assert_eq!(acked["kind"], "acknowledged");
-    assert_eq!(acked["alert"]["ack"]["by"], "duty officer Li");
+    assert_eq!(acked["alert"]["ack"]["by"], "li.duty");
     let before_restart = acked["seq"].as_i64().unwrap();
 
     gw.stop().await;

@@ -421,7 +421,7 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_w
     let err = capture_lines(child.stderr.take().unwrap());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
     let started = Instant::now();
-    let mut reporting = 0;
+    let (mut reporting, mut demo_token) = (0, None);
     while started.elapsed() < Duration::from_secs(30) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -429,8 +429,25 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_w
                 err.lock().unwrap().join("\n")
             );
         }
-        if system_tests::services::port_owned_by(child.id(), http) {
-            let (_, body) = system_tests::http::get(addr, "/api/v1/devices").await;
+        // The demo prints an operate token for the API.
+        let token = out.lock().unwrap().iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("API token")
+                .map(|t| t.trim().to_owned())
+        });
+        if let Some(token) =
+            token.filter(|_| system_tests::services::port_owned_by(child.id(), http))
+        {
+            let auth = format!("Bearer {token}");
+            let (_, _, body) = system_tests::http::send(
+                addr,
+                "GET",
+                "/api/v1/devices",
+                "",
+                &[("Authorization", &auth)],
+            )
+            .await;
+            demo_token = Some(auth);
             let devices: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
             reporting = devices
                 .iter()
@@ -476,7 +493,15 @@ async fn gateway_demo_shows_devices_reporting_within_thirty_seconds_and_alerts_w
             _ => panic!("no alert raised on cs/v1/alerts/events within two minutes of start"),
         }
     };
-    let (_, body) = system_tests::http::get(addr, "/api/v1/alerts").await;
+    let auth = demo_token.unwrap();
+    let (_, _, body) = system_tests::http::send(
+        addr,
+        "GET",
+        "/api/v1/alerts",
+        "",
+        &[("Authorization", &auth)],
+    )
+    .await;
     let api: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = raised["alert"]["id"].as_str().unwrap().to_owned();
     let listed = api["alerts"]

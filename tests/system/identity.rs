@@ -145,3 +145,120 @@ fn an_admin_makes_accounts_and_tokens_and_the_audit_trail_names_an_edited_record
         text(&o)
     );
 }
+
+/// The API as 等保 asks: nothing without a login or a token (401); a viewer, a read token, or a
+/// change without the session's CSRF token changes nothing (403); a wrong password waits and
+/// five lock the account (429); what operators do lands in the audit trail under their name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_an_identity_and_a_role_and_records_who_did_what() {
+    use crate::support::{log_in, start_gateway};
+    use gateway::auth::{Role, login, tokens};
+    use system_tests::http::send;
+    use system_tests::services::Mosquitto;
+    let broker = Mosquitto::start();
+    let gw = start_gateway("identity-api", broker.port, 10).await;
+    let (addr, store) = (gw.http_addr(), gw.store());
+    let pw = "右转看见通天岩-2026";
+    for (name, role) in [
+        ("wang.li", Role::Operator),
+        ("zhao.kan", Role::Viewer),
+        ("sun", Role::Viewer),
+    ] {
+        login::add(&store, (name, role, pw), "test", 0)
+            .unwrap()
+            .unwrap();
+    }
+    let count = r#"{"count": 12}"#;
+    // No identity: 401 on every /api/v1 route, with what to do; the probes stay open.
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/alerts",
+        "/api/v1/series?measurement=crowd",
+    ] {
+        let (status, _, body) = send(addr, "GET", path, "", &[]).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("log in (POST /api/v1/login)"), "{body}");
+    }
+    let (status, _, _) = send(addr, "POST", "/api/v1/areas/S4/occupancy", count, &[]).await;
+    assert_eq!(status, 401);
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(send(addr, "GET", open, "", &[]).await.0, 200, "{open}");
+    }
+    let bad = [("Authorization", "Bearer cst_00000000_0000")];
+    assert_eq!(send(addr, "GET", "/api/v1/devices", "", &bad).await.0, 401);
+    // A wrong password is refused, and the answer waits.
+    let wrong = serde_json::json!({"name": "wang.li", "password": "guess"}).to_string();
+    let started = std::time::Instant::now();
+    let (status, _, body) = send(addr, "POST", "/api/v1/login", &wrong, &[]).await;
+    assert_eq!(
+        (status, body.contains("wrong name or password")),
+        (401, true),
+        "{body}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(240));
+    // An operator: reads, counts; a change without the CSRF token is refused.
+    let operator = log_in(addr, "wang.li", pw).await;
+    assert_eq!(
+        operator.get("/api/v1/whoami").await.1,
+        r#"{"name":"wang.li","role":"operator"}"#
+    );
+    let (status, body) = operator
+        .post_without_csrf("/api/v1/areas/S4/occupancy", count)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    let (status, body) = operator.post("/api/v1/areas/S4/occupancy", count).await;
+    assert_eq!(status, 202, "{body}");
+    // A viewer reads and changes nothing; so does a read token.
+    let viewer = log_in(addr, "zhao.kan", pw).await;
+    assert_eq!(viewer.get("/api/v1/devices").await.0, 200);
+    let (status, body) = viewer.post("/api/v1/areas/S4/occupancy", count).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("zhao.kan is a viewer"), "{body}");
+    let (_, read) = tokens::issue(&store, "dashboard", tokens::Scope::Read, "test", 0).unwrap();
+    let auth = format!("Bearer {read}");
+    let reader = [("Authorization", auth.as_str())];
+    assert_eq!(
+        send(addr, "GET", "/api/v1/alerts", "", &reader).await.0,
+        200
+    );
+    let (status, _, _) = send(addr, "POST", "/api/v1/areas/S4/occupancy", count, &reader).await;
+    assert_eq!(status, 403);
+    // Five failures lock an account, even against the right password.
+    let wrong = serde_json::json!({"name": "sun", "password": "guess"}).to_string();
+    for _ in 0..5 {
+        assert_eq!(
+            send(addr, "POST", "/api/v1/login", &wrong, &[]).await.0,
+            401
+        );
+    }
+    let right = serde_json::json!({"name": "sun", "password": pw}).to_string();
+    let (status, _, body) = send(addr, "POST", "/api/v1/login", &right, &[]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("locked for 15 more minutes"), "{body}");
+    // Logging out ends the session.
+    assert_eq!(operator.post("/api/v1/logout", "").await.0, 204);
+    assert_eq!(operator.get("/api/v1/devices").await.0, 401);
+    // The trail: who, from where, what, the outcome; and it holds.
+    let trail: Vec<String> = store
+        .audit_since(0)
+        .unwrap()
+        .iter()
+        .filter(|r| r.entry.action != "account.add" && r.entry.action != "token.add")
+        .map(|r| {
+            let e = &r.entry;
+            format!(
+                "{} {} {} {} {}",
+                e.actor, e.source, e.action, e.target, e.outcome
+            )
+        })
+        .collect();
+    assert_eq!(trail[0], "wang.li 127.0.0.1 login wang.li refused");
+    assert_eq!(trail[1], "wang.li 127.0.0.1 login wang.li ok");
+    assert_eq!(trail[2], "wang.li 127.0.0.1 occupancy S4 ok");
+    assert_eq!(trail[3], "zhao.kan 127.0.0.1 login zhao.kan ok");
+    assert_eq!(trail.last().unwrap(), "wang.li 127.0.0.1 logout wang.li ok");
+    assert_eq!(trail.iter().filter(|t| t.starts_with("sun ")).count(), 6);
+    assert!(store.verify_audit().unwrap().is_ok());
+    gw.stop().await;
+}

@@ -54,6 +54,7 @@ async fn play_keyed(
             seed: 1,
             settle: Duration::from_secs(15),
             progress: false,
+            token: Some(system_tests::http::TEST_TOKEN.into()),
         },
     )
     .await
@@ -251,6 +252,7 @@ async fn play_into_victoria_metrics(name: &str, s: &Scenario) -> (DayEnd, u64, u
             seed: 1,
             settle: Duration::from_secs(15),
             progress: false,
+            token: Some(system_tests::http::TEST_TOKEN.into()),
         },
     )
     .await
@@ -394,6 +396,7 @@ async fn a_rehearsal_on_a_past_day_passes_while_other_devices_report_live() {
             seed: 1,
             settle: Duration::from_secs(15),
             progress: false,
+            token: Some(system_tests::http::TEST_TOKEN.into()),
         },
     )
     .await

@@ -75,7 +75,83 @@ pub async fn start_gateway_on(
         city_platform: None,
     };
     change(&mut settings);
-    Gateway::start(settings, catalog, keys).await.unwrap()
+    let gw = Gateway::start(settings, catalog, keys).await.unwrap();
+    give_test_token(&gw.store());
+    gw
+}
+
+/// A logged-in browser's session: its cookie and CSRF token.
+pub struct LoggedIn {
+    addr: std::net::SocketAddr,
+    cookie: String,
+    csrf: String,
+}
+
+/// Logs `name` in with `password` at `addr` (panics unless 200).
+pub async fn log_in(addr: std::net::SocketAddr, name: &str, password: &str) -> LoggedIn {
+    let body = serde_json::json!({"name": name, "password": password}).to_string();
+    let (status, head, body) =
+        system_tests::http::send(addr, "POST", "/api/v1/login", &body, &[]).await;
+    assert_eq!(status, 200, "login of {name}: {body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.eq_ignore_ascii_case("set-cookie"))
+                .then(|| v.trim().split(';').next().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    LoggedIn {
+        addr,
+        cookie,
+        csrf: v["csrf"].as_str().unwrap().to_owned(),
+    }
+}
+
+impl LoggedIn {
+    /// `GET path` in the session.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (s, _, b) =
+            system_tests::http::send(self.addr, "GET", path, "", &[("Cookie", &self.cookie)]).await;
+        (s, b)
+    }
+
+    /// `POST path` in the session, with its CSRF token.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let headers = [
+            ("Cookie", self.cookie.as_str()),
+            ("X-CSRF-Token", &self.csrf),
+        ];
+        let (s, _, b) = system_tests::http::send(self.addr, "POST", path, body, &headers).await;
+        (s, b)
+    }
+
+    /// `POST path` in the session without the CSRF token (as a forged form would).
+    pub async fn post_without_csrf(&self, path: &str, body: &str) -> (u16, String) {
+        let headers = [("Cookie", self.cookie.as_str())];
+        let (s, _, b) = system_tests::http::send(self.addr, "POST", path, body, &headers).await;
+        (s, b)
+    }
+}
+
+/// Gives a gateway's store the `operate` token the tests' HTTP helpers send
+/// ([`system_tests::http::TEST_TOKEN`]), as `gateway tokens add` would (with a known secret).
+pub fn give_test_token(store: &gateway::store::Store) {
+    use system_tests::http::{TEST_TOKEN_ID, TEST_TOKEN_SECRET};
+    if store.token(TEST_TOKEN_ID).unwrap().is_some() {
+        return;
+    }
+    store
+        .add_token(&gateway::store::ApiToken {
+            id: TEST_TOKEN_ID.into(),
+            name: "system tests".into(),
+            scope: "operate".into(),
+            hash: gateway::auth::tokens::digest(TEST_TOKEN_SECRET),
+            created_ms: gateway::clock::now_ms(),
+            revoked_ms: None,
+        })
+        .unwrap();
 }
 
 /// The `up` topic of a site device.

@@ -1,6 +1,9 @@
-//! HTTP on one port: `/metrics`, `/healthz`, `/readyz`, `/api/v1/devices`,
-//! `/api/v1/devices/{id}`, `/api/v1/series`, `GET /api/v1/alerts`,
-//! `POST /api/v1/alerts/{id}/ack`.
+//! HTTP on one port: `/metrics`, `/healthz`, `/readyz` (open), `POST /api/v1/login`, and,
+//! for a session or an API token only ([`session`]): `POST /api/v1/logout`,
+//! `GET /api/v1/whoami`, `/api/v1/devices`, `/api/v1/devices/{id}`, `/api/v1/series`,
+//! `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`, `POST /api/v1/areas/{id}/occupancy`.
+
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,14 +43,16 @@ pub struct AppState {
     pub areas: Arc<std::collections::BTreeMap<String, String>>,
     /// Readings that enter the pipeline beside the sources (an operator's count).
     pub readings: tokio::sync::mpsc::Sender<Vec<Reading>>,
+    /// The open login sessions.
+    pub sessions: Arc<session::Sessions>,
 }
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let who = axum::middleware::from_fn_with_state(state.clone(), session::authenticate);
+    let identified = Router::new()
+        .route("/api/v1/logout", axum::routing::post(logout))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/series", get(series))
@@ -57,7 +62,134 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/areas/{id}/occupancy",
             axum::routing::post(set_occupancy),
         )
+        .route_layer(who);
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/login", axum::routing::post(login))
+        .merge(identified)
         .with_state(state)
+}
+
+/// Appends to the audit trail off the async threads; a failure is logged (the change stands).
+async fn audit(s: &AppState, entry: crate::store::AuditEntry) {
+    let store = s.store.clone();
+    let done = tokio::task::spawn_blocking(move || store.audit(now_ms(), &entry)).await;
+    if !matches!(done, Ok(Ok(_))) {
+        tracing::error!("cannot append to the audit trail");
+    }
+}
+
+fn entry(
+    who: &str,
+    from: &str,
+    (action, target): (&str, &str),
+    (outcome, detail): (&str, &str),
+) -> crate::store::AuditEntry {
+    crate::store::AuditEntry {
+        actor: who.to_owned(),
+        source: from.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// Body of `POST /api/v1/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    name: String,
+    password: String,
+}
+
+/// `POST /api/v1/login {"name", "password"}`: a session cookie and the CSRF token changes
+/// carry; 401 for a wrong name or password (after a delay that grows with each failure), 429
+/// while the account is locked.
+async fn login(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: LoginBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"name\": \"...\", \"password\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    let (store, from) = (s.store.clone(), peer.ip().to_string());
+    let name = body.name.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let outcome =
+            crate::auth::login::login(&store, &body.name, &body.password, &from, now_ms())?;
+        let failures = store.account(&body.name)?.map_or(1, |a| a.failures.max(1));
+        Ok::<_, crate::store::StoreError>((outcome, failures))
+    })
+    .await;
+    match checked {
+        Ok(Ok((Ok(identity), _))) => {
+            let (id, csrf) = s.sessions.open(identity.clone(), now_ms());
+            let cookie = format!(
+                "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                session::COOKIE,
+                session::IDLE_MS / 1000
+            );
+            (
+                [(header::SET_COOKIE, cookie)],
+                Json(serde_json::json!({
+                    "name": identity.name, "role": identity.role, "csrf": csrf,
+                })),
+            )
+                .into_response()
+        }
+        Ok(Ok((Err(e @ crate::auth::login::LoginError::Locked { .. }), _))) => {
+            bad_request(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        Ok(Ok((Err(e), failures))) => {
+            tokio::time::sleep(crate::auth::login::delay_after(failures)).await;
+            tracing::info!(name = %name, from = %peer.ip(), "login refused");
+            bad_request(StatusCode::UNAUTHORIZED, e.to_string())
+        }
+        _ => bad_request(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the accounts from the local store".into(),
+        ),
+    }
+}
+
+/// `POST /api/v1/logout`: ends the session.
+async fn logout(
+    State(s): State<AppState>,
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(id) = session::cookie(&headers, session::COOKIE) {
+        s.sessions.close(id);
+    }
+    let from = peer.ip().to_string();
+    audit(
+        &s,
+        entry(&who.name, &from, ("logout", &who.name), ("ok", "")),
+    )
+    .await;
+    let expired = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        session::COOKIE
+    );
+    ([(header::SET_COOKIE, expired)], StatusCode::NO_CONTENT).into_response()
+}
+
+/// `GET /api/v1/whoami`: the caller's name and role.
+async fn whoami(
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+) -> Response {
+    Json(who).into_response()
 }
 
 /// Query of `GET /api/v1/alerts`.
@@ -121,9 +253,6 @@ async fn alerts(
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    /// Who takes it.
-    #[serde(default)]
-    pub by: Option<String>,
     /// A note.
     #[serde(default)]
     pub note: Option<String>,
@@ -131,6 +260,8 @@ pub struct AckBody {
 
 async fn ack(
     State(s): State<AppState>,
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -142,17 +273,25 @@ async fn ack(
             Err(e) => {
                 return bad_request(
                     StatusCode::BAD_REQUEST,
-                    format!("body must be JSON {{\"by\": \"name\", \"note\": \"...\"}}: {e}"),
+                    format!(
+                        "body must be JSON {{\"note\": \"...\"}} (who acknowledges is who is logged in): {e}"
+                    ),
                 );
             }
         }
     };
-    let by = body.by.unwrap_or_else(|| "operator".to_owned());
     let note = body.note.unwrap_or_default();
     let done = s
         .alerts
-        .apply(&s.store, |e| e.ack(&id, &by, &note, now_ms()))
+        .apply(&s.store, |e| e.ack(&id, &who.name, &note, now_ms()))
         .await;
+    let from = peer.ip().to_string();
+    let outcome = if matches!(done, Ok(Ok(_))) {
+        "ok"
+    } else {
+        "refused"
+    };
+    audit(&s, entry(&who.name, &from, ("ack", &id), (outcome, &note))).await;
     match done {
         Ok(Ok(alert)) => Json(alert).into_response(),
         Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
@@ -180,6 +319,8 @@ const COUNT_SKEW_MS: i64 = 60_000;
 /// counts and a restart applies it again.
 async fn set_occupancy(
     State(s): State<AppState>,
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -222,7 +363,14 @@ async fn set_occupancy(
             "the pipeline is stopping".to_owned(),
         );
     }
-    tracing::info!(area = %id, count = body.count, at_ms, "occupancy baseline set through the API");
+    tracing::info!(area = %id, count = body.count, at_ms, by = %who.name, "occupancy baseline set through the API");
+    let detail = format!("{} at {at_ms}", body.count);
+    let from = peer.ip().to_string();
+    audit(
+        &s,
+        entry(&who.name, &from, ("occupancy", &id), ("ok", &detail)),
+    )
+    .await;
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"area": id, "count": body.count, "at_ms": at_ms})),

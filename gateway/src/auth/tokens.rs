@@ -39,7 +39,8 @@ impl Scope {
     }
 }
 
-fn digest(secret: &str) -> String {
+/// What the store keeps of a token's secret.
+pub fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 

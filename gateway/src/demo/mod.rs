@@ -52,6 +52,26 @@ pub fn demo_mqtt(addr: SocketAddr) -> MqttSection {
     }
 }
 
+/// The demo operator `demo` with a fresh password, and a fresh `operate` API token: the
+/// password and the token, printed at start.
+fn demo_identities(store: &crate::store::Store) -> anyhow::Result<(String, String)> {
+    use crate::auth::{Role, login, tokens};
+    use rand::RngCore;
+    let mut raw = [0u8; 8];
+    rand::rng().fill_bytes(&mut raw);
+    let password = hex::encode(raw);
+    let now = crate::clock::now_ms();
+    let made = login::add(store, ("demo", Role::Operator, &password), "demo", now)?;
+    if let Err(login::AccountError::Taken(_)) = made {
+        login::set_password(store, "demo", &password, "demo", now)?
+            .map_err(|e| anyhow::anyhow!("the demo account: {e}"))?;
+    } else {
+        made.map_err(|e| anyhow::anyhow!("the demo account: {e}"))?;
+    }
+    let (_, token) = tokens::issue(store, "demo", tokens::Scope::Operate, "demo", now)?;
+    Ok((password, token))
+}
+
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
     opts: DemoOptions,
@@ -81,6 +101,7 @@ pub async fn run(
         city_platform: None,
     };
     let gateway = Gateway::start(settings, catalog.clone(), keys).await?;
+    let (password, token) = demo_identities(&gateway.store())?;
     println!();
     println!(
         "  CitySense demo: {} devices of the Ganzhou site",
@@ -99,6 +120,12 @@ pub async fn run(
         "  alert events    mosquitto_sub -V mqttv5 -h {} -p {} -t 'cs/v1/alerts/events'",
         opts.mqtt.ip(),
         opts.mqtt.port()
+    );
+    println!("  API login       demo / {password} (operator): POST /api/v1/login");
+    println!("  API token       {token}");
+    println!(
+        "                  curl -H 'Authorization: Bearer {token}' http://{}/api/v1/devices",
+        gateway.http_addr()
     );
     println!("  metrics         http://{}/metrics", gateway.http_addr());
     println!("  local store     {}", opts.store.display());
