@@ -109,6 +109,7 @@ pub async fn maintain_store(
             );
             let r = s.enforce(now, &rules, &points, &raw)?;
             s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
+            s.expire_audit(now - store::AUDIT_KEEP_MS)?;
             Ok::<_, store::StoreError>((r, s.quarantined()?))
         })
         .await;

@@ -54,7 +54,7 @@ mod row;
 mod wal;
 
 pub use accounts::{Account, ApiToken};
-pub use audit::{AuditBroken, AuditEntry, AuditRecord};
+pub use audit::{AUDIT_KEEP_MS, AuditBroken, AuditEntry, AuditRecord};
 pub use config::StoreSection;
 pub use outbox::Committed;
 pub use retention::{Enforced, Retention};
