@@ -31,7 +31,7 @@ pub struct Settings {
     /// Acceptance rules.
     pub verify: VerifySection,
     /// HTTP listen address (port 0 picks a free port).
-    pub http_listen: SocketAddr,
+    pub http: crate::api::HttpSection,
     /// Served zones; empty means all.
     pub zones: Vec<String>,
     /// The local store's database file (`:memory:` for a store that dies with the process).
@@ -57,7 +57,7 @@ impl Settings {
             gateway_id: c.gateway.id.clone(),
             mqtt: c.mqtt.clone(),
             verify: c.verify.clone(),
-            http_listen: c.http.listen,
+            http: c.http.clone(),
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
             retention: c.store.retention(),
@@ -144,9 +144,14 @@ impl Gateway {
         let mut tasks = JoinSet::new();
 
         let not_ready = sink::NotReady::default();
-        let listener = tokio::net::TcpListener::bind(settings.http_listen)
+        let problems = settings.http.check();
+        if let Some((key, reason)) = problems.first() {
+            anyhow::bail!("{key}: {reason}");
+        }
+        let listen = settings.http.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_listen))?;
+            .with_context(|| format!("cannot listen for HTTP on {listen}"))?;
         let http_addr = listener.local_addr()?;
         let (polled_tx, polled_rx) = mpsc::channel(64);
         let app = api::router(api::AppState {
@@ -169,17 +174,26 @@ impl Gateway {
             not_ready: not_ready.clone(),
             alerts: alerts.clone(),
             sessions: Arc::default(),
+            secure_cookies: settings.http.tls.is_some(),
         });
+        let tls = match &settings.http.tls {
+            Some(t) => Some(Arc::new(crate::net::tls::server_config(&t.cert, &t.key)?)),
+            None => None,
+        };
         let mut http_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
             let stop = async move {
                 let _ = http_shutdown.changed().await;
             };
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            let served = match tls {
+                None => axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Some(tls) => api::serve_tls(listener, tls, app, stop).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });

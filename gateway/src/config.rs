@@ -271,6 +271,7 @@ impl Config {
         }
         p.extend(self.mqtt.check());
         p.extend(self.verify.check());
+        p.extend(self.http.check());
         p.extend(self.store.check());
         if let Some(influx) = &self.influxdb {
             p.extend(influx.check());

@@ -262,3 +262,76 @@ async fn the_api_needs_an_identity_and_a_role_and_records_who_did_what() {
     assert!(store.verify_audit().unwrap().is_ok());
     gw.stop().await;
 }
+
+/// The listener speaks HTTPS with the configured certificate (session cookies are then
+/// `Secure`), and a gateway asked to serve plain HTTP beyond loopback refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_https_and_plain_http_stays_on_loopback() {
+    use crate::support::{start_gateway_settings, test_settings};
+    use gateway::api::{HttpSection, HttpTlsSection};
+    use gateway::auth::{Role, login};
+    use system_tests::services::Mosquitto;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = system_tests::pki::Pki::generate(dir.path(), "https");
+    let broker = Mosquitto::start();
+    let tls = HttpTlsSection {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+    };
+    let gw = start_gateway_settings("https", broker.port, |s| {
+        s.http.tls = Some(tls);
+    })
+    .await;
+    let pw = "右转看见通天岩-2026";
+    login::add(&gw.store(), ("wang.li", Role::Operator, pw), "test", 0)
+        .unwrap()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", gw.http_addr().port());
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let logged = client
+        .post(format!("{base}/api/v1/login"))
+        .json(&serde_json::json!({"name": "wang.li", "password": pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logged.status(), 200);
+    let cookie = logged.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP to the HTTPS port gets no answer it could read.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/healthz",
+            gw.http_addr().port()
+        ))
+        .send()
+        .await;
+    assert!(plain.map_or(true, |r| r.status() != 200));
+    gw.stop().await;
+    // Plain HTTP on every interface: refused before anything listens.
+    let mut wide = test_settings("plain-wide", broker.port);
+    wide.http = HttpSection {
+        listen: ([0, 0, 0, 0], 0).into(),
+        ..Default::default()
+    };
+    let catalog = crate::support::catalog();
+    let keys = gateway::keys::Keys::demo(&catalog);
+    let refused = gateway::Gateway::start(wide, catalog, keys).await;
+    let message = format!(
+        "{:#}",
+        refused.expect_err("a plain wide listener is refused")
+    );
+    assert!(
+        message.contains("0.0.0.0:0 is not a loopback address")
+            && message.contains("http.allow_plain_http"),
+        "{message}"
+    );
+}

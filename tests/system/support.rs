@@ -53,14 +53,27 @@ pub async fn start_gateway_on(
     broker_port: u16,
     change: impl FnOnce(&mut Settings),
 ) -> Gateway {
+    let mut settings = test_settings(name, broker_port);
+    change(&mut settings);
+    let gw = Gateway::start(settings, catalog, keys).await.unwrap();
+    give_test_token(&gw.store());
+    gw
+}
+
+/// The settings of a test gateway named `name` on the broker at `broker_port`: loopback HTTP
+/// on a free port, an in-memory store, no sinks, Modbus off.
+pub fn test_settings(name: &str, broker_port: u16) -> Settings {
     let mut mqtt = gateway::demo::demo_mqtt(([127, 0, 0, 1], broker_port).into());
     mqtt.reconnect_min_ms = 50;
     mqtt.reconnect_max_ms = 500;
-    let mut settings = Settings {
+    Settings {
         gateway_id: format!("gw-{name}-{}", std::process::id()),
         mqtt,
         verify: VerifySection::default(),
-        http_listen: ([127, 0, 0, 1], 0).into(),
+        http: gateway::api::HttpSection {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..Default::default()
+        },
         zones: Vec::new(),
         store_path: ":memory:".into(),
         influxdb: None,
@@ -73,11 +86,7 @@ pub async fn start_gateway_on(
             ..Default::default()
         },
         city_platform: None,
-    };
-    change(&mut settings);
-    let gw = Gateway::start(settings, catalog, keys).await.unwrap();
-    give_test_token(&gw.store());
-    gw
+    }
 }
 
 /// A logged-in browser's session: its cookie and CSRF token.

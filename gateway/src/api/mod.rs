@@ -45,6 +45,8 @@ pub struct AppState {
     pub readings: tokio::sync::mpsc::Sender<Vec<Reading>>,
     /// The open login sessions.
     pub sessions: Arc<session::Sessions>,
+    /// The listener serves HTTPS: session cookies are `Secure`.
+    pub secure_cookies: bool,
 }
 
 /// The routes.
@@ -135,9 +137,10 @@ async fn login(
         Ok(Ok((Ok(identity), _))) => {
             let (id, csrf) = s.sessions.open(identity.clone(), now_ms());
             let cookie = format!(
-                "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
                 session::COOKIE,
-                session::IDLE_MS / 1000
+                session::IDLE_MS / 1000,
+                if s.secure_cookies { "; Secure" } else { "" }
             );
             (
                 [(header::SET_COOKIE, cookie)],
@@ -529,6 +532,28 @@ async fn device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
             .into_response(),
     }
 }
+/// Serves `app` over HTTPS on `listener` until `stop` completes (then lets requests under way
+/// finish for up to five seconds).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        stop.await;
+        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(config);
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)
+        .handle(handle)
+        .serve(app)
+        .await?;
+    Ok(())
+}
+
 /// HTTP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -536,13 +561,55 @@ pub struct HttpSection {
     /// Address for `/metrics`, `/healthz`, `/readyz` and `/api/v1`.
     #[serde(default = "default_http")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key (rustls).
+    #[serde(default)]
+    pub tls: Option<HttpTlsSection>,
+    /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy).
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+/// `[http.tls]`: the listener's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    /// Certificate chain, PEM.
+    pub cert: std::path::PathBuf,
+    /// Private key, PEM.
+    pub key: std::path::PathBuf,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_http(),
+            tls: None,
+            allow_plain_http: false,
         }
+    }
+}
+
+impl HttpSection {
+    /// Checks values that types alone cannot; returns `(key, reason)` pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_plain_http {
+            p.push((
+                "http.listen".into(),
+                format!(
+                    "{} is not a loopback address: logins and tokens would cross the network in clear; give [http.tls] cert and key, or set http.allow_plain_http = true behind a TLS-terminating proxy",
+                    self.listen
+                ),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    p.push((key.into(), format!("no file {}", path.display())));
+                }
+            }
+        }
+        p
     }
 }
 

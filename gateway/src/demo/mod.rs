@@ -86,7 +86,10 @@ pub async fn run(
         gateway_id: "citysense-demo".into(),
         mqtt: demo_mqtt(opts.mqtt),
         verify: VerifySection::default(),
-        http_listen: opts.http,
+        http: crate::api::HttpSection {
+            listen: opts.http,
+            ..Default::default()
+        },
         zones: Vec::new(),
         store_path: opts.store.clone(),
         influxdb: None,

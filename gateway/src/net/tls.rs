@@ -42,6 +42,28 @@ pub fn client_config(tls: &TlsSection) -> anyhow::Result<ClientConfig> {
     }
 }
 
+/// The rustls server configuration of the HTTPS listener: `cert` (a PEM chain) and `key`.
+pub fn server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the certificate chain {}", cert.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS provider has no safe protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, private)
+    .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// TLS settings (rustls).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

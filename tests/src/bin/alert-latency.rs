@@ -92,7 +92,10 @@ async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
         gateway_id: format!("bench-{label}"),
         mqtt,
         verify: Default::default(),
-        http_listen: ([127, 0, 0, 1], 0).into(),
+        http: gateway::api::HttpSection {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..Default::default()
+        },
         zones: Vec::new(),
         store_path: store.path().join("gateway.db"),
         retention: Default::default(),

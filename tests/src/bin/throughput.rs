@@ -232,7 +232,10 @@ fn settings(broker: &Mosquitto, vm: &VictoriaMetrics, store: &std::path::Path) -
         gateway_id: format!("bench-{}", rand::random::<u32>()),
         mqtt,
         verify: Default::default(),
-        http_listen: ([127, 0, 0, 1], 0).into(),
+        http: gateway::api::HttpSection {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..Default::default()
+        },
         zones: Vec::new(),
         store_path: store.join("gateway.db"),
         retention: Default::default(),
