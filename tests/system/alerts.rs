@@ -262,7 +262,57 @@ async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     let acked = next_event(&mut events, Duration::from_secs(10), gas).await;
     assert_eq!(acked["kind"], "acknowledged");
     assert_eq!(acked["alert"]["ack"]["by"], "li.duty");
-    let before_restart = acked["seq"].as_i64().unwrap();
+    // Li gives it to the tunnel's engineer and comments; the alert's page shows who did what.
+    gateway::auth::login::add(&gw.store(), ("zhou.eng", role, pw), "test", 0)
+        .unwrap()
+        .unwrap();
+    let (status, body) = operator
+        .post(
+            &format!("/api/v1/alerts/{id}/assign"),
+            r#"{"to": "nobody"}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = operator
+        .post(
+            &format!("/api/v1/alerts/{id}/assign"),
+            r#"{"to": "zhou.eng"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = operator
+        .post(
+            &format!("/api/v1/alerts/{id}/comment"),
+            r#"{"text": "fans at full speed"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let commented = next_event(&mut events, Duration::from_secs(10), |e| {
+        gas(e) && e["kind"] == "commented"
+    })
+    .await;
+    assert_eq!(commented["alert"]["assigned_to"], "zhou.eng");
+    let (status, body) = operator.get(&format!("/api/v1/alerts/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<&str> = page["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["raised", "acknowledged", "assigned", "commented"],
+        "{page}"
+    );
+    let comments = &page["alert"]["comments"];
+    assert_eq!(comments[0]["text"], "assigned to zhou.eng");
+    assert_eq!(
+        (comments[1]["by"].as_str(), comments[1]["text"].as_str()),
+        (Some("li.duty"), Some("fans at full speed"))
+    );
+    let before_restart = commented["seq"].as_i64().unwrap();
 
     gw.stop().await;
     let gw = start_gateway_settings("restart", broker.port, settings).await;

@@ -543,6 +543,8 @@ impl Engine {
             resolved_ms: None,
             ack: None,
             flapping,
+            assigned_to: None,
+            comments: Vec::new(),
             summary: String::new(),
         });
         if kind == EventKind::Renotified && alert.ack.is_some() {

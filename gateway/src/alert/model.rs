@@ -28,6 +28,17 @@ pub struct Ack {
     pub at_ms: i64,
 }
 
+/// An operator's comment on an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comment {
+    /// Who wrote it (from their login).
+    pub by: String,
+    /// What.
+    pub text: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
 /// One alert: what operators see, on every notifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -63,6 +74,12 @@ pub struct Alert {
     pub resolved_ms: Option<i64>,
     /// Acknowledgement, cleared by an escalation.
     pub ack: Option<Ack>,
+    /// Who an operator gave it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<String>,
+    /// Operators' comments, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comments: Vec<Comment>,
     /// The value kept crossing back and forth during this episode.
     pub flapping: bool,
     /// One line for people.
@@ -86,6 +103,10 @@ pub enum EventKind {
     /// An episode that corrected data shows started and ended in the past: recorded, not
     /// notified as a live alarm.
     Retrospective,
+    /// An operator gave it to someone.
+    Assigned,
+    /// An operator commented on it.
+    Commented,
 }
 
 impl EventKind {
@@ -98,6 +119,8 @@ impl EventKind {
             EventKind::Resolved => "resolved",
             EventKind::Acknowledged => "acknowledged",
             EventKind::Retrospective => "retrospective",
+            EventKind::Assigned => "assigned",
+            EventKind::Commented => "commented",
         }
     }
 }

@@ -169,6 +169,8 @@ impl Engine {
                 resolved_ms: Some(f.end),
                 ack: None,
                 flapping: false,
+                assigned_to: None,
+                comments: Vec::new(),
                 summary,
             },
         });

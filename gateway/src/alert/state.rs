@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::engine::Engine;
-use super::model::{Ack, AckError, Alert, AlertEvent, Changes, EventKind, SubjectState};
+use super::model::{Ack, AckError, Alert, AlertEvent, Changes, Comment, EventKind, SubjectState};
 
 impl Engine {
     /// Restores persisted states (at start). Rows of rules that no longer exist are returned.
@@ -67,6 +67,66 @@ impl Engine {
         self.dirty.insert(key.clone());
         self.events.push(AlertEvent {
             kind: EventKind::Acknowledged,
+            at_ms: now_ms,
+            previous_severity: None,
+            alert: alert.clone(),
+        });
+        Ok(alert)
+    }
+
+    /// Gives an open alert to `to`, recorded as done by `by`.
+    pub fn assign(&mut self, id: &str, to: &str, by: &str, now_ms: i64) -> Result<Alert, AckError> {
+        self.note_on(id, now_ms, |alert| {
+            alert.assigned_to = Some(to.to_owned());
+            alert.comments.push(Comment {
+                by: by.to_owned(),
+                text: format!("assigned to {to}"),
+                at_ms: now_ms,
+            });
+            EventKind::Assigned
+        })
+    }
+
+    /// Adds `by`'s comment `text` to an open alert.
+    pub fn comment(
+        &mut self,
+        id: &str,
+        by: &str,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<Alert, AckError> {
+        self.note_on(id, now_ms, |alert| {
+            alert.comments.push(Comment {
+                by: by.to_owned(),
+                text: text.to_owned(),
+                at_ms: now_ms,
+            });
+            EventKind::Commented
+        })
+    }
+
+    /// Changes the open alert `id` with `change` and records the event it names.
+    fn note_on(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        change: impl FnOnce(&mut Alert) -> EventKind,
+    ) -> Result<Alert, AckError> {
+        let Some((key, state)) = self
+            .states
+            .iter_mut()
+            .find(|(_, s)| s.alert.as_ref().is_some_and(|a| a.id == id))
+        else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        let Some(alert) = state.alert.as_mut() else {
+            return Err(AckError::NotFound(id.to_owned()));
+        };
+        let kind = change(alert);
+        let alert = alert.clone();
+        self.dirty.insert(key.clone());
+        self.events.push(AlertEvent {
+            kind,
             at_ms: now_ms,
             previous_severity: None,
             alert: alert.clone(),

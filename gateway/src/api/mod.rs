@@ -59,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/series", get(series))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}", get(alert_timeline))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(ack))
+        .route("/api/v1/alerts/{id}/assign", axum::routing::post(assign))
+        .route("/api/v1/alerts/{id}/comment", axum::routing::post(comment))
         .route(
             "/api/v1/areas/{id}/occupancy",
             axum::routing::post(set_occupancy),
@@ -299,6 +302,156 @@ async fn ack(
         Ok(Ok(alert)) => Json(alert).into_response(),
         Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Body of `POST /api/v1/alerts/{id}/assign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    /// The account it is given to.
+    to: String,
+}
+
+/// Body of `POST /api/v1/alerts/{id}/comment`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommentBody {
+    /// The comment.
+    text: String,
+}
+
+/// `POST /api/v1/alerts/{id}/assign {"to": "account"}`: gives an open alert to someone (an
+/// account that exists and is not disabled), in the name of who is logged in.
+async fn assign(
+    State(s): State<AppState>,
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: AssignBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"to\": \"account\"}}: {e}"),
+            );
+        }
+    };
+    let store = s.store.clone();
+    let to = body.to.clone();
+    let known = tokio::task::spawn_blocking(move || store.account(&to)).await;
+    if !matches!(&known, Ok(Ok(Some(a))) if !a.disabled) {
+        return bad_request(
+            StatusCode::BAD_REQUEST,
+            format!("no active account \"{}\" to give it to", body.to),
+        );
+    }
+    let done = s
+        .alerts
+        .apply(&s.store, |e| e.assign(&id, &body.to, &who.name, now_ms()))
+        .await;
+    let outcome = if matches!(done, Ok(Ok(_))) {
+        "ok"
+    } else {
+        "refused"
+    };
+    let from = peer.ip().to_string();
+    audit(
+        &s,
+        entry(&who.name, &from, ("assign", &id), (outcome, &body.to)),
+    )
+    .await;
+    match done {
+        Ok(Ok(alert)) => Json(alert).into_response(),
+        Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /api/v1/alerts/{id}/comment {"text": "..."}`: a comment on an open alert, in the name
+/// of who is logged in.
+async fn comment(
+    State(s): State<AppState>,
+    axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: CommentBody = match serde_json::from_slice::<CommentBody>(&body) {
+        Ok(b) if !b.text.trim().is_empty() => b,
+        Ok(_) => return bad_request(StatusCode::BAD_REQUEST, "an empty comment".into()),
+        Err(e) => {
+            return bad_request(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"text\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    let done = s
+        .alerts
+        .apply(&s.store, |e| {
+            e.comment(&id, &who.name, &body.text, now_ms())
+        })
+        .await;
+    let outcome = if matches!(done, Ok(Ok(_))) {
+        "ok"
+    } else {
+        "refused"
+    };
+    let from = peer.ip().to_string();
+    audit(
+        &s,
+        entry(&who.name, &from, ("comment", &id), (outcome, &body.text)),
+    )
+    .await;
+    match done {
+        Ok(Ok(alert)) => Json(alert).into_response(),
+        Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// How far back `GET /api/v1/alerts/{id}` looks for an alert's events.
+const TIMELINE_EVENTS: usize = 5_000;
+
+/// `GET /api/v1/alerts/{id}`: the alert as it is now and its timeline (raised, escalated,
+/// re-notified, acknowledged, assigned, commented, resolved: who and when), oldest first.
+async fn alert_timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let store = s.store.clone();
+    let events =
+        tokio::task::spawn_blocking(move || store.recent_alert_events(TIMELINE_EVENTS)).await;
+    let Ok(Ok(events)) = events else {
+        return bad_request(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read alert events from the local store".into(),
+        );
+    };
+    let mut timeline: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|(_, e)| e.alert.id == id)
+        .map(|(seq, event)| serde_json::json!(crate::sink::notify::Envelope { seq: *seq, event }))
+        .collect();
+    timeline.sort_by_key(|e| e["seq"].as_i64());
+    let open = s
+        .alerts
+        .engine
+        .lock()
+        .ok()
+        .and_then(|e| e.open_alerts().into_iter().find(|a| a.id == id));
+    let latest = open.or_else(|| {
+        events
+            .iter()
+            .filter(|(_, e)| e.alert.id == id)
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, e)| e.alert.clone())
+    });
+    match latest {
+        Some(alert) => {
+            Json(serde_json::json!({"alert": alert, "timeline": timeline})).into_response()
+        }
+        None => bad_request(StatusCode::NOT_FOUND, format!("no alert with id \"{id}\"")),
     }
 }
 

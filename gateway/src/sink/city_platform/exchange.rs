@@ -530,6 +530,8 @@ mod tests {
             resolved_ms: None,
             ack: None,
             flapping: false,
+            assigned_to: None,
+            comments: Vec::new(),
             summary: "通天岩 occupancy 83 %".into(),
         };
         let e = AlertEvent {

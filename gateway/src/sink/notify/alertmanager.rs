@@ -104,10 +104,14 @@ impl AlertmanagerNotifier {
         events: &[(i64, AlertEvent)],
     ) -> Result<(), DeliveryError> {
         let mut alerts = Vec::new();
-        // A retrospective episode is over: Alertmanager is for live alarms.
-        let live = events
-            .iter()
-            .filter(|(_, e)| e.kind != EventKind::Retrospective);
+        // A retrospective episode is over, and an assignment or a comment changes no alarm:
+        // Alertmanager is for live alarms.
+        let live = events.iter().filter(|(_, e)| {
+            !matches!(
+                e.kind,
+                EventKind::Retrospective | EventKind::Assigned | EventKind::Commented
+            )
+        });
         for (_, e) in live {
             let a = &e.alert;
             // An escalation changes the severity label: the lower grade's alert ends now.

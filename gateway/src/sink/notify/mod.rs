@@ -465,6 +465,8 @@ pub(super) mod tests {
                 resolved_ms: None,
                 ack: None,
                 flapping: false,
+                assigned_to: None,
+                comments: Vec::new(),
                 summary: "通天岩: occupancy — 黄 (occupancy_ratio 0.82 ≥ 0.8)".into(),
             },
         }

@@ -127,6 +127,8 @@ pub fn markdown(event: &AlertEvent) -> String {
         EventKind::Resolved => "解除 resolved",
         EventKind::Acknowledged => "已确认 acknowledged",
         EventKind::Retrospective => "事后发现 retrospective",
+        EventKind::Assigned => "已指派 assigned",
+        EventKind::Commented => "备注 commented",
     };
     let at = humantime::format_rfc3339_seconds(
         UNIX_EPOCH + Duration::from_millis((event.at_ms + 8 * 3_600_000).max(0) as u64),
