@@ -175,6 +175,7 @@ impl Gateway {
             alerts: alerts.clone(),
             sessions: Arc::default(),
             secure_cookies: settings.http.tls.is_some(),
+            stopping: shutdown_rx.clone(),
         });
         let tls = match &settings.http.tls {
             Some(t) => Some(Arc::new(crate::net::tls::server_config(&t.cert, &t.key)?)),

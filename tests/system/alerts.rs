@@ -197,6 +197,102 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
     gw.stop().await;
 }
 
+/// An open server-sent-events stream of the alert API (raw HTTP/1.1): status, then its lines.
+async fn open_stream(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (
+    u16,
+    tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!("GET /api/v1/alerts/stream HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    let status = lines.next_line().await.unwrap().unwrap_or_default();
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    while let Ok(Some(l)) = lines.next_line().await {
+        if l.is_empty() {
+            break;
+        }
+    }
+    (code, lines)
+}
+
+/// The next alert event of an SSE stream: its id and JSON.
+async fn next_streamed(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+) -> (i64, Value) {
+    let mut id = 0;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .expect("an alert event within 5 s")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().unwrap();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            return (id, serde_json::from_str(data.trim()).unwrap());
+        }
+    }
+}
+
+/// A page that stays open gets each alert event pushed as it is committed (server-sent events,
+/// within a second of the report); one that reconnects with `Last-Event-ID` gets what it
+/// missed; without a login or a token there is no stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_events_are_pushed_to_an_open_page_and_replayed_after_a_reconnect() {
+    let broker = Mosquitto::start();
+    let gw = start_gateway("stream", broker.port, 10).await;
+    let addr = gw.http_addr();
+    let auth = format!("Bearer {}", system_tests::http::TEST_TOKEN);
+    let (status, _) = open_stream(addr, &[]).await;
+    assert_eq!(status, 401);
+    let (status, mut page) = open_stream(addr, &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    let (node, _) = client("stream-node", broker.port, true).await;
+    let topic = up_topic("gz-t1-gas");
+    let sent = std::time::Instant::now();
+    let t = gateway::clock::now_ms();
+    publish(
+        &node,
+        &topic,
+        frame_at("gz-t1-gas", 4, 1, t, &pipe(Quantity::Gas, 23.0)),
+    )
+    .await;
+    let (seq, raised) = next_streamed(&mut page).await;
+    let took = sent.elapsed();
+    assert_eq!(
+        (raised["kind"].as_str(), raised["seq"].as_i64()),
+        (Some("raised"), Some(seq))
+    );
+    assert_eq!(raised["alert"]["rule"], "pipe.gas_high");
+    assert!(
+        took < Duration::from_secs(1),
+        "pushed {took:?} after the report"
+    );
+    // A page that lost its connection comes back with the last id it saw.
+    let before = (seq - 1).to_string();
+    let (_, mut again) = open_stream(
+        addr,
+        &[("Authorization", &auth), ("Last-Event-ID", &before)],
+    )
+    .await;
+    let (replayed, event) = next_streamed(&mut again).await;
+    assert_eq!((replayed, event["kind"].as_str()), (seq, Some("raised")));
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_episode_neither_refires_nor_loses_the_resolution() {
     let broker = Mosquitto::start();

@@ -3,6 +3,7 @@
 //! `GET /api/v1/whoami`, `/api/v1/devices`, `/api/v1/devices/{id}`, `/api/v1/series`,
 //! `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`, `POST /api/v1/areas/{id}/occupancy`.
 
+pub mod live;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub sessions: Arc<session::Sessions>,
     /// The listener serves HTTPS: session cookies are `Secure`.
     pub secure_cookies: bool,
+    /// Becomes `true` when the gateway stops: open streams end (the server waits for them).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The routes.
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/series", get(series))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/stream", get(live::alerts_stream))
         .route("/api/v1/alerts/{id}", get(alert_timeline))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(ack))
         .route("/api/v1/alerts/{id}/assign", axum::routing::post(assign))
