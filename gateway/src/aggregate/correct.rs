@@ -66,7 +66,7 @@ impl std::fmt::Display for UnitKey {
         match self {
             UnitKey::Area(a) => write!(f, "area/{a}"),
             UnitKey::Segment(s) => write!(f, "segment/{s}"),
-            UnitKey::Pipe((asset, field)) => write!(f, "pipe/{asset}/{field}"),
+            UnitKey::Pipe(k) => write!(f, "pipe/{}/{}", k.0, k.1),
             UnitKey::Health(d) => write!(f, "health/{d}"),
         }
     }

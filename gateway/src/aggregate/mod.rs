@@ -87,6 +87,8 @@ enum Place {
 /// A device of the site: where its readings go, its health unit and its offline threshold.
 #[derive(Debug, Clone)]
 struct Device {
+    /// Its number in the site (what the units' progress keeps).
+    no: u32,
     place: Option<Place>,
     health: usize,
     /// A pipe device's fields heard, with their units.
@@ -101,8 +103,9 @@ enum UnitKey {
     Area(Arc<str>),
     /// A road segment.
     Segment(Arc<str>),
-    /// A field of a pipe asset.
-    Pipe(PipeKey),
+    /// A field of a pipe asset (boxed: every device has a health unit, and the key of each
+    /// is as large as the largest variant).
+    Pipe(Box<PipeKey>),
     /// A device's health.
     Health(Arc<str>),
 }
@@ -143,7 +146,7 @@ fn pipe_unit(
         return u;
     }
     units.push(Unit {
-        key: UnitKey::Pipe(key.clone()),
+        key: UnitKey::Pipe(Box::new(key.clone())),
         progress: Progress::default(),
         sources: asset_devices.get(&key.0).cloned(),
         due: false,
@@ -345,9 +348,11 @@ impl Aggregators {
                 i64::from(p.report_interval_s) * i64::from(p.offline_after_intervals) * 1000
             });
             let health = unit(UnitKey::Health(id.clone()), None);
+            let no = u32::try_from(devices.len()).unwrap_or(u32::MAX);
             devices.insert(
                 id.clone(),
                 Device {
+                    no,
                     place: places.remove(&id),
                     health,
                     fields: Vec::new(),
@@ -508,10 +513,10 @@ impl Aggregators {
             let unit = &mut units[u];
             // Out of order for its device: in-order delivery would have added the windows'
             // readings in another order (a tag's dedupe, the longest gap, float sums).
-            if unit.progress.is_behind(&r.device, r.time_ms) {
+            if unit.progress.is_behind(device.no, r.time_ms) {
                 corrections.late(u, r.time_ms);
             }
-            if unit.progress.advance(&r.device, r.time_ms, offline) && !unit.due {
+            if unit.progress.advance(device.no, r.time_ms, offline) && !unit.due {
                 unit.due = true;
                 due.push(u);
             }
