@@ -43,35 +43,19 @@ impl Engine {
         unknown
     }
 
-    /// Acknowledges an open alert.
+    /// Acknowledges an open alert (once: acknowledged again, it stays as it was).
     pub fn ack(&mut self, id: &str, by: &str, note: &str, now_ms: i64) -> Result<Alert, AckError> {
-        let Some((key, state)) = self
-            .states
-            .iter_mut()
-            .find(|(_, s)| s.alert.as_ref().is_some_and(|a| a.id == id))
-        else {
-            return Err(AckError::NotFound(id.to_owned()));
-        };
-        let Some(alert) = state.alert.as_mut() else {
-            return Err(AckError::NotFound(id.to_owned()));
-        };
-        if alert.ack.is_some() {
-            return Ok(alert.clone());
-        }
-        alert.ack = Some(Ack {
-            by: by.to_owned(),
-            note: note.to_owned(),
-            at_ms: now_ms,
-        });
-        let alert = alert.clone();
-        self.dirty.insert(key.clone());
-        self.events.push(AlertEvent {
-            kind: EventKind::Acknowledged,
-            at_ms: now_ms,
-            previous_severity: None,
-            alert: alert.clone(),
-        });
-        Ok(alert)
+        self.note_on(id, now_ms, |alert| {
+            if alert.ack.is_some() {
+                return None;
+            }
+            alert.ack = Some(Ack {
+                by: by.to_owned(),
+                note: note.to_owned(),
+                at_ms: now_ms,
+            });
+            Some(EventKind::Acknowledged)
+        })
     }
 
     /// Gives an open alert to `to`, recorded as done by `by`.
@@ -83,7 +67,7 @@ impl Engine {
                 text: format!("assigned to {to}"),
                 at_ms: now_ms,
             });
-            EventKind::Assigned
+            Some(EventKind::Assigned)
         })
     }
 
@@ -101,16 +85,17 @@ impl Engine {
                 text: text.to_owned(),
                 at_ms: now_ms,
             });
-            EventKind::Commented
+            Some(EventKind::Commented)
         })
     }
 
-    /// Changes the open alert `id` with `change` and records the event it names.
+    /// Changes the open alert `id` with `change` and records the event it names (none: it
+    /// changed nothing).
     fn note_on(
         &mut self,
         id: &str,
         now_ms: i64,
-        change: impl FnOnce(&mut Alert) -> EventKind,
+        change: impl FnOnce(&mut Alert) -> Option<EventKind>,
     ) -> Result<Alert, AckError> {
         let Some((key, state)) = self
             .states
@@ -122,7 +107,9 @@ impl Engine {
         let Some(alert) = state.alert.as_mut() else {
             return Err(AckError::NotFound(id.to_owned()));
         };
-        let kind = change(alert);
+        let Some(kind) = change(alert) else {
+            return Ok(alert.clone());
+        };
         let alert = alert.clone();
         self.dirty.insert(key.clone());
         self.events.push(AlertEvent {

@@ -291,17 +291,28 @@ async fn ack(
         }
     };
     let note = body.note.unwrap_or_default();
-    let done = s
-        .alerts
-        .apply(&s.store, |e| e.ack(&id, &who.name, &note, now_ms()))
-        .await;
-    let from = peer.ip().to_string();
+    let change = |e: &mut crate::alert::Engine| e.ack(&id, &who.name, &note, now_ms());
+    change_alert(&s, (&who, peer), (&id, "ack", &note), change).await
+}
+
+/// An operator's change to open alert `id` (`change` on the engine, committed), recorded in
+/// the audit trail as `action` with `detail`: the alert afterwards, 404 for no open alert.
+async fn change_alert(
+    s: &AppState,
+    (who, peer): (&crate::auth::Identity, SocketAddr),
+    (id, action, detail): (&str, &str, &str),
+    change: impl FnOnce(
+        &mut crate::alert::Engine,
+    ) -> Result<crate::alert::Alert, crate::alert::model::AckError>,
+) -> Response {
+    let done = s.alerts.apply(&s.store, change).await;
     let outcome = if matches!(done, Ok(Ok(_))) {
         "ok"
     } else {
         "refused"
     };
-    audit(&s, entry(&who.name, &from, ("ack", &id), (outcome, &note))).await;
+    let from = peer.ip().to_string();
+    audit(s, entry(&who.name, &from, (action, id), (outcome, detail))).await;
     match done {
         Ok(Ok(alert)) => Json(alert).into_response(),
         Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
@@ -352,26 +363,8 @@ async fn assign(
             format!("no active account \"{}\" to give it to", body.to),
         );
     }
-    let done = s
-        .alerts
-        .apply(&s.store, |e| e.assign(&id, &body.to, &who.name, now_ms()))
-        .await;
-    let outcome = if matches!(done, Ok(Ok(_))) {
-        "ok"
-    } else {
-        "refused"
-    };
-    let from = peer.ip().to_string();
-    audit(
-        &s,
-        entry(&who.name, &from, ("assign", &id), (outcome, &body.to)),
-    )
-    .await;
-    match done {
-        Ok(Ok(alert)) => Json(alert).into_response(),
-        Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let change = |e: &mut crate::alert::Engine| e.assign(&id, &body.to, &who.name, now_ms());
+    change_alert(&s, (&who, peer), (&id, "assign", &body.to), change).await
 }
 
 /// `POST /api/v1/alerts/{id}/comment {"text": "..."}`: a comment on an open alert, in the name
@@ -393,28 +386,8 @@ async fn comment(
             );
         }
     };
-    let done = s
-        .alerts
-        .apply(&s.store, |e| {
-            e.comment(&id, &who.name, &body.text, now_ms())
-        })
-        .await;
-    let outcome = if matches!(done, Ok(Ok(_))) {
-        "ok"
-    } else {
-        "refused"
-    };
-    let from = peer.ip().to_string();
-    audit(
-        &s,
-        entry(&who.name, &from, ("comment", &id), (outcome, &body.text)),
-    )
-    .await;
-    match done {
-        Ok(Ok(alert)) => Json(alert).into_response(),
-        Ok(Err(e)) => bad_request(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => bad_request(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let change = |e: &mut crate::alert::Engine| e.comment(&id, &who.name, &body.text, now_ms());
+    change_alert(&s, (&who, peer), (&id, "comment", &body.text), change).await
 }
 
 /// How far back `GET /api/v1/alerts/{id}` looks for an alert's events.
