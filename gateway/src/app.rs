@@ -176,6 +176,7 @@ impl Gateway {
             sessions: Arc::default(),
             secure_cookies: settings.http.tls.is_some(),
             stopping: shutdown_rx.clone(),
+            metrics_need_identity: settings.http.metrics_need_identity,
         });
         let tls = match &settings.http.tls {
             Some(t) => Some(Arc::new(crate::net::tls::server_config(&t.cert, &t.key)?)),

@@ -280,6 +280,7 @@ async fn the_api_is_served_over_https_and_plain_http_stays_on_loopback() {
     };
     let gw = start_gateway_settings("https", broker.port, |s| {
         s.http.tls = Some(tls);
+        s.http.metrics_need_identity = true;
     })
     .await;
     let pw = "右转看见通天岩-2026";
@@ -294,6 +295,16 @@ async fn the_api_is_served_over_https_and_plain_http_stays_on_loopback() {
     let base = format!("https://127.0.0.1:{}", gw.http_addr().port());
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // With http.metrics_need_identity, a scraper sends a token.
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 401);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(system_tests::http::TEST_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
     let logged = client
         .post(format!("{base}/api/v1/login"))
         .json(&serde_json::json!({"name": "wang.li", "password": pw}))

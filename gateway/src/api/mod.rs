@@ -50,11 +50,18 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Becomes `true` when the gateway stops: open streams end (the server waits for them).
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// `/metrics` needs a session or a token like `/api/v1` (`http.metrics_need_identity`).
+    pub metrics_need_identity: bool,
 }
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let who = axum::middleware::from_fn_with_state(state.clone(), session::authenticate);
+    let metrics_route = Router::new().route("/metrics", get(metrics));
+    let metrics_route = match state.metrics_need_identity {
+        true => metrics_route.route_layer(who.clone()),
+        false => metrics_route,
+    };
     let identified = Router::new()
         .route("/api/v1/logout", axum::routing::post(logout))
         .route("/api/v1/whoami", get(whoami))
@@ -73,7 +80,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(who);
     Router::new()
-        .route("/metrics", get(metrics))
+        .merge(metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/login", axum::routing::post(login))
@@ -697,6 +704,9 @@ pub struct HttpSection {
     /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy).
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// `/metrics` needs a session or an API token too (a scraper sends `Authorization: Bearer`).
+    #[serde(default)]
+    pub metrics_need_identity: bool,
 }
 
 /// `[http.tls]`: the listener's certificate chain and private key, PEM files.
@@ -715,6 +725,7 @@ impl Default for HttpSection {
             listen: default_http(),
             tls: None,
             allow_plain_http: false,
+            metrics_need_identity: false,
         }
     }
 }
