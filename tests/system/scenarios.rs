@@ -17,6 +17,22 @@ fn scenario(name: &str) -> Scenario {
     Scenario::load(&path).unwrap()
 }
 
+/// How the tests run a scenario: seed 1, against `gw` on the broker at `broker_port`, with the
+/// test token, at `acceleration`.
+fn run_options(broker_port: u16, gw: &gateway::Gateway, acceleration: f64) -> RunOptions {
+    RunOptions {
+        keys: None,
+        mqtt_host: "127.0.0.1".into(),
+        mqtt_port: broker_port,
+        gateway: format!("http://{}", gw.http_addr()),
+        acceleration: Some(acceleration),
+        seed: 1,
+        settle: Duration::from_secs(15),
+        progress: false,
+        token: Some(system_tests::http::TEST_TOKEN.into()),
+    }
+}
+
 /// Runs `scenario` against a fresh gateway on a fresh broker.
 async fn play(name: &str, s: &Scenario, acceleration: f64) -> Outcome {
     play_keyed(name, s, acceleration, None, None).await
@@ -47,14 +63,7 @@ async fn play_keyed(
         s,
         &RunOptions {
             keys,
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: broker.port,
-            gateway: format!("http://{}", gw.http_addr()),
-            acceleration: Some(acceleration),
-            seed: 1,
-            settle: Duration::from_secs(15),
-            progress: false,
-            token: Some(system_tests::http::TEST_TOKEN.into()),
+            ..run_options(broker.port, &gw, acceleration)
         },
     )
     .await
@@ -220,43 +229,19 @@ struct DayEnd {
 /// Plays `s` against a gateway that writes to a VictoriaMetrics, and reads how S4's day ended
 /// once every point is delivered; also the gateway's too-late and correction counters.
 async fn play_into_victoria_metrics(name: &str, s: &Scenario) -> (DayEnd, u64, u64) {
-    use gateway::sink::influxdb::InfluxSection;
     use system_tests::services::VictoriaMetrics;
     let broker = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let store_dir = tempfile::tempdir().unwrap();
-    let sink = InfluxSection {
-        url: vm.url(),
-        org: "ganzhou".into(),
-        bucket: "citysense".into(),
-        batch_lines: 500,
-        flush_ms: 200,
-        timeout_ms: 2000,
-        gzip: true,
-        token: String::new(),
-    };
+    let sink = sink_to(&vm);
     let gw = start_gateway_settings(name, broker.port, |settings| {
         settings.influxdb = Some(sink);
         settings.store_path = store_dir.path().join("gw.db");
     })
     .await;
-    let outcome = run(
-        &catalog(),
-        s,
-        &RunOptions {
-            keys: None,
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: broker.port,
-            gateway: format!("http://{}", gw.http_addr()),
-            acceleration: Some(2400.0),
-            seed: 1,
-            settle: Duration::from_secs(15),
-            progress: false,
-            token: Some(system_tests::http::TEST_TOKEN.into()),
-        },
-    )
-    .await
-    .unwrap();
+    let outcome = run(&catalog(), s, &run_options(broker.port, &gw, 2400.0))
+        .await
+        .unwrap();
     assert!(outcome.counts.published > 0, "{}", outcome.report);
     let m = gw.metrics();
     wait_for(
@@ -387,17 +372,7 @@ async fn a_rehearsal_on_a_past_day_passes_while_other_devices_report_live() {
     let outcome = run(
         &catalog(),
         &scenario("golden-week-tongtianyan"),
-        &RunOptions {
-            keys: None,
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: broker.port,
-            gateway: format!("http://{}", gw.http_addr()),
-            acceleration: Some(2400.0),
-            seed: 1,
-            settle: Duration::from_secs(15),
-            progress: false,
-            token: Some(system_tests::http::TEST_TOKEN.into()),
-        },
+        &run_options(broker.port, &gw, 2400.0),
     )
     .await
     .unwrap();

@@ -163,6 +163,22 @@ pub fn give_test_token(store: &gateway::store::Store) {
         .unwrap();
 }
 
+/// An InfluxDB sink writing to the VictoriaMetrics `vm` (its InfluxDB v2 write API).
+pub fn sink_to(
+    vm: &system_tests::services::VictoriaMetrics,
+) -> gateway::sink::influxdb::InfluxSection {
+    gateway::sink::influxdb::InfluxSection {
+        url: vm.url(),
+        org: "ganzhou".into(),
+        bucket: "citysense".into(),
+        batch_lines: 500,
+        flush_ms: 200,
+        timeout_ms: 2000,
+        gzip: true,
+        token: String::new(),
+    }
+}
+
 /// The `up` topic of a site device.
 pub fn up_topic(device: &str) -> String {
     let c = catalog();

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gateway::Gateway;
-use gateway::sink::influxdb::InfluxSection;
 use system_tests::services::{Mosquitto, VictoriaMetrics};
 use wire::{
     Body, Direction, GateEvent, GateEvents, LaneInterval, Quantity, TagHash, TrafficInterval,
@@ -163,19 +162,6 @@ async fn export(vm: &VictoriaMetrics, selector: &str) -> BTreeMap<i64, f64> {
         }
     }
     out
-}
-
-fn sink_to(vm: &VictoriaMetrics) -> InfluxSection {
-    InfluxSection {
-        url: vm.url(),
-        org: "ganzhou".into(),
-        bucket: "citysense".into(),
-        batch_lines: 500,
-        flush_ms: 200,
-        timeout_ms: 2000,
-        gzip: true,
-        token: String::new(),
-    }
 }
 
 /// A broker, a VictoriaMetrics, and a connected gateway with a file store writing to it.

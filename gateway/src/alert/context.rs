@@ -28,6 +28,15 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// The name of `subject` from the site file and its district, or its id and `zone` for a
+    /// subject the site does not name.
+    pub(super) fn name_and_zone(&self, subject: &str, zone: &Arc<str>) -> (String, Arc<str>) {
+        self.subjects
+            .get(subject)
+            .map(|(n, z)| (n.clone(), z.clone()))
+            .unwrap_or_else(|| (subject.to_owned(), zone.clone()))
+    }
+
     pub(super) fn new(catalog: &Catalog) -> Context {
         let site = &catalog.site;
         let mut c = Context {

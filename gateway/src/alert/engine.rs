@@ -101,6 +101,22 @@ impl Compiled {
     pub(super) fn thresholds(&self, subject: &str) -> &Thresholds {
         self.scaled.get(subject).unwrap_or(&self.thresholds)
     }
+
+    /// Grade `g` (1-based) of this rule for `subject`: its name, its label for people and its
+    /// threshold.
+    pub(super) fn grade_info(&self, subject: &str, g: u8) -> (String, String, f64) {
+        let i = usize::from(g.max(1)) - 1;
+        let grade = self.rule.grades.get(i);
+        (
+            grade.map_or_else(String::new, |g| g.name.clone()),
+            grade.map_or_else(String::new, |g| g.label.clone().unwrap_or(g.name.clone())),
+            self.thresholds(subject)
+                .grades
+                .get(i)
+                .copied()
+                .unwrap_or(f64::NAN),
+        )
+    }
 }
 
 impl Engine {
@@ -496,26 +512,12 @@ impl Engine {
     ) {
         let key = (i, subject.clone());
         let c = &self.rules[i];
-        let thresholds = c.thresholds(subject);
         let Some(state) = self.states.get_mut(&key) else {
             return;
         };
         let rule = &c.rule;
-        let (name, zone) = self
-            .ctx
-            .subjects
-            .get(subject)
-            .map(|(n, z)| (n.clone(), z.clone()))
-            .unwrap_or_else(|| (subject.to_string(), zone.clone()));
-        let grade_info = |g: u8| {
-            let i = usize::from(g.max(1)) - 1;
-            let g = rule.grades.get(i);
-            (
-                g.map_or_else(String::new, |g| g.name.clone()),
-                g.map_or_else(String::new, |g| g.label.clone().unwrap_or(g.name.clone())),
-                thresholds.grades.get(i).copied().unwrap_or(f64::NAN),
-            )
-        };
+        let (name, zone) = self.ctx.name_and_zone(subject, zone);
+        let grade_info = |g: u8| c.grade_info(subject, g);
         let flapping = state.episode.crossings >= FLAPPING_CROSSINGS;
         let (kind, grade, from) = match transition {
             Transition::Raised { grade } => (EventKind::Raised, grade, None),

@@ -126,22 +126,8 @@ impl Engine {
     fn record_retrospective(&mut self, i: usize, subject: &Arc<str>, zone: &Arc<str>, f: &Found) {
         let c = &self.rules[i];
         let rule = &c.rule;
-        let (name, zone) = self
-            .ctx
-            .subjects
-            .get(subject)
-            .map(|(n, z)| (n.clone(), z.clone()))
-            .unwrap_or_else(|| (subject.to_string(), zone.clone()));
-        let g = usize::from(f.grade.max(1)) - 1;
-        let (severity, label) = rule.grades.get(g).map_or_else(Default::default, |g| {
-            (g.name.clone(), g.label.clone().unwrap_or(g.name.clone()))
-        });
-        let threshold = c
-            .thresholds(subject)
-            .grades
-            .get(g)
-            .copied()
-            .unwrap_or(f64::NAN);
+        let (name, zone) = self.ctx.name_and_zone(subject, zone);
+        let (severity, label, threshold) = c.grade_info(subject, f.grade);
         let minutes = (f.end - f.start) / 60_000;
         let summary = format!(
             "{name}: {} — {label} for {minutes} min, found in corrected data (retrospective)",
