@@ -159,6 +159,27 @@ pub struct ScenicArea {
     /// Choke points inside the area with their own capacity (浮桥, wall stairs, glass bridge).
     #[serde(default, rename = "choke_point")]
     pub choke_points: Vec<ChokePoint>,
+    /// Where it is (its main entrance), for the console's map.
+    #[serde(default)]
+    pub location: Option<LatLon>,
+}
+
+/// A place on the map: latitude and longitude in degrees (WGS-84; GCJ-02 from Chinese maps is
+/// off by a few hundred metres, which a schematic map does not show), written `[lat, lon]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+pub struct LatLon(pub f64, pub f64);
+
+impl LatLon {
+    /// Why it is not a place on Earth, if it is not.
+    fn problem(&self) -> Option<String> {
+        let LatLon(lat, lon) = *self;
+        if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+            return Some(format!(
+                "[{lat}, {lon}] is not [latitude, longitude] in degrees (latitude -90..90, longitude -180..180)"
+            ));
+        }
+        None
+    }
 }
 
 /// Instantaneous (瞬时) and daily (日) capacity, in visitors.
@@ -274,6 +295,9 @@ pub struct RoadSegment {
     /// Detectors on the segment.
     #[serde(default, rename = "detector")]
     pub detectors: Vec<Detector>,
+    /// Its two ends, for the console's map.
+    #[serde(default)]
+    pub ends: Option<[LatLon; 2]>,
 }
 
 /// A traffic detector.
@@ -322,6 +346,18 @@ pub struct PipeAsset {
     /// Assets on the same network that confirm a burst (pressure drop seen by a neighbour).
     #[serde(default)]
     pub neighbours: Vec<String>,
+    /// Where it is, for the console's map.
+    #[serde(default)]
+    pub location: Option<LatLon>,
+}
+
+/// A problem for each place that is not on Earth.
+fn check_places<'a>(places: impl Iterator<Item = &'a LatLon>, path: &str, p: &mut Problems) {
+    for place in places {
+        if let Some(problem) = place.problem() {
+            p.push((path.to_owned(), problem));
+        }
+    }
 }
 
 fn is_district_code(s: &str) -> bool {
@@ -389,6 +425,7 @@ impl Site {
             let path = format!("scenic_area[{i}]");
             unique(&mut p, &a.id, format!("{path}.id"), "scenic area");
             self.check_zone(&a.zone, format!("{path}.zone"), &mut p);
+            check_places(a.location.iter(), &format!("{path}.location"), &mut p);
             if a.capacity.instantaneous == 0 {
                 p.push((
                     format!("{path}.capacity.instantaneous"),
@@ -490,6 +527,7 @@ impl Site {
             let path = format!("road_segment[{i}]");
             unique(&mut p, &r.id, format!("{path}.id"), "road segment");
             self.check_zone(&r.zone, format!("{path}.zone"), &mut p);
+            check_places(r.ends.iter().flatten(), &format!("{path}.ends"), &mut p);
             for (key, v) in [
                 ("lanes", u32::from(r.lanes)),
                 ("length_m", r.length_m),
@@ -550,6 +588,7 @@ impl Site {
             let path = format!("pipe_asset[{i}]");
             unique(&mut p, &a.id, format!("{path}.id"), "pipe asset");
             self.check_zone(&a.zone, format!("{path}.zone"), &mut p);
+            check_places(a.location.iter(), &format!("{path}.location"), &mut p);
             for (j, d) in a.devices.iter().enumerate() {
                 place(
                     &mut p,

@@ -115,3 +115,25 @@ fn a_missing_site_file_names_the_path() {
         "{err}"
     );
 }
+
+#[test]
+fn ganzhou_places_everything_on_its_map_inside_the_prefecture() {
+    let site = Catalog::ganzhou().unwrap().site;
+    // 赣州市 spans roughly 24.5–27.2 °N and 113.9–116.6 °E.
+    let inside = |p: &device_profiles::site::LatLon| {
+        (24.4..27.2).contains(&p.0) && (113.9..116.7).contains(&p.1)
+    };
+    for a in &site.scenic_areas {
+        assert!(a.location.as_ref().is_some_and(inside), "{}", a.id);
+    }
+    for r in &site.road_segments {
+        assert!(
+            r.ends.as_ref().is_some_and(|e| e.iter().all(inside)),
+            "{}",
+            r.id
+        );
+    }
+    for a in &site.pipe_assets {
+        assert!(a.location.as_ref().is_some_and(inside), "{}", a.id);
+    }
+}
