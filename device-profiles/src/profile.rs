@@ -167,6 +167,12 @@ pub struct AlertDefault {
     /// How far back past the threshold the value must come to clear (hysteresis).
     #[serde(default)]
     pub clear_margin: f64,
+    /// The standard or regulation behind the thresholds, shown to operators.
+    #[serde(default)]
+    pub standard: Option<String>,
+    /// What operators should do when it fires.
+    #[serde(default)]
+    pub advice: Option<String>,
 }
 
 fn is_kind_name(s: &str) -> bool {

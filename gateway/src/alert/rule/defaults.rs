@@ -31,6 +31,7 @@ pub(super) fn grade(name: &str, label: &str, at: f64) -> Grade {
         name: name.to_owned(),
         label: Some(label.to_owned()),
         at,
+        advice: String::new(),
     }
 }
 
@@ -53,6 +54,8 @@ pub(super) fn base(
         id: id.to_owned(),
         category,
         description: description.to_owned(),
+        standard: String::new(),
+        advice: String::new(),
         source,
         measurement: None,
         field: field.to_owned(),
@@ -331,12 +334,67 @@ pub fn defaults(catalog: &Catalog, tuning: &DefaultsTuning) -> Vec<Rule> {
                     clear_margin: a.clear_margin,
                     hold_s: a.hold_s,
                     clear_hold_s: a.hold_s,
+                    standard: a.standard.clone().unwrap_or_default(),
+                    advice: a.advice.clone().unwrap_or_default(),
                     ..base(&id, category, Source::Reading, &a.field, &description)
                 },
             );
         }
     }
+    for rule in &mut rules {
+        guide(rule);
+    }
     rules
+}
+
+/// The standard behind a default rule and what operators should do at each grade (DOMAIN.md
+/// §6: LB/T 034-2014 actions by crowd grade, GB/T 33171-2016 congestion grades).
+fn guide(rule: &mut Rule) {
+    let crowd = [
+        ("blue", "错峰提示；预置疏导人员"),
+        ("yellow", "交通调控与入口调控；通知交警和文旅"),
+        ("orange", "分流游客；停止现场售票"),
+        (
+            "red",
+            "停止入园，出一进一；报告当地政府（旅游法第四十五条）",
+        ),
+    ];
+    let (standard, advice, by_grade): (&str, &str, &[(&str, &str)]) = match rule.id.as_str() {
+        "crowd.occupancy" | "crowd.choke_point" | "crowd.daily" => (
+            "LB/T 034-2014 景区最大承载量核定导则；旅游法第四十五条",
+            "",
+            &crowd,
+        ),
+        "crowd.forecast" => (
+            "LB/T 034-2014（预测预警）",
+            "提前启动黄色响应：入口调控，通知交警和文旅",
+            &[],
+        ),
+        "crowd.count_drift" => ("", "核对闸机计数，在控制台录入人工清点的在园人数", &[]),
+        "crowd.sensor_stale" => ("", "检查闸机供电与网络；必要时人工计数", &[]),
+        "traffic.congestion" => (
+            "GB/T 33171-2016 城市交通运行状况评价规范",
+            "",
+            &[
+                ("warning", "发布绕行提示；调整信号配时"),
+                ("alarm", "交警到场疏导；启动分流方案"),
+            ],
+        ),
+        "traffic.incident" => ("", "调取视频核实；派交警到场", &[]),
+        "traffic.crowd_coupling" => ("LB/T 034-2014", "关注景区周边道路、停车场与分流", &[]),
+        _ => return,
+    };
+    if rule.standard.is_empty() {
+        rule.standard = standard.to_owned();
+    }
+    if rule.advice.is_empty() {
+        rule.advice = advice.to_owned();
+    }
+    for g in &mut rule.grades {
+        if let Some((_, a)) = by_grade.iter().find(|(name, _)| *name == g.name) {
+            g.advice = (*a).to_owned();
+        }
+    }
 }
 
 fn kinds_with_field(catalog: &Catalog, field: &str) -> Vec<String> {

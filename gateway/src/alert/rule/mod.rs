@@ -79,6 +79,9 @@ pub struct Grade {
     pub label: Option<String>,
     /// The set threshold.
     pub at: f64,
+    /// What operators should do at this grade (the rule's `advice` when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub advice: String,
 }
 
 /// Another field that must hold for the rule's value to count (otherwise the value counts as
@@ -137,6 +140,12 @@ pub struct Rule {
     /// What it means, for operators.
     #[serde(default)]
     pub description: String,
+    /// The standard or regulation behind the thresholds, for operators (`LB/T 034-2014`, …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub standard: String,
+    /// What operators should do when it fires; a grade's own advice comes first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub advice: String,
     /// What it reads.
     pub source: Source,
     /// For `point` rules: the measurement.
