@@ -173,6 +173,7 @@ impl Gateway {
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
             alerts: alerts.clone(),
+            catalog: catalog.clone(),
             sessions: Arc::default(),
             secure_cookies: settings.http.tls.is_some(),
             stopping: shutdown_rx.clone(),

@@ -198,9 +198,12 @@ async fn the_api_needs_an_identity_and_a_role_and_records_who_did_what() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(240));
     // An operator: reads, counts; a change without the CSRF token is refused.
     let operator = log_in(addr, "wang.li", pw).await;
+    let whoami: serde_json::Value =
+        serde_json::from_str(&operator.get("/api/v1/whoami").await.1).unwrap();
     assert_eq!(
-        operator.get("/api/v1/whoami").await.1,
-        r#"{"name":"wang.li","role":"operator"}"#
+        (&whoami["name"], &whoami["role"], whoami["csrf"].as_str()),
+        (&"wang.li".into(), &"operator".into(), Some(operator.csrf())),
+        "a page opened after the login finds its session's CSRF token"
     );
     let (status, body) = operator
         .post_without_csrf("/api/v1/areas/S4/occupancy", count)

@@ -119,6 +119,11 @@ pub async fn log_in(addr: std::net::SocketAddr, name: &str, password: &str) -> L
 }
 
 impl LoggedIn {
+    /// The session's CSRF token.
+    pub fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
     /// `GET path` in the session.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let (s, _, b) =

@@ -3,8 +3,10 @@
 //! `GET /api/v1/whoami`, `/api/v1/devices`, `/api/v1/devices/{id}`, `/api/v1/series`,
 //! `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`, `POST /api/v1/areas/{id}/occupancy`.
 
+pub mod detail;
 pub mod live;
 pub mod session;
+pub mod situation;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub not_ready: crate::sink::NotReady,
     /// The alert engine.
     pub alerts: crate::pipeline::alerts::Alerts,
+    /// The profiles and the site (names, capacities, places on the map).
+    pub catalog: Arc<device_profiles::Catalog>,
     /// The site's scenic areas and choke points, with their zones: where an operator may set
     /// the occupancy.
     pub areas: Arc<std::collections::BTreeMap<String, String>>,
@@ -68,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/series", get(series))
+        .route("/api/v1/situation", get(situation::situation))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/stream", get(live::alerts_stream))
         .route("/api/v1/alerts/{id}", get(alert_timeline))
@@ -202,11 +207,19 @@ async fn logout(
     ([(header::SET_COOKIE, expired)], StatusCode::NO_CONTENT).into_response()
 }
 
-/// `GET /api/v1/whoami`: the caller's name and role.
+/// `GET /api/v1/whoami`: the caller's name and role, and for a session its CSRF token (a page
+/// of the console opened after the login reads it here: only pages of the gateway's own origin
+/// can, the cookie being `SameSite=Strict` and the API answering no other origin).
 async fn whoami(
     axum::extract::Extension(who): axum::extract::Extension<crate::auth::Identity>,
+    csrf: Option<axum::extract::Extension<session::Csrf>>,
 ) -> Response {
-    Json(who).into_response()
+    Json(serde_json::json!({
+        "name": who.name,
+        "role": who.role,
+        "csrf": csrf.map(|c| c.0.0),
+    }))
+    .into_response()
 }
 
 /// Query of `GET /api/v1/alerts`.
@@ -400,8 +413,9 @@ async fn comment(
 /// How far back `GET /api/v1/alerts/{id}` looks for an alert's events.
 const TIMELINE_EVENTS: usize = 5_000;
 
-/// `GET /api/v1/alerts/{id}`: the alert as it is now and its timeline (raised, escalated,
-/// re-notified, acknowledged, assigned, commented, resolved: who and when), oldest first.
+/// `GET /api/v1/alerts/{id}`: the alert as it is now, its timeline (raised, escalated,
+/// re-notified, acknowledged, assigned, commented, resolved: who and when), oldest first, its
+/// rule (standard, advice, thresholds) and the series to chart ([`detail`]).
 async fn alert_timeline(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let store = s.store.clone();
     let events =
@@ -433,7 +447,20 @@ async fn alert_timeline(State(s): State<AppState>, Path(id): Path<String>) -> Re
     });
     match latest {
         Some(alert) => {
-            Json(serde_json::json!({"alert": alert, "timeline": timeline})).into_response()
+            let (rule, chart) = s
+                .alerts
+                .engine
+                .lock()
+                .ok()
+                .and_then(|e| {
+                    let rule = e.rules().find(|r| r.id == alert.rule)?;
+                    Some((detail::rule_view(rule, &alert), detail::chart(rule, &alert)))
+                })
+                .unzip();
+            Json(serde_json::json!({
+                "alert": alert, "timeline": timeline, "rule": rule, "chart": chart.flatten(),
+            }))
+            .into_response()
         }
         None => bad_request(StatusCode::NOT_FOUND, format!("no alert with id \"{id}\"")),
     }

@@ -99,6 +99,11 @@ pub fn source(req: &Request) -> String {
         .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
 }
 
+/// The CSRF token of the session a request came with (none for an API token): `whoami`
+/// hands it to a console page opened after the login.
+#[derive(Debug, Clone)]
+pub struct Csrf(pub String);
+
 /// The middleware of the `/api/v1` routes: finds who asks, refuses strangers (401), changes
 /// without the CSRF token or by a viewer (403), and hands the identity to the handler.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -110,6 +115,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let mut session_csrf = None;
     let identity = if let Some(presented) = bearer {
         let store = s.store.clone();
         let found = tokio::task::spawn_blocking(move || tokens::check(&store, &presented)).await;
@@ -145,6 +151,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
                 "a change needs the session's CSRF token in X-CSRF-Token (from the login)".into(),
             );
         }
+        session_csrf = Some(Csrf(csrf));
         identity
     } else {
         return (
@@ -167,6 +174,9 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         );
     }
     req.extensions_mut().insert(identity);
+    if let Some(csrf) = session_csrf {
+        req.extensions_mut().insert(csrf);
+    }
     next.run(req).await
 }
 

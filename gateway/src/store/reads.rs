@@ -277,4 +277,38 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+
+    /// The newest point of each series (measurement and tags) of `measurement` at or after
+    /// `since_ms`, looking at no more than `scan` rows, newest first: what the console's
+    /// situation shows.
+    pub fn latest_points(
+        &self,
+        measurement: &str,
+        since_ms: i64,
+        scan: usize,
+    ) -> Result<Vec<Point>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM points WHERE measurement = ?1 AND time_ms >= ?2 \
+                 ORDER BY time_ms DESC, id DESC LIMIT ?3",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![measurement, since_ms, scan as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for body in rows {
+            let body = body.map_err(|e| self.sqlite(e))?;
+            if let Ok(p) = serde_json::from_str::<Point>(&body)
+                && seen.insert(p.tags.clone())
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
 }
