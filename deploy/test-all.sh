@@ -22,6 +22,9 @@ declare -A PACKAGES=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [qemu-system-arm]=qemu-system-arm
   [llvm-size]=llvm
+  # The console's tests drive a real headless browser over WebDriver.
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
   # Benchmarks only (deploy/bench/run.sh measures the disk with it); installed so a fresh
   # machine can run them.
   [fio]=fio
@@ -32,6 +35,8 @@ install_missing() {
   for prog in "${!PACKAGES[@]}"; do
     command -v "$prog" >/dev/null 2>&1 || missing+=("${PACKAGES[$prog]}")
   done
+  # A CJK font, so the console's screenshots under target/console are readable.
+  [[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || missing+=(fonts-wqy-microhei)
   if ((${#missing[@]})); then
     step "installing Debian packages: ${missing[*]}"
     if [[ $(id -u) -ne 0 ]]; then

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod city_platform;
+mod console;
 mod gateway_ingest;
 mod identity;
 mod layering;

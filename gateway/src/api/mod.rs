@@ -3,6 +3,7 @@
 //! `GET /api/v1/whoami`, `/api/v1/devices`, `/api/v1/devices/{id}`, `/api/v1/series`,
 //! `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`, `POST /api/v1/areas/{id}/occupancy`.
 
+pub mod console;
 pub mod detail;
 pub mod live;
 pub mod session;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/login", axum::routing::post(login))
         .merge(identified)
+        .merge(console::routes())
         .with_state(state)
 }
 

@@ -1,0 +1,218 @@
+//! The console in a real browser (headless Chromium over WebDriver), as the operations centre
+//! uses it: a wrong password refused, an operator and a viewer logged in side by side, an alert
+//! raised by a real report through Mosquitto appearing in both without a reload, the operator's
+//! acknowledgement showing in the viewer's window live, a viewer without an acknowledge button
+//! (and refused by the API), a change without the CSRF token refused, no request leaving the
+//! gateway's origin. Screenshots land in `target/console/` for people to look at.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use system_tests::browser::{Browser, ChromeDriver};
+use system_tests::services::Mosquitto;
+use wire::Quantity;
+
+use crate::support::{client, frame_at, pipe, publish, start_gateway, up_topic, wait_for};
+
+const PASSWORD: &str = "右转看见通天岩-2026";
+
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console")
+}
+
+/// Waits until `css` matches in `browser`.
+async fn shows(browser: &Browser, what: &str, css: &str, limit: Duration) {
+    wait_for(what, limit, || async { browser.count(css).await > 0 }).await;
+}
+
+async fn log_in(browser: &Browser, name: &str, password: &str) {
+    browser.fill("#login-name", name).await;
+    browser.fill("#login-password", password).await;
+    browser.click("#login-submit").await;
+}
+
+/// `fetch` from inside the page (its cookie, its origin); the status.
+async fn fetch_status(browser: &Browser, path: &str, csrf: bool) -> i64 {
+    let script = format!(
+        "const who = await (await fetch('/api/v1/whoami')).json();
+         const headers = {{'Content-Type': 'application/json'}};
+         if ({csrf}) headers['X-CSRF-Token'] = who.csrf;
+         const r = await fetch('{path}', {{method: 'POST', headers, body: '{{\"note\": \"x\"}}'}});
+         return r.status;"
+    );
+    let wrapped = format!("return (async () => {{ {script} }})();");
+    browser.run(&wrapped).await.as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_and_acknowledge_alerts_live_in_a_real_browser() {
+    use gateway::auth::{Role, login};
+    let broker = Mosquitto::start();
+    let gw = start_gateway("console", broker.port, 10).await;
+    let (addr, store) = (gw.http_addr(), gw.store());
+    for (name, role) in [("wang.li", Role::Operator), ("zhao.kan", Role::Viewer)] {
+        login::add(&store, (name, role, PASSWORD), "test", 0)
+            .unwrap()
+            .unwrap();
+    }
+    let driver = ChromeDriver::start();
+    let url = format!("http://{addr}/");
+    let limit = Duration::from_secs(10);
+
+    // A wrong password is refused on the login form.
+    let operator = driver.browser().await;
+    operator.open(&url).await;
+    shows(&operator, "the login form", "#login:not([hidden])", limit).await;
+    log_in(&operator, "wang.li", "not-the-password").await;
+    wait_for("the refusal", limit, || async {
+        operator
+            .text("#login-error")
+            .await
+            .is_some_and(|t| t.contains("wrong name or password"))
+    })
+    .await;
+    assert_eq!(operator.count("#bar:not([hidden])").await, 0);
+
+    // The operator logs in; the situation page draws the site; so does a viewer's window.
+    log_in(&operator, "wang.li", PASSWORD).await;
+    shows(
+        &operator,
+        "the situation map",
+        "circle[data-area='S4']",
+        limit,
+    )
+    .await;
+    assert_eq!(
+        operator.text("#me").await.as_deref(),
+        Some("wang.li (operator)")
+    );
+    let viewer = driver.browser().await;
+    viewer.open(&format!("{url}console/#/alerts")).await;
+    log_in(&viewer, "zhao.kan", PASSWORD).await;
+    operator.click("#nav-alerts").await;
+    for b in [&operator, &viewer] {
+        shows(b, "the alert list", "#open-alerts", limit).await;
+        shows(b, "the live stream connected", "#live.on", limit).await;
+    }
+
+    // A real report through Mosquitto: gas in the utility tunnel, after five calm minutes.
+    let (node, _) = client("console-node", broker.port, true).await;
+    let t0 = gateway::clock::now_ms();
+    for (i, gas) in [3.0, 4.0, 5.5, 8.0, 12.0].into_iter().enumerate() {
+        let at = t0 - (5 - i as i64) * 60_000;
+        let body = pipe(Quantity::Gas, gas);
+        let frame = frame_at("gz-t1-gas", 7, i as u32 + 1, at, &body);
+        publish(&node, &up_topic("gz-t1-gas"), frame).await;
+    }
+    let row = "tr[data-alert^='pipe.gas_high:T1:']";
+    let frame = frame_at("gz-t1-gas", 7, 6, t0, &pipe(Quantity::Gas, 23.0));
+    publish(&node, &up_topic("gz-t1-gas"), frame).await;
+    // In the open list of both windows within two seconds, without a reload; it stands out.
+    for b in [&operator, &viewer] {
+        shows(b, "the alert in the open list", row, Duration::from_secs(2)).await;
+    }
+    assert_eq!(operator.count(&format!("{row}.urgent")).await, 1);
+    // A viewer has no acknowledge button, and the API refuses the viewer's change.
+    assert_eq!(operator.count(&format!("{row} button[data-ack]")).await, 1);
+    assert_eq!(viewer.count("button[data-ack]").await, 0);
+    let id: String = operator
+        .run(&format!(
+            "return document.querySelector(\"{row}\").dataset.alert"
+        ))
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ack_path = format!("/api/v1/alerts/{id}/ack");
+    assert_eq!(fetch_status(&viewer, &ack_path, true).await, 403);
+    // A change without the session's CSRF token is refused, even from the operator's page.
+    assert_eq!(fetch_status(&operator, &ack_path, false).await, 403);
+
+    // The operator acknowledges with a note; the viewer's window shows who, live.
+    operator
+        .fill(
+            &format!("{row} input[data-note]"),
+            "通风已启动，燃气公司已到场",
+        )
+        .await;
+    operator.click(&format!("{row} button[data-ack]")).await;
+    wait_for(
+        "the acknowledgement in the viewer's window",
+        limit,
+        || async {
+            viewer
+                .text(&format!("{row} td.acked-by"))
+                .await
+                .is_some_and(|t| t.contains("wang.li") && t.contains("通风已启动"))
+        },
+    )
+    .await;
+    let trail = store.audit_since(0).unwrap();
+    let ack = trail.iter().find(|r| r.entry.action == "ack").unwrap();
+    assert_eq!(
+        (ack.entry.actor.as_str(), ack.entry.target.as_str()),
+        ("wang.li", id.as_str())
+    );
+
+    // The alert's page: its timeline, its rule with the standard and the advice, its chart.
+    operator.click(&format!("{row} td")).await;
+    shows(
+        &operator,
+        "the acknowledgement on the timeline",
+        "#timeline li[data-kind='acknowledged']",
+        limit,
+    )
+    .await;
+    shows(&operator, "the chart", "#chart polyline", limit).await;
+    let rule = operator.text("#rule").await.unwrap_or_default();
+    assert!(rule.contains("GB 50838-2015"), "{rule}");
+    assert!(rule.contains("启动事故通风"), "{rule}");
+    assert!(operator.count("#chart line[data-threshold='20']").await == 1);
+    operator
+        .screenshot(&screenshots().join("alert-detail.png"))
+        .await;
+    // In English at a click.
+    operator.click("#lang").await;
+    wait_for("the page in English", limit, || async {
+        operator
+            .text("#nav-alerts")
+            .await
+            .is_some_and(|t| t.contains("Alerts"))
+    })
+    .await;
+    operator.click("#lang").await;
+
+    // Every request the pages made went to the gateway's origin.
+    let origin = format!("http://{addr}/");
+    for b in [&operator, &viewer] {
+        let urls = b
+            .run("return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])")
+            .await;
+        let urls: Vec<&str> = urls
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u.as_str())
+            .collect();
+        assert!(urls.len() > 3, "{urls:?}");
+        for u in urls {
+            assert!(u.starts_with(&origin), "a request left the gateway: {u}");
+        }
+    }
+
+    // The situation page, for people to look at: the alert's asset in red.
+    operator.click("#nav-situation").await;
+    shows(
+        &operator,
+        "the tunnel in alarm on the map",
+        "rect[data-asset='T1'][fill='#d92d20']",
+        limit,
+    )
+    .await;
+    operator
+        .screenshot(&screenshots().join("situation.png"))
+        .await;
+    operator.close().await;
+    viewer.close().await;
+    gw.stop().await;
+}
