@@ -339,13 +339,14 @@ function alertActions(a) {
   return el("div", { class: "actions" }, note,
     el("button", { class: "act", type: "button", "data-ack": a.id, onclick: async (e) => {
       e.stopPropagation();
-      await act(`/api/v1/alerts/${encodeURIComponent(a.id)}/ack`, { note: note.value });
+      await act(`/api/v1/alerts/${encodeURIComponent(a.id)}/ack`, { note: note.value }, note);
     } }, t("acknowledge")));
 }
 
-async function act(path, body) {
+async function act(path, body, input) {
   try {
     await api(path, { method: "POST", body });
+    input.value = "";
     await refresh();
   } catch (e) {
     alertError(e.message);
@@ -418,9 +419,9 @@ async function alertPage(id) {
     const text = el("input", { id: "comment-text", placeholder: t("comment") });
     const path = (what) => `/api/v1/alerts/${encodeURIComponent(a.id)}/${what}`;
     actions = el("div", { class: "card actions" },
-      note, el("button", { class: "act", type: "button", "data-ack": a.id, onclick: () => act(path("ack"), { note: note.value }) }, t("acknowledge")),
-      to, el("button", { class: "act", type: "button", id: "assign", onclick: () => act(path("assign"), { to: to.value }) }, t("assign")),
-      text, el("button", { class: "act", type: "button", id: "comment", onclick: () => act(path("comment"), { text: text.value }) }, t("comment")),
+      note, el("button", { class: "act", type: "button", "data-ack": a.id, onclick: () => act(path("ack"), { note: note.value }, note) }, t("acknowledge")),
+      to, el("button", { class: "act", type: "button", id: "assign", onclick: () => act(path("assign"), { to: to.value }, to) }, t("assign")),
+      text, el("button", { class: "act", type: "button", id: "comment", onclick: () => act(path("comment"), { text: text.value }, text) }, t("comment")),
       el("span", { id: "action-error", class: "error" }));
   }
   const rule = d.rule && el("div", { class: "card", id: "rule" },

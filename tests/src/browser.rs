@@ -128,22 +128,41 @@ impl Browser {
             .map_or(0, |v| v.len())
     }
 
-    /// Types `text` into the element matching `css`, replacing what it held.
+    /// Types `text` into the element matching `css`, replacing what it held. The page may
+    /// render itself again meanwhile (a pushed update): then the new element is used.
     pub async fn fill(&self, css: &str, text: &str) {
-        let e = self.client.find(Locator::Css(css)).await.unwrap();
-        e.clear().await.unwrap();
-        e.send_keys(text).await.unwrap();
+        self.again_if_rerendered(css, |e| async move {
+            e.clear().await?;
+            e.send_keys(text).await
+        })
+        .await;
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css` (the new one if the page rendered itself again).
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css} to click: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.again_if_rerendered(css, |e| async move { e.click().await })
+            .await;
+    }
+
+    async fn again_if_rerendered<F, Fut>(&self, css: &str, action: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        for _ in 0..5 {
+            let e = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match action(e).await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(w))
+                    if w.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+        panic!("{css} kept being replaced");
     }
 
     /// Runs `script` in the page; what it returns.

@@ -2,8 +2,8 @@
 //! uses it: a wrong password refused, an operator and a viewer logged in side by side, an alert
 //! raised by a real report through Mosquitto appearing in both without a reload, the operator's
 //! acknowledgement showing in the viewer's window live, a viewer without an acknowledge button
-//! (and refused by the API), a change without the CSRF token refused, no request leaving the
-//! gateway's origin. Screenshots land in `target/console/` for people to look at.
+//! (and refused by the API), a change without the CSRF token refused, comments, assignment and
+//! device pages, no request leaving the gateway's origin. Screenshots land in `target/console/` for people to look at.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -171,6 +171,22 @@ async fn operators_see_and_acknowledge_alerts_live_in_a_real_browser() {
     operator
         .screenshot(&screenshots().join("alert-detail.png"))
         .await;
+    // A comment and an assignment from the alert's page land on its timeline, under the
+    // operator's name.
+    operator.fill("#comment-text", "排风机 2 号已开启").await;
+    operator.click("#comment").await;
+    operator.fill("#assign-to", "zhao.kan").await;
+    operator.click("#assign").await;
+    wait_for(
+        "the comment and the assignment on the timeline",
+        limit,
+        || async {
+            let timeline = operator.text("#timeline").await.unwrap_or_default();
+            timeline.contains("wang.li: 排风机 2 号已开启")
+                && timeline.contains("wang.li: assigned to zhao.kan")
+        },
+    )
+    .await;
     // In English at a click.
     operator.click("#lang").await;
     wait_for("the page in English", limit, || async {
@@ -181,6 +197,21 @@ async fn operators_see_and_acknowledge_alerts_live_in_a_real_browser() {
     })
     .await;
     operator.click("#lang").await;
+
+    // Devices: the one that reported, and its recent readings.
+    operator.click("#nav-devices").await;
+    shows(
+        &operator,
+        "the device list",
+        "tr[data-device='gz-t1-gas']",
+        limit,
+    )
+    .await;
+    operator.click("tr[data-device='gz-t1-gas']").await;
+    wait_for("the device's readings", limit, || async {
+        operator.count("#readings tr").await >= 7
+    })
+    .await;
 
     // Every request the pages made went to the gateway's origin.
     let origin = format!("http://{addr}/");

@@ -110,6 +110,10 @@ pub async fn run(
         "  CitySense demo: {} devices of the Ganzhou site",
         catalog.site.devices.len()
     );
+    println!(
+        "  console         http://{}/console/  (log in as demo / {password})",
+        gateway.http_addr()
+    );
     println!("  MQTT broker     mqtt://{}", opts.mqtt);
     println!(
         "  devices         http://{}/api/v1/devices",
@@ -124,7 +128,7 @@ pub async fn run(
         opts.mqtt.ip(),
         opts.mqtt.port()
     );
-    println!("  API login       demo / {password} (operator): POST /api/v1/login");
+    println!("  API login       the same, by POST /api/v1/login");
     println!("  API token       {token}");
     println!(
         "                  curl -H 'Authorization: Bearer {token}' http://{}/api/v1/devices",
