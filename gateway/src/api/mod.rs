@@ -1,7 +1,9 @@
-//! HTTP on one port: `/metrics`, `/healthz`, `/readyz` (open), `POST /api/v1/login`, and,
-//! for a session or an API token only ([`session`]): `POST /api/v1/logout`,
-//! `GET /api/v1/whoami`, `/api/v1/devices`, `/api/v1/devices/{id}`, `/api/v1/series`,
-//! `GET /api/v1/alerts`, `POST /api/v1/alerts/{id}/ack`, `POST /api/v1/areas/{id}/occupancy`.
+//! HTTP on one port: `/metrics`, `/healthz`, `/readyz` (open), the console (`/`, `/console/`:
+//! [`console`], a page that logs in), `POST /api/v1/login`, and, for a session or an API token
+//! only ([`session`]): `POST /api/v1/logout`, `GET /api/v1/whoami`, `/api/v1/devices`,
+//! `/api/v1/devices/{id}`, `/api/v1/series`, `/api/v1/situation` ([`situation`]),
+//! `GET /api/v1/alerts`, `/api/v1/alerts/stream` ([`live`]), `/api/v1/alerts/{id}` ([`detail`]),
+//! `POST /api/v1/alerts/{id}/ack|assign|comment`, `POST /api/v1/areas/{id}/occupancy`.
 
 pub mod console;
 pub mod detail;
@@ -84,7 +86,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/areas/{id}/occupancy",
             axum::routing::post(set_occupancy),
         )
-        .route_layer(who);
+        .route_layer(who)
+        .layer(compression());
     Router::new()
         .merge(metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -93,6 +96,17 @@ pub fn router(state: AppState) -> Router {
         .merge(identified)
         .merge(console::routes())
         .with_state(state)
+}
+
+/// JSON for the console and machines, gzipped when asked and worth it (the device list of a
+/// large site is hundreds of kilobytes; a `whoami` would grow); event streams never (a browser
+/// must see each event as it is sent).
+fn compression()
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::Predicate;
+    use tower_http::compression::predicate::{NotForContentType, SizeAbove};
+    tower_http::compression::CompressionLayer::new()
+        .compress_when(SizeAbove::new(1024).and(NotForContentType::SSE))
 }
 
 /// Appends to the audit trail off the async threads; a failure is logged (the change stands).
