@@ -29,6 +29,7 @@ const I18N = {
     "error": "出错了", "ago": "前", "by": "操作人", "grades.at": "阈值",
     "water_main": "供水干管", "drainage_well": "排水井", "utility_tunnel": "综合管廊",
     "manhole": "井盖", "pump_station": "泵站",
+    "occupancy.unknown": "未知", "inflow": "入园", "count": "人工清点", "count.set": "录入",
     "g1": "畅通", "g2": "基本畅通", "g3": "轻度拥堵", "g4": "中度拥堵", "g5": "严重拥堵",
   },
   en: {
@@ -58,6 +59,7 @@ const I18N = {
     "ago": "ago", "by": "by", "grades.at": "threshold",
     "water_main": "water main", "drainage_well": "drainage well", "utility_tunnel": "utility tunnel",
     "manhole": "manhole", "pump_station": "pump station",
+    "occupancy.unknown": "unknown", "inflow": "in", "count": "head count", "count.set": "Set",
     "g1": "free", "g2": "light", "g3": "slow", "g4": "congested", "g5": "jammed",
   },
 };
@@ -253,12 +255,14 @@ function districtMap(code, s) {
   const pts = [...areas.map((a) => a.location), ...segs.flatMap((r) => r.ends), ...assets.map((a) => a.location)];
   if (!pts.length) return null;
   const big = pts.length > 4;
-  const W = big ? 960 : 480, H = 320, P = 40;
+  const W = big ? 960 : 480, P = 40;
   let [minLat, maxLat, minLon, maxLon] = [Infinity, -Infinity, Infinity, -Infinity];
   for (const [la, lo] of pts) { minLat = Math.min(minLat, la); maxLat = Math.max(maxLat, la); minLon = Math.min(minLon, lo); maxLon = Math.max(maxLon, lo); }
   const midLat = (minLat + maxLat) / 2, midLon = (minLon + maxLon) / 2;
   const kx = Math.cos(midLat * Math.PI / 180);
   const spanX = Math.max((maxLon - minLon) * kx, 0.01), spanY = Math.max(maxLat - minLat, 0.01);
+  // As tall as the places need, within bounds; a district of one or two places stays small.
+  const H = pts.length <= 2 ? 160 : Math.round(Math.min(Math.max((W - 2 * P) * spanY / spanX + 2 * P, 260), 560));
   const k = Math.min((W - 2 * P) / spanX, (H - 2 * P) / spanY);
   const xy = ([la, lo]) => [W / 2 + (lo - midLon) * kx * k, H / 2 - (la - midLat) * k];
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": districtName(code) });
@@ -286,6 +290,17 @@ function districtMap(code, s) {
   return el("div", { class: `card map${big ? " big" : ""}` }, el("h2", {}, districtName(code)), svg);
 }
 
+// An operator's head count of an area: the baseline its occupancy continues from (after a
+// restart in opening hours, or when the gates drifted).
+function countForm(a) {
+  if (!canOperate()) return null;
+  const input = el("input", { id: `count-${a.id}`, type: "number", min: "0", placeholder: t("count"), class: "count-input" });
+  return el("div", { class: "actions" }, input,
+    el("button", { class: "act", type: "button", "data-count": a.id, onclick: () => {
+      if (input.value !== "") act(`/api/v1/areas/${encodeURIComponent(a.id)}/occupancy`, { count: Number(input.value) }, input);
+    } }, t("count.set")));
+}
+
 async function situationPage() {
   const s = await api("/api/v1/situation");
   state.situation = s;
@@ -299,9 +314,11 @@ async function situationPage() {
   const maps = el("div", { class: "maps" }, s.districts.map((d) => districtMap(d.code, s)));
   const areaRow = (a, inner) => {
     const f = a.latest?.fields || {};
+    const occupancy = f.occupancy ?? (f.occupancy_known === false ? t("occupancy.unknown") : "—");
     return el("tr", { class: fresh(a.latest) ? "" : "stale", "data-area": a.id },
       el("td", {}, inner ? `└ ${a.name}` : a.name),
-      el("td", {}, f.occupancy ?? (a.latest ? "?" : "—")), el("td", {}, a.capacity),
+      el("td", {}, occupancy, a.latest ? el("div", { class: "muted" }, `${t("inflow")} ${f.inflow_per_min ?? 0}/min`) : null, countForm(a)),
+      el("td", {}, a.capacity),
       el("td", {}, pct(f.occupancy_ratio)),
       el("td", {}, a.alert ? badge(a.alert.severity, a.alert.label) : a.latest ? badge("ok", t("normal")) : "—"),
       el("td", {}, pct(f.forecast_ratio)), el("td", { class: "muted" }, a.latest ? age(a.latest.at_ms) : t("no.data")));
@@ -320,7 +337,7 @@ async function situationPage() {
     s.assets.map((a) => el("tr", { "data-asset": a.id }, el("td", {}, a.name), el("td", {}, t(a.kind)),
       el("td", {}, Object.entries(a.fields || {}).map(([k, v]) => `${k} ${num(v, 2)}`).join(" · ") || t("no.data")),
       el("td", {}, a.alert ? el("a", { href: `#/alert/${encodeURIComponent(a.alert.id)}` }, badge(a.alert.severity, a.alert.label)) : badge("ok", t("normal"))))));
-  return el("section", { id: "situation" }, strip, maps,
+  return el("section", { id: "situation" }, strip, el("p", { id: "action-error", class: "error" }), maps,
     el("h2", {}, t("areas")), areas, el("h2", {}, t("segments")), segments, el("h2", {}, t("assets")), assets);
 }
 

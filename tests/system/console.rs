@@ -86,9 +86,29 @@ async fn operators_see_and_acknowledge_alerts_live_in_a_real_browser() {
         operator.text("#me").await.as_deref(),
         Some("wang.li (operator)")
     );
+    // The duty officer's head count of an area, entered on the situation page, is the operator's.
+    operator.fill("#count-S4", "1200").await;
+    operator.click("button[data-count='S4']").await;
+    wait_for("the count in the audit trail", limit, || async {
+        store.audit_since(0).unwrap().iter().any(|r| {
+            (
+                r.entry.actor.as_str(),
+                r.entry.action.as_str(),
+                r.entry.target.as_str(),
+            ) == ("wang.li", "occupancy", "S4")
+        })
+    })
+    .await;
     let viewer = driver.browser().await;
-    viewer.open(&format!("{url}console/#/alerts")).await;
+    viewer.open(&format!("{url}console/#/situation")).await;
     log_in(&viewer, "zhao.kan", PASSWORD).await;
+    shows(&viewer, "the viewer's map", "circle[data-area='S4']", limit).await;
+    assert_eq!(
+        viewer.count("button[data-count]").await,
+        0,
+        "a viewer counts nothing"
+    );
+    viewer.click("#nav-alerts").await;
     operator.click("#nav-alerts").await;
     for b in [&operator, &viewer] {
         shows(b, "the alert list", "#open-alerts", limit).await;

@@ -201,14 +201,7 @@ pub async fn situation(State(s): State<AppState>) -> Response {
             ends: r.ends,
             capacity: None,
             kind: None,
-            latest: traffic
-                .iter()
-                .find(|p| {
-                    tag(p, "segment") == Some(&r.id)
-                        && tag(p, "bin") == Some("5m")
-                        && tag(p, "lane").is_none()
-                })
-                .map(latest),
+            latest: segment_latest(&traffic, &r.id).map(latest),
             fields: Map::new(),
             alert: worst("traffic", &r.id, &[]),
             choke_points: Vec::new(),
@@ -255,6 +248,25 @@ pub async fn situation(State(s): State<AppState>) -> Response {
         "open_alerts": open.len(),
     }))
     .into_response()
+}
+
+/// A segment's newest whole-road point: its 5-minute bin (what congestion is graded on) while
+/// one closed in the last ten minutes, else its 1-minute bin (a gateway just started, or a
+/// detector that came back).
+fn segment_latest<'p>(traffic: &'p [Point], segment: &str) -> Option<&'p Point> {
+    let of_bin = |bin: &str| {
+        traffic.iter().find(|p| {
+            tag(p, "segment") == Some(segment)
+                && tag(p, "bin") == Some(bin)
+                && tag(p, "lane").is_none()
+        })
+    };
+    let one = of_bin("1m");
+    match (of_bin("5m"), one) {
+        (Some(five), Some(one)) if one.time_ms - five.time_ms > 10 * 60_000 => Some(one),
+        (Some(five), _) => Some(five),
+        (None, one) => one,
+    }
 }
 
 fn asset_kind(k: device_profiles::site::PipeAssetKind) -> &'static str {
