@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: failing loudly is the point
 
+pub mod bench;
 pub mod browser;
 pub mod http;
 pub mod load_frames;

@@ -67,6 +67,25 @@ struct Subject<'a> {
     choke_points: Vec<Subject<'a>>,
 }
 
+impl<'a> Subject<'a> {
+    /// A subject with nothing known about it yet.
+    fn named(id: &'a str, name: &'a str, zone: &'a str) -> Subject<'a> {
+        Subject {
+            id,
+            name,
+            zone,
+            location: None,
+            ends: None,
+            capacity: None,
+            kind: None,
+            latest: None,
+            fields: Map::new(),
+            alert: None,
+            choke_points: Vec::new(),
+        }
+    }
+}
+
 /// A point's fields as JSON values.
 fn fields_of(p: &Point) -> Map<String, Value> {
     p.fields
@@ -161,64 +180,39 @@ pub async fn situation(State(s): State<AppState>) -> Response {
         .scenic_areas
         .iter()
         .map(|a| Subject {
-            id: &a.id,
-            name: &a.name,
-            zone: &a.zone,
             location: a.location,
-            ends: None,
             capacity: Some(a.capacity.instantaneous),
-            kind: None,
             latest: crowd_of(&a.id, None),
-            fields: Map::new(),
             alert: worst("crowd", &a.id, &["crowd.occupancy"]),
             choke_points: a
                 .choke_points
                 .iter()
                 .map(|c| Subject {
-                    id: &c.id,
-                    name: &c.name,
-                    zone: &a.zone,
-                    location: None,
-                    ends: None,
                     capacity: Some(c.capacity),
-                    kind: None,
                     latest: crowd_of(&a.id, Some(&c.id)),
-                    fields: Map::new(),
                     alert: worst("crowd", &c.id, &["crowd.choke_point"]),
-                    choke_points: Vec::new(),
+                    ..Subject::named(&c.id, &c.name, &a.zone)
                 })
                 .collect(),
+            ..Subject::named(&a.id, &a.name, &a.zone)
         })
         .collect();
     let segments: Vec<Subject> = site
         .road_segments
         .iter()
         .map(|r| Subject {
-            id: &r.id,
-            name: &r.name,
-            zone: &r.zone,
-            location: None,
             ends: r.ends,
-            capacity: None,
-            kind: None,
             latest: segment_latest(&traffic, &r.id).map(latest),
-            fields: Map::new(),
             alert: worst("traffic", &r.id, &[]),
-            choke_points: Vec::new(),
+            ..Subject::named(&r.id, &r.name, &r.zone)
         })
         .collect();
     let assets: Vec<Subject> = site
         .pipe_assets
         .iter()
         .map(|a| Subject {
-            id: &a.id,
-            name: &a.name,
-            zone: &a.zone,
             location: a.location,
-            ends: None,
-            capacity: None,
             kind: Some(asset_kind(a.kind)),
-            latest: None,
             fields: pipe
                 .iter()
                 .filter(|p| tag(p, "asset") == Some(&a.id))
@@ -229,7 +223,7 @@ pub async fn situation(State(s): State<AppState>) -> Response {
                 })
                 .collect(),
             alert: worst("pipe", &a.id, &[]),
-            choke_points: Vec::new(),
+            ..Subject::named(&a.id, &a.name, &a.zone)
         })
         .collect();
     Json(serde_json::json!({

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use device_profiles::Catalog;
-use gateway::{Gateway, Settings};
+use gateway::Gateway;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use system_tests::services::Mosquitto;
@@ -86,28 +86,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn measure(broker: &Mosquitto, samples: usize, label: &str) -> Vec<f64> {
     let store = tempfile::tempdir().unwrap();
     let catalog = Arc::new(Catalog::ganzhou().unwrap());
-    let mut mqtt = gateway::demo::demo_mqtt(broker.addr());
-    mqtt.clean_start = true;
-    let settings = Settings {
-        gateway_id: format!("bench-{label}"),
-        mqtt,
-        verify: Default::default(),
-        http: gateway::api::HttpSection {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..Default::default()
-        },
-        zones: Vec::new(),
-        store_path: store.path().join("gateway.db"),
-        retention: Default::default(),
-        aggregate: Default::default(),
-        influxdb: None,
-        alerts: Default::default(),
-        modbus: gateway::source::modbus::ModbusSection {
-            enabled: false,
-            ..Default::default()
-        },
-        city_platform: None,
-    };
+    let settings =
+        system_tests::bench::gateway_settings(broker, store.path(), &format!("bench-{label}"));
     let keys = gateway::keys::Keys::demo(&catalog);
     let gw = Gateway::start(settings, catalog, keys).await.unwrap();
     let (watcher, mut events) = connect(broker.port, &format!("bench-watch-{label}")).await;

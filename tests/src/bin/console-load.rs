@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use device_profiles::Catalog;
-use gateway::{Gateway, Settings};
+use gateway::Gateway;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
+use system_tests::bench::gateway_settings;
 use system_tests::load_frames::logger_report;
 use system_tests::services::Mosquitto;
 
@@ -42,31 +43,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn settings(broker: &Mosquitto, store: &std::path::Path, id: &str) -> Settings {
-    let mut mqtt = gateway::demo::demo_mqtt(broker.addr());
-    mqtt.clean_start = true;
-    Settings {
-        gateway_id: id.to_owned(),
-        mqtt,
-        verify: Default::default(),
-        http: gateway::api::HttpSection {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..Default::default()
-        },
-        zones: Vec::new(),
-        store_path: store.join("gateway.db"),
-        retention: Default::default(),
-        aggregate: Default::default(),
-        influxdb: None,
-        alerts: Default::default(),
-        modbus: gateway::source::modbus::ModbusSection {
-            enabled: false,
-            ..Default::default()
-        },
-        city_platform: None,
-    }
 }
 
 /// A logged-in viewer's HTTP client: its session cookie on every request.
@@ -104,9 +80,13 @@ async fn first_load(broker: &Mosquitto) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Arc::new(Catalog::ganzhou().unwrap());
     let keys = gateway::keys::Keys::demo(&catalog);
-    let gw = Gateway::start(settings(broker, dir.path(), "bench-first"), catalog, keys)
-        .await
-        .unwrap();
+    let gw = Gateway::start(
+        gateway_settings(broker, dir.path(), "bench-first"),
+        catalog,
+        keys,
+    )
+    .await
+    .unwrap();
     let addr = gw.http_addr();
     gateway::auth::login::add(
         &gw.store(),
@@ -270,9 +250,13 @@ async fn main() {
         Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site).unwrap(),
     );
     let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
-    let gw = Gateway::start(settings(&broker, dir.path(), "bench-load"), catalog, keys)
-        .await
-        .unwrap();
+    let gw = Gateway::start(
+        gateway_settings(&broker, dir.path(), "bench-load"),
+        catalog,
+        keys,
+    )
+    .await
+    .unwrap();
     while gw.metrics().broker_connected.get() != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

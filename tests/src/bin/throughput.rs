@@ -226,20 +226,8 @@ struct GatewayRun {
 }
 
 fn settings(broker: &Mosquitto, vm: &VictoriaMetrics, store: &std::path::Path) -> Settings {
-    let mut mqtt = gateway::demo::demo_mqtt(broker.addr());
-    mqtt.clean_start = true;
+    let id = format!("bench-{}", rand::random::<u32>());
     Settings {
-        gateway_id: format!("bench-{}", rand::random::<u32>()),
-        mqtt,
-        verify: Default::default(),
-        http: gateway::api::HttpSection {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..Default::default()
-        },
-        zones: Vec::new(),
-        store_path: store.join("gateway.db"),
-        retention: Default::default(),
-        aggregate: Default::default(),
         influxdb: Some(InfluxSection {
             url: vm.url(),
             org: "bench".into(),
@@ -250,12 +238,7 @@ fn settings(broker: &Mosquitto, vm: &VictoriaMetrics, store: &std::path::Path) -
             gzip: true,
             token: String::new(),
         }),
-        alerts: Default::default(),
-        modbus: gateway::source::modbus::ModbusSection {
-            enabled: false,
-            ..Default::default()
-        },
-        city_platform: None,
+        ..system_tests::bench::gateway_settings(broker, store, &id)
     }
 }
 
