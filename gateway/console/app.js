@@ -285,7 +285,7 @@ function districtMap(code, s) {
     const ratio = a.latest?.fields.occupancy_ratio;
     svg.append(el("circle", { cx: x, cy: y, r: 11, fill: COLOURS[sev] || "#98a2b3", stroke: "#fff", "stroke-width": 2, "data-area": a.id },
       el("title", {}, `${a.name}: ${pct(ratio)}`)));
-    svg.append(el("text", { x: x + 14, y: y + 4 }, `${a.name} ${pct(ratio)}`));
+    svg.append(el("text", { x: x + 14, y: y + 4 }, ratio === undefined ? a.name : `${a.name} ${pct(ratio)}`));
   }
   return el("div", { class: `card map${big ? " big" : ""}` }, el("h2", {}, districtName(code)), svg);
 }
@@ -311,7 +311,11 @@ async function situationPage() {
     el("div", { class: "card" }, t("devices.online"), el("b", {}, s.devices.online)),
     el("a", { class: "card", href: "#/devices" }, t("devices.offline"), el("b", { id: "offline-count" }, s.devices.offline)),
     el("a", { class: "card", href: "#/devices" }, t("devices.low_battery"), el("b", {}, s.devices.low_battery)));
-  const maps = el("div", { class: "maps" }, s.districts.map((d) => districtMap(d.code, s)));
+  // The districts with many places side by side; those with one or two stacked beside them.
+  const drawn = s.districts.map((d) => districtMap(d.code, s)).filter(Boolean);
+  const maps = el("div", { class: "maps" },
+    el("div", { class: "maps-main" }, drawn.filter((m) => m.classList.contains("big"))),
+    el("div", { class: "maps-side" }, drawn.filter((m) => !m.classList.contains("big"))));
   const areaRow = (a, inner) => {
     const f = a.latest?.fields || {};
     const occupancy = f.occupancy ?? (f.occupancy_known === false ? t("occupancy.unknown") : "—");
@@ -494,6 +498,8 @@ async function drawChart(box, spec, rule) {
     svg.append(el("text", { x: W - R + 4, y: y(g.at) + 4 }, `${g.label} ${num(g.at, 2)}`));
   }
   svg.append(el("polyline", { points: series.map(([ms, v]) => `${x(ms).toFixed(1)},${y(v).toFixed(1)}`).join(" "), fill: "none", stroke: "#1d2430", "stroke-width": 2 }));
+  // Dots while there are few points (a single one draws no line).
+  if (series.length <= 120) for (const [ms, v] of series) svg.append(el("circle", { cx: x(ms), cy: y(v), r: 3, fill: "#1d2430" }, el("title", {}, `${clock(ms)} ${num(v, 3)}`)));
   for (const v of [lo + pad, hi - pad]) svg.append(el("text", { x: 4, y: y(v) + 4 }, num(v, 2)));
   svg.append(el("text", { x: L, y: H - 6 }, clock(t0)));
   svg.append(el("text", { x: W - R - 90, y: H - 6 }, clock(t1)));
