@@ -409,13 +409,34 @@ fn kinds_with_field(catalog: &Catalog, field: &str) -> Vec<String> {
 /// Adds `rule`, or its kinds to an existing rule with the same id and thresholds; a rule with
 /// the same id and other thresholds gets the kind appended to its id.
 fn add_or_merge(rules: &mut Vec<Rule>, mut rule: Rule) {
+    // What a rule does, without the kinds it watches and the words for operators.
+    let behaviour = |r: &Rule| Rule {
+        kinds: Vec::new(),
+        description: String::new(),
+        standard: String::new(),
+        advice: String::new(),
+        grades: r
+            .grades
+            .iter()
+            .map(|g| Grade {
+                advice: String::new(),
+                ..g.clone()
+            })
+            .collect(),
+        ..r.clone()
+    };
     if let Some(same) = rules.iter_mut().find(|r| r.id == rule.id) {
-        let mut a = same.clone();
-        a.kinds.clear();
-        let mut b = rule.clone();
-        b.kinds.clear();
-        if a == b {
+        if behaviour(same) == behaviour(&rule) {
             same.kinds.append(&mut rule.kinds);
+            // The first profile's words stand; the others fill what it left empty.
+            for (mine, theirs) in [
+                (&mut same.standard, rule.standard),
+                (&mut same.advice, rule.advice),
+            ] {
+                if mine.is_empty() {
+                    *mine = theirs;
+                }
+            }
             return;
         }
         rule.id = format!("{}@{}", rule.id, rule.kinds.join("+"));

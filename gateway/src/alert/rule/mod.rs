@@ -429,6 +429,10 @@ mod tests {
         // Water-pressure sensors and Modbus RTUs share one low-pressure rule.
         let low = rules.iter().find(|r| r.id == "pipe.pressure_low").unwrap();
         assert!(low.kinds.len() >= 2, "{:?}", low.kinds);
+        // So do both manhole kinds' tilt rules, though only one profile gives advice.
+        let tilt = rules.iter().find(|r| r.id == "pipe.tilt_high").unwrap();
+        assert_eq!(tilt.kinds, ["manhole-json", "smart-manhole"]);
+        assert!(tilt.advice.contains("井盖"), "{}", tilt.advice);
     }
 
     #[test]
