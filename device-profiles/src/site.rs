@@ -380,6 +380,47 @@ impl Site {
         self.devices.iter().find(|d| d.id == id)
     }
 
+    /// Every subject (scenic area with its gates, road segment with its detectors, pipe asset
+    /// with its sensors) that lies partly inside the districts `served` and partly outside: a
+    /// gateway serving `served` would see only part of its devices (an area's occupancy from
+    /// half its gates). One line per subject, naming the districts on each side. Subjects
+    /// wholly outside belong to another partition and are not named; no `served` means all.
+    pub fn straddling(&self, served: &[String]) -> Vec<String> {
+        if served.is_empty() {
+            return Vec::new();
+        }
+        let zone_of = |device: &str| self.device(device).map(|d| d.zone.as_str());
+        let mut out = Vec::new();
+        let mut judge = |what: &str, id: &str, zone: &str, devices: Vec<&str>| {
+            let mut zones: Vec<&str> = std::iter::once(zone)
+                .chain(devices.iter().filter_map(|d| zone_of(d)))
+                .collect();
+            zones.sort_unstable();
+            zones.dedup();
+            let (inside, outside): (Vec<&str>, Vec<&str>) =
+                zones.iter().partition(|z| served.iter().any(|s| s == *z));
+            if !inside.is_empty() && !outside.is_empty() {
+                out.push(format!(
+                    "{what} \"{id}\" straddles the served districts: it has devices in {} (served) and {} (not served); serve all of them in one gateway, or move the subject",
+                    inside.join(", "),
+                    outside.join(", ")
+                ));
+            }
+        };
+        for a in &self.scenic_areas {
+            let gates = self.gates.iter().filter(|g| g.area == a.id);
+            judge("scenic area", &a.id, &a.zone, gates.map(|g| g.device.as_str()).collect());
+        }
+        for r in &self.road_segments {
+            let detectors = r.detectors.iter().map(|d| d.device.as_str()).collect();
+            judge("road segment", &r.id, &r.zone, detectors);
+        }
+        for a in &self.pipe_assets {
+            judge("pipe asset", &a.id, &a.zone, a.devices.iter().map(String::as_str).collect());
+        }
+        out
+    }
+
     /// Checks references, uniqueness and values against the loaded profiles.
     pub(crate) fn check(&self, profiles: &BTreeMap<String, Profile>) -> Problems {
         let mut p = Problems::new();

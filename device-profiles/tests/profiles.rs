@@ -137,3 +137,22 @@ fn ganzhou_places_everything_on_its_map_inside_the_prefecture() {
         assert!(a.location.as_ref().is_some_and(inside), "{}", a.id);
     }
 }
+
+#[test]
+fn a_subject_with_devices_on_both_sides_of_the_served_districts_is_named() {
+    let mut site = Catalog::ganzhou().unwrap().site;
+    let zhanggong = vec!["360702".to_owned()];
+    assert!(site.straddling(&zhanggong).is_empty(), "Ganzhou's districts hold whole subjects");
+    assert!(site.straddling(&[]).is_empty(), "serving everything splits nothing");
+    // One of 浮桥's gates is moved across the river into 赣县区 (360704 in this site file).
+    let gate = site.gates.iter().find(|g| g.area == "S3").unwrap().device.clone();
+    site.devices.iter_mut().find(|d| d.id == gate).unwrap().zone = "360704".into();
+    assert_eq!(
+        site.straddling(&zhanggong),
+        ["scenic area \"S3\" straddles the served districts: it has devices in 360702 (served) and 360704 (not served); serve all of them in one gateway, or move the subject"]
+    );
+    let both = vec!["360702".to_owned(), "360704".to_owned()];
+    assert!(site.straddling(&both).is_empty());
+    // A gateway of 赣县区 alone sees the gate, and is told too.
+    assert_eq!(site.straddling(&["360704".to_owned()]).len(), 1);
+}

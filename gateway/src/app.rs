@@ -89,6 +89,13 @@ impl Gateway {
         catalog: Arc<Catalog>,
         keys: Keys,
     ) -> anyhow::Result<Gateway> {
+        let straddling = catalog.site.straddling(&settings.zones);
+        anyhow::ensure!(
+            straddling.is_empty(),
+            "the served districts {:?} cut subjects in two:\n  {}",
+            settings.zones,
+            straddling.join("\n  ")
+        );
         let mut registry = Registry::new(&catalog, &keys, &settings.zones);
         let (store, opened) = Store::open(&settings.store_path)?;
         if let Some(moved) = opened.moved_corrupt_file {
@@ -122,8 +129,7 @@ impl Gateway {
         if !wire_without_key.is_empty() {
             tracing::warn!(devices = ?wire_without_key, "devices without a key in the keys file: their reports will be rejected (no_key)");
         }
-        let filters =
-            source::mqtt::filters(registry.zones(), settings.mqtt.shared_group.as_deref());
+        let filters = source::mqtt::filters(registry.zones());
         let registry = Arc::new(Mutex::new(registry));
         let metrics = Metrics::new();
         let mut engine = alert::Engine::new(
@@ -398,6 +404,17 @@ fn start_sinks(
         cursors.readings.extend(readings);
         cursors.events.extend(events);
         cursors.ready.extend(city.sink_names());
+    }
+    if settings.alerts.mqtt {
+        // Operator actions on a replica reach this one through the subject states.
+        let options =
+            net::mqtt::options(&settings.mqtt, &format!("{}-peers", settings.gateway_id))?;
+        tasks.spawn(pipeline::peers::follow(
+            options,
+            alerts.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
     }
     for n in notifiers(settings, alerts)? {
         cursors.events.push(format!("alerts:{}", n.name()));

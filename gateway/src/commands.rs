@@ -38,6 +38,14 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
     let config = Config::load(path)?;
     let catalog = Catalog::load(&config.site.profiles, &config.site.site)?;
     let keys = Keys::load(&config.site.keys)?;
+    let straddling = catalog.site.straddling(&config.site.zones);
+    anyhow::ensure!(
+        straddling.is_empty(),
+        "{}: site.zones {:?} cut subjects in two:\n  {}",
+        path.display(),
+        config.site.zones,
+        straddling.join("\n  ")
+    );
     let registry = Registry::new(&catalog, &keys, &config.site.zones);
     anyhow::ensure!(
         !registry.is_empty(),
@@ -81,6 +89,18 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         }
         None => "none".to_owned(),
     };
+    let mut warnings = Vec::new();
+    if config.gateway.replica {
+        for w in &config.alerts.webhook {
+            warnings.push(format!(
+                "warning: webhook \"{}\" on a replica: every replica of the partition posts each transition, so its receiver gets it once per replica; make it an Alertmanager receiver (deploy/topology.md)",
+                w.name
+            ));
+        }
+        if config.city_platform.is_some() {
+            warnings.push("warning: [city_platform] on a replica: record ids are per instance today, so the platform would get each record once per replica; forward from one replica of the pair only (deploy/topology.md)".to_owned());
+        }
+    }
     let unknown_keys: Vec<String> = catalog
         .site
         .devices
@@ -109,7 +129,7 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         } else {
             unknown_keys.join(", ")
         }
-    ))
+    ) + &warnings.iter().map(|w| format!("\n{w}")).collect::<String>())
 }
 
 /// The catalog and alert settings of a config file, or the built-in Ganzhou site.

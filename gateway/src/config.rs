@@ -151,6 +151,11 @@ pub struct GatewaySection {
     /// Unique id of this gateway instance: the MQTT client id and the source id of forwarded
     /// data.
     pub id: String,
+    /// This gateway is one of several replicas of its partition (deploy/topology.md):
+    /// `check-config` then warns of what each replica would do once more (direct webhooks, the
+    /// city-platform forwarder).
+    #[serde(default)]
+    pub replica: bool,
 }
 
 /// Site data.
@@ -365,6 +370,16 @@ host = \"127.0.0.1\"
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("gateway.toml:14:1:"), "{err}");
         assert!(err.contains("session_expiry_s > 0"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_subscription_group_is_refused_with_the_reason() {
+        let dir = tempdir("shared");
+        let path = write(&dir, &format!("{MINIMAL}shared_group = \"zhanggong\"\n"));
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("gateway.toml:14:1:"), "{err}");
+        assert!(err.contains("shared subscriptions are no longer supported"), "{err}");
+        assert!(err.contains("site.zones"), "{err}");
     }
 
     #[test]

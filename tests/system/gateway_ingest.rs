@@ -698,43 +698,37 @@ fn check_config_refuses_a_persistent_session_without_expiry_naming_file_line_and
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
+/// Two partitions on one broker: the gateway of 章贡区 and the gateway of 瑞金市 each take their
+/// own district's reports, all of them, and nothing of the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_in_a_shared_subscription_group_split_one_zone() {
+async fn two_gateways_partitioned_by_district_each_take_all_of_their_own() {
     let broker = Mosquitto::start();
-    let a = start_gateway_with("shared-a", broker.port, |m| {
-        m.shared_group = Some("zhanggong".into())
+    let serve = |zone: &str| {
+        let zones = vec![zone.to_owned()];
+        move |s: &mut gateway::Settings| s.zones = zones
+    };
+    let zhanggong = start_gateway_settings("part-360702", broker.port, serve("360702")).await;
+    let ruijin = start_gateway_settings("part-360781", broker.port, serve("360781")).await;
+    wait_for("both subscribed", Duration::from_secs(10), || async {
+        zhanggong.metrics().broker_connected.get() == 1 && ruijin.metrics().broker_connected.get() == 1
     })
     .await;
-    let b = start_gateway_with("shared-b", broker.port, |m| {
-        m.shared_group = Some("zhanggong".into())
-    })
-    .await;
-    wait_for("both connected", Duration::from_secs(10), || async {
-        a.metrics().broker_connected.get() == 1 && b.metrics().broker_connected.get() == 1
-    })
-    .await;
-    let (node, _) = client("shared-node", broker.port, true).await;
-    let n = 100u32;
+    let (node, _) = client("partition-node", broker.port, true).await;
+    let n = 40u32;
     for seq in 0..n {
-        publish(
-            &node,
-            &up_topic("gz-p1-press"),
-            frame("gz-p1-press", 1, seq, &pipe(Quantity::Pressure, 0.3)),
-        )
-        .await;
+        for device in ["gz-p1-press", "gz-s6-g1"] {
+            publish(&node, &up_topic(device), frame(device, 1, seq, &heartbeat())).await;
+        }
     }
-    wait_for(
-        "every report processed once by one of the two",
-        Duration::from_secs(20),
-        || async { accepted(&a, "gz-p1-press") + accepted(&b, "gz-p1-press") == u64::from(n) },
-    )
+    wait_for("each district's reports, all of them", Duration::from_secs(20), || async {
+        accepted(&zhanggong, "gz-p1-press") == u64::from(n) && accepted(&ruijin, "gz-s6-g1") == u64::from(n)
+    })
     .await;
-    assert!(
-        accepted(&a, "gz-p1-press") > 0 && accepted(&b, "gz-p1-press") > 0,
-        "the broker split the load"
-    );
-    a.stop().await;
-    b.stop().await;
+    assert_eq!(accepted(&zhanggong, "gz-s6-g1"), 0, "瑞金's gate is not 章贡区's");
+    assert_eq!(accepted(&ruijin, "gz-p1-press"), 0);
+    assert!(zhanggong.registry().lock().unwrap().get("gz-s6-g1").is_none());
+    zhanggong.stop().await;
+    ruijin.stop().await;
 }
 
 /// Starts `gateway demo` on `store` with its HTTP and embedded broker on free ports; returns the
@@ -833,4 +827,59 @@ async fn gateway_demo_raises_no_drift_alarm_from_its_own_traffic_fresh_or_after_
         "the demo's incidents raise alerts: {fresh:?}"
     );
     assert_eq!(drifts(&restarted), 0, "with a restart: {restarted:?}");
+}
+
+/// `gateway check-config` on a partition that cuts a scenic area in two names the area and both
+/// sides; on a replica, it warns of a direct webhook.
+#[test]
+fn check_config_names_a_subject_straddling_the_served_districts_and_warns_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // 东河浮桥's second gate moved across the river into 赣县区.
+    let site = std::fs::read_to_string(root.join("device-profiles/sites/ganzhou.toml"))
+        .unwrap()
+        .replace(
+            "id = \"gz-s3-g2\"\nprofile = \"uhf-rfid-gate\"\nzone = \"360702\"",
+            "id = \"gz-s3-g2\"\nprofile = \"uhf-rfid-gate\"\nzone = \"360704\"",
+        );
+    assert!(site.contains("zone = \"360704\"\n"), "the site file changed shape");
+    std::fs::write(dir.path().join("site.toml"), site).unwrap();
+    let config = dir.path().join("gateway.toml");
+    let write = |zones: &str, extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"gw-a\"\n{extra}\n[site]\nprofiles = \"{}\"\nsite = \"site.toml\"\nkeys = \"{}\"\nzones = {zones}\n\n[store]\npath = \"gw.db\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n",
+                root.join("device-profiles/profiles").display(),
+                root.join("deploy/gateway/keys.example.toml").display(),
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(gateway_binary())
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = write(r#"["360702"]"#, "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scenic area \"S3\" straddles the served districts: it has devices in 360702 (served) and 360704 (not served)"),
+        "{err}"
+    );
+    // Both districts in one partition: whole again.
+    let out = write(r#"["360702", "360704"]"#, "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A replica with a direct webhook is warned.
+    let out = write(
+        r#"["360702", "360704"]"#,
+        "replica = true\n\n[[alerts.webhook]]\nname = \"police\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("warning: webhook \"police\" on a replica"),
+        "{text}"
+    );
 }

@@ -880,6 +880,29 @@ expect = []
     }
 
     #[test]
+    pub(super) fn a_replica_adopts_what_operators_did_on_its_peer_once_with_their_times() {
+        let (mut a, mut b) = (engine(), engine());
+        for e in [&mut a, &mut b] {
+            e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
+            e.take_changes();
+        }
+        let id = "pipe.gas_high:T1:0";
+        a.ack(id, "wang.li", "ventilation on", 5_000).unwrap();
+        a.assign(id, "zhao", "wang.li", 6_000).unwrap();
+        let theirs = a.comment(id, "zhao", "on site", 7_000).unwrap();
+        let on_a = a.take_changes().events;
+        assert_eq!(b.adopt(&theirs), Ok(3));
+        let on_b = b.take_changes().events;
+        assert_eq!(on_b, on_a, "the same events, alert and times on both replicas");
+        assert_eq!(b.adopt(&theirs), Ok(0), "twice changes nothing");
+        // Its own state back changes nothing either; an alert not open here is not found.
+        assert_eq!(a.adopt(&theirs), Ok(0));
+        let mut other = theirs.clone();
+        other.id = "pipe.gas_high:T1:99".into();
+        assert_eq!(b.adopt(&other), Err(AckError::NotFound(other.id.clone())));
+    }
+
+    #[test]
     pub(super) fn unchanged_episodes_are_not_rewritten_for_every_value() {
         let mut e = engine();
         e.on_readings(&[gas("gz-t1-gas", 0, 1.0)]);

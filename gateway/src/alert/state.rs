@@ -89,6 +89,44 @@ impl Engine {
         })
     }
 
+    /// Takes what operators did to alert `theirs.id` on a replica (its acknowledgement,
+    /// assignment and comments, as that replica's retained subject state carries them), with
+    /// their own names and times, so both replicas record the same events; what is here already
+    /// stays as it is. An acknowledgement older than this alert's latest transition (an
+    /// escalation here cleared it) is not taken. How many events it made; not found: the alert
+    /// is not open here (yet).
+    pub fn adopt(&mut self, theirs: &Alert) -> Result<usize, AckError> {
+        let id = theirs.id.as_str();
+        let ours = self
+            .states
+            .values()
+            .find_map(|s| s.alert.as_ref().filter(|a| a.id == id))
+            .cloned()
+            .ok_or_else(|| AckError::NotFound(id.to_owned()))?;
+        let mut made = 0;
+        if let Some(ack) = &theirs.ack
+            && ours.ack.is_none()
+            && ack.at_ms >= ours.updated_ms
+        {
+            self.ack(id, &ack.by, &ack.note, ack.at_ms)?;
+            made += 1;
+        }
+        let mut new: Vec<&Comment> = theirs
+            .comments
+            .iter()
+            .filter(|c| !ours.comments.contains(c))
+            .collect();
+        new.sort_by_key(|c| c.at_ms);
+        for c in new {
+            match c.text.strip_prefix("assigned to ") {
+                Some(to) => self.assign(id, to, &c.by, c.at_ms)?,
+                None => self.comment(id, &c.by, &c.text, c.at_ms)?,
+            };
+            made += 1;
+        }
+        Ok(made)
+    }
+
     /// Changes the open alert `id` with `change` and records the event it names (none: it
     /// changed nothing).
     fn note_on(

@@ -52,7 +52,10 @@ pub struct MqttSection {
     /// Must be greater than 0 when `clean_start = false`, or the broker drops the queue at once.
     #[serde(default = "default_session_expiry")]
     pub session_expiry_s: u32,
-    /// Subscribe through `$share/{group}/...` so several gateways split one zone's load.
+    /// Refused (kept only to say why): a `$share/{group}` subscription hands each report to one
+    /// member in turn, so every gateway of the group would see part of an area's gates, part of
+    /// a device's sequence numbers and part of a segment's lanes, and aggregate and alert on
+    /// that part. Partition by district (`site.zones`) and run replicas instead.
     #[serde(default)]
     pub shared_group: Option<String>,
     /// Largest packet accepted; must be at least the broker's `message_size_limit`.
@@ -102,12 +105,10 @@ impl MqttSection {
                 "max_packet_bytes below 1024 cannot carry a full wire frame".into(),
             ));
         }
-        if let Some(g) = &m.shared_group
-            && (g.is_empty() || g.contains(['/', '+', '#']))
-        {
+        if m.shared_group.is_some() {
             p.push((
                 "mqtt.shared_group".into(),
-                format!("shared_group \"{g}\" must be non-empty and free of '/', '+' and '#'"),
+                "shared subscriptions are no longer supported: the broker hands each report to one gateway of the group in turn, so each would aggregate and alert on part of an area's gates and part of a device's sequence numbers. Serve districts with site.zones (one gateway per district), and run replicas with their own sessions for availability (README, \"Partitions\")".into(),
             ));
         }
         if let Some(tls) = &m.tls

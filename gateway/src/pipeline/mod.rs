@@ -27,6 +27,7 @@ use crate::clock::{SLOW_COMMIT, millis, now_ms};
 use crate::decode::{Rejection, Stream, Verifier, parse_topic};
 
 pub mod alerts;
+pub mod peers;
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;

@@ -28,18 +28,12 @@ use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::net::mqtt::{MqttSection, Watchdog};
 
-/// The topic filters for the served zones.
-pub fn filters(zones: &[Arc<str>], shared_group: Option<&str>) -> Vec<Filter> {
+/// The topic filters for the served zones: every report and status of their devices, on this
+/// gateway's own session (never a `$share/` group: see `MqttSection::shared_group`).
+pub fn filters(zones: &[Arc<str>]) -> Vec<Filter> {
     let mut out = Vec::new();
     for z in zones {
-        let up = format!("cs/v1/{z}/+/+/up");
-        let up = match shared_group {
-            Some(g) => format!("$share/{g}/{up}"),
-            None => up,
-        };
-        out.push(Filter::new(up, QoS::AtLeastOnce));
-        // Retained status messages are not delivered through shared subscriptions (MQTT 5
-        // §4.8.2), so every instance subscribes to them directly.
+        out.push(Filter::new(format!("cs/v1/{z}/+/+/up"), QoS::AtLeastOnce));
         out.push(Filter::new(
             format!("cs/v1/{z}/+/+/status"),
             QoS::AtLeastOnce,
@@ -172,12 +166,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_subscriptions_cover_reports_but_not_retained_status() {
-        let f = filters(&["360702".into()], Some("gw"));
+    fn a_gateway_subscribes_to_its_districts_on_its_own_session() {
+        let f = filters(&["360702".into(), "360781".into()]);
         let paths: Vec<&str> = f.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["$share/gw/cs/v1/360702/+/+/up", "cs/v1/360702/+/+/status"]
+            [
+                "cs/v1/360702/+/+/up",
+                "cs/v1/360702/+/+/status",
+                "cs/v1/360781/+/+/up",
+                "cs/v1/360781/+/+/status"
+            ]
         );
     }
 }
