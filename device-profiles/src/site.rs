@@ -409,14 +409,24 @@ impl Site {
         };
         for a in &self.scenic_areas {
             let gates = self.gates.iter().filter(|g| g.area == a.id);
-            judge("scenic area", &a.id, &a.zone, gates.map(|g| g.device.as_str()).collect());
+            judge(
+                "scenic area",
+                &a.id,
+                &a.zone,
+                gates.map(|g| g.device.as_str()).collect(),
+            );
         }
         for r in &self.road_segments {
             let detectors = r.detectors.iter().map(|d| d.device.as_str()).collect();
             judge("road segment", &r.id, &r.zone, detectors);
         }
         for a in &self.pipe_assets {
-            judge("pipe asset", &a.id, &a.zone, a.devices.iter().map(String::as_str).collect());
+            judge(
+                "pipe asset",
+                &a.id,
+                &a.zone,
+                a.devices.iter().map(String::as_str).collect(),
+            );
         }
         out
     }

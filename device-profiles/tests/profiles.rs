@@ -142,14 +142,28 @@ fn ganzhou_places_everything_on_its_map_inside_the_prefecture() {
 fn a_subject_with_devices_on_both_sides_of_the_served_districts_is_named() {
     let mut site = Catalog::ganzhou().unwrap().site;
     let zhanggong = vec!["360702".to_owned()];
-    assert!(site.straddling(&zhanggong).is_empty(), "Ganzhou's districts hold whole subjects");
-    assert!(site.straddling(&[]).is_empty(), "serving everything splits nothing");
+    assert!(
+        site.straddling(&zhanggong).is_empty(),
+        "Ganzhou's districts hold whole subjects"
+    );
+    assert!(
+        site.straddling(&[]).is_empty(),
+        "serving everything splits nothing"
+    );
     // One of 浮桥's gates is moved across the river into 赣县区 (360704 in this site file).
-    let gate = site.gates.iter().find(|g| g.area == "S3").unwrap().device.clone();
+    let gate = site
+        .gates
+        .iter()
+        .find(|g| g.area == "S3")
+        .unwrap()
+        .device
+        .clone();
     site.devices.iter_mut().find(|d| d.id == gate).unwrap().zone = "360704".into();
     assert_eq!(
         site.straddling(&zhanggong),
-        ["scenic area \"S3\" straddles the served districts: it has devices in 360702 (served) and 360704 (not served); serve all of them in one gateway, or move the subject"]
+        [
+            "scenic area \"S3\" straddles the served districts: it has devices in 360702 (served) and 360704 (not served); serve all of them in one gateway, or move the subject"
+        ]
     );
     let both = vec!["360702".to_owned(), "360704".to_owned()];
     assert!(site.straddling(&both).is_empty());

@@ -26,6 +26,9 @@ use crate::{aggregate, alert, api, housekeeping, net, pipeline, sink, source, st
 pub struct Settings {
     /// Instance id (MQTT client id).
     pub gateway_id: String,
+    /// The partition this gateway serves, the same on each of its replicas: the `gateway` label
+    /// of its Alertmanager alerts, so the replicas' alerts are one alert there. None: the id.
+    pub partition: Option<String>,
     /// Broker and session.
     pub mqtt: MqttSection,
     /// Acceptance rules.
@@ -55,6 +58,7 @@ impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         Settings {
             gateway_id: c.gateway.id.clone(),
+            partition: c.gateway.partition.clone(),
             mqtt: c.mqtt.clone(),
             verify: c.verify.clone(),
             http: c.http.clone(),
@@ -447,7 +451,10 @@ fn notifiers(settings: &Settings, alerts: &Alerts) -> anyhow::Result<Vec<sink::n
     if let Some(am) = &settings.alerts.alertmanager {
         out.push(Notifier::Alertmanager(AlertmanagerNotifier::new(
             am.clone(),
-            &settings.gateway_id,
+            settings
+                .partition
+                .as_deref()
+                .unwrap_or(&settings.gateway_id),
             alerts.engine.clone(),
         )?));
     }

@@ -129,7 +129,10 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         } else {
             unknown_keys.join(", ")
         }
-    ) + &warnings.iter().map(|w| format!("\n{w}")).collect::<String>())
+    ) + &warnings
+        .iter()
+        .map(|w| format!("\n{w}"))
+        .collect::<String>())
 }
 
 /// The catalog and alert settings of a config file, or the built-in Ganzhou site.

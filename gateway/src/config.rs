@@ -151,6 +151,11 @@ pub struct GatewaySection {
     /// Unique id of this gateway instance: the MQTT client id and the source id of forwarded
     /// data.
     pub id: String,
+    /// The partition this gateway serves, the same on each of its replicas (`zhanggong`): the
+    /// `gateway` label of its Alertmanager alerts, so a clustered Alertmanager sees the
+    /// replicas' alerts as one and notifies once. Absent: `id`.
+    #[serde(default)]
+    pub partition: Option<String>,
     /// This gateway is one of several replicas of its partition (deploy/topology.md):
     /// `check-config` then warns of what each replica would do once more (direct webhooks, the
     /// city-platform forwarder).
@@ -378,7 +383,10 @@ host = \"127.0.0.1\"
         let path = write(&dir, &format!("{MINIMAL}shared_group = \"zhanggong\"\n"));
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("gateway.toml:14:1:"), "{err}");
-        assert!(err.contains("shared subscriptions are no longer supported"), "{err}");
+        assert!(
+            err.contains("shared subscriptions are no longer supported"),
+            "{err}"
+        );
         assert!(err.contains("site.zones"), "{err}");
     }
 

@@ -11,6 +11,7 @@ pub fn gateway_settings(broker: &Mosquitto, store_dir: &std::path::Path, id: &st
     mqtt.clean_start = true;
     Settings {
         gateway_id: id.to_owned(),
+        partition: None,
         mqtt,
         verify: Default::default(),
         http: gateway::api::HttpSection {

@@ -388,14 +388,41 @@ pub struct Alertmanager {
 impl Alertmanager {
     /// Starts it on a free port.
     pub fn start() -> Alertmanager {
+        let config = "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n";
+        Self::start_with(config, &["--cluster.listen-address=".to_owned()])
+    }
+
+    /// A cluster of two on loopback (gossiping on ports of their own), each notifying
+    /// `webhook_url` of every group (`alertname`, `subject`, `severity`) and its resolution:
+    /// what deduplicates the notifications of gateway replicas.
+    pub fn start_pair(webhook_url: &str) -> (Alertmanager, Alertmanager) {
+        let config = format!(
+            "route:\n  receiver: hook\n  group_by: [alertname, subject, severity]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 4h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: {webhook_url}\n        send_resolved: true\n"
+        );
+        let (one, two) = (free_port(), free_port());
+        let member = |me: u16, peer: u16| {
+            vec![
+                format!("--cluster.listen-address=127.0.0.1:{me}"),
+                format!("--cluster.advertise-address=127.0.0.1:{me}"),
+                format!("--cluster.peer=127.0.0.1:{peer}"),
+                // Quick on loopback: gossip every 100 ms; the second in line waits 2 s for the
+                // first's notification log before notifying itself.
+                "--cluster.gossip-interval=100ms".to_owned(),
+                "--cluster.pushpull-interval=1s".to_owned(),
+                "--cluster.peer-timeout=2s".to_owned(),
+            ]
+        };
+        (
+            Self::start_with(&config, &member(one, two)),
+            Self::start_with(&config, &member(two, one)),
+        )
+    }
+
+    fn start_with(config_text: &str, cluster: &[String]) -> Alertmanager {
         let bin = require("prometheus-alertmanager", "prometheus-alertmanager");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n",
-        )
-        .unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let port = free_port();
         let log_path = dir.path().join("alertmanager.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -406,7 +433,7 @@ impl Alertmanager {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
+            .args(cluster)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

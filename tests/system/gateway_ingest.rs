@@ -710,23 +710,45 @@ async fn two_gateways_partitioned_by_district_each_take_all_of_their_own() {
     let zhanggong = start_gateway_settings("part-360702", broker.port, serve("360702")).await;
     let ruijin = start_gateway_settings("part-360781", broker.port, serve("360781")).await;
     wait_for("both subscribed", Duration::from_secs(10), || async {
-        zhanggong.metrics().broker_connected.get() == 1 && ruijin.metrics().broker_connected.get() == 1
+        zhanggong.metrics().broker_connected.get() == 1
+            && ruijin.metrics().broker_connected.get() == 1
     })
     .await;
     let (node, _) = client("partition-node", broker.port, true).await;
     let n = 40u32;
     for seq in 0..n {
         for device in ["gz-p1-press", "gz-s6-g1"] {
-            publish(&node, &up_topic(device), frame(device, 1, seq, &heartbeat())).await;
+            publish(
+                &node,
+                &up_topic(device),
+                frame(device, 1, seq, &heartbeat()),
+            )
+            .await;
         }
     }
-    wait_for("each district's reports, all of them", Duration::from_secs(20), || async {
-        accepted(&zhanggong, "gz-p1-press") == u64::from(n) && accepted(&ruijin, "gz-s6-g1") == u64::from(n)
-    })
+    wait_for(
+        "each district's reports, all of them",
+        Duration::from_secs(20),
+        || async {
+            accepted(&zhanggong, "gz-p1-press") == u64::from(n)
+                && accepted(&ruijin, "gz-s6-g1") == u64::from(n)
+        },
+    )
     .await;
-    assert_eq!(accepted(&zhanggong, "gz-s6-g1"), 0, "瑞金's gate is not 章贡区's");
+    assert_eq!(
+        accepted(&zhanggong, "gz-s6-g1"),
+        0,
+        "瑞金's gate is not 章贡区's"
+    );
     assert_eq!(accepted(&ruijin, "gz-p1-press"), 0);
-    assert!(zhanggong.registry().lock().unwrap().get("gz-s6-g1").is_none());
+    assert!(
+        zhanggong
+            .registry()
+            .lock()
+            .unwrap()
+            .get("gz-s6-g1")
+            .is_none()
+    );
     zhanggong.stop().await;
     ruijin.stop().await;
 }
@@ -842,7 +864,10 @@ fn check_config_names_a_subject_straddling_the_served_districts_and_warns_a_repl
             "id = \"gz-s3-g2\"\nprofile = \"uhf-rfid-gate\"\nzone = \"360702\"",
             "id = \"gz-s3-g2\"\nprofile = \"uhf-rfid-gate\"\nzone = \"360704\"",
         );
-    assert!(site.contains("zone = \"360704\"\n"), "the site file changed shape");
+    assert!(
+        site.contains("zone = \"360704\"\n"),
+        "the site file changed shape"
+    );
     std::fs::write(dir.path().join("site.toml"), site).unwrap();
     let config = dir.path().join("gateway.toml");
     let write = |zones: &str, extra: &str| {
@@ -870,14 +895,22 @@ fn check_config_names_a_subject_straddling_the_served_districts_and_warns_a_repl
     );
     // Both districts in one partition: whole again.
     let out = write(r#"["360702", "360704"]"#, "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A replica with a direct webhook is warned.
     let out = write(
         r#"["360702", "360704"]"#,
         "replica = true\n\n[[alerts.webhook]]\nname = \"police\"\nurl = \"http://127.0.0.1:9/hook\"\n",
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("warning: webhook \"police\" on a replica"),
         "{text}"

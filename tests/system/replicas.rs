@@ -42,12 +42,20 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
     let t = gateway::clock::now_ms();
     let frame = frame_at("gz-t1-gas", 5, 1, t, &pipe(Quantity::Gas, 23.0));
     publish(&node, &up_topic("gz-t1-gas"), frame).await;
-    wait_for("the alert on both replicas", Duration::from_secs(10), || async {
-        open_alert(&a, "pipe.gas_high").is_some() && open_alert(&b, "pipe.gas_high").is_some()
-    })
+    wait_for(
+        "the alert on both replicas",
+        Duration::from_secs(10),
+        || async {
+            open_alert(&a, "pipe.gas_high").is_some() && open_alert(&b, "pipe.gas_high").is_some()
+        },
+    )
     .await;
     let id = open_alert(&a, "pipe.gas_high").unwrap().id;
-    assert_eq!(open_alert(&b, "pipe.gas_high").unwrap().id, id, "one id on both");
+    assert_eq!(
+        open_alert(&b, "pipe.gas_high").unwrap().id,
+        id,
+        "one id on both"
+    );
 
     let operator = log_in(a.http_addr(), "wang.li", PASSWORD).await;
     let path = |what: &str| format!("/api/v1/alerts/{id}/{what}");
@@ -76,11 +84,175 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
             .map(|(_, e)| (e.kind, e.at_ms, e.alert))
             .collect::<Vec<_>>()
     };
-    wait_for("the same outbox on both", Duration::from_secs(2), || async {
-        events(&a) == events(&b)
-    })
+    wait_for(
+        "the same outbox on both",
+        Duration::from_secs(2),
+        || async { events(&a) == events(&b) },
+    )
     .await;
-    assert_eq!(events(&a).len(), 4, "raised, acknowledged, assigned, commented");
+    assert_eq!(
+        events(&a).len(),
+        4,
+        "raised, acknowledged, assigned, commented"
+    );
     a.stop().await;
     b.stop().await;
+}
+
+/// The Prometheus HA model with real processes: two replicas of one partition (`gateway run`,
+/// each with its own session and store and the same partition label) on one Mosquitto, each
+/// sending to its own member of a two-node Alertmanager cluster that notifies a webhook. One
+/// replica is SIGKILLed mid-episode and restarted: the receiver gets exactly one notification
+/// when the tunnel's gas alarm is raised and one when it resolves; a frame replayed after the
+/// restart is rejected by both replicas; both stores end with the same alert events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_pair_behind_an_alertmanager_cluster_notifies_once_through_a_sigkill() {
+    use system_tests::http::{Webhook, get};
+    use system_tests::services::{Alertmanager, free_port};
+    let broker = Mosquitto::start();
+    let hook = Webhook::start(false).await;
+    let (am1, am2) = Alertmanager::start_pair(&format!("http://{}/hook", hook.addr));
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let device = "gz-t1-gas";
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        device_profiles::keys::entry(device, &device_profiles::demo::key(device)),
+    )
+    .unwrap();
+    let replica = |name: &str, am: &Alertmanager| {
+        let port = free_port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"gw-{name}\"\npartition = \"zhanggong\"\nreplica = true\n\n\
+                 [site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
+                 [store]\npath = \"{name}.db\"\n\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
+                 [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n",
+                root.join("device-profiles/profiles").display(),
+                root.join("device-profiles/sites/ganzhou.toml").display(),
+                broker.port,
+                am.url(),
+            ),
+        )
+        .unwrap();
+        (config, port)
+    };
+    let (config_a, port_a) = replica("a", &am1);
+    let (config_b, port_b) = replica("b", &am2);
+    let metric = |port: u16, name: &'static str| async move {
+        let addr = ([127, 0, 0, 1], port).into();
+        let (_, text) = get(addr, "/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let subscribed =
+        |port: u16| async move { metric(port, "citysense_broker_connected ").await == 1.0 };
+    let mut a = crate::store_durability::spawn_gateway(&config_a, port_a);
+    let mut b = crate::store_durability::spawn_gateway(&config_b, port_b);
+    wait_for(
+        "both replicas subscribed",
+        Duration::from_secs(10),
+        || async { subscribed(port_a).await && subscribed(port_b).await },
+    )
+    .await;
+
+    let notifications = |status: &'static str| {
+        let hook = hook.clone();
+        move || {
+            hook.accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["status"] == status)
+                .filter(|n| n["commonLabels"]["alertname"] == "pipe.gas_high")
+                .count()
+        }
+    };
+    let (firing, resolved) = (notifications("firing"), notifications("resolved"));
+    let (node, _) = client("pair-node", broker.port, true).await;
+    let t0 = gateway::clock::now_ms();
+    let raise = frame_at(device, 9, 1, t0, &pipe(Quantity::Gas, 23.0));
+    publish(&node, &up_topic(device), raise.clone()).await;
+    wait_for("the alarm notified", Duration::from_secs(20), || async {
+        firing() >= 1
+    })
+    .await;
+
+    // Replica a dies mid-episode; the gas clears while it is down; it comes back.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let clear = frame_at(device, 9, 2, t0 + 1_000, &pipe(Quantity::Gas, 2.0));
+    publish(&node, &up_topic(device), clear).await;
+    wait_for(
+        "the resolution notified",
+        Duration::from_secs(20),
+        || async { resolved() >= 1 },
+    )
+    .await;
+    a = crate::store_durability::spawn_gateway(&config_a, port_a);
+    wait_for(
+        "the restarted replica caught up",
+        Duration::from_secs(20),
+        || async {
+            metric(port_a, "citysense_alerts_active{").await == 0.0
+                && metric(
+                    port_a,
+                    "citysense_readings_accepted_total{category=\"pipe\"}",
+                )
+                .await
+                    >= 1.0
+        },
+    )
+    .await;
+    // A frame replayed after the restart is refused by both.
+    publish(&node, &up_topic(device), raise).await;
+    for port in [port_a, port_b] {
+        wait_for("the replay refused", Duration::from_secs(10), || async {
+            metric(
+                port,
+                "citysense_messages_rejected_total{reason=\"replayed\"}",
+            )
+            .await
+                >= 1.0
+        })
+        .await;
+    }
+    // Both Alertmanagers have had their chance to notify again (group interval 1 s, the second
+    // member's 2 s wait for the first's log): no second notification of either transition.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        (firing(), resolved()),
+        (1, 1),
+        "{:#?}",
+        hook.accepted.lock().unwrap()
+    );
+
+    for child in [&mut a, &mut b] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let events = |name: &str| {
+        let (store, _) =
+            gateway::store::Store::open(&dir.path().join(format!("{name}.db"))).unwrap();
+        let mut e: Vec<_> = store
+            .recent_alert_events(100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| (e.alert.id, e.kind.name(), e.at_ms))
+            .collect();
+        e.sort();
+        e
+    };
+    assert_eq!(
+        events("a"),
+        events("b"),
+        "both replicas recorded the same alert events"
+    );
+    drop((am1, am2));
 }

@@ -51,7 +51,7 @@ fn write_config(
     config
 }
 
-fn spawn_gateway(config: &std::path::Path, http_port: u16) -> std::process::Child {
+pub(crate) fn spawn_gateway(config: &std::path::Path, http_port: u16) -> std::process::Child {
     let mut child = std::process::Command::new(crate::gateway_ingest::gateway_binary())
         .args(["run", "--config"])
         .arg(config)

@@ -68,6 +68,7 @@ pub fn test_settings(name: &str, broker_port: u16) -> Settings {
     mqtt.reconnect_max_ms = 500;
     Settings {
         gateway_id: format!("gw-{name}-{}", std::process::id()),
+        partition: None,
         mqtt,
         verify: VerifySection::default(),
         http: gateway::api::HttpSection {

@@ -893,7 +893,10 @@ expect = []
         let on_a = a.take_changes().events;
         assert_eq!(b.adopt(&theirs), Ok(3));
         let on_b = b.take_changes().events;
-        assert_eq!(on_b, on_a, "the same events, alert and times on both replicas");
+        assert_eq!(
+            on_b, on_a,
+            "the same events, alert and times on both replicas"
+        );
         assert_eq!(b.adopt(&theirs), Ok(0), "twice changes nothing");
         // Its own state back changes nothing either; an alert not open here is not found.
         assert_eq!(a.adopt(&theirs), Ok(0));

@@ -84,6 +84,7 @@ pub async fn run(
     let keys = crate::keys::Keys::demo(&catalog);
     let settings = Settings {
         gateway_id: "citysense-demo".into(),
+        partition: None,
         mqtt: demo_mqtt(opts.mqtt),
         verify: VerifySection::default(),
         http: crate::api::HttpSection {
