@@ -97,9 +97,6 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
                 w.name
             ));
         }
-        if config.city_platform.is_some() {
-            warnings.push("warning: [city_platform] on a replica: record ids are per instance today, so the platform would get each record once per replica; forward from one replica of the pair only (deploy/topology.md)".to_owned());
-        }
     }
     let unknown_keys: Vec<String> = catalog
         .site

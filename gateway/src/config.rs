@@ -157,8 +157,7 @@ pub struct GatewaySection {
     #[serde(default)]
     pub partition: Option<String>,
     /// This gateway is one of several replicas of its partition (deploy/topology.md):
-    /// `check-config` then warns of what each replica would do once more (direct webhooks, the
-    /// city-platform forwarder).
+    /// `check-config` then warns of what each replica would do once more (direct webhooks).
     #[serde(default)]
     pub replica: bool,
 }

@@ -128,11 +128,16 @@ fn errors(gw: &Gateway, d: Dataset, class: &str) -> u64 {
         .get()
 }
 
-/// Every record id the gateway owes the platform, by stream.
+/// Every record id the gateway owes the platform, by stream (ids as the gateway's exchange
+/// format makes them: from content, so a revised window is one id).
 fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeSet<String>> {
     let store = gw.store();
-    let instance = store.instance().unwrap();
-    let id = |stream: &str, seq: i64| format!("{gateway_id}.{instance}.{stream}.{seq}");
+    let x = gateway::sink::city_platform::exchange::Exchange::new(
+        &catalog(),
+        gateway_id,
+        &store.instance().unwrap(),
+        "360700",
+    );
     let mut out = BTreeMap::new();
     out.insert(
         "aggregates",
@@ -140,7 +145,7 @@ fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeS
             .points_after(0, i64::MAX, 1_000_000)
             .unwrap()
             .into_iter()
-            .map(|(seq, _)| id("aggregates", seq))
+            .map(|(seq, p)| x.point("d", seq, &p, None).id)
             .collect(),
     );
     out.insert(
@@ -149,7 +154,7 @@ fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeS
             .alert_events_after(0, 1_000_000)
             .unwrap()
             .into_iter()
-            .map(|(seq, _)| id("alerts", seq))
+            .map(|(seq, e)| x.alert("d", seq, &e).id)
             .collect(),
     );
     out.insert(
@@ -158,18 +163,27 @@ fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeS
             .readings_after(0, 1_000_000)
             .unwrap()
             .into_iter()
-            .map(|(seq, _)| id("raw", seq))
+            .map(|(seq, r)| x.reading("d", seq, &r, 0).id)
             .collect(),
     );
     out
 }
 
-/// Checks that copies of one id are identical, and returns the ids by stream.
+/// Checks that copies of one id say the same (whichever replica sent them: `source` names the
+/// sender, `revision` its row), and returns the ids by stream.
 fn unique_ids(records: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, BTreeSet<String>> {
+    let said = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("source");
+            o.remove("revision");
+        }
+        v
+    };
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (id, copies) in records {
         assert!(
-            copies.iter().all(|c| c == &copies[0]),
+            copies.iter().all(|c| said(c) == said(&copies[0])),
             "{id} arrived twice with different content: {copies:#?}"
         );
         let stream = copies[0]["source"]["stream"].as_str().unwrap().to_owned();
@@ -671,4 +685,73 @@ async fn a_platform_certificate_from_another_ca_is_refused_clearly_and_the_data_
         owed_records(&gw, &gateway_id)["aggregates"]
     );
     gw.stop().await;
+}
+
+/// Two replicas of one partition forward to one platform: every record arrives from both under
+/// one id with the same content, so the platform's idempotency keeps one of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_each_record_under_one_id_and_the_platform_keeps_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path(), "replicas");
+    let mock = MockPlatform::start(
+        &pki,
+        Answer::Accept {
+            reject_subject: None,
+        },
+    )
+    .await;
+    let nodes = Mosquitto::start();
+    let replica = |name: &'static str| {
+        let city = section(|s| {
+            s.https = Some(https(&mock.url, &pki, &pki));
+            s.raw.enabled = Some(true);
+        });
+        start_gateway_settings(name, nodes.port, move |s| s.city_platform = Some(city))
+    };
+    let (a, b) = (replica("replica-a").await, replica("replica-b").await);
+    wait_for("both subscribed", Duration::from_secs(10), || async {
+        a.metrics().broker_connected.get() == 1 && b.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let (node, _) = client("replicas-node", nodes.port, true).await;
+    let t0 = start();
+    publish_minutes(&node, t0, 0..20, true).await;
+    close_hour(&node, t0).await;
+    // Everything committed so far forwarded (the last report is a minute old by then).
+    let delivered = |gw: &Gateway| {
+        use gateway::store::Table;
+        let store = gw.store();
+        let done = |d: Dataset, t: Table| {
+            let last = store.last_id(t).unwrap();
+            last > 0 && store.cursor(&d.cursor()).unwrap() == last
+        };
+        done(Dataset::Aggregates, Table::Points) && done(Dataset::Raw, Table::Readings)
+    };
+    wait_for(
+        "both replicas delivered everything",
+        Duration::from_secs(30),
+        || async { delivered(&a) && delivered(&b) },
+    )
+    .await;
+    let received = mock.received();
+    assert!(received.violations.is_empty(), "{:?}", received.violations);
+    // Copies of one id are identical (checked by unique_ids), and there are two of each.
+    let ids = unique_ids(&received.records);
+    let owed_a = owed_records(&a, &format!("gw-replica-a-{}", std::process::id()));
+    let owed_b = owed_records(&b, &format!("gw-replica-b-{}", std::process::id()));
+    assert_eq!(owed_a, owed_b, "the replicas owe the same records");
+    assert!(!owed_a["aggregates"].is_empty() && !owed_a["raw"].is_empty());
+    for (stream, owed) in &owed_a {
+        assert_eq!(
+            &ids.get(*stream).cloned().unwrap_or_default(),
+            owed,
+            "{stream}"
+        );
+    }
+    assert!(
+        received.records.values().all(|copies| copies.len() >= 2),
+        "each record came from both replicas"
+    );
+    a.stop().await;
+    b.stop().await;
 }

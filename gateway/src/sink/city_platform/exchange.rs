@@ -15,6 +15,7 @@ use chrono::{DateTime, FixedOffset, Offset, Utc};
 use device_profiles::Catalog;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::alert::AlertEvent;
 use crate::alert::model::Status;
@@ -79,7 +80,10 @@ pub struct AlertInfo {
 pub struct Record {
     /// [`SCHEMA`].
     pub schema: String,
-    /// Unique and stable: `{gateway}.{store}.{stream}.{seq}`.
+    /// Unique, stable and the same from every replica of a partition: `{site}.{stream}.{hash}`,
+    /// the hash of what the record is about (a window: measurement, tags and time; an alert
+    /// event: alert id, kind and time; a reading: device, boot epoch and sequence), never of
+    /// the instance or a row number.
     pub id: String,
     /// The dataset id the platform files it under (configurable per dataset).
     pub dataset: String,
@@ -114,6 +118,8 @@ fn is_first(revision: &i64) -> bool {
 /// Builds records for one gateway and store.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// The namespace of record ids: the site's id.
+    site: String,
     gateway: String,
     store: String,
     region: String,
@@ -139,7 +145,20 @@ impl Exchange {
                 units_by_kind.insert((kind.clone(), f.name.clone()), f.unit.clone());
             }
         }
+        let site = catalog
+            .site
+            .site
+            .id
+            .chars()
+            .map(
+                |c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    true => c,
+                    false => '_',
+                },
+            )
+            .collect();
         Exchange {
+            site,
             gateway: gateway.to_owned(),
             store: store.to_owned(),
             region: region.to_owned(),
@@ -157,9 +176,20 @@ impl Exchange {
             .to_string()
     }
 
+    /// The id of a record of `stream` about `what` (its identifying parts, in order).
+    fn id(&self, stream: &str, what: &[&str]) -> String {
+        let mut h = sha2::Sha256::new();
+        for part in what {
+            h.update(part.as_bytes());
+            h.update([0x1f]);
+        }
+        format!("{}.{stream}.{}", self.site, hex::encode(&h.finalize()[..8]))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
+        id: String,
         dataset: &str,
         stream: &str,
         seq: i64,
@@ -172,7 +202,7 @@ impl Exchange {
     ) -> Record {
         Record {
             schema: SCHEMA.to_owned(),
-            id: format!("{}.{}.{stream}.{seq}", self.gateway, self.store),
+            id,
             dataset: dataset.to_owned(),
             region: region
                 .filter(|r| is_region_code(r))
@@ -228,10 +258,17 @@ impl Exchange {
                 Some((name.clone(), Field { value, unit }))
             })
             .collect();
+        let time = p.time_ms.to_string();
+        let mut what: Vec<&str> = vec![&p.measurement];
+        for (k, v) in &p.tags {
+            what.extend([k.as_str(), v.as_str()]);
+        }
+        what.push(&time);
         let mut r = self.record(
+            self.id("aggregates", &what),
             dataset,
             "aggregates",
-            first.unwrap_or(seq),
+            seq,
             region,
             subjects,
             &p.measurement,
@@ -239,10 +276,9 @@ impl Exchange {
             p.time_ms,
             p.quality,
         );
-        if let Some(first) = first.filter(|f| *f != seq) {
-            r.source.seq = seq;
+        // The id names the window whatever its version; a revision orders the versions.
+        if first.is_some_and(|f| f != seq) {
             r.revision = seq;
-            debug_assert!(first < seq);
         }
         r
     }
@@ -257,7 +293,10 @@ impl Exchange {
         let mut fields = BTreeMap::from([("grade".to_owned(), field(i64::from(a.grade), "1"))]);
         number(&mut fields, "value", a.value, "");
         number(&mut fields, "threshold", a.threshold, "");
+        let at = e.at_ms.to_string();
+        let id = self.id("alerts", &[&a.id, e.kind.name(), &at]);
         let mut r = self.record(
+            id,
             dataset,
             "alerts",
             seq,
@@ -366,7 +405,17 @@ impl Exchange {
             unsynced_clock: r.unsynced_clock,
             estimated: false,
         };
+        // A frame's boot epoch and sequence name it, and which of its readings this is (a frame
+        // carries several: lanes, pipe fields); a reading without them (Modbus, JSON profiles),
+        // its time.
+        let (at, what) = match r.origin {
+            Some((epoch, sequence)) => (format!("{epoch}.{sequence}"), "frame"),
+            None => (r.time_ms.to_string(), "time"),
+        };
+        let content = serde_json::to_string(&r.measurement).unwrap_or_default();
+        let id = self.id("raw", &[&r.device, what, &at, &content]);
         self.record(
+            id,
             dataset,
             "raw",
             seq,
@@ -461,8 +510,8 @@ mod tests {
         let r = exchange().point("citysense.aggregates", 977, &p, Some(42));
         validate(&r);
         assert_eq!(
-            r.id, "gw-1.18c2f.aggregates.42",
-            "the window's first version"
+            r.id, "ganzhou.aggregates.d07f0d6ddc4cc7b3",
+            "the window's id (pinned: ids must not change between versions)"
         );
         assert_eq!((r.revision, r.source.seq), (977, 977));
         assert!(r.quality.late);
@@ -472,6 +521,44 @@ mod tests {
         assert_eq!((&first.id, first.revision), (&r.id, 0));
         let json = serde_json::to_value(&first).unwrap();
         assert!(json.get("revision").is_none(), "a first version has none");
+    }
+
+    #[test]
+    fn every_replica_gives_a_record_the_same_id_and_what_differs_gets_another() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let (a, b) = (
+            Exchange::new(&catalog, "gw-a", "18c2f", "360700"),
+            Exchange::new(&catalog, "gw-b", "7d01e", "360700"),
+        );
+        let p = Point {
+            measurement: "crowd".into(),
+            tags: vec![
+                ("area".into(), "S4".into()),
+                ("zone".into(), "360702".into()),
+            ],
+            fields: vec![("entries".into(), FieldValue::Int(3))],
+            time_ms: T,
+            quality: Quality::default(),
+        };
+        let (on_a, on_b) = (a.point("d", 42, &p, None), b.point("d", 977, &p, None));
+        assert_eq!(on_a.id, on_b.id, "other gateway, store and row: one window");
+        assert_ne!(
+            (on_a.source.gateway, on_a.source.seq),
+            (on_b.source.gateway, on_b.source.seq)
+        );
+        let later = Point {
+            time_ms: T + 60_000,
+            ..p.clone()
+        };
+        assert_ne!(a.point("d", 43, &later, None).id, on_a.id);
+        let other = Point {
+            tags: vec![
+                ("area".into(), "S5".into()),
+                ("zone".into(), "360702".into()),
+            ],
+            ..p
+        };
+        assert_ne!(a.point("d", 44, &other, None).id, on_a.id);
     }
 
     #[test]
@@ -497,7 +584,7 @@ mod tests {
         };
         let r = exchange().point("citysense.aggregates", 42, &p, None);
         validate(&r);
-        assert_eq!(r.id, "gw-1.18c2f.aggregates.42");
+        assert!(r.id.starts_with("ganzhou.aggregates."), "{}", r.id);
         assert_eq!(r.region, "360702");
         assert_eq!(r.event_time, "2026-10-01T10:00:00.000+08:00");
         assert_eq!(r.subjects["asset"], "P1");
