@@ -38,6 +38,14 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
     )
     .unwrap()
     .unwrap();
+    let (watcher, mut stream) = client("replica-watch", broker.port, true).await;
+    watcher
+        .subscribe(
+            "cs/v1/alerts/events",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
     let (node, _) = client("replica-node", broker.port, true).await;
     let t = gateway::clock::now_ms();
     let frame = frame_at("gz-t1-gas", 5, 1, t, &pipe(Quantity::Gas, 23.0));
@@ -94,6 +102,24 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
         events(&a).len(),
         4,
         "raised, acknowledged, assigned, commented"
+    );
+    // A subscriber gets each event from both replicas under one event_id.
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    while seen.len() < 4 || seen.values().any(|n| *n < 2) {
+        let (_, body) = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .expect("both replicas' events on cs/v1/alerts/events")
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        *seen
+            .entry(event["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let acked = on_a.ack.as_ref().unwrap().at_ms;
+    assert!(
+        seen.contains_key(&format!("{id}/acknowledged/{acked}")),
+        "{seen:?}"
     );
     a.stop().await;
     b.stop().await;

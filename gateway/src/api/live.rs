@@ -43,7 +43,7 @@ pub async fn alerts_stream(
                 }
                 if let Some((seq, event)) = ready.next() {
                     let data =
-                        serde_json::to_string(&Envelope { seq, event: &event }).unwrap_or_default();
+                        serde_json::to_string(&Envelope::new(seq, &event)).unwrap_or_default();
                     let message = Event::default()
                         .event("alert")
                         .id(seq.to_string())

@@ -280,9 +280,7 @@ async fn alerts(
         Ok(Ok(e)) => e
             .iter()
             .filter(|(_, event)| wanted(&event.alert))
-            .map(|(seq, event)| {
-                serde_json::json!(crate::sink::notify::Envelope { seq: *seq, event })
-            })
+            .map(|(seq, event)| serde_json::json!(crate::sink::notify::Envelope::new(*seq, event)))
             .collect(),
         _ => {
             return bad_request(
@@ -445,7 +443,7 @@ async fn alert_timeline(State(s): State<AppState>, Path(id): Path<String>) -> Re
     let mut timeline: Vec<serde_json::Value> = events
         .iter()
         .filter(|(_, e)| e.alert.id == id)
-        .map(|(seq, event)| serde_json::json!(crate::sink::notify::Envelope { seq: *seq, event }))
+        .map(|(seq, event)| serde_json::json!(crate::sink::notify::Envelope::new(*seq, event)))
         .collect();
     timeline.sort_by_key(|e| e["seq"].as_i64());
     let open = s

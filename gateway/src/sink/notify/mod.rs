@@ -134,10 +134,25 @@ fn default_resend() -> u64 {
 #[derive(Debug, Serialize)]
 pub struct Envelope<'a> {
     /// Outbox position: increases with every event; a redelivery carries the same number.
+    /// Each replica of a partition numbers its own outbox.
     pub seq: i64,
+    /// The same on every replica and every redelivery: `{alert id}/{kind}/{at_ms}`. A subscriber
+    /// of several replicas keeps one event per id.
+    pub event_id: String,
     /// The event.
     #[serde(flatten)]
     pub event: &'a AlertEvent,
+}
+
+impl<'a> Envelope<'a> {
+    /// Event `event` at outbox row `seq`.
+    pub fn new(seq: i64, event: &'a AlertEvent) -> Envelope<'a> {
+        Envelope {
+            seq,
+            event_id: format!("{}/{}/{}", event.alert.id, event.kind.name(), event.at_ms),
+            event,
+        }
+    }
 }
 
 /// Why a delivery failed.

@@ -58,7 +58,7 @@ impl MqttNotifier {
     ) -> Result<(), DeliveryError> {
         let mut messages = Vec::with_capacity(events.len() * 2);
         for (seq, event) in events {
-            let body = serde_json::to_vec(&Envelope { seq: *seq, event })
+            let body = serde_json::to_vec(&Envelope::new(*seq, event))
                 .map_err(|e| DeliveryError::Refused(e.to_string()))?;
             messages.push(Message {
                 topic: "cs/v1/alerts/events".to_owned(),

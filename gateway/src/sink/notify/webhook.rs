@@ -65,7 +65,7 @@ impl WebhookNotifier {
         let a = &event.alert;
         let text = markdown(event);
         match format {
-            WebhookFormat::Generic => json!(Envelope { seq, event }),
+            WebhookFormat::Generic => json!(Envelope::new(seq, event)),
             WebhookFormat::Dingtalk => json!({
                 "msgtype": "markdown",
                 "markdown": { "title": format!("[{}] {}", a.label, a.subject_name), "text": text },
