@@ -30,3 +30,48 @@ pub fn logger_report(d: usize, epoch: u32, sequence: u32, unix_ms: i64) -> (Stri
         wire::frame::seal_to_vec(&header, &body, &key).unwrap(),
     )
 }
+
+/// The second district of a split load site: 南康区.
+pub const SECOND_ZONE: &str = "360703";
+
+/// A load site of `devices` pressure loggers (a multiple of 200) split in two districts: the
+/// first half in 章贡区 (360702), the second in 南康区 (360703), each half on water mains of its
+/// own district. The site file and keys are written to `dir`.
+pub fn split_site(dir: &std::path::Path, devices: usize) -> device_profiles::Catalog {
+    assert_eq!(devices % 200, 0, "whole water mains in each half");
+    let site = simulator::load_site::write_site(dir, devices, "127.0.0.1:1883").unwrap();
+    let mut c =
+        device_profiles::Catalog::load(std::path::Path::new(device_profiles::PROFILES_DIR), &site)
+            .unwrap();
+    c.site.districts.push(device_profiles::site::District {
+        code: SECOND_ZONE.into(),
+        name: "南康区".into(),
+    });
+    let second: std::collections::HashSet<String> = (devices / 2..devices)
+        .map(simulator::load_site::device_id)
+        .collect();
+    for d in &mut c.site.devices {
+        if second.contains(&d.id) {
+            d.zone = SECOND_ZONE.into();
+        }
+    }
+    for a in &mut c.site.pipe_assets {
+        if a.devices.iter().all(|d| second.contains(d)) {
+            a.zone = SECOND_ZONE.into();
+        }
+    }
+    assert!(c.site.straddling(&[SECOND_ZONE.to_owned()]).is_empty());
+    c
+}
+
+/// [`logger_report`] for a logger of a [`split_site`] of `devices`: on its district's topic.
+pub fn split_report(d: usize, devices: usize, sequence: u32, unix_ms: i64) -> (String, Vec<u8>) {
+    let (topic, frame) = logger_report(d, 1, sequence, unix_ms);
+    match d >= devices / 2 {
+        true => (
+            topic.replacen("/360702/", &format!("/{SECOND_ZONE}/"), 1),
+            frame,
+        ),
+        false => (topic, frame),
+    }
+}

@@ -11,7 +11,7 @@ mod layering;
 mod modbus_slaves;
 mod modbus_source;
 mod nodectl;
-mod replicas;
+mod scale;
 mod scenarios;
 mod store_durability;
 mod support;

@@ -175,6 +175,14 @@ pub fn sink_to(
 ) -> gateway::sink::influxdb::InfluxSection {
     gateway::sink::influxdb::InfluxSection {
         url: vm.url(),
+        ..sink_to_url_defaults()
+    }
+}
+
+/// [`sink_to`]'s settings but the URL.
+pub fn sink_to_url_defaults() -> gateway::sink::influxdb::InfluxSection {
+    gateway::sink::influxdb::InfluxSection {
+        url: String::new(),
         org: "ganzhou".into(),
         bucket: "citysense".into(),
         batch_lines: 500,

@@ -1,4 +1,5 @@
-//! Replicas of one partition (DESIGN.md, Scale): identical gateways on one broker, each with its
+//! Scale (DESIGN.md): partitions by district, and replicas of one partition. Replicas are
+//! identical gateways on one broker, each with its
 //! own session and store. Operator actions taken on one reach the other through the retained
 //! subject states, with the same names and times, so both consoles (and both outboxes) agree.
 
@@ -281,4 +282,131 @@ async fn a_replica_pair_behind_an_alertmanager_cluster_notifies_once_through_a_s
         "both replicas recorded the same alert events"
     );
     drop((am1, am2));
+}
+
+/// Two partitions on two brokers writing to one VictoriaMetrics: the gateway of 章贡区 on one
+/// Mosquitto and the gateway of 南康区 on another. Each partition's points equal those of its
+/// run alone, and VictoriaMetrics holds both partitions' series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_partitions_on_two_brokers_each_give_what_they_give_alone() {
+    use gateway::point::Point;
+    use gateway::store::Table;
+    use std::sync::Arc;
+    use system_tests::load_frames::{SECOND_ZONE, split_report, split_site};
+    use system_tests::services::VictoriaMetrics;
+    const DEVICES: usize = 200;
+    const ROUNDS: u32 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(split_site(dir.path(), DEVICES));
+    let keys = gateway::keys::Keys::load(&dir.path().join("keys.toml")).unwrap();
+    let t0 = (gateway::clock::now_ms() - 30 * 60_000) / 60_000 * 60_000;
+    // A half's reports: a minute apart per logger, the loggers spread over the minute.
+    let half = |second: bool| -> Vec<(String, Vec<u8>)> {
+        let loggers = match second {
+            false => 0..DEVICES / 2,
+            true => DEVICES / 2..DEVICES,
+        };
+        (0..ROUNDS)
+            .flat_map(|r| {
+                loggers.clone().map(move |d| {
+                    let at = t0 + i64::from(r) * 60_000 + d as i64 * 250;
+                    split_report(d, DEVICES, r, at)
+                })
+            })
+            .collect()
+    };
+    // One partition: a gateway serving `zone` on `broker`, sent its half; its points once every
+    // reading is committed.
+    let partition = |name: &'static str, zone: &'static str, broker: u16, vm: Option<String>| {
+        let (catalog, keys) = (catalog.clone(), keys.clone());
+        async move {
+            start_gateway_on(catalog, keys, name, broker, move |s| {
+                s.zones = vec![zone.to_owned()];
+                s.influxdb = vm.map(|url| gateway::sink::influxdb::InfluxSection {
+                    url,
+                    ..crate::support::sink_to_url_defaults()
+                });
+            })
+            .await
+        }
+    };
+    let feed = |gw: &gateway::Gateway, broker: u16, frames: Vec<(String, Vec<u8>)>| {
+        let store = gw.store();
+        let subscribed = gw.metrics().broker_connected.clone();
+        async move {
+            wait_for("subscribed", Duration::from_secs(10), || async {
+                subscribed.get() == 1
+            })
+            .await;
+            let n = frames.len() as i64;
+            let (node, _) = client(&format!("feed-{broker}"), broker, true).await;
+            for (topic, frame) in frames {
+                publish(&node, &topic, frame).await;
+            }
+            wait_for(
+                "every reading committed",
+                Duration::from_secs(30),
+                || async { store.last_id(Table::Readings).unwrap() == n },
+            )
+            .await;
+            let mut points: Vec<Point> = store
+                .points_after(0, i64::MAX, 1_000_000)
+                .unwrap()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            points.sort_by(|a, b| (&a.tags, a.time_ms).cmp(&(&b.tags, b.time_ms)));
+            points
+        }
+    };
+
+    // Each partition alone.
+    let mut alone = Vec::new();
+    for (second, zone) in [(false, "360702"), (true, SECOND_ZONE)] {
+        let broker = Mosquitto::start();
+        let gw = partition("alone", zone, broker.port, None).await;
+        alone.push(feed(&gw, broker.port, half(second)).await);
+        gw.stop().await;
+    }
+    assert!(
+        alone.iter().all(|p| !p.is_empty()),
+        "windows closed in each partition"
+    );
+
+    // Both at once, on two brokers, into one VictoriaMetrics.
+    let vm = VictoriaMetrics::start();
+    let (b1, b2) = (Mosquitto::start(), Mosquitto::start());
+    let g1 = partition("zhanggong", "360702", b1.port, Some(vm.url())).await;
+    let g2 = partition("nankang", SECOND_ZONE, b2.port, Some(vm.url())).await;
+    let (p1, p2) = tokio::join!(
+        feed(&g1, b1.port, half(false)),
+        feed(&g2, b2.port, half(true))
+    );
+    assert_eq!(p1, alone[0], "章贡区 gives what it gives alone");
+    assert_eq!(p2, alone[1], "南康区 gives what it gives alone");
+    // VictoriaMetrics holds both partitions' mains (LA0 in 章贡区, LA1 in 南康区).
+    for (gw, asset) in [(&g1, "LA0"), (&g2, "LA1")] {
+        let m = gw.metrics().clone();
+        wait_for(
+            "every point in VictoriaMetrics",
+            Duration::from_secs(30),
+            || async { m.sink_pending.with_label_values(&["influxdb"]).get() == 0 },
+        )
+        .await;
+        let addr: std::net::SocketAddr = vm.url().trim_start_matches("http://").parse().unwrap();
+        let query = format!("/api/v1/series?match[]=pipe_mean{{asset=\"{asset}\"}}");
+        wait_for(
+            "the partition's series searchable in VictoriaMetrics",
+            Duration::from_secs(15),
+            || async {
+                system_tests::http::get(addr, &query)
+                    .await
+                    .1
+                    .contains(asset)
+            },
+        )
+        .await;
+    }
+    g1.stop().await;
+    g2.stop().await;
 }
