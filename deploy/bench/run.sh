@@ -4,7 +4,8 @@
 # 1, 1 and 4 publishers, interleaved, median of 3), publish → alert latency under load and
 # unloaded (stock broker and TCP_NODELAY), publish → point visible in VictoriaMetrics, memory per
 # tracked device at 10k and 100k devices, 10,000 simulated devices on a connection each, and the
-# console (its first load in bytes; API p99 for 50 viewers, idle and at 1,000 reports/s).
+# console (its first load in bytes; API p99 for 50 viewers, idle and at 1,000 reports/s), and
+# the ingest ceiling of one partition against two.
 # Latency under load runs deploy/bench/soak.sh (the release gateway and `simulator load` in
 # processes of their own) at half the QoS 1 ceiling, with a stock broker and with TCP_NODELAY,
 # then with `latency-floor --mode durable` in the gateway's place (its baseline: one fdatasync'd
@@ -50,6 +51,7 @@ if $quick; then
   throughput=(--messages 30000 --rounds 1 --visibility-samples 10 --memory 10000)
   samples=50
   console_s=15
+  partition_devices=2000
   under_load_s=30
   fsync_s=10
 else
@@ -57,6 +59,7 @@ else
   throughput=(--messages 100000 --rounds 3 --visibility-samples 60 --memory 10000,100000)
   samples=200
   console_s=60
+  partition_devices=10000
   under_load_s=120
   fsync_s=60
 fi
@@ -104,6 +107,10 @@ step "latency: publish → alert on cs/v1/alerts/events"
 cargo run --release -q -p system-tests --bin alert-latency -- --samples "$samples" \
   | tee "$out/latency.txt"
 
+step "partitions: the ingest ceiling of one partition and of two"
+cargo run --release -q -p system-tests --bin partitions -- --devices "$partition_devices" \
+  --rounds 10 --runs 3 | tee "$out/partitions.txt"
+
 step "the console: first load, API latency with 50 viewers idle and at 1,000 reports/s"
 cargo run --release -q -p system-tests --bin console-load -- --viewers 50 --rate 1000 \
   --seconds "$console_s" | tee "$out/console.txt"
@@ -121,6 +128,7 @@ grep '^visibility p99' "$out/throughput.txt" | sed 's/$/ (target ≤ 2000 ms)/'
 grep '^memory per tracked device' "$out/throughput.txt" | sed 's/$/ (target ≤ 1024 B of state)/'
 grep '^connections:.*devices on' "$out/throughput.txt"
 grep '^all-route p99' "$out/console.txt"
+grep '^median' "$out/partitions.txt" | sed 's/^/partitions: /'
 
 {
   echo
@@ -134,5 +142,6 @@ grep '^all-route p99' "$out/console.txt"
   awk '/^mosquitto \(/{print "- publish → alert " $2 ": p50 " $3 " ms, p99 " $5 " ms"}' "$out/latency.txt"
   awk '/^  total/{print "- console first load: " $2 " bytes"}' "$out/console.txt"
   grep '^all-route p99' "$out/console.txt" | sed 's/^/- console API, 50 viewers: /'
+  grep '^median' "$out/partitions.txt" | sed 's/^median/- partitions, ingest ceiling/'
 } >> "$out/BENCHMARKS-rows.md"
 echo "rows appended to $out/BENCHMARKS-rows.md; done in $SECONDS s"
