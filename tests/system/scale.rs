@@ -410,3 +410,228 @@ async fn two_partitions_on_two_brokers_each_give_what_they_give_alone() {
     g1.stop().await;
     g2.stop().await;
 }
+
+/// Every series of a VictoriaMetrics: labels → time → value (after a flush).
+async fn export_all(
+    vm: &system_tests::services::VictoriaMetrics,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<i64, f64>> {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", vm.port).parse().unwrap();
+    let _ = system_tests::http::get(addr, "/internal/force_flush").await;
+    // {__name__=~".+"}
+    let (status, body) = system_tests::http::get(
+        addr,
+        "/api/v1/export?match[]=%7B__name__%3D%7E%22.%2B%22%7D",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<i64, f64>> =
+        Default::default();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(v["metric"].clone()).unwrap();
+        let series = out.entry(format!("{labels:?}")).or_default();
+        let (ts, vals) = (
+            v["timestamps"].as_array().unwrap(),
+            v["values"].as_array().unwrap(),
+        );
+        for (t, x) in ts.iter().zip(vals) {
+            series.insert(t.as_i64().unwrap(), x.as_f64().unwrap());
+        }
+    }
+    out
+}
+
+/// The HA claim end to end with the simulator: the tunnel gas-leak scenario (raised, escalated,
+/// resolved) played once against a single gateway, and once against a replica pair (`gateway
+/// run` processes with their own sessions and stores, each sending to its member of a
+/// two-node Alertmanager cluster in front of a webhook, both writing to one VictoriaMetrics).
+/// One replica is SIGKILLed mid-episode and restarted. The receiver gets exactly one
+/// notification per transition, and the pair's VictoriaMetrics holds the same series and
+/// values as the single gateway's (compared by export).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_gateway() {
+    use simulator::run::{RunOptions, run};
+    use simulator::scenario::Scenario;
+    use system_tests::http::Webhook;
+    use system_tests::services::{Alertmanager, VictoriaMetrics, free_port};
+    let scenario = Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../simulator/scenarios/gas-leak-tunnel.toml"),
+    )
+    .unwrap();
+    let options = |port: u16, gateway: String, token: String, acceleration: f64| RunOptions {
+        keys: None,
+        mqtt_host: "127.0.0.1".into(),
+        mqtt_port: port,
+        gateway,
+        acceleration: Some(acceleration),
+        seed: 7,
+        settle: Duration::from_secs(10),
+        progress: false,
+        token: Some(token),
+    };
+
+    // The single gateway, in its own VictoriaMetrics.
+    let single_vm = VictoriaMetrics::start();
+    {
+        let broker = Mosquitto::start();
+        let sink = sink_to(&single_vm);
+        let gw = start_gateway_settings("single", broker.port, |s| s.influxdb = Some(sink)).await;
+        let url = format!("http://{}", gw.http_addr());
+        let token = system_tests::http::TEST_TOKEN.to_owned();
+        let outcome = run(
+            &catalog(),
+            &scenario,
+            &options(broker.port, url, token, 2400.0),
+        )
+        .await
+        .unwrap();
+        assert!(outcome.passed, "{}", outcome.report);
+        let m = gw.metrics().clone();
+        wait_for(
+            "the single gateway's points written",
+            Duration::from_secs(30),
+            || async { m.sink_pending.with_label_values(&["influxdb"]).get() == 0 },
+        )
+        .await;
+        gw.stop().await;
+    }
+
+    // The pair.
+    let broker = Mosquitto::start();
+    let pair_vm = VictoriaMetrics::start();
+    let hook = Webhook::start(false).await;
+    let (am1, am2) = Alertmanager::start_pair(&format!("http://{}/hook", hook.addr));
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let keys: String = device_profiles::demo::keys(&catalog())
+        .map(|(id, key)| device_profiles::keys::entry(id, &key))
+        .collect();
+    std::fs::write(dir.path().join("keys.toml"), keys).unwrap();
+    let replica = |name: &str, am: &Alertmanager| {
+        let port = free_port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"gw-{name}\"\npartition = \"zhanggong\"\nreplica = true\n\n\
+                 [site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
+                 [store]\npath = \"{name}.db\"\n\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
+                 [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+                 [influxdb]\nurl = \"{}\"\norg = \"ganzhou\"\nbucket = \"citysense\"\nflush_ms = 200\n\n\
+                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n",
+                root.join("device-profiles/profiles").display(),
+                root.join("device-profiles/sites/ganzhou.toml").display(),
+                broker.port,
+                pair_vm.url(),
+                am.url(),
+            ),
+        )
+        .unwrap();
+        (config, port)
+    };
+    let (config_a, port_a) = replica("a", &am1);
+    let (config_b, port_b) = replica("b", &am2);
+    let mut a = crate::store_durability::spawn_gateway(&config_a, port_a);
+    let mut b = crate::store_durability::spawn_gateway(&config_b, port_b);
+    // A read token on replica b, for the simulator's oracle.
+    let made = std::process::Command::new(crate::gateway_ingest::gateway_binary())
+        .args(["tokens", "add", "simulator", "--scope", "read", "--config"])
+        .arg(&config_b)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let metric = |port: u16, name: &'static str| async move {
+        let addr = ([127, 0, 0, 1], port).into();
+        let (_, text) = system_tests::http::get(addr, "/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "both replicas subscribed",
+        Duration::from_secs(10),
+        || async {
+            metric(port_a, "citysense_broker_connected ").await == 1.0
+                && metric(port_b, "citysense_broker_connected ").await == 1.0
+        },
+    )
+    .await;
+    let notified = |severity: &'static str, status: &'static str| {
+        let hook = hook.clone();
+        move || {
+            hook.accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["status"] == status)
+                .filter(|n| n["commonLabels"]["alertname"] == "pipe.gas_high")
+                .filter(|n| n["commonLabels"]["severity"] == severity)
+                .count()
+        }
+    };
+    // The scenario at 60× (its episode spans seconds, so Alertmanager sees each transition
+    // apart), with replica a SIGKILLed as soon as the alarm is notified and started again.
+    let url = format!("http://127.0.0.1:{port_b}");
+    let (catalog, opts) = (catalog(), options(broker.port, url, token, 60.0));
+    let raised = notified("alarm", "firing");
+    let kill_and_restart = async {
+        wait_for("the alarm notified", Duration::from_secs(60), || async {
+            raised() >= 1
+        })
+        .await;
+        a.kill().unwrap();
+        a.wait().unwrap();
+        crate::store_durability::spawn_gateway(&config_a, port_a)
+    };
+    let (outcome, restarted) = tokio::join!(run(&catalog, &scenario, &opts), kill_and_restart);
+    let (outcome, mut a) = (outcome.unwrap(), restarted);
+    assert!(outcome.passed, "{}", outcome.report);
+    wait_for(
+        "the restarted replica caught up and wrote its points",
+        Duration::from_secs(30),
+        || async {
+            metric(port_a, "citysense_alerts_active{").await == 0.0
+                && metric(port_a, "citysense_sink_pending{sink=\"influxdb\"}").await == 0.0
+                && metric(port_b, "citysense_sink_pending{sink=\"influxdb\"}").await == 0.0
+        },
+    )
+    .await;
+    // Each member had its chance to notify again (group interval 1 s, the second member's 2 s
+    // wait for the first's log): one notification per transition, however many replicas.
+    let resolved_critical = notified("critical", "resolved");
+    wait_for(
+        "the resolution notified",
+        Duration::from_secs(20),
+        || async { resolved_critical() >= 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let counts: Vec<usize> = [
+        ("alarm", "firing"),
+        ("alarm", "resolved"),
+        ("critical", "firing"),
+        ("critical", "resolved"),
+    ]
+    .into_iter()
+    .map(|(severity, status)| notified(severity, status)())
+    .collect();
+    assert_eq!(counts, [1, 1, 1, 1], "{:#?}", hook.accepted.lock().unwrap());
+    for child in [&mut a, &mut b] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The pair's time series are the single gateway's.
+    let (single, pair) = (export_all(&single_vm).await, export_all(&pair_vm).await);
+    assert!(single.len() > 10, "{single:?}");
+    assert_eq!(single, pair);
+    drop((am1, am2));
+}
