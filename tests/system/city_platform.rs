@@ -130,8 +130,10 @@ fn errors(gw: &Gateway, d: Dataset, class: &str) -> u64 {
 
 /// Every record id the gateway owes the platform, by stream (ids as the gateway's exchange
 /// format makes them: from content, so a revised window is one id).
-fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeSet<String>> {
-    let store = gw.store();
+pub(crate) fn owed_records(
+    store: &gateway::store::Store,
+    gateway_id: &str,
+) -> BTreeMap<&'static str, BTreeSet<String>> {
     let x = gateway::sink::city_platform::exchange::Exchange::new(
         &catalog(),
         gateway_id,
@@ -171,7 +173,9 @@ fn owed_records(gw: &Gateway, gateway_id: &str) -> BTreeMap<&'static str, BTreeS
 
 /// Checks that copies of one id say the same (whichever replica sent them: `source` names the
 /// sender, `revision` its row), and returns the ids by stream.
-fn unique_ids(records: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn unique_ids(
+    records: &BTreeMap<String, Vec<Value>>,
+) -> BTreeMap<String, BTreeSet<String>> {
     let said = |v: &Value| {
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
@@ -342,7 +346,7 @@ async fn an_hour_long_upstream_outage_loses_nothing_and_live_data_overtakes_the_
     )
     .await;
     // Let the consumer receive the last PUBLISHes the broker acknowledged.
-    let owed = owed_records(&gw, &gateway_id);
+    let owed = owed_records(&gw.store(), &gateway_id);
     let got = |arrivals: &[(Instant, String, Value)]| {
         let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (_, topic, v) in arrivals {
@@ -373,7 +377,7 @@ async fn an_hour_long_upstream_outage_loses_nothing_and_live_data_overtakes_the_
     }
     let ids = unique_ids(&by_id);
     // Records made after the snapshot (a late alert) may arrive too; none that was never owed.
-    let owed_now = owed_records(&gw, &gateway_id);
+    let owed_now = owed_records(&gw.store(), &gateway_id);
     for (stream, want) in &owed {
         let have = ids.get(*stream).cloned().unwrap_or_default();
         let missing: Vec<&String> = want.difference(&have).collect();
@@ -566,7 +570,7 @@ async fn the_https_platform_gets_every_record_through_5xx_timeouts_refusals_and_
     let datasets = [Dataset::Aggregates, Dataset::Alerts];
     let delivered = || {
         let ids = unique_ids(&mock.received().records);
-        let owed = owed_records(&gw, &gateway_id);
+        let owed = owed_records(&gw.store(), &gateway_id);
         datasets.iter().all(|d| {
             let want: BTreeSet<String> =
                 owed[d.name()].difference(&dead_ids(*d)).cloned().collect();
@@ -581,7 +585,7 @@ async fn the_https_platform_gets_every_record_through_5xx_timeouts_refusals_and_
     let received = mock.received();
     assert!(received.violations.is_empty(), "{:?}", received.violations);
     let ids = unique_ids(&received.records);
-    let owed = owed_records(&gw, &gateway_id);
+    let owed = owed_records(&gw.store(), &gateway_id);
     for d in datasets {
         let dead = store.dead_letters(&d.cursor()).unwrap();
         for (_, record, reason) in &dead {
@@ -682,7 +686,7 @@ async fn a_platform_certificate_from_another_ca_is_refused_clearly_and_the_data_
     let gateway_id = format!("gw-city-tls-{}", std::process::id());
     assert_eq!(
         unique_ids(&received.records)["aggregates"],
-        owed_records(&gw, &gateway_id)["aggregates"]
+        owed_records(&gw.store(), &gateway_id)["aggregates"]
     );
     gw.stop().await;
 }
@@ -737,8 +741,8 @@ async fn two_replicas_send_each_record_under_one_id_and_the_platform_keeps_one()
     assert!(received.violations.is_empty(), "{:?}", received.violations);
     // Copies of one id are identical (checked by unique_ids), and there are two of each.
     let ids = unique_ids(&received.records);
-    let owed_a = owed_records(&a, &format!("gw-replica-a-{}", std::process::id()));
-    let owed_b = owed_records(&b, &format!("gw-replica-b-{}", std::process::id()));
+    let owed_a = owed_records(&a.store(), &format!("gw-replica-a-{}", std::process::id()));
+    let owed_b = owed_records(&b.store(), &format!("gw-replica-b-{}", std::process::id()));
     assert_eq!(owed_a, owed_b, "the replicas owe the same records");
     assert!(!owed_a["aggregates"].is_empty() && !owed_a["raw"].is_empty());
     for (stream, owed) in &owed_a {

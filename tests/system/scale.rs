@@ -22,6 +22,17 @@ fn open_alert(gw: &gateway::Gateway, rule: &str) -> Option<gateway::alert::Alert
         .find(|a| a.rule == rule)
 }
 
+/// The sum of the samples of a gateway process's `/metrics` (on `port`) whose line starts with
+/// `name`: every label set of a metric when `name` ends in `{`.
+async fn metric(port: u16, name: &str) -> f64 {
+    let addr = ([127, 0, 0, 1], port).into();
+    let (_, text) = system_tests::http::get(addr, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_other() {
     let broker = Mosquitto::start();
@@ -134,7 +145,7 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
 /// restart is rejected by both replicas; both stores end with the same alert events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_pair_behind_an_alertmanager_cluster_notifies_once_through_a_sigkill() {
-    use system_tests::http::{Webhook, get};
+    use system_tests::http::Webhook;
     use system_tests::services::{Alertmanager, free_port};
     let broker = Mosquitto::start();
     let hook = Webhook::start(false).await;
@@ -170,14 +181,6 @@ async fn a_replica_pair_behind_an_alertmanager_cluster_notifies_once_through_a_s
     };
     let (config_a, port_a) = replica("a", &am1);
     let (config_b, port_b) = replica("b", &am2);
-    let metric = |port: u16, name: &'static str| async move {
-        let addr = ([127, 0, 0, 1], port).into();
-        let (_, text) = get(addr, "/metrics").await;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     let subscribed =
         |port: u16| async move { metric(port, "citysense_broker_connected ").await == 1.0 };
     let mut a = crate::store_durability::spawn_gateway(&config_a, port_a);
@@ -504,6 +507,14 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
     let hook = Webhook::start(false).await;
     let (am1, am2) = Alertmanager::start_pair(&format!("http://{}/hook", hook.addr));
     let dir = tempfile::tempdir().unwrap();
+    let pki = system_tests::pki::Pki::generate(dir.path(), "platform");
+    let platform = system_tests::platform::MockPlatform::start(
+        &pki,
+        system_tests::platform::Answer::Accept {
+            reject_subject: None,
+        },
+    )
+    .await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys: String = device_profiles::demo::keys(&catalog())
         .map(|(id, key)| device_profiles::keys::entry(id, &key))
@@ -521,12 +532,18 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
                  [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
                  [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
                  [influxdb]\nurl = \"{}\"\norg = \"ganzhou\"\nbucket = \"citysense\"\nflush_ms = 200\n\n\
-                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n",
+                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n\n\
+                 [city_platform]\nflush_ms = 100\n[city_platform.raw]\nenabled = true\n\
+                 [city_platform.https]\nurl = \"{}\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\ntimeout_ms = 2000\n",
                 root.join("device-profiles/profiles").display(),
                 root.join("device-profiles/sites/ganzhou.toml").display(),
                 broker.port,
                 pair_vm.url(),
                 am.url(),
+                platform.url,
+                pki.ca.display(),
+                pki.client_cert.display(),
+                pki.client_key.display(),
             ),
         )
         .unwrap();
@@ -548,14 +565,6 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
         String::from_utf8_lossy(&made.stderr)
     );
     let token = String::from_utf8_lossy(&made.stdout).trim().to_owned();
-    let metric = |port: u16, name: &'static str| async move {
-        let addr = ([127, 0, 0, 1], port).into();
-        let (_, text) = system_tests::http::get(addr, "/metrics").await;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     wait_for(
         "both replicas subscribed",
         Duration::from_secs(10),
@@ -602,6 +611,8 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
             metric(port_a, "citysense_alerts_active{").await == 0.0
                 && metric(port_a, "citysense_sink_pending{sink=\"influxdb\"}").await == 0.0
                 && metric(port_b, "citysense_sink_pending{sink=\"influxdb\"}").await == 0.0
+                && metric(port_a, "citysense_city_platform_pending_records{").await == 0.0
+                && metric(port_b, "citysense_city_platform_pending_records{").await == 0.0
         },
     )
     .await;
@@ -628,6 +639,21 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
     for child in [&mut a, &mut b] {
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+    // The platform got every record from both replicas under one id, saying the same.
+    let owed = |name: &str| {
+        let (store, _) =
+            gateway::store::Store::open(&dir.path().join(format!("{name}.db"))).unwrap();
+        crate::city_platform::owed_records(&store, &format!("gw-{name}"))
+    };
+    let (owed_a, owed_b) = (owed("a"), owed("b"));
+    assert_eq!(owed_a, owed_b, "the replicas owe the same records");
+    let received = platform.received();
+    assert!(received.violations.is_empty(), "{:?}", received.violations);
+    let ids = crate::city_platform::unique_ids(&received.records);
+    for (stream, owed) in &owed_a {
+        assert!(!owed.is_empty(), "{stream}");
+        assert_eq!(&ids[*stream], owed, "{stream}: one record per id");
     }
     // The pair's time series are the single gateway's.
     let (single, pair) = (export_all(&single_vm).await, export_all(&pair_vm).await);
