@@ -906,6 +906,41 @@ expect = []
     }
 
     #[test]
+    pub(super) fn a_replica_behind_its_peer_adopts_an_acknowledgement_once_it_caught_up() {
+        let (mut a, mut b) = (engine(), engine());
+        for e in [&mut a, &mut b] {
+            e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
+            e.take_changes();
+        }
+        let id = "pipe.gas_high:T1:0";
+        // The peer escalated to critical, then its operator acknowledged the critical alarm.
+        a.on_readings(&[gas("gz-t1-gas", 60_000, 26.0)]);
+        a.take_changes();
+        let theirs = a.ack(id, "wang.li", "evacuated", 61_000).unwrap();
+        a.take_changes();
+        assert_eq!(
+            b.adopt(&theirs),
+            Err(AckError::NotFound(id.into())),
+            "not before this replica escalated too"
+        );
+        b.on_readings(&[gas("gz-t1-gas", 60_000, 26.0)]);
+        b.take_changes();
+        assert_eq!(b.adopt(&theirs), Ok(1));
+        assert_eq!(b.open_alerts()[0], theirs);
+        // A peer behind: its acknowledgement of the lower grade is not taken here.
+        let (mut c, mut d) = (engine(), engine());
+        for e in [&mut c, &mut d] {
+            e.on_readings(&[gas("gz-t1-gas", 0, 21.0)]);
+            e.take_changes();
+        }
+        let behind = c.ack(id, "zhao", "", 1_000).unwrap();
+        d.on_readings(&[gas("gz-t1-gas", 60_000, 26.0)]);
+        d.take_changes();
+        assert_eq!(d.adopt(&behind), Ok(0));
+        assert!(d.open_alerts()[0].ack.is_none());
+    }
+
+    #[test]
     pub(super) fn unchanged_episodes_are_not_rewritten_for_every_value() {
         let mut e = engine();
         e.on_readings(&[gas("gz-t1-gas", 0, 1.0)]);

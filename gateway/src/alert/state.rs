@@ -92,21 +92,24 @@ impl Engine {
     /// Takes what operators did to alert `theirs.id` on a replica (its acknowledgement,
     /// assignment and comments, as that replica's retained subject state carries them), with
     /// their own names and times, so both replicas record the same events; what is here already
-    /// stays as it is. An acknowledgement older than this alert's latest transition (an
-    /// escalation here cleared it) is not taken. How many events it made; not found: the alert
-    /// is not open here (yet).
+    /// stays as it is. How many events it made; not found: the alert is not open here, or not
+    /// yet in the state the peer's is in (the peer made a transition this replica has still to
+    /// make: its acknowledgement may be of a grade not reached here), so try again later. An
+    /// acknowledgement from a peer behind this replica (an escalation here cleared it) is not
+    /// taken; its comments are.
     pub fn adopt(&mut self, theirs: &Alert) -> Result<usize, AckError> {
         let id = theirs.id.as_str();
         let ours = self
             .states
             .values()
             .find_map(|s| s.alert.as_ref().filter(|a| a.id == id))
+            .filter(|ours| ours.updated_ms >= theirs.updated_ms)
             .cloned()
             .ok_or_else(|| AckError::NotFound(id.to_owned()))?;
         let mut made = 0;
         if let Some(ack) = &theirs.ack
             && ours.ack.is_none()
-            && ack.at_ms >= ours.updated_ms
+            && ours.updated_ms == theirs.updated_ms
         {
             self.ack(id, &ack.by, &ack.note, ack.at_ms)?;
             made += 1;
