@@ -79,6 +79,9 @@ pub struct Metrics {
     pub city_catching_up: IntGaugeVec,
     /// Used bytes of the local store.
     pub store_bytes: IntGauge,
+    /// Bytes the process caused to be written to storage (`/proc/self/io` `write_bytes`): the
+    /// local store, its WAL and checkpoints; what flash endurance is sized by.
+    pub store_bytes_written: IntCounter,
     /// Seconds until the size bound at the current write rate.
     pub store_runway_seconds: prometheus::Gauge,
     /// Records dropped by policy, by reason (`space`).
@@ -313,6 +316,10 @@ impl Metrics {
                 &["dataset"],
             ),
             store_bytes: gauge("citysense_store_bytes", "Used bytes of the local store."),
+            store_bytes_written: counter(
+                "citysense_store_bytes_written_total",
+                "Bytes the gateway caused to be written to storage (the local store, its WAL and checkpoints; Linux /proc/self/io write_bytes).",
+            ),
             store_runway_seconds: register(
                 &r,
                 prometheus::Gauge::new(

@@ -506,7 +506,8 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
     let pair_vm = VictoriaMetrics::start();
     let hook = Webhook::start(false).await;
     let (am1, am2) = Alertmanager::start_pair(&format!("http://{}/hook", hook.addr));
-    let dir = tempfile::tempdir().unwrap();
+    // On the build's disk, not a tmpfs: the test reads the bytes the replicas wrote to storage.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let pki = system_tests::pki::Pki::generate(dir.path(), "platform");
     let platform = system_tests::platform::MockPlatform::start(
         &pki,
@@ -636,6 +637,8 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
     .map(|(severity, status)| notified(severity, status)())
     .collect();
     assert_eq!(counts, [1, 1, 1, 1], "{:#?}", hook.accepted.lock().unwrap());
+    // What the replica wrote to storage is counted (/proc/self/io).
+    assert!(metric(port_b, "citysense_store_bytes_written_total").await > 0.0);
     for child in [&mut a, &mut b] {
         child.kill().unwrap();
         child.wait().unwrap();
