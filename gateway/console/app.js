@@ -31,6 +31,7 @@ const I18N = {
     "manhole": "井盖", "pump_station": "泵站",
     "occupancy.unknown": "未知", "inflow": "入园", "count": "人工清点", "count.set": "录入",
     "g1": "畅通", "g2": "基本畅通", "g3": "轻度拥堵", "g4": "中度拥堵", "g5": "严重拥堵",
+    "device_cat": "设备",
   },
   en: {
     "nav.situation": "Situation", "nav.alerts": "Alerts", "nav.devices": "Devices", "logout": "Log out",
@@ -61,9 +62,9 @@ const I18N = {
     "manhole": "manhole", "pump_station": "pump station",
     "occupancy.unknown": "unknown", "inflow": "in", "count": "head count", "count.set": "Set",
     "g1": "free", "g2": "light", "g3": "slow", "g4": "congested", "g5": "jammed",
+    "device_cat": "device",
   },
 };
-I18N.zh.device_cat = "设备"; I18N.en.device_cat = "device";
 
 // Severities that stand out and sound when they are raised or escalated to.
 const URGENT = new Set(["orange", "red", "alarm", "critical"]);

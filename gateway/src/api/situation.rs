@@ -148,7 +148,8 @@ pub async fn situation(State(s): State<AppState>) -> Response {
     }
     let low_battery = open
         .iter()
-        .filter(|a| a.rule == "device.low_battery")
+        // Profiles with other thresholds get rules of their own: `device.low_battery@kind`.
+        .filter(|a| a.rule.split('@').next() == Some("device.low_battery"))
         .count();
 
     // Worst open alert per (category, subject); crowd colours come from the occupancy rules.
