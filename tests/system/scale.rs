@@ -22,6 +22,37 @@ fn open_alert(gw: &gateway::Gateway, rule: &str) -> Option<gateway::alert::Alert
         .find(|a| a.rule == rule)
 }
 
+/// The config of replica `name` of the partition 章贡区 (`gateway run` in `dir`, keys in
+/// `dir/keys.toml`) on the broker at `broker`, sending to `am`, with `sinks` (TOML sections)
+/// appended; the config file and its HTTP port.
+fn replica_config(
+    dir: &std::path::Path,
+    name: &str,
+    broker: u16,
+    am: &system_tests::services::Alertmanager,
+    sinks: &str,
+) -> (std::path::PathBuf, u16) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let port = system_tests::services::free_port();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw-{name}\"\npartition = \"zhanggong\"\nreplica = true\n\n\
+             [site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
+             [store]\npath = \"{name}.db\"\n\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {broker}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n\n{sinks}",
+            root.join("device-profiles/profiles").display(),
+            root.join("device-profiles/sites/ganzhou.toml").display(),
+            am.url(),
+        ),
+    )
+    .unwrap();
+    (config, port)
+}
+
 /// The sum of the samples of a gateway process's `/metrics` (on `port`) whose line starts with
 /// `name`: every label set of a metric when `name` ends in `{`.
 async fn metric(port: u16, name: &str) -> f64 {
@@ -146,39 +177,19 @@ async fn an_acknowledgement_assignment_and_comment_on_one_replica_show_on_the_ot
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_pair_behind_an_alertmanager_cluster_notifies_once_through_a_sigkill() {
     use system_tests::http::Webhook;
-    use system_tests::services::{Alertmanager, free_port};
+    use system_tests::services::Alertmanager;
     let broker = Mosquitto::start();
     let hook = Webhook::start(false).await;
     let (am1, am2) = Alertmanager::start_pair(&format!("http://{}/hook", hook.addr));
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let device = "gz-t1-gas";
     std::fs::write(
         dir.path().join("keys.toml"),
         device_profiles::keys::entry(device, &device_profiles::demo::key(device)),
     )
     .unwrap();
-    let replica = |name: &str, am: &Alertmanager| {
-        let port = free_port();
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nid = \"gw-{name}\"\npartition = \"zhanggong\"\nreplica = true\n\n\
-                 [site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
-                 [store]\npath = \"{name}.db\"\n\n\
-                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
-                 [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
-                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n",
-                root.join("device-profiles/profiles").display(),
-                root.join("device-profiles/sites/ganzhou.toml").display(),
-                broker.port,
-                am.url(),
-            ),
-        )
-        .unwrap();
-        (config, port)
-    };
+    let replica =
+        |name: &str, am: &Alertmanager| replica_config(dir.path(), name, broker.port, am, "");
     let (config_a, port_a) = replica("a", &am1);
     let (config_b, port_b) = replica("b", &am2);
     let subscribed =
@@ -457,7 +468,7 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
     use simulator::run::{RunOptions, run};
     use simulator::scenario::Scenario;
     use system_tests::http::Webhook;
-    use system_tests::services::{Alertmanager, VictoriaMetrics, free_port};
+    use system_tests::services::{Alertmanager, VictoriaMetrics};
     let scenario = Scenario::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../simulator/scenarios/gas-leak-tunnel.toml"),
@@ -516,40 +527,22 @@ async fn a_scenario_through_a_replica_pair_with_one_sigkilled_equals_a_single_ga
         },
     )
     .await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys: String = device_profiles::demo::keys(&catalog())
         .map(|(id, key)| device_profiles::keys::entry(id, &key))
         .collect();
     std::fs::write(dir.path().join("keys.toml"), keys).unwrap();
-    let replica = |name: &str, am: &Alertmanager| {
-        let port = free_port();
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nid = \"gw-{name}\"\npartition = \"zhanggong\"\nreplica = true\n\n\
-                 [site]\nprofiles = \"{}\"\nsite = \"{}\"\nkeys = \"keys.toml\"\n\n\
-                 [store]\npath = \"{name}.db\"\n\n\
-                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
-                 [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
-                 [influxdb]\nurl = \"{}\"\norg = \"ganzhou\"\nbucket = \"citysense\"\nflush_ms = 200\n\n\
-                 [alerts.alertmanager]\nurl = \"{}\"\nresend_s = 10\n\n[modbus]\nenabled = false\n\n\
-                 [city_platform]\nflush_ms = 100\n[city_platform.raw]\nenabled = true\n\
-                 [city_platform.https]\nurl = \"{}\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\ntimeout_ms = 2000\n",
-                root.join("device-profiles/profiles").display(),
-                root.join("device-profiles/sites/ganzhou.toml").display(),
-                broker.port,
-                pair_vm.url(),
-                am.url(),
-                platform.url,
-                pki.ca.display(),
-                pki.client_cert.display(),
-                pki.client_key.display(),
-            ),
-        )
-        .unwrap();
-        (config, port)
-    };
+    let sinks = format!(
+        "[influxdb]\nurl = \"{}\"\norg = \"ganzhou\"\nbucket = \"citysense\"\nflush_ms = 200\n\n\
+         [city_platform]\nflush_ms = 100\n[city_platform.raw]\nenabled = true\n\
+         [city_platform.https]\nurl = \"{}\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\ntimeout_ms = 2000\n",
+        pair_vm.url(),
+        platform.url,
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display(),
+    );
+    let replica =
+        |name: &str, am: &Alertmanager| replica_config(dir.path(), name, broker.port, am, &sinks);
     let (config_a, port_a) = replica("a", &am1);
     let (config_b, port_b) = replica("b", &am2);
     let mut a = crate::store_durability::spawn_gateway(&config_a, port_a);

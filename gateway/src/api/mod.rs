@@ -150,14 +150,9 @@ async fn login(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: LoginBody = match serde_json::from_slice(&body) {
+    let body: LoginBody = match json_body(&body, r#"{"name": "...", "password": "..."}"#) {
         Ok(b) => b,
-        Err(e) => {
-            return bad_request(
-                StatusCode::BAD_REQUEST,
-                format!("body must be JSON {{\"name\": \"...\", \"password\": \"...\"}}: {e}"),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let (store, from) = (s.store.clone(), peer.ip().to_string());
     let name = body.name.clone();
@@ -252,6 +247,16 @@ pub struct AlertsQuery {
     pub zone: Option<String>,
 }
 
+/// A request's JSON body, or a 400 saying what it must look like (`shape`) and why it is not.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(bad_request(
+            StatusCode::BAD_REQUEST,
+            format!("body must be JSON {shape}: {e}"),
+        ))
+    })
+}
+
 fn bad_request(status: StatusCode, error: String) -> Response {
     (status, Json(serde_json::json!({ "error": error }))).into_response()
 }
@@ -312,16 +317,12 @@ async fn ack(
     let body: AckBody = if body.is_empty() {
         AckBody::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match json_body(
+            &body,
+            r#"{"note": "..."} (who acknowledges is who is logged in)"#,
+        ) {
             Ok(b) => b,
-            Err(e) => {
-                return bad_request(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "body must be JSON {{\"note\": \"...\"}} (who acknowledges is who is logged in): {e}"
-                    ),
-                );
-            }
+            Err(refused) => return *refused,
         }
     };
     let note = body.note.unwrap_or_default();
@@ -379,14 +380,9 @@ async fn assign(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: AssignBody = match serde_json::from_slice(&body) {
+    let body: AssignBody = match json_body(&body, r#"{"to": "account"}"#) {
         Ok(b) => b,
-        Err(e) => {
-            return bad_request(
-                StatusCode::BAD_REQUEST,
-                format!("body must be JSON {{\"to\": \"account\"}}: {e}"),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let store = s.store.clone();
     let to = body.to.clone();
@@ -410,15 +406,10 @@ async fn comment(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: CommentBody = match serde_json::from_slice::<CommentBody>(&body) {
+    let body: CommentBody = match json_body::<CommentBody>(&body, r#"{"text": "..."}"#) {
         Ok(b) if !b.text.trim().is_empty() => b,
         Ok(_) => return bad_request(StatusCode::BAD_REQUEST, "an empty comment".into()),
-        Err(e) => {
-            return bad_request(
-                StatusCode::BAD_REQUEST,
-                format!("body must be JSON {{\"text\": \"...\"}}: {e}"),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let change = |e: &mut crate::alert::Engine| e.comment(&id, &who.name, &body.text, now_ms());
     change_alert(&s, (&who, peer), (&id, "comment", &body.text), change).await
@@ -505,14 +496,9 @@ async fn set_occupancy(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: OccupancyBody = match serde_json::from_slice(&body) {
+    let body: OccupancyBody = match json_body(&body, r#"{"count": N, "at_ms": T (optional)}"#) {
         Ok(b) => b,
-        Err(e) => {
-            return bad_request(
-                StatusCode::BAD_REQUEST,
-                format!("body must be JSON {{\"count\": N, \"at_ms\": T (optional)}}: {e}"),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let Some(zone) = s.areas.get(&id) else {
         return bad_request(
