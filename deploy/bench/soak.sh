@@ -181,6 +181,28 @@ written=$(awk '/^write_bytes/{print $2}' "/proc/$gateway_pid/io")
 received=$(awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $2}' "$out/soak-metrics.prom")
 python3 -c 'import sys; w, n = int(sys.argv[1]), float(sys.argv[2] or 1); print(f"gateway disk writes: {w/2**20:.0f} MiB, {w/max(n,1):.0f} B per report")' "$written" "${received:-0}"
 awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"
+# Where those bytes went (store/volume.rs): the WAL by cause, the checkpoints, and the rest
+# (whole-block rounding of partial writes, other files), each per report.
+python3 - "$out/soak-metrics.prom" "$written" "${received:-0}" <<'EOF'
+import re, sys
+text, written, n = open(sys.argv[1]).read(), int(sys.argv[2]), max(float(sys.argv[3] or 1), 1)
+def value(name):
+    return sum(float(v) for v in re.findall(r"^" + name + r" (\S+)$", text, re.M))
+wal = {c: float(v) for c, v in re.findall(r'^citysense_store_wal_bytes_total\{cause="(\w+)"\} (\S+)$', text, re.M)}
+ckpt = value("citysense_store_checkpoint_bytes_total")
+commits = value("citysense_store_commit_duration_seconds_count")
+parts = ", ".join(f"{c} {b / n:.0f}" for c, b in sorted(wal.items(), key=lambda kv: -kv[1]) if b)
+rest = written - sum(wal.values()) - ckpt
+print(f"bytes per report by cause: WAL ({parts}), checkpoints {ckpt / n:.0f}, block rounding and other files {rest / n:.0f}")
+print(f"commits per report: {commits / n:.3f} ({n / max(commits, 1):.1f} reports per commit)")
+EOF
+# What the store holds, by table and index (net of the WAL): bytes per row, per report.
+if command -v sqlite3 >/dev/null; then
+  sqlite3 -readonly "$work/site/gateway.db" \
+    "SELECT name, SUM(pgsize), SUM(ncell) FROM dbstat WHERE pagetype = 'leaf' GROUP BY name ORDER BY 2 DESC LIMIT 8" 2>/dev/null \
+    | awk -F'|' -v n="${received:-1}" '{ printf "%s %.0f B/report (%s rows, %.0f B/row)%s", $1, $2 / n, $3, ($3 > 0 ? $2 / $3 : 0), (NR < 8 ? "; " : "") } END { print "" }' \
+    | sed 's/^/store leaf pages by table: /'
+fi
 # Commits and maintenance passes of 100 ms or more, each logged with where its time went.
 slow=$(grep -c "slow store" "$work/gateway.log" || true)
 echo "slow store commits and maintenance passes (≥ 100 ms): $slow"

@@ -41,6 +41,8 @@ pub struct Settings {
     pub store_path: std::path::PathBuf,
     /// Retention and size bound of the local store.
     pub retention: store::Retention,
+    /// How long a quiet batch waits for others to share its commit (`store.commit_interval_ms`).
+    pub commit_interval: std::time::Duration,
     /// Aggregation tunables.
     pub aggregate: aggregate::AggregateSettings,
     /// The InfluxDB sink, if any.
@@ -65,6 +67,7 @@ impl Settings {
             zones: c.site.zones.clone(),
             store_path: c.store.path.clone(),
             retention: c.store.retention(),
+            commit_interval: c.store.commit_interval(),
             aggregate: c.aggregate.settings(c.store.retention().raw_ms),
             influxdb: c.influxdb.clone(),
             alerts: c.alerts.clone(),
@@ -291,6 +294,7 @@ impl Gateway {
             alerts: alerts.clone(),
             points_committed,
             readings_committed,
+            commit_interval: settings.commit_interval,
         };
         tasks.spawn(pipeline.run(inbound_rx, polled_rx));
         tasks.spawn(source::mqtt::run(

@@ -80,14 +80,22 @@ pub fn resume_corrections(
 }
 /// Bytes this process caused to be written to storage so far (Linux; none elsewhere).
 fn bytes_written() -> Option<u64> {
-    write_bytes(&std::fs::read_to_string("/proc/self/io").ok()?)
+    store::proc_write_bytes(&std::fs::read_to_string("/proc/self/io").ok()?)
 }
 
-/// The `write_bytes` of a `/proc/PID/io` text.
-fn write_bytes(io: &str) -> Option<u64> {
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
+/// Exports what the store wrote since `last` (by cause), and returns the new totals.
+fn export_written(store: &Store, metrics: &Metrics, last: store::Written) -> store::Written {
+    let now = store.written();
+    for ((cause, now), then) in store::Cause::ALL.iter().zip(now.wal).zip(last.wal) {
+        metrics
+            .store_wal_bytes
+            .with_label_values(&[cause.name()])
+            .inc_by(now.saturating_sub(then));
+    }
+    metrics
+        .store_checkpoint_bytes
+        .inc_by(now.checkpoints.saturating_sub(last.checkpoints));
+    now
 }
 
 /// Applies retention and the size bound every ten seconds, and exports the store's size, the
@@ -103,6 +111,7 @@ pub async fn maintain_store(
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut last: Option<(std::time::Instant, u64)> = None;
     let mut written = 0;
+    let mut by_cause = store::Written::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -114,6 +123,7 @@ pub async fn maintain_store(
                 .inc_by(now.saturating_sub(written));
             written = now;
         }
+        by_cause = export_written(&store, &metrics, by_cause);
         let (s, sinks2, raw2, notifiers2) = (
             store.clone(),
             sinks.clone(),
@@ -252,15 +262,5 @@ pub async fn sweep_presence(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_bytes_written_come_from_proc_io() {
-        let io = "rchar: 4096\nwchar: 900\nsyscr: 3\nsyscw: 2\nread_bytes: 0\nwrite_bytes: 81920\ncancelled_write_bytes: 4096\n";
-        assert_eq!(super::write_bytes(io), Some(81_920));
-        assert_eq!(super::write_bytes("rchar: 1\n"), None);
     }
 }

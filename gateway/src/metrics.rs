@@ -82,6 +82,10 @@ pub struct Metrics {
     /// Bytes the process caused to be written to storage (`/proc/self/io` `write_bytes`): the
     /// local store, its WAL and checkpoints; what flash endurance is sized by.
     pub store_bytes_written: IntCounter,
+    /// Bytes the local store appended to its WAL, by cause (`store/volume.rs`).
+    pub store_wal_bytes: IntCounterVec,
+    /// Bytes the WAL checkpoints wrote into the database file.
+    pub store_checkpoint_bytes: IntCounter,
     /// Seconds until the size bound at the current write rate.
     pub store_runway_seconds: prometheus::Gauge,
     /// Records dropped by policy, by reason (`space`).
@@ -319,6 +323,15 @@ impl Metrics {
             store_bytes_written: counter(
                 "citysense_store_bytes_written_total",
                 "Bytes the gateway caused to be written to storage (the local store, its WAL and checkpoints; Linux /proc/self/io write_bytes).",
+            ),
+            store_wal_bytes: counters(
+                "citysense_store_wal_bytes_total",
+                "Bytes the local store appended to its write-ahead log, by cause (batches, devices, retention, cursors, alerts, operators).",
+                &["cause"],
+            ),
+            store_checkpoint_bytes: counter(
+                "citysense_store_checkpoint_bytes_total",
+                "Bytes the local store's WAL checkpoints wrote into its database file.",
             ),
             store_runway_seconds: register(
                 &r,

@@ -21,6 +21,7 @@ pub fn gateway_settings(broker: &Mosquitto, store_dir: &std::path::Path, id: &st
         zones: Vec::new(),
         store_path: store_dir.join("gateway.db"),
         retention: Default::default(),
+        commit_interval: gateway::store::COMMIT_INTERVAL,
         aggregate: Default::default(),
         influxdb: None,
         alerts: Default::default(),

@@ -79,6 +79,7 @@ pub fn test_settings(name: &str, broker_port: u16) -> Settings {
         store_path: ":memory:".into(),
         influxdb: None,
         retention: gateway::store::Retention::default(),
+        commit_interval: gateway::store::COMMIT_INTERVAL,
         aggregate: gateway::aggregate::AggregateSettings::default(),
         alerts: Default::default(),
         // Tests that poll Modbus turn it on with their own slave's endpoint.

@@ -95,6 +95,7 @@ pub async fn run(
         store_path: opts.store.clone(),
         influxdb: None,
         retention: crate::store::Retention::default(),
+        commit_interval: crate::store::COMMIT_INTERVAL,
         aggregate: crate::aggregate::AggregateSettings::default(),
         alerts: crate::config::AlertsSection::default(),
         // The demo's Modbus RTU (gz-p3-rtu) has no slave behind it: `simulator modbus` plays one.

@@ -3,11 +3,18 @@
 //! Messages are verified as they come (under one lock of the registry for whatever has
 //! arrived), into the batch being gathered, until the batch before it is committed; the batch
 //! is then aggregated (in event-time order), the rules evaluate it, and a committer task stores
-//! it in one call. So a batch holds everything that arrived during the commit before it, up to
-//! [`MAX_BATCH`] messages. Only once a batch is committed are its messages acknowledged, so a
-//! crash before that leaves them with the broker, which redelivers them. Rejected messages go to
+//! it in one call. Only once a batch is committed are its messages acknowledged, so a crash
+//! before that leaves them with the broker, which redelivers them. Rejected messages go to
 //! `cs/v1/dlq/{zone}` with their reason and are acknowledged: they are handled.
-
+//!
+//! A commit costs an fsync and at least a block of the WAL however little it holds: one per
+//! report at a low rate wrote 10 KB per 100-byte report, more than edge flash can take. So a
+//! batch that raised no alert event and holds no urgent reading stays open for up to
+//! `store.commit_interval_ms` from its first message: what arrives meanwhile is aggregated and
+//! evaluated into it (the commit lock still held, so the engine's order is kept), and it is
+//! committed at the deadline, or as soon as an alert event or an urgent reading joins it, or
+//! when it is full ([`MAX_BATCH`] messages). Alerts do not wait for the interval; only the
+//! acknowledgements of quiet reports do.
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -60,6 +67,8 @@ pub struct DeadLetter<'a> {
 
 /// A batch verified, aggregated and evaluated, on its way to the committer.
 struct Accepted {
+    /// Messages taken from the broker.
+    messages: usize,
     readings: Vec<Reading>,
     points: Vec<Point>,
     ledgers: Vec<(String, Ledger)>,
@@ -76,6 +85,66 @@ struct Accepted {
     /// When the batch's first message was received, for
     /// `citysense_batch_accept_duration_seconds`.
     arrived: Instant,
+}
+
+impl Accepted {
+    /// Is to be committed now, without waiting for others to share the commit: it raises an
+    /// alert event or holds a reading its node sent at once (a threshold crossed).
+    fn urgent(&self) -> bool {
+        !self.changes.events.is_empty()
+            || self.readings.iter().any(|r| {
+                matches!(
+                    r.measurement,
+                    crate::reading::Measurement::Value { urgent: true, .. }
+                        | crate::reading::Measurement::Occupancy { .. }
+                )
+            })
+    }
+
+    /// Takes in what was evaluated after it, while it held the commit lock.
+    fn merge(&mut self, later: Evaluated) {
+        self.messages += later.messages;
+        self.readings.extend(later.readings);
+        self.points.extend(later.points);
+        self.ledgers.extend(later.ledgers);
+        self.changes.states.extend(later.changes.states);
+        self.changes.events.extend(later.changes.events);
+        if later.corrections.is_some() {
+            self.corrections = later.corrections;
+        }
+        self.acks.extend(later.acks);
+        self.dead.extend(later.dead);
+    }
+}
+
+/// A batch evaluated: [`Accepted`] without the lock.
+struct Evaluated {
+    messages: usize,
+    readings: Vec<Reading>,
+    points: Vec<Point>,
+    ledgers: Vec<(String, Ledger)>,
+    changes: Changes,
+    corrections: Option<String>,
+    acks: Vec<Publish>,
+    dead: Vec<Dead>,
+    arrived: Instant,
+}
+
+impl Evaluated {
+    fn holding(self, held: OwnedMutexGuard<()>) -> Accepted {
+        Accepted {
+            messages: self.messages,
+            readings: self.readings,
+            points: self.points,
+            ledgers: self.ledgers,
+            changes: self.changes,
+            corrections: self.corrections,
+            held,
+            acks: self.acks,
+            dead: self.dead,
+            arrived: self.arrived,
+        }
+    }
 }
 
 /// A rejected message: topic, payload, reason, when it was received (Unix ms).
@@ -104,6 +173,14 @@ impl Batch {
 /// A batch's wait for the alert commit lock, kept across the pipeline's wake-ups so that it
 /// keeps its place in the lock's queue.
 type Turn = Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>;
+
+/// Sleeps until `due`; never, without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The lock once `turn` has it; never, while there is no turn.
 async fn next_turn(turn: &mut Option<Turn>) -> OwnedMutexGuard<()> {
@@ -134,6 +211,9 @@ pub struct Pipeline {
     pub points_committed: watch::Sender<()>,
     /// Changed after every commit that held readings: wakes the sinks of raw readings.
     pub readings_committed: watch::Sender<()>,
+    /// How long a batch without alert events or urgent readings stays open for others to
+    /// share its commit (`store.commit_interval_ms`; zero commits each batch at once).
+    pub commit_interval: Duration,
 }
 
 impl Pipeline {
@@ -141,9 +221,10 @@ impl Pipeline {
     /// polled (Modbus) devices.
     ///
     /// A batch gathers messages, verified as they arrive, until the alert commit lock comes
-    /// free, that is until the batch before it is committed; it is then aggregated, evaluated
-    /// and handed to the committer. So a message that arrives during a commit goes into the
-    /// next one, not the one after: it waits for the rest of that commit and its own.
+    /// free, that is until the batch before it is committed; it is then aggregated and
+    /// evaluated. An urgent one goes to the committer at once; another stays open, taking in
+    /// what arrives, until its interval is over or something urgent joins it (see the module's
+    /// documentation).
     pub async fn run(
         self,
         mut inbound: mpsc::Receiver<Publish>,
@@ -155,22 +236,22 @@ impl Pipeline {
         let mut messages = Vec::with_capacity(MAX_BATCH);
         // The batch's turn at the commit lock, asked for as soon as it holds anything.
         let mut turn: Option<Turn> = None;
+        // The batch evaluated and holding the lock, waiting for others to share its commit.
+        let mut open: Option<Accepted> = None;
         let (mut receiving, mut polling) = (true, true);
         // A quiet gateway still runs the corrections whose backlog has come.
         let mut corrections = tokio::time::interval(Duration::from_secs(1));
         corrections.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while receiving || !batch.is_empty() {
+        while receiving || !batch.is_empty() || open.is_some() {
+            let due = open.as_ref().map(|a| a.arrived + self.commit_interval);
+            let mut ready = None;
             tokio::select! {
                 biased;
                 held = next_turn(&mut turn) => {
                     turn = None;
-                    let accepted = self.evaluate(std::mem::take(&mut batch), held);
-                    // Fails only when the committer is gone (shutdown): the messages stay
-                    // unacknowledged and the broker keeps them.
-                    if to_commit.send(accepted).await.is_err() {
-                        break;
-                    }
+                    ready = Some(self.evaluate(std::mem::take(&mut batch), true).holding(held));
                 }
+                () = sleep_until(due) => ready = open.take(),
                 first = inbound.recv(), if receiving && batch.messages < MAX_BATCH => match first {
                     Some(first) => {
                         messages.push(first);
@@ -188,13 +269,33 @@ impl Pipeline {
                     Some(r) => self.gather_polled(r, &mut batch),
                     None => polling = false,
                 },
-                _ = corrections.tick(), if batch.is_empty() && turn.is_none() => {
+                _ = corrections.tick(), if batch.is_empty() && turn.is_none() && open.is_none() => {
                     if self.aggregators.lock().is_ok_and(|a| a.corrections_pending()) {
                         batch.arrived = Some(Instant::now());
                     }
                 }
             }
-            if turn.is_none() && !batch.is_empty() {
+            // The open batch holds the lock: what was gathered joins it at once.
+            if let Some(a) = open.as_mut()
+                && !batch.is_empty()
+            {
+                a.merge(self.evaluate(std::mem::take(&mut batch), false));
+                ready = open.take();
+            }
+            if let Some(a) = ready {
+                let now = a.urgent()
+                    || a.messages >= MAX_BATCH
+                    || !receiving
+                    || a.arrived.elapsed() >= self.commit_interval;
+                if !now {
+                    open = Some(a);
+                } else if to_commit.send(a).await.is_err() {
+                    // The committer is gone (shutdown): the messages stay unacknowledged and
+                    // the broker keeps them.
+                    break;
+                }
+            }
+            if turn.is_none() && open.is_none() && !batch.is_empty() {
                 turn = Some(Box::pin(self.alerts.commit_lock.clone().lock_owned()));
             }
         }
@@ -268,18 +369,19 @@ impl Pipeline {
         batch.acks.append(messages);
     }
 
-    /// Runs the corrections whose backlog has come (their readings are committed: this batch's
-    /// turn came after the commit before it), then aggregates the batch's readings, in one call
-    /// so that the aggregators put the whole batch in event-time order.
+    /// Runs the corrections whose backlog has come when `correct` (their readings are
+    /// committed: this batch's turn came after the commit before it; not so for what joins an
+    /// open batch), then aggregates the batch's readings, in one call so that the aggregators
+    /// put the whole batch in event-time order.
     /// Returns the points, and the corrections still to run when they changed (JSON).
-    fn aggregate(&self, readings: &[Reading]) -> (Vec<Point>, Option<String>) {
+    fn aggregate(&self, readings: &[Reading], correct: bool) -> (Vec<Point>, Option<String>) {
         let Ok(mut a) = self.aggregators.lock() else {
             tracing::error!("aggregation state lock poisoned; readings stored without points");
             return (Vec::new(), None);
         };
         let before = a.counts;
         let mut points = Vec::new();
-        if a.corrections_pending() {
+        if correct && a.corrections_pending() {
             let skew = self.verifier.max_clock_skew_ms();
             let read = |devices: &[Arc<str>], since| {
                 self.store.readings_of(devices, since, i64::MAX, skew)
@@ -309,12 +411,11 @@ impl Pipeline {
         (points, corrections)
     }
 
-    /// The batch's turn has come (the alert commit lock is `held`): it is aggregated, the rules
-    /// evaluate its readings and points, and it goes to the committer as it is to be committed,
-    /// the lock held until then so that alert changes reach the outbox in engine order.
-    fn evaluate(&self, batch: Batch, held: OwnedMutexGuard<()>) -> Accepted {
-        let (points, corrections) = self.aggregate(&batch.readings);
-        self.metrics.batch_messages.observe(batch.messages as f64);
+    /// The batch's turn has come (the alert commit lock is held, by it or by the open batch it
+    /// joins): it is aggregated and the rules evaluate its readings and points. The lock is held
+    /// until it is committed, so that alert changes reach the outbox in engine order.
+    fn evaluate(&self, batch: Batch, correct: bool) -> Evaluated {
+        let (points, corrections) = self.aggregate(&batch.readings, correct);
         // The sequence ledgers of the devices this batch moved, committed with its readings.
         let ledgers = match self.registry.lock() {
             Ok(registry) => batch
@@ -336,13 +437,13 @@ impl Pipeline {
             e.on_readings(&batch.readings);
             e.on_points(&points);
         });
-        Accepted {
+        Evaluated {
+            messages: batch.messages,
             readings: batch.readings,
             points,
             ledgers,
             changes,
             corrections,
-            held,
             acks: batch.acks,
             dead: batch.dead,
             arrived: batch.arrived.unwrap_or_else(Instant::now),
@@ -354,7 +455,9 @@ impl Pipeline {
     /// nothing is acknowledged.
     async fn commit_in_order(self, mut accepted: mpsc::Receiver<Accepted>) {
         while let Some(a) = accepted.recv().await {
+            self.metrics.batch_messages.observe(a.messages as f64);
             let Accepted {
+                messages: _,
                 readings,
                 points,
                 ledgers,
@@ -553,7 +656,12 @@ mod tests {
     use crate::decode::Verifier;
     use device_profiles::demo::key as demo_key;
 
+    /// A pipeline that commits each batch at once.
     fn pipeline() -> Pipeline {
+        pipeline_with(Duration::ZERO)
+    }
+
+    fn pipeline_with(commit_interval: Duration) -> Pipeline {
         let catalog = Arc::new(Catalog::ganzhou().unwrap());
         let keys = crate::keys::Keys::demo(&catalog);
         let metrics = Metrics::new();
@@ -572,6 +680,7 @@ mod tests {
             alerts: Alerts::new(Engine::new(&catalog, rules, 3600), metrics),
             points_committed: watch::channel(()).0,
             readings_committed: watch::channel(()).0,
+            commit_interval,
         }
     }
 
@@ -580,17 +689,27 @@ mod tests {
     }
 
     fn report_of(device: &str, sequence: u32, unix_ms: i64) -> Publish {
+        pipe_report(
+            device,
+            sequence,
+            unix_ms,
+            Quantity::Pressure,
+            0.3,
+            Trigger::Periodic,
+        )
+    }
+
+    fn pipe_report(
+        device: &str,
+        sequence: u32,
+        unix_ms: i64,
+        quantity: Quantity,
+        value: f32,
+        trigger: Trigger,
+    ) -> Publish {
         let mut readings = heapless::Vec::new();
-        readings
-            .push(PipeReading {
-                quantity: Quantity::Pressure,
-                value: 0.3,
-            })
-            .unwrap();
-        let body = Body::PipeReadings(PipeReadings {
-            trigger: Trigger::Periodic,
-            readings,
-        });
+        readings.push(PipeReading { quantity, value }).unwrap();
+        let body = Body::PipeReadings(PipeReadings { trigger, readings });
         let header = Header {
             device_id: device,
             boot_epoch: 1,
@@ -600,7 +719,11 @@ mod tests {
             },
         };
         let frame = wire::frame::seal_to_vec(&header, &body, &demo_key(device)).unwrap();
-        let topic = format!("cs/v1/360702/water-pressure/{device}/up");
+        let kind = match quantity {
+            Quantity::Pressure | Quantity::Flow => "water-pressure",
+            _ => "tunnel-gas",
+        };
+        let topic = format!("cs/v1/360702/{kind}/{device}/up");
         Publish::new(topic, QoS::AtMostOnce, frame, None)
     }
 
@@ -720,5 +843,98 @@ mod tests {
             sink.has_changed().unwrap(),
             "the sink was not told of the committed points"
         );
+    }
+
+    /// Waits until the store holds `n` readings of `device` (the inbound queue still open).
+    async fn committed(p: &Pipeline, device: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.store.recent(device, 64).unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{device}: {} of {n} readings committed",
+                p.store.recent(device, 64).unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn quiet_reports_share_a_commit_until_an_urgent_one_joins() {
+        // An interval no test waits for: what is committed was committed by urgency.
+        let p = pipeline_with(Duration::from_secs(3600));
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_, polled_rx) = mpsc::channel(1);
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let now = now_ms();
+        for sequence in 0..3 {
+            inbound
+                .send(report_of("gz-p1-press", sequence, now))
+                .await
+                .unwrap();
+            verified(&p, u64::from(sequence) + 1).await;
+        }
+        assert!(
+            p.store.recent("gz-p1-press", 16).unwrap().is_empty(),
+            "quiet reports were committed before their interval"
+        );
+        // The node saw a threshold crossed and sent at once.
+        let urgent = pipe_report(
+            "gz-p2-press",
+            0,
+            now,
+            Quantity::Pressure,
+            0.3,
+            Trigger::Threshold,
+        );
+        inbound.send(urgent).await.unwrap();
+        committed(&p, "gz-p2-press", 1).await;
+        assert_eq!(p.store.recent("gz-p1-press", 16).unwrap().len(), 3);
+        assert_eq!(
+            (
+                p.metrics.batch_messages.get_sample_count(),
+                p.metrics.batch_messages.get_sample_sum()
+            ),
+            (1, 4.0),
+            "the three quiet reports and the urgent one in one commit"
+        );
+        drop(inbound);
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_report_that_raises_an_alert_is_committed_without_waiting() {
+        let p = pipeline_with(Duration::from_secs(3600));
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_, polled_rx) = mpsc::channel(1);
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let now = now_ms();
+        inbound
+            .send(report_of("gz-p1-press", 0, now))
+            .await
+            .unwrap();
+        verified(&p, 1).await;
+        // Combustible gas over its alarm (no hold) in a periodic report: the node did not call
+        // it urgent, the rules do.
+        let gas = pipe_report("gz-t1-gas", 0, now, Quantity::Gas, 35.0, Trigger::Periodic);
+        inbound.send(gas).await.unwrap();
+        committed(&p, "gz-t1-gas", 1).await;
+        let events = p.store.recent_alert_events(10).unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(p.store.recent("gz-p1-press", 16).unwrap().len(), 1);
+        drop(inbound);
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_quiet_report_is_committed_when_its_interval_is_over() {
+        let p = pipeline_with(Duration::from_millis(30));
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (_, polled_rx) = mpsc::channel(1);
+        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        inbound.send(report(0)).await.unwrap();
+        committed(&p, "gz-p1-press", 1).await;
+        assert_eq!(p.metrics.batch_messages.get_sample_count(), 1);
+        drop(inbound);
+        running.await.unwrap();
     }
 }

@@ -94,7 +94,7 @@ const TOKEN: &str = "id, name, scope, hash, created_ms, revoked_ms";
 impl Store {
     /// Adds an account; `false` when the name is taken.
     pub fn add_account(&self, a: &Account) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let n = conn
             .execute(
                 &format!(
@@ -143,7 +143,7 @@ impl Store {
 
     /// Sets an account's password hash (and clears its failures); `false`: no such account.
     pub fn set_password(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let n = conn
             .execute(
                 "UPDATE accounts SET password = ?2, failures = 0, locked_until_ms = 0 WHERE name = ?1",
@@ -155,7 +155,7 @@ impl Store {
 
     /// Disables or enables an account; `false`: no such account.
     pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let n = conn
             .execute(
                 "UPDATE accounts SET disabled = ?2 WHERE name = ?1",
@@ -173,7 +173,7 @@ impl Store {
         ok: bool,
         lock_until_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let sql = if ok {
             "UPDATE accounts SET failures = 0, locked_until_ms = 0 WHERE name = ?1"
         } else {
@@ -191,7 +191,7 @@ impl Store {
 
     /// Adds an API token.
     pub fn add_token(&self, t: &ApiToken) -> Result<(), StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         conn.execute(
             &format!("INSERT INTO api_tokens ({TOKEN}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
             params![t.id, t.name, t.scope, t.hash, t.created_ms, t.revoked_ms],
@@ -231,7 +231,7 @@ impl Store {
 
     /// Revokes a token at `at_ms`; `false`: no such token, or revoked already.
     pub fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let n = conn
             .execute(
                 "UPDATE api_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",

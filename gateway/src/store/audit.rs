@@ -130,7 +130,7 @@ const COLUMNS: &str = "id, at_ms, actor, source, action, target, outcome, detail
 impl Store {
     /// Appends `entry` at `at_ms` to the audit trail (fsync'd); returns its id.
     pub fn audit(&self, at_ms: i64, entry: &AuditEntry) -> Result<i64, StoreError> {
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(super::Cause::Operators)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         let last: Option<(i64, String)> = tx
             .query_row(
@@ -229,7 +229,7 @@ impl Store {
     /// Removes the records older than `before_ms`; the last one removed becomes the anchor.
     /// Returns how many.
     pub fn expire_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(super::Cause::Operators)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         let last: Option<(i64, String)> = tx
             .query_row(

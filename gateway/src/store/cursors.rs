@@ -34,7 +34,7 @@ impl Store {
         cursors: &[(&str, i64)],
         refused: &[(i64, String, String)],
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(super::Cause::Cursors)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         self.dead_letter(&tx, sink, refused)?;
         for (name, value) in cursors {
@@ -120,7 +120,7 @@ impl Store {
         last_id: i64,
         refused: &[(i64, String, String)],
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(super::Cause::Cursors)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         self.dead_letter(&tx, sink, refused)?;
         tx.execute(

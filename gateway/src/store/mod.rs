@@ -51,15 +51,18 @@ mod quarantine;
 mod reads;
 mod retention;
 mod row;
+mod volume;
 mod wal;
 
 pub use accounts::{Account, ApiToken};
 pub use audit::{AUDIT_KEEP_MS, AuditBroken, AuditEntry, AuditRecord};
-pub use config::StoreSection;
+pub use config::{COMMIT_INTERVAL, StoreSection};
 pub use outbox::Committed;
 pub use retention::{Enforced, Retention};
+pub use volume::{Cause, Written, proc_write_bytes};
 
 use quarantine::passes_quick_check;
+use volume::Volume;
 use wal::{Checkpointer, WAL_LIMITS, WalLimits};
 
 use crate::alert::Changes;
@@ -162,6 +165,8 @@ pub struct Store {
     devices: Mutex<devices::Devices>,
     /// Set by [`Store::enforce`] when the size bound is reached with nothing left to drop.
     full: AtomicBool,
+    /// What the writing connection wrote, by cause.
+    volume: Arc<Volume>,
     /// Declared after `conn`, so it is dropped after it: the connection's WAL hook holds the
     /// sender of the thread's wake-ups, and the thread ends once it is gone.
     checkpointer: Checkpointer,
@@ -279,7 +284,11 @@ impl Store {
                 .map_err(err)?;
             Some(Mutex::new(reader))
         };
-        let checkpointer = Checkpointer::start(path, &mut conn, limits)?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(err)?;
+        let volume = Arc::new(Volume::new(page_size.unsigned_abs()));
+        let checkpointer = Checkpointer::start(path, &mut conn, limits, volume.clone())?;
         Ok((
             Store {
                 path: path.to_owned(),
@@ -287,15 +296,23 @@ impl Store {
                 reader,
                 devices: Mutex::new(devices),
                 full: AtomicBool::new(false),
+                volume,
                 checkpointer,
             },
             report,
         ))
     }
 
-    /// The writing connection.
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    /// The writing connection, for writes of `cause`.
+    fn writer(&self, cause: Cause) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        self.volume.cause(cause);
+        Ok(conn)
+    }
+
+    /// What the store wrote so far: to the WAL by cause, and by checkpoints.
+    pub fn written(&self) -> Written {
+        self.volume.written()
     }
 
     /// The reading connection (never held while taking the writer). An in-memory store
@@ -303,7 +320,7 @@ impl Store {
     fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         match &self.reader {
             Some(reader) => reader.lock().map_err(|_| StoreError::Poisoned),
-            None => self.writer(),
+            None => self.writer(Cause::Operators),
         }
     }
 
@@ -343,7 +360,7 @@ impl Store {
             return Err(StoreError::Full);
         }
         let started = Instant::now();
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(Cause::Batches)?;
         let mut devices = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
         let mut times = CommitTimes {
             wait: started.elapsed(),
@@ -432,7 +449,7 @@ impl Store {
 impl Drop for Store {
     /// A clean close takes the device checkpoint, so the next open has nothing to replay.
     fn drop(&mut self) {
-        if let Ok(mut conn) = self.conn.lock()
+        if let Ok(mut conn) = self.writer(Cause::Devices)
             && let Err(e) = self.checkpoint_devices(&mut conn)
         {
             tracing::warn!(error = %e, "local store: device checkpoint at close failed; the next open replays the readings after the last one");

@@ -51,7 +51,7 @@ impl Store {
     /// Commits alert changes that no reading caused (presence, acknowledgements); returns the
     /// outbox ids of the events. Alerts are never refused for space.
     pub fn commit_alerts(&self, alerts: &Changes) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(super::Cause::Alerts)?;
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         let ids = self.write_alerts(&tx, alerts)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
@@ -115,7 +115,7 @@ impl Store {
         for c in cursors {
             delivered = delivered.min(self.cursor(c)?);
         }
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Retention)?;
         conn.execute(
             "DELETE FROM alert_events WHERE at_ms < ?1 AND id <= ?2
              AND id < (SELECT MAX(id) FROM alert_events)",

@@ -17,7 +17,7 @@ impl Store {
         error: &serde_json::Error,
         body: &str,
     ) -> Result<(), StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let reason = format!("{}: {error}", key.to_string());
         quarantine(&conn, table, None, &reason, body.as_bytes()).map_err(|e| self.sqlite(e))?;
         conn.execute(

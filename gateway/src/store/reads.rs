@@ -50,7 +50,7 @@ impl Store {
     /// Every persisted ledger (to restore the registry at start). Rows that do not decode are
     /// quarantined.
     pub fn ledgers(&self) -> Result<Vec<(String, Ledger)>, StoreError> {
-        let conn = self.writer()?;
+        let conn = self.writer(super::Cause::Operators)?;
         let mut stmt = conn
             .prepare("SELECT device, body FROM ledgers")
             .map_err(|e| self.sqlite(e))?;

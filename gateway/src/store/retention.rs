@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError};
+use super::{Cause, Store, StoreError};
 
 /// How long data is kept and how large the store may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,7 @@ impl Store {
     /// returns how many rows it wrote.
     pub(super) fn checkpoint_devices(&self, conn: &mut Connection) -> Result<usize, StoreError> {
         let mut devices = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
+        self.volume.cause(Cause::Devices);
         if !devices.changed() {
             return Ok(0);
         }
@@ -80,10 +81,11 @@ impl Store {
         raw_sinks: &[&str],
     ) -> Result<Enforced, StoreError> {
         let started = Instant::now();
-        let mut conn = self.writer()?;
+        let mut conn = self.writer(Cause::Devices)?;
         // The device checkpoint first: nothing removed below is then needed to rebuild it.
         let devices_written = self.checkpoint_devices(&mut conn)?;
         let devices_took = started.elapsed();
+        self.volume.cause(Cause::Retention);
         let e = |e| self.sqlite(e);
         let passed_by_all = |cursors: &[&str]| -> Result<i64, StoreError> {
             let mut min = i64::MAX;

@@ -8,6 +8,7 @@ use rusqlite::Connection;
 
 use std::path::Path;
 
+use super::volume::{Volume, thread_bytes_written};
 use super::{BUSY_TIMEOUT, Store, StoreError};
 
 /// When the WAL is copied into the database, and when it starts over.
@@ -53,6 +54,7 @@ impl Checkpointer {
         path: &Path,
         commits: &mut Connection,
         limits: WalLimits,
+        volume: Arc<Volume>,
     ) -> Result<Checkpointer, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_owned(),
@@ -61,13 +63,14 @@ impl Checkpointer {
         let conn = Connection::open(path).map_err(sqlite)?;
         let restart = Arc::new(AtomicBool::new(false));
         let ask = restart.clone();
+        let counts = volume.clone();
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
                     let started = Instant::now();
-                    let done = checkpoint(&conn, "PASSIVE");
+                    let done = measured(&counts, || checkpoint(&conn, "PASSIVE"));
                     if let Ok((_, wal_pages, copied)) = done {
                         tracing::debug!(took_ms = crate::clock::millis(started.elapsed()), wal_pages, copied, "WAL checkpoint");
                     }
@@ -89,6 +92,7 @@ impl Checkpointer {
         // the caller retry (and store) the batch a second time.
         commits
             .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+                volume.committed(pages);
                 if pages >= limits.wake_pages {
                     // Full: a wake-up is already pending.
                     let _ = wake.try_send(());
@@ -101,6 +105,16 @@ impl Checkpointer {
             restart,
         })
     }
+}
+
+/// Runs a checkpoint on this thread, counting what it wrote (see `store/volume.rs`).
+fn measured<T>(volume: &Volume, checkpoint: impl FnOnce() -> T) -> T {
+    let before = thread_bytes_written();
+    let done = checkpoint();
+    if let (Some(before), Some(after)) = (before, thread_bytes_written()) {
+        volume.checkpointed(after.saturating_sub(before));
+    }
+    done
 }
 
 /// `PRAGMA wal_checkpoint(mode)`: whether it was blocked, WAL pages, pages copied.
@@ -131,7 +145,7 @@ impl Store {
         // 100 ms, to the busy timeout) while the thread's checkpoint, in its fsync (20–130 ms
         // under load here), or a reader's snapshot is in the way.
         let _ = conn.busy_timeout(Duration::ZERO);
-        let restarted = checkpoint(conn, "RESTART");
+        let restarted = measured(&self.volume, || checkpoint(conn, "RESTART"));
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         match restarted {
             Ok((0, _, _)) => {}
