@@ -78,23 +78,20 @@ impl Devices {
 
     /// Applies the readings after the checkpoint to the heads and ledgers; returns how many.
     fn replay(&mut self, conn: &Connection) -> rusqlite::Result<usize> {
-        // A body that is not JSON any more still moves its device's head; the row is
+        // A body that does not decode any more still moves its device's head; the row is
         // quarantined when it is read.
-        let mut rows = conn.prepare(
-            "SELECT id, device,
-                    CASE WHEN json_valid(body) THEN json_extract(body, '$.origin[0]') END,
-                    CASE WHEN json_valid(body) THEN json_extract(body, '$.origin[1]') END
-             FROM readings WHERE id > ?1 ORDER BY id",
-        )?;
+        let mut rows =
+            conn.prepare("SELECT id, device, body FROM readings WHERE id > ?1 ORDER BY id")?;
         let mut rows = rows.query([self.checkpoint_id])?;
         let mut n = 0;
         while let Some(r) = rows.next()? {
             let (id, device): (i64, String) = (r.get(0)?, r.get(1)?);
-            let origin: (Option<u32>, Option<u32>) = (r.get(2)?, r.get(3)?);
+            let origin = super::row::body_bytes(r.get_ref(2)?)
+                .and_then(|(compact, body)| super::row::origin(compact, body));
             n += 1;
             self.last_id = id;
             self.heads.insert(Arc::from(device.as_str()), id);
-            let (Some(epoch), Some(sequence)) = origin else {
+            let Ok(Some((epoch, sequence))) = origin else {
                 continue;
             };
             let ledger = match self.ledgers.entry(device) {

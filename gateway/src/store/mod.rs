@@ -15,8 +15,9 @@
 //!
 //! # Layout on disk
 //!
-//! - `readings(id, device, time_ms, received_ms, body, prev_id)`: accepted readings, JSON
-//!   bodies, in acceptance order (`id`); `prev_id` is the same device's previous reading.
+//! - `readings(id, device, time_ms, received_ms, body, prev_id)`: accepted readings, in
+//!   acceptance order (`id`); `prev_id` is the same device's previous reading; `body` is
+//!   compact (postcard) since schema 2, JSON before, both read (see `store/row.rs`).
 //! - `reading_heads(device, last_id)` and `ledgers(device, body)`: each device's newest reading
 //!   and its replay window and completeness counts, as of `meta.devices_checkpoint`.
 //! - `points(id, measurement, time_ms, line, body)`: aggregated points, drained by sinks.
@@ -26,7 +27,7 @@
 //! - `quarantine(...)`: rows that no longer decode, moved aside and counted instead of crashing.
 //! - `accounts`, `api_tokens`: operators and machines, passwords and tokens hashed.
 //! - `audit(...)`: the audit trail, each record chained to the one before by its hash.
-//! - `meta(key, value)`: the schema version, the store's instance id, the device checkpoint,
+//! - `meta(key, value)`: the schema version (a newer one than this release's is refused), the store's instance id, the device checkpoint,
 //!   the corrections still to run, the audit trail's anchor.
 //!
 //! A database file that fails SQLite's `quick_check` at open is renamed `*.corrupt-<ms>` and a
@@ -70,7 +71,9 @@ use crate::ledger::Ledger;
 use crate::point::Point;
 use crate::reading::Reading;
 
-const SCHEMA_VERSION: &str = "1";
+/// The store's format (`meta.schema`): 2 writes readings' bodies compact (`store/row.rs`); 1
+/// wrote them as JSON, which 2 still reads.
+const SCHEMA_VERSION: u32 = 2;
 
 /// The tables sinks drain by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +111,26 @@ pub enum StoreError {
     /// until a sink catches up or an operator raises `store.max_size_mb`.
     #[error("local store is full (store.max_size_mb): waiting for sinks to deliver")]
     Full,
+    /// A point or an alert change could not be encoded.
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
     /// A reading could not be encoded.
     #[error("cannot encode a reading: {0}")]
-    Encode(#[from] serde_json::Error),
+    EncodeReading(#[from] postcard::Error),
     /// The connection's lock was poisoned by a panic.
     #[error("local store lock poisoned")]
     Poisoned,
+    /// The file was written by a release with a newer format than this one reads.
+    #[error(
+        "local store {path} has format (schema) {found}, newer than this release's {SCHEMA_VERSION}: \
+         run the release that wrote it, or move the file aside to start a new store"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its `meta.schema`.
+        found: String,
+    },
     /// The WAL checkpoint thread could not be started.
     #[error("cannot start the local store's checkpoint thread: {0}")]
     Thread(std::io::Error),
@@ -252,15 +269,11 @@ impl Store {
                  at_ms INTEGER NOT NULL);",
         )
         .map_err(err)?;
+        upgrade_schema(&conn, path)?;
         accounts::create(&conn).map_err(err)?;
         audit::create(&conn).map_err(err)?;
         chain_readings_by_device(&mut conn).map_err(err)?;
         let devices = devices::Devices::load(&mut conn).map_err(err)?;
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
-            [SCHEMA_VERSION],
-        )
-        .map_err(err)?;
         // Row ids restart when a store is replaced (corrupt, deleted): the instance id keeps
         // ids forwarded upstream unique across stores.
         conn.execute(
@@ -374,18 +387,22 @@ impl Store {
             let mut insert = tx
                 .prepare_cached("INSERT INTO readings (device, time_ms, received_ms, body, prev_id) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(|e| self.sqlite(e))?;
-            // One buffer for every body of the batch (SQLite copies the text it is bound to).
-            let mut body = Vec::with_capacity(512);
+            // One buffer for every body of the batch (SQLite copies what it is bound to).
+            let mut body = Vec::with_capacity(128);
             for r in readings {
                 body.clear();
-                serde_json::to_writer(&mut body, &row::Body::from(r))?;
-                let text = std::str::from_utf8(&body)
-                    .map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
+                body = row::encode(r, body)?;
                 let prev = moved
                     .get(&r.device)
                     .or_else(|| devices.heads.get(&r.device));
                 insert
-                    .execute(params![&*r.device, r.time_ms, r.received_ms, text, prev])
+                    .execute(params![
+                        &*r.device,
+                        r.time_ms,
+                        r.received_ms,
+                        &body[..],
+                        prev
+                    ])
                     .map_err(|e| self.sqlite(e))?;
                 moved.insert(r.device.clone(), tx.last_insert_rowid());
             }
@@ -455,6 +472,44 @@ impl Drop for Store {
             tracing::warn!(error = %e, "local store: device checkpoint at close failed; the next open replays the readings after the last one");
         }
     }
+}
+
+/// Checks the store's format and records this release's: a store of schema 1 (JSON bodies)
+/// is read as it is, its new readings written compact (see `store/row.rs`); one newer than this
+/// release is refused before anything is written to it.
+fn upgrade_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let found: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(err)?;
+    match found.as_deref().map(str::parse::<u32>) {
+        Some(Ok(v)) if v == SCHEMA_VERSION => return Ok(()),
+        Some(Ok(v)) if v < SCHEMA_VERSION => tracing::info!(
+            from = v,
+            to = SCHEMA_VERSION,
+            "local store: new readings are written compact from now on; the JSON ones stay readable until retention removes them"
+        ),
+        None => {}
+        Some(_) => {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found: found.unwrap_or_default(),
+            });
+        }
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
+        [SCHEMA_VERSION.to_string()],
+    )
+    .map_err(err)?;
+    Ok(())
 }
 
 /// Moves a store made before `prev_id` (readings found by an index on device) to chains: adds
@@ -1034,6 +1089,251 @@ mod tests {
         );
         assert_eq!(store.quarantined().unwrap(), 1);
         assert_eq!(store.readings_after(0, 10).unwrap().len(), 2);
+        // A compact body cut short, and one that is a number.
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "UPDATE readings SET body = substr(body, 1, 5) WHERE id = 3;
+                 UPDATE readings SET body = 7 WHERE id = 1;",
+            )
+            .unwrap();
+        assert_eq!(store.readings_after(0, 10).unwrap(), []);
+        assert_eq!(store.quarantined().unwrap(), 3);
+    }
+
+    /// What `fixtures/store-schema1.db` holds, written by the release before schema 2 (commit
+    /// d099019, through this module's API): every kind of measurement, JSON bodies.
+    fn fixture_readings() -> Vec<Reading> {
+        use crate::reading::Tag;
+        use std::borrow::Cow;
+        let t = 1_796_000_000_000_i64;
+        let r = |device: &str, zone: &str, kind: &str, dt: i64, origin, measurement| Reading {
+            device: Arc::from(device),
+            zone: Arc::from(zone),
+            kind: Arc::from(kind),
+            time_ms: t + dt,
+            received_ms: t + dt + 40,
+            unsynced_clock: dt == 7_000,
+            origin,
+            measurement,
+        };
+        let value = |field: &'static str, value: f64, urgent: bool| Measurement::Value {
+            field: Cow::Borrowed(field),
+            value,
+            urgent,
+        };
+        let (pressure, gate, count, lane, gas) = (
+            "water-pressure",
+            "uhf-rfid-gate",
+            "people-counter",
+            "traffic-loop",
+            "tunnel-gas",
+        );
+        vec![
+            r(
+                "gz-p1-press",
+                "360702",
+                pressure,
+                0,
+                Some((1, 0)),
+                value("pressure", 0.31, false),
+            ),
+            r(
+                "gz-p1-press",
+                "360702",
+                pressure,
+                0,
+                Some((1, 0)),
+                value("flow", 120.5, false),
+            ),
+            r(
+                "gz-gate-1",
+                "360702",
+                gate,
+                1_000,
+                Some((3, 7)),
+                Measurement::Passage {
+                    tag: Tag::from(0x0123_4567_89ab_cdef),
+                    entry: true,
+                },
+            ),
+            r(
+                "gz-count-1",
+                "360702",
+                count,
+                2_000,
+                None,
+                Measurement::Counts {
+                    entries: 12,
+                    exits: 3,
+                    interval_s: 60,
+                },
+            ),
+            r(
+                "gz-loop-1",
+                "360703",
+                lane,
+                3_000,
+                Some((2, 1)),
+                Measurement::Lane {
+                    lane: 2,
+                    vehicles: 17,
+                    occupancy_pct: 23.5,
+                    speed_kmh: Some(41.0),
+                    interval_s: 60,
+                },
+            ),
+            r(
+                "gz-loop-1",
+                "360703",
+                lane,
+                4_000,
+                Some((2, 2)),
+                Measurement::Lane {
+                    lane: 1,
+                    vehicles: 3,
+                    occupancy_pct: 2.0,
+                    speed_kmh: None,
+                    interval_s: 60,
+                },
+            ),
+            r(
+                "gz-p1-press",
+                "360702",
+                pressure,
+                5_000,
+                Some((1, 1)),
+                Measurement::Status {
+                    battery_pct: Some(87),
+                    signal_dbm: -71,
+                    uptime_s: 86_400,
+                    firmware: "1.2.0".into(),
+                    key_fingerprint: "ab12cd34".into(),
+                },
+            ),
+            r(
+                "tongtianyan",
+                "360702",
+                "operator",
+                6_000,
+                None,
+                Measurement::Occupancy { count: 420 },
+            ),
+            r(
+                "gz-t1-gas",
+                "360702",
+                gas,
+                7_000,
+                Some((1, 5)),
+                value("gas", 35.0, true),
+            ),
+            r(
+                "gz-p1-press",
+                "360702",
+                pressure,
+                8_000,
+                Some((1, 2)),
+                value("pressure", 0.30, false),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_store_of_the_previous_release_opens_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/store-schema1.db"),
+            &path,
+        )
+        .unwrap();
+        let (store, report) = Store::open(&path).unwrap();
+        assert_eq!(report, OpenReport::default());
+        let schema: String = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(schema, SCHEMA_VERSION.to_string());
+        // Every reading, in acceptance order, every kind of measurement.
+        let all: Vec<Reading> = store
+            .readings_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(all, fixture_readings());
+        assert_eq!(store.quarantined().unwrap(), 0);
+        // The ledgers: checkpointed ones, and those replayed from the JSON readings after the
+        // checkpoint (the fixture was closed without one).
+        let ledgers: FxHashMap<String, Ledger> = store.ledgers().unwrap().into_iter().collect();
+        assert_eq!(ledgers["gz-p1-press"].highest, 2);
+        assert_eq!(ledgers["gz-p1-press"].was_accepted(1, 1), Some(true));
+        assert_eq!(ledgers["gz-t1-gas"].was_accepted(1, 5), Some(true));
+        assert_eq!(ledgers["gz-loop-1"].highest, 2);
+        // Points, the alert raised, the sink's cursor, the operator and the audit trail.
+        assert_eq!(store.last_point_id().unwrap(), 2);
+        assert_eq!(store.alert_states().unwrap().len(), 1);
+        assert_eq!(store.recent_alert_events(10).unwrap().len(), 1);
+        assert_eq!(store.cursor("influxdb").unwrap(), 1);
+        assert!(store.account("wang.li").unwrap().is_some());
+        assert_eq!(store.verify_audit().unwrap(), Ok(1));
+        // New readings are compact and chain onto the old ones.
+        let next = Reading {
+            origin: Some((1, 3)),
+            ..fixture_readings()[9].clone()
+        };
+        store
+            .accept(std::slice::from_ref(&next), &[], &[], &Changes::default())
+            .unwrap();
+        let recent = store.recent("gz-p1-press", 10).unwrap();
+        assert_eq!(recent.len(), 5);
+        assert_eq!(recent[4], next);
+        let types: Vec<String> = store
+            .conn
+            .lock()
+            .unwrap()
+            .prepare("SELECT typeof(body) FROM readings ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(types[..10], ["text"; 10]);
+        assert_eq!(types[10], "blob");
+        drop(store);
+        // And the next open replays both formats.
+        let (store, _) = Store::open(&path).unwrap();
+        assert_eq!(store.recent("gz-p1-press", 10).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_store_of_a_newer_release_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'", [])
+            .unwrap();
+        drop(conn);
+        let e = Store::open(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("format (schema) 3, newer than this release's 2"),
+            "{text}"
+        );
+        let conn = Connection::open(&path).unwrap();
+        let schema: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(schema, "3");
     }
 
     #[test]

@@ -14,12 +14,12 @@ impl Store {
         table: &str,
         key_column: &str,
         key: &K,
-        error: &serde_json::Error,
-        body: &str,
+        error: &dyn std::fmt::Display,
+        body: &[u8],
     ) -> Result<(), StoreError> {
         let conn = self.writer(super::Cause::Operators)?;
         let reason = format!("{}: {error}", key.to_string());
-        quarantine(&conn, table, None, &reason, body.as_bytes()).map_err(|e| self.sqlite(e))?;
+        quarantine(&conn, table, None, &reason, body).map_err(|e| self.sqlite(e))?;
         conn.execute(
             &format!("DELETE FROM {table} WHERE {key_column} = ?1"),
             [key],

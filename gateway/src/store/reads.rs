@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::params;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, row};
 use crate::ledger::Ledger;
 use crate::point::Point;
 use crate::reading::Reading;
@@ -41,7 +41,7 @@ impl Store {
         for (key, body) in rows {
             match serde_json::from_str(&body) {
                 Ok(v) => out.push((key, v)),
-                Err(e) => self.quarantine_row(table, key_column, &key, &e, &body)?,
+                Err(e) => self.quarantine_row(table, key_column, &key, &e, body.as_bytes())?,
             }
         }
         Ok(out)
@@ -165,21 +165,30 @@ impl Store {
         sql: &str,
         args: impl rusqlite::Params,
     ) -> Result<Vec<(i64, Reading)>, StoreError> {
-        type Row = (i64, String, i64, i64, String);
+        // The body as stored: compact (a BLOB) or JSON (text), see `store/row.rs`.
+        type Row = (i64, String, i64, i64, Option<bool>, Vec<u8>);
         let rows: Vec<Row> = {
             let conn = self.reader()?;
             let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sqlite(e))?;
             stmt.query_map(args, |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                let (compact, body) = match row::body_bytes(r.get_ref(4)?) {
+                    Ok((compact, bytes)) => (Some(compact), bytes.to_vec()),
+                    Err(_) => (None, Vec::new()),
+                };
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, compact, body))
             })
             .map_err(|e| self.sqlite(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.sqlite(e))?
         };
         let mut out = Vec::with_capacity(rows.len());
-        for (id, device, time_ms, received_ms, body) in rows {
-            match serde_json::from_str::<super::row::StoredBody>(&body) {
-                Ok(b) => out.push((id, b.into_reading(&device, time_ms, received_ms))),
+        for (id, device, time_ms, received_ms, compact, body) in rows {
+            let decoded = match compact {
+                Some(compact) => row::decode(compact, &body, &device, time_ms, received_ms),
+                None => Err(row::BodyError::Type("neither text nor a BLOB")),
+            };
+            match decoded {
+                Ok(r) => out.push((id, r)),
                 Err(e) => self.quarantine_row("readings", "id", &id, &e, &body)?,
             }
         }
