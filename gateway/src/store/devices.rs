@@ -156,7 +156,12 @@ impl Devices {
         Ok(written)
     }
 
-    /// Whether anything changed since the last checkpoint.
+    /// The last reading the tables include.
+    pub fn checkpoint_id(&self) -> i64 {
+        self.checkpoint_id
+    }
+
+    /// Something moved since the last checkpoint.
     pub fn changed(&self) -> bool {
         self.last_id != self.checkpoint_id || !self.ledgers.is_empty()
     }

@@ -467,7 +467,7 @@ impl Drop for Store {
     /// A clean close takes the device checkpoint, so the next open has nothing to replay.
     fn drop(&mut self) {
         if let Ok(mut conn) = self.writer(Cause::Devices)
-            && let Err(e) = self.checkpoint_devices(&mut conn)
+            && let Err(e) = self.checkpoint_devices_on(&mut conn)
         {
             tracing::warn!(error = %e, "local store: device checkpoint at close failed; the next open replays the readings after the last one");
         }
@@ -721,6 +721,44 @@ mod tests {
     }
 
     #[test]
+    fn retention_reaching_past_the_device_checkpoint_takes_a_new_one_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (store, _) = Store::open(&path).unwrap();
+        let mut a = Ledger::default();
+        a.accept(1, 0);
+        a.accept(1, 1);
+        let old = |sequence, value| Reading {
+            received_ms: 0,
+            ..framed("a", 1, sequence, value)
+        };
+        store
+            .accept(
+                &[old(0, 1.0), old(1, 2.0)],
+                &[],
+                &[("a", &a)],
+                &Changes::default(),
+            )
+            .unwrap();
+        // Nothing expires: no checkpoint (they are the maintenance task's, once a minute).
+        let r = store.enforce(1, &Retention::default(), &[], &[]).unwrap();
+        assert_eq!((r.expired_readings, r.devices_written), (0, 0));
+        // The first reading expires: the ledger it would rebuild is checkpointed first.
+        let rules = Retention {
+            raw_ms: 1,
+            ..Retention::default()
+        };
+        let r = store.enforce(1_000, &rules, &[], &[]).unwrap();
+        assert_eq!(r.expired_readings, 1);
+        assert!(r.devices_written > 0);
+        std::mem::forget(store);
+        let (store, _) = Store::open(&path).unwrap();
+        let ledgers: FxHashMap<String, Ledger> = store.ledgers().unwrap().into_iter().collect();
+        assert_eq!(ledgers["a"].was_accepted(1, 0), Some(true));
+        assert_eq!(ledgers["a"].highest, 1);
+    }
+
+    #[test]
     fn ids_never_restart_after_retention_so_no_cursor_skips_new_rows() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
@@ -947,7 +985,7 @@ mod tests {
         store
             .accept(&first, &[], &[("a", &a), ("b", &b)], &Changes::default())
             .unwrap();
-        store.enforce(0, &Retention::default(), &[], &[]).unwrap();
+        store.checkpoint_devices().unwrap();
         // Committed after the checkpoint: a's frame 2 (two readings), then a new boot epoch of
         // b; and a frame of a device with no ledger yet.
         a.accept(1, 2);

@@ -42,18 +42,27 @@ pub struct Enforced {
     pub bytes: u64,
     /// Still over the bound with nothing droppable: back-pressure.
     pub full: bool,
-    /// Device heads and ledgers written by the device checkpoint taken first.
+    /// Device heads and ledgers written by a device checkpoint taken because the deletes
+    /// reached past the last one.
     pub devices_written: usize,
-    /// Time the device checkpoint took, its fsync included.
+    /// Time that device checkpoint took, its fsync included.
     pub devices_took: Duration,
     /// Time the whole pass held the writing connection (commits wait for it).
     pub took: Duration,
 }
 
 impl Store {
-    /// Writes the device heads and ledgers changed since the last checkpoint (see [`devices`]);
-    /// returns how many rows it wrote.
-    pub(super) fn checkpoint_devices(&self, conn: &mut Connection) -> Result<usize, StoreError> {
+    /// Takes the device checkpoint: writes the heads and ledgers changed since the last one
+    /// (see `store/devices.rs`); returns how many rows it wrote. Every minute, from the
+    /// maintenance task: each one rewrites a row or two per device that reported, and the
+    /// readings after it are replayed at open.
+    pub fn checkpoint_devices(&self) -> Result<usize, StoreError> {
+        let mut conn = self.writer(Cause::Devices)?;
+        self.checkpoint_devices_on(&mut conn)
+    }
+
+    /// [`Store::checkpoint_devices`] on the writing connection, held by the caller.
+    pub(super) fn checkpoint_devices_on(&self, conn: &mut Connection) -> Result<usize, StoreError> {
         let mut devices = self.devices.lock().map_err(|_| StoreError::Poisoned)?;
         self.volume.cause(Cause::Devices);
         if !devices.changed() {
@@ -62,8 +71,33 @@ impl Store {
         devices.write(conn).map_err(|e| self.sqlite(e))
     }
 
-    /// Applies retention and the size bound (the explicit policy when full). Takes the device
-    /// checkpoint first (every ten seconds, from the maintenance task):
+    /// Takes the device checkpoint within [`Store::enforce`], before it deletes readings the
+    /// last one would need.
+    fn checkpoint_before_deleting(
+        &self,
+        conn: &mut Connection,
+        report: &mut Enforced,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        report.devices_written += self.checkpoint_devices_on(conn)?;
+        report.devices_took += started.elapsed();
+        self.volume.cause(Cause::Retention);
+        Ok(())
+    }
+
+    /// The last reading the device checkpoint includes.
+    fn checkpointed_id(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .devices
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .checkpoint_id())
+    }
+
+    /// Applies retention and the size bound (the explicit policy when full), every ten seconds
+    /// from the maintenance task. The readings after the device checkpoint rebuild the heads
+    /// and ledgers at open: when what it deletes reaches past the checkpoint (a retention
+    /// shorter than a minute, the size bound), it takes a new checkpoint first.
     /// 1. raw readings older than `raw_ms` and points older than `points_ms` go, but a point goes
     ///    only once every sink in `sinks` delivered it, and a reading only once every cursor in
     ///    `raw_sinks` (sinks forwarding raw readings) passed it;
@@ -81,11 +115,7 @@ impl Store {
         raw_sinks: &[&str],
     ) -> Result<Enforced, StoreError> {
         let started = Instant::now();
-        let mut conn = self.writer(Cause::Devices)?;
-        // The device checkpoint first: nothing removed below is then needed to rebuild it.
-        let devices_written = self.checkpoint_devices(&mut conn)?;
-        let devices_took = started.elapsed();
-        self.volume.cause(Cause::Retention);
+        let mut conn = self.writer(Cause::Retention)?;
         let e = |e| self.sqlite(e);
         let passed_by_all = |cursors: &[&str]| -> Result<i64, StoreError> {
             let mut min = i64::MAX;
@@ -127,14 +157,13 @@ impl Store {
         let bound = newest
             .min(first_fresh.unwrap_or(i64::MAX))
             .min(readings_delivered.saturating_add(1));
-        let mut report = Enforced {
-            expired_readings: conn
-                .execute("DELETE FROM readings WHERE id < ?1", [bound])
-                .map_err(e)? as u64,
-            devices_written,
-            devices_took,
-            ..Enforced::default()
-        };
+        let mut report = Enforced::default();
+        if bound > self.checkpointed_id()? + 1 {
+            self.checkpoint_before_deleting(&mut conn, &mut report)?;
+        }
+        report.expired_readings = conn
+            .execute("DELETE FROM readings WHERE id < ?1", [bound])
+            .map_err(e)? as u64;
         report.expired_points = conn
             .execute(
                 "DELETE FROM points WHERE time_ms < ?1 AND id <= ?2
@@ -149,6 +178,9 @@ impl Store {
             Ok(((pages - free) * size) as u64)
         };
         report.bytes = used(&conn).map_err(e)?;
+        if report.bytes > rules.max_bytes {
+            self.checkpoint_before_deleting(&mut conn, &mut report)?;
+        }
         while report.bytes > rules.max_bytes {
             let n = conn
                 .execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT 1000) AND id < (SELECT MAX(id) FROM readings)", [])
