@@ -14,6 +14,9 @@
 #                                   # absolute, or relative to the repository)
 #   deploy/bench/soak.sh --simulator /tmp/simulator-before ...
 #                                   # another load generator (A/B of the probe itself)
+#   deploy/bench/soak.sh --confine 1,256M ...
+#                                   # the gateway confined to one CPU's time and 256 MiB
+#                                   # (deploy/bench/edge.sh: systemd-run, else a cgroup)
 #   deploy/bench/soak.sh --devices 1000 --rate 11500 --duration 120 --nodelay --floor durable
 #                                   # the floor under that latency: `latency-floor` in the
 #                                   # gateway's place (relay: publish the alert at once;
@@ -23,7 +26,8 @@
 # of warm-up (10 % of the run, at least ten minutes, at most half), the last sample, the slope
 # after warm-up, whether it is flat (≤ 5 % growth after warm-up), and the growth over the
 # second half, and the CPU the gateway, the broker and the load generator used (in cores) and
-# how busy the machine was.
+# how busy the machine was, and the bytes written to disk and CPU used per report (each on a
+# line of its own, with where the bytes went).
 # Samples go to target/bench/soak.csv, the gateway's metrics at the end to
 # target/bench/soak-metrics.prom (commit, batch and alert delivery histograms printed, and
 # the commits and maintenance passes of 100 ms or more, with where their time went), its log
@@ -39,6 +43,7 @@ nodelay=false
 gateway=target/release/gateway
 simulator=target/release/simulator
 floor=
+confine=
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
     --nodelay) nodelay=true; shift ;;
     --gateway) gateway=$2; shift 2 ;;
     --simulator) simulator=$2; shift 2 ;;
+    --confine) confine=$2; shift 2 ;;
     --floor) floor=$2; shift 2
       case "$floor" in relay|durable) ;; *) echo "--floor relay or durable, not $floor" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
@@ -72,6 +78,31 @@ owns_port() {
   return 1
 }
 
+# The gateway's confinement (--confine CPUS,MEMORY): a command to run it under (systemd), or
+# cgroups its shell joins before it becomes the gateway.
+confine_cmd=() cg_cpu= cg_mem=
+if [ -n "$confine" ]; then
+  cpus=${confine%%,*} mem_bytes=$(numfmt --from=iec "${confine#*,}")
+  quota_us=$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 100000))' "$cpus")
+  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
+    confine_cmd=(systemd-run --scope --quiet -p "CPUQuota=$((quota_us / 1000))%" -p "MemoryMax=$mem_bytes")
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw memory /sys/fs/cgroup/cgroup.controllers; then
+    cg_cpu=/sys/fs/cgroup/citysense-edge-$$ cg_mem=$cg_cpu
+    mkdir "$cg_cpu"
+    echo "$quota_us 100000" >"$cg_cpu/cpu.max"
+    echo "$mem_bytes" >"$cg_cpu/memory.max"
+  elif [ -w /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/memory ]; then
+    cg_cpu=/sys/fs/cgroup/cpu/citysense-edge-$$ cg_mem=/sys/fs/cgroup/memory/citysense-edge-$$
+    mkdir "$cg_cpu" "$cg_mem"
+    echo 100000 >"$cg_cpu/cpu.cfs_period_us"
+    echo "$quota_us" >"$cg_cpu/cpu.cfs_quota_us"
+    echo "$mem_bytes" >"$cg_mem/memory.limit_in_bytes"
+  else
+    echo "--confine: no systemd here and no writable cgroup cpu and memory controllers (run as root)" >&2
+    exit 2
+  fi
+fi
+
 cargo build --release -q -p gateway -p simulator
 if [ -n "$floor" ]; then cargo build --release -q -p system-tests --bin latency-floor; fi
 [ -x "$gateway" ] || { echo "no gateway binary at $gateway" >&2; exit 2; }
@@ -84,6 +115,7 @@ cleanup() {
   wait 2>/dev/null || true
   mkdir -p target/bench && cp "$work/gateway.log" target/bench/soak-gateway.log 2>/dev/null || true
   rm -rf "$work" "$vm_data"
+  if [ -n "$cg_cpu" ]; then rmdir "$cg_cpu" "$cg_mem" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
@@ -126,7 +158,11 @@ if [ -n "$floor" ]; then
   "$gateway" --mqtt "127.0.0.1:$mqtt_port" --listen "127.0.0.1:$http_port" --mode "$floor" \
     --dir "$work/floor" >"$work/gateway.log" 2>&1 &
 else
-  (cd "$work/site" && exec "$gateway" run --config gateway.toml) \
+  (if [ -n "$cg_cpu" ]; then
+     echo "$BASHPID" >"$cg_cpu/cgroup.procs"
+     echo "$BASHPID" >"$cg_mem/cgroup.procs"
+   fi
+   cd "$work/site" && exec "${confine_cmd[@]}" "$gateway" run --config gateway.toml) \
     >"$work/gateway.log" 2>&1 &
 fi
 gateway_pid=$!
@@ -174,12 +210,19 @@ print(f"cpu over the run (cores): gateway {(g1 - g0) / hz / secs:.2f}, broker {(
       f"load generator {(l1 - l0) / hz / load_secs:.2f}; machine busy {(m1b - m0b) / max(m1a - m0a, 1) * 100:.0f} % of {os.cpu_count()} cores")' \
   "$(( $(date +%s) - started ))" "$load_secs" ${cpu0[0]} ${cpu0[1]} ${cpu0[2]} ${cpu0[3]} \
   "$(ticks "$gateway_pid")" "$(ticks "$broker_pid")" "$load_ticks" $(machine))
+gateway_ticks=$(( $(ticks "$gateway_pid") - cpu0[0] ))
 wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
 curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
 # What the gateway wrote to disk (the store's WAL and database, logs) per report received.
 written=$(awk '/^write_bytes/{print $2}' "/proc/$gateway_pid/io")
 received=$(awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $2}' "$out/soak-metrics.prom")
 python3 -c 'import sys; w, n = int(sys.argv[1]), float(sys.argv[2] or 1); print(f"gateway disk writes: {w/2**20:.0f} MiB, {w/max(n,1):.0f} B per report")' "$written" "${received:-0}"
+per_report=$(python3 -c 'import os, sys
+w, n, ticks = int(sys.argv[1]), max(float(sys.argv[2] or 1), 1), int(sys.argv[3])
+print(f"bytes written per report: {w / n:.0f} B")
+print(f"CPU per report: {ticks / os.sysconf(\"SC_CLK_TCK\") / n * 1e6:.1f} µs (gateway user + system)")' \
+  "$written" "${received:-0}" "$gateway_ticks")
+echo "$per_report"
 awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"
 # Where those bytes went (store/volume.rs): the WAL by cause, the checkpoints, and the rest
 # (whole-block rounding of partial writes, other files), each per report.
@@ -202,6 +245,16 @@ if command -v sqlite3 >/dev/null; then
     "SELECT name, SUM(pgsize), SUM(ncell) FROM dbstat WHERE pagetype = 'leaf' GROUP BY name ORDER BY 2 DESC LIMIT 8" 2>/dev/null \
     | awk -F'|' -v n="${received:-1}" '{ printf "%s %.0f B/report (%s rows, %.0f B/row)%s", $1, $2 / n, $3, ($3 > 0 ? $2 / $3 : 0), (NR < 8 ? "; " : "") } END { print "" }' \
     | sed 's/^/store leaf pages by table: /'
+fi
+# What the confinement did: the gateway's peak memory, how often its CPU quota held it back.
+if [ -n "$confine" ]; then
+  cpu_dir=$cg_cpu mem_dir=$cg_mem
+  if [ -z "$cpu_dir" ]; then # systemd's scope, in its cgroup v2 hierarchy
+    cpu_dir=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$gateway_pid/cgroup") mem_dir=$cpu_dir
+  fi
+  peak=$(cat "$mem_dir/memory.peak" "$mem_dir/memory.max_usage_in_bytes" 2>/dev/null | head -1 || true)
+  throttled=$(awk '$1 == "nr_throttled" {t = $2} $1 == "nr_periods" {p = $2} END {if (p) print t " of " p " periods"}' "$cpu_dir/cpu.stat" 2>/dev/null || true)
+  echo "confined to ${confine%%,*} CPU and ${confine#*,}: gateway peak memory $(numfmt --to=iec "${peak:-0}")B, CPU quota throttled ${throttled:-?}"
 fi
 # Commits and maintenance passes of 100 ms or more, each logged with where its time went.
 slow=$(grep -c "slow store" "$work/gateway.log" || true)
@@ -248,7 +301,7 @@ echo "latency under load ($broker broker): $latency"
 echo "$cpu"
 {
   echo
-  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")\`"
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")$([ -n "$confine" ] && echo " --confine $confine")\`"
   echo
-  echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu"
+  echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu; $(echo "$per_report" | paste -sd ';' | sed 's/;/; /')$([ -n "$confine" ] && echo "; confined to $confine")"
 } >>"$out/BENCHMARKS-rows.md"
