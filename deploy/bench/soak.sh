@@ -219,8 +219,9 @@ received=$(awk '/^citysense_mqtt_messages_received_total\{stream="up"\}/{print $
 python3 -c 'import sys; w, n = int(sys.argv[1]), float(sys.argv[2] or 1); print(f"gateway disk writes: {w/2**20:.0f} MiB, {w/max(n,1):.0f} B per report")' "$written" "${received:-0}"
 per_report=$(python3 -c 'import os, sys
 w, n, ticks = int(sys.argv[1]), max(float(sys.argv[2] or 1), 1), int(sys.argv[3])
+hz = os.sysconf("SC_CLK_TCK")
 print(f"bytes written per report: {w / n:.0f} B")
-print(f"CPU per report: {ticks / os.sysconf(\"SC_CLK_TCK\") / n * 1e6:.1f} µs (gateway user + system)")' \
+print(f"CPU per report: {ticks / hz / n * 1e6:.1f} µs (gateway user + system)")' \
   "$written" "${received:-0}" "$gateway_ticks")
 echo "$per_report"
 awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::{Cause, Store, StoreError};
 
@@ -164,12 +164,24 @@ impl Store {
         report.expired_readings = conn
             .execute("DELETE FROM readings WHERE id < ?1", [bound])
             .map_err(e)? as u64;
-        report.expired_points = conn
-            .execute(
-                "DELETE FROM points WHERE time_ms < ?1 AND id <= ?2
-                 AND id < (SELECT MAX(id) FROM points)",
-                params![now_ms - rules.points_ms, points_delivered],
+        // Points likewise, up to the first one still fresh by id (a point of an old window
+        // corrected later stays until those before it go), and none a sink still needs.
+        let first_fresh_point: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM points WHERE time_ms >= ?1 ORDER BY id LIMIT 1",
+                [now_ms - rules.points_ms],
+                |r| r.get(0),
             )
+            .optional()
+            .map_err(e)?;
+        let newest_point: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM points", [], |r| r.get(0))
+            .map_err(e)?;
+        let point_bound = newest_point
+            .min(first_fresh_point.unwrap_or(i64::MAX))
+            .min(points_delivered.saturating_add(1));
+        report.expired_points = conn
+            .execute("DELETE FROM points WHERE id < ?1", [point_bound])
             .map_err(e)? as u64;
         let used = |conn: &Connection| -> rusqlite::Result<u64> {
             let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
