@@ -445,6 +445,23 @@ host = \"127.0.0.1\"
     }
 
     #[test]
+    fn a_commit_interval_longer_than_a_second_is_refused() {
+        let dir = tempdir("commit-interval");
+        let text = MINIMAL.replace(
+            "path = \"gateway.db\"\n",
+            "path = \"gateway.db\"\ncommit_interval_ms = 5000\n",
+        );
+        let err = Config::load(&write(&dir, &text)).unwrap_err().to_string();
+        assert!(
+            err.contains("store.commit_interval_ms") || err.contains("gateway.toml:11:"),
+            "{err}"
+        );
+        assert!(err.contains("must be at most 1000"), "{err}");
+        let c = Config::load(&write(&dir, MINIMAL)).unwrap();
+        assert_eq!(c.store.commit_interval(), crate::store::COMMIT_INTERVAL);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempdir("unknown");
         let path = write(&dir, &format!("{MINIMAL}keepalive = 5\n"));

@@ -45,6 +45,9 @@ fn default_max_size() -> u64 {
 /// `store.commit_interval_ms` when the config file does not say.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The longest `store.commit_interval_ms` allowed.
+const MAX_COMMIT_INTERVAL_MS: u32 = 1000;
+
 fn default_commit_interval() -> u32 {
     COMMIT_INTERVAL.as_millis() as u32
 }
@@ -53,6 +56,16 @@ impl StoreSection {
     /// Checks values that types alone cannot; returns `(key, reason)` pairs.
     pub fn check(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
+        if self.commit_interval_ms > MAX_COMMIT_INTERVAL_MS {
+            p.push((
+                "store.commit_interval_ms".into(),
+                format!(
+                    "must be at most {MAX_COMMIT_INTERVAL_MS}: quiet reports' acknowledgements \
+                     wait this long, and the broker stops sending once {} are unacknowledged",
+                    crate::net::mqtt::RECEIVE_MAXIMUM
+                ),
+            ));
+        }
         let store_dir = self
             .path
             .parent()
