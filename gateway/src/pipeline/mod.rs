@@ -822,9 +822,7 @@ mod tests {
     async fn a_commit_that_holds_points_wakes_the_sink() {
         let p = pipeline();
         let sink = p.points_committed.subscribe();
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_, polled_rx) = mpsc::channel(1);
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, running) = running(&p);
         // A report ten minutes after the one before closes that one's window: a point.
         let now = now_ms();
         for (sequence, at) in [(0, now - 10 * 60_000), (1, now)] {
@@ -845,6 +843,14 @@ mod tests {
         );
     }
 
+    /// `p` running: its inbound queue and its task.
+    fn running(p: &Pipeline) -> (mpsc::Sender<Publish>, tokio::task::JoinHandle<()>) {
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        // No polled devices: the channel closes at once and the pipeline stops polling it.
+        let (_, polled_rx) = mpsc::channel(1);
+        (inbound, tokio::spawn(p.clone().run(inbound_rx, polled_rx)))
+    }
+
     /// Waits until the store holds `n` readings of `device` (the inbound queue still open).
     async fn committed(p: &Pipeline, device: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -862,9 +868,7 @@ mod tests {
     async fn quiet_reports_share_a_commit_until_an_urgent_one_joins() {
         // An interval no test waits for: what is committed was committed by urgency.
         let p = pipeline_with(Duration::from_secs(3600));
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_, polled_rx) = mpsc::channel(1);
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, running) = running(&p);
         let now = now_ms();
         for sequence in 0..3 {
             inbound
@@ -904,9 +908,7 @@ mod tests {
     #[tokio::test]
     async fn a_report_that_raises_an_alert_is_committed_without_waiting() {
         let p = pipeline_with(Duration::from_secs(3600));
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_, polled_rx) = mpsc::channel(1);
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, running) = running(&p);
         let now = now_ms();
         inbound
             .send(report_of("gz-p1-press", 0, now))
@@ -928,9 +930,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_report_is_committed_when_its_interval_is_over() {
         let p = pipeline_with(Duration::from_millis(30));
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let (_, polled_rx) = mpsc::channel(1);
-        let running = tokio::spawn(p.clone().run(inbound_rx, polled_rx));
+        let (inbound, running) = running(&p);
         inbound.send(report(0)).await.unwrap();
         committed(&p, "gz-p1-press", 1).await;
         assert_eq!(p.metrics.batch_messages.get_sample_count(), 1);

@@ -140,23 +140,14 @@ impl Store {
         // statement SQLite ranged over the one without effect (no raw sink: every id) and
         // scanned the whole table, holding the writer for 0.1–0.4 s every ten seconds after a
         // minute at 23,000 readings/s, growing with the table.
-        let first_fresh: Option<i64> = conn
-            .query_row(
-                "SELECT id FROM readings WHERE received_ms >= ?1 ORDER BY id LIMIT 1",
-                [now_ms - rules.raw_ms],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(e)?;
-        let newest: i64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM readings", [], |r| {
-                r.get(0)
-            })
-            .map_err(e)?;
-        // The newest reading always stays (ids never restart), and none a raw sink still needs.
-        let bound = newest
-            .min(first_fresh.unwrap_or(i64::MAX))
-            .min(readings_delivered.saturating_add(1));
+        let bound = expiry_bound(
+            &conn,
+            "readings",
+            "received_ms",
+            now_ms - rules.raw_ms,
+            readings_delivered,
+        )
+        .map_err(e)?;
         let mut report = Enforced::default();
         if bound > self.checkpointed_id()? + 1 {
             self.checkpoint_before_deleting(&mut conn, &mut report)?;
@@ -164,22 +155,16 @@ impl Store {
         report.expired_readings = conn
             .execute("DELETE FROM readings WHERE id < ?1", [bound])
             .map_err(e)? as u64;
-        // Points likewise, up to the first one still fresh by id (a point of an old window
-        // corrected later stays until those before it go), and none a sink still needs.
-        let first_fresh_point: Option<i64> = conn
-            .query_row(
-                "SELECT id FROM points WHERE time_ms >= ?1 ORDER BY id LIMIT 1",
-                [now_ms - rules.points_ms],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(e)?;
-        let newest_point: i64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM points", [], |r| r.get(0))
-            .map_err(e)?;
-        let point_bound = newest_point
-            .min(first_fresh_point.unwrap_or(i64::MAX))
-            .min(points_delivered.saturating_add(1));
+        // Points likewise (a point of an old window corrected later stays until those before
+        // it go).
+        let point_bound = expiry_bound(
+            &conn,
+            "points",
+            "time_ms",
+            now_ms - rules.points_ms,
+            points_delivered,
+        )
+        .map_err(e)?;
         report.expired_points = conn
             .execute("DELETE FROM points WHERE id < ?1", [point_bound])
             .map_err(e)? as u64;
@@ -221,4 +206,31 @@ impl Store {
         report.took = started.elapsed();
         Ok(report)
     }
+}
+
+/// The first id of `table` that stays: rows before it are older than `cutoff` (by
+/// `time_column`) and delivered (`delivered`, the lowest cursor of the sinks that need them).
+/// The newest row always stays (ids never restart).
+fn expiry_bound(
+    conn: &Connection,
+    table: &str,
+    time_column: &str,
+    cutoff: i64,
+    delivered: i64,
+) -> rusqlite::Result<i64> {
+    let first_fresh: Option<i64> = conn
+        .query_row(
+            &format!("SELECT id FROM {table} WHERE {time_column} >= ?1 ORDER BY id LIMIT 1"),
+            [cutoff],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let newest: i64 = conn.query_row(
+        &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(newest
+        .min(first_fresh.unwrap_or(i64::MAX))
+        .min(delivered.saturating_add(1)))
 }
