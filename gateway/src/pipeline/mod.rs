@@ -275,11 +275,14 @@ impl Pipeline {
                     }
                 }
             }
-            // The open batch holds the lock: what was gathered joins it at once.
+            // The open batch holds the lock: what was gathered joins it at once. Once the
+            // inbound queue has closed (shutdown), it is committed without waiting.
             if let Some(a) = open.as_mut()
                 && !batch.is_empty()
             {
                 a.merge(self.evaluate(std::mem::take(&mut batch), false));
+                ready = open.take();
+            } else if !receiving && ready.is_none() {
                 ready = open.take();
             }
             if let Some(a) = ready {
