@@ -87,6 +87,8 @@ pub struct Gateway {
     alerts: Alerts,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The store's lock, released after everything above is dropped (the store closed).
+    _in_use: Option<store::InUse>,
 }
 
 impl Gateway {
@@ -104,6 +106,21 @@ impl Gateway {
             straddling.join("\n  ")
         );
         let mut registry = Registry::new(&catalog, &keys, &settings.zones);
+        // One gateway per store file; `gateway store restore` waits for none to run on it.
+        let in_use = if settings.store_path == std::path::Path::new(":memory:") {
+            None
+        } else {
+            Some(
+                store::InUse::take(&settings.store_path).map_err(|e| match e {
+                    store::BackupError::Running(path) => anyhow::anyhow!(
+                        "another gateway is running on the local store {}: one store file serves \
+                         one gateway (give this one a store.path of its own; the demo: --store)",
+                        path.display()
+                    ),
+                    e => e.into(),
+                })?,
+            )
+        };
         let (store, opened) = Store::open(&settings.store_path)?;
         if let Some(moved) = opened.moved_corrupt_file {
             tracing::error!(moved_to = %moved.display(), "the local store was corrupt and was replaced");
@@ -323,6 +340,7 @@ impl Gateway {
             alerts,
             shutdown,
             tasks,
+            _in_use: in_use,
         })
     }
 

@@ -220,23 +220,65 @@ pub fn open_store(
     config: Option<&std::path::Path>,
     store: Option<&std::path::Path>,
 ) -> anyhow::Result<crate::store::Store> {
-    let path = match (store, config) {
+    Ok(crate::store::Store::open(&store_path(config, store)?)?.0)
+}
+
+/// The store file a command names: `store` (which must exist: a typo must not make a second,
+/// empty store), or the config's `store.path`.
+pub fn store_path(
+    config: Option<&std::path::Path>,
+    store: Option<&std::path::Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    match (store, config) {
         (Some(s), _) => {
-            // A path typed by hand: a typo must not make a second, empty store.
             anyhow::ensure!(
                 s.exists(),
                 "no local store at {} (give the gateway's --config, which makes it where the gateway will look)",
                 s.display()
             );
-            s.to_owned()
+            Ok(s.to_owned())
         }
         // The configured store: made here when the first admin is made before the first start.
-        (None, Some(c)) => Config::load(c)?.store.path,
+        (None, Some(c)) => Ok(Config::load(c)?.store.path),
         (None, None) => {
             anyhow::bail!("name the gateway's config (--config FILE) or its store (--store FILE)")
         }
-    };
-    Ok(crate::store::Store::open(&path)?.0)
+    }
+}
+
+/// `gateway store backup`: a consistent copy of the store at `store` into the new file `to`,
+/// while the gateway runs; a summary.
+pub fn store_backup(store: &std::path::Path, to: &std::path::Path) -> anyhow::Result<String> {
+    let c = crate::store::backup(store, to)?;
+    Ok(format!(
+        "backup of {} written to {}: {} bytes, {} readings (the newest #{}), format {}",
+        store.display(),
+        to.display(),
+        c.bytes,
+        c.readings,
+        c.last_reading,
+        c.schema
+    ))
+}
+
+/// `gateway store restore`: the backup `from` in place of the store at `store`, with no gateway
+/// running on it; a summary.
+pub fn store_restore(store: &std::path::Path, from: &std::path::Path) -> anyhow::Result<String> {
+    let c = crate::store::restore(from, store)?;
+    let aside = c.moved_aside.map_or_else(
+        || "there was no store before".to_owned(),
+        |p| format!("the store it replaced is kept as {}", p.display()),
+    );
+    Ok(format!(
+        "{} restored from {}: {} readings (the newest #{}), format {}; {aside}. Start the gateway: \
+         the broker redelivers what it had not acknowledged, and what it had acknowledged after \
+         the backup is lost",
+        store.display(),
+        from.display(),
+        c.readings,
+        c.last_reading,
+        c.schema
+    ))
 }
 
 /// A password from standard input (`from_stdin`: its first line), or typed twice at a terminal

@@ -66,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The local store: backups taken while the gateway runs, and restoring one.
+    Store {
+        #[command(flatten)]
+        at: StoreArgs,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run the whole system in one process: an embedded MQTT broker, the Ganzhou site, demo
     /// keys, built-in traffic, and HTTP on 127.0.0.1:8080.
     ///
@@ -91,7 +98,7 @@ enum Command {
     },
 }
 
-/// Where a `users`, `tokens` or `audit` command finds the local store.
+/// Where a `users`, `tokens`, `audit` or `store` command finds the local store.
 #[derive(Debug, clap::Args)]
 struct StoreArgs {
     /// The gateway's config file (its store.path is used).
@@ -177,6 +184,27 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy the store into a new file, consistent as of one commit, while the gateway runs
+    /// (it keeps committing meanwhile). The copy is checked before it is given its name.
+    ///
+    /// Example: gateway store backup /var/backups/citysense/gateway-$(date +%F).db --config /etc/citysense/gateway.toml
+    Backup {
+        /// The new file (never overwritten).
+        to: PathBuf,
+    },
+    /// Put a backup in place of the store. The gateway must be stopped; the store it replaces
+    /// is kept beside it (.before-restore-<ms>). What the gateway accepted after the backup was
+    /// taken is not in it.
+    ///
+    /// Example: gateway store restore /var/backups/citysense/gateway-2026-12-01.db --config /etc/citysense/gateway.toml
+    Restore {
+        /// The backup file.
+        from: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum RulesCommand {
     /// Run the [[test]] cases of rule files: each feeds its rows to a rule (from the file, or a
     /// default of the site) and compares the alerts with its [[test.expect]] list. Exits
@@ -246,6 +274,7 @@ fn main() -> ExitCode {
             Command::Users { at, command } => users(&at, command),
             Command::Tokens { at, command } => tokens(&at, command),
             Command::Audit { at, command } => audit(&at, command),
+            Command::Store { at, command } => store_command(&at, command),
             Command::Demo {
                 http,
                 mqtt,
@@ -356,6 +385,25 @@ fn audit(at: &StoreArgs, command: AuditCommand) -> anyhow::Result<()> {
             print!("{}", gateway::commands::audit_export(&store, &since)?)
         }
     }
+    Ok(())
+}
+
+fn store_command(at: &StoreArgs, command: StoreCommand) -> anyhow::Result<()> {
+    use gateway::commands::{store_backup, store_path, store_restore};
+    let summary = match command {
+        StoreCommand::Backup { to } => {
+            store_backup(&store_path(at.config.as_deref(), at.store.as_deref())?, &to)?
+        }
+        // A lost store may be restored to where it was: --store need not exist.
+        StoreCommand::Restore { from } => {
+            let store = match &at.store {
+                Some(s) => s.clone(),
+                None => store_path(at.config.as_deref(), None)?,
+            };
+            store_restore(&store, &from)?
+        }
+    };
+    println!("{summary}");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod alerts;
+mod backup;
 mod city_platform;
 mod console;
 mod gateway_ingest;

@@ -23,7 +23,7 @@ const DEVICES: &[(&str, Quantity, f32)] = &[
 const PER_RUN: u32 = 50;
 const RUNS: u32 = 20;
 
-fn write_config(
+pub(crate) fn write_config(
     dir: &std::path::Path,
     broker_port: u16,
     http_port: u16,

@@ -44,6 +44,7 @@ use rustc_hash::FxHashMap;
 
 mod accounts;
 mod audit;
+mod backup;
 mod config;
 mod cursors;
 mod devices;
@@ -57,6 +58,7 @@ mod wal;
 
 pub use accounts::{Account, ApiToken};
 pub use audit::{AUDIT_KEEP_MS, AuditBroken, AuditEntry, AuditRecord};
+pub use backup::{BackupError, Copied, InUse, backup, restore};
 pub use config::{COMMIT_INTERVAL, StoreSection};
 pub use outbox::Committed;
 pub use retention::{Enforced, Retention};
