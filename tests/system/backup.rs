@@ -121,3 +121,36 @@ async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() 
     gw.kill().unwrap();
     gw.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_store_refuses_to_start_and_names_it() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gateway.db");
+    let first = {
+        let db = db.clone();
+        start_gateway_settings("store-first", broker.port, move |s| s.store_path = db).await
+    };
+    let mut settings = test_settings("store-second", broker.port);
+    settings.store_path = db.clone();
+    let catalog = catalog();
+    let keys = gateway::keys::Keys::demo(&catalog);
+    let refused = gateway::app::Gateway::start(settings, catalog.clone(), keys.clone())
+        .await
+        .err()
+        .expect("a second gateway started on the first one's store");
+    let text = refused.to_string();
+    assert!(
+        text.contains("another gateway is running on the local store"),
+        "{text}"
+    );
+    assert!(text.contains("gateway.db"), "{text}");
+    // Once the first one stops, the store is free.
+    first.stop().await;
+    let mut settings = test_settings("store-second", broker.port);
+    settings.store_path = db;
+    let second = gateway::app::Gateway::start(settings, catalog, keys)
+        .await
+        .unwrap();
+    second.stop().await;
+}
