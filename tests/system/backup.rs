@@ -137,8 +137,7 @@ async fn a_second_gateway_on_the_same_store_refuses_to_start_and_names_it() {
     let keys = gateway::keys::Keys::demo(&catalog);
     let refused = gateway::app::Gateway::start(settings, catalog.clone(), keys.clone())
         .await
-        .err()
-        .expect("a second gateway started on the first one's store");
+        .expect_err("a second gateway started on the first one's store");
     let text = refused.to_string();
     assert!(
         text.contains("another gateway is running on the local store"),
