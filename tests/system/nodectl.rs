@@ -2,6 +2,7 @@
 //! files, connect as that node, and hear it with `nodectl listen`; inspect and flash refuse a
 //! corrupt image.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,14 @@ async fn a_provisioned_node_connects_with_its_credentials_and_is_heard_verified(
         .status()
         .unwrap();
     assert!(status.success());
-    let out = nodectl()
+    // The broker's password file as an older nodectl or a careless copy left it.
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Under a umask that takes nothing away: the secrets are private all the same.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$@\"")
+        .arg("nodectl")
+        .arg(nodectl().get_program())
         .args([
             "provision",
             "--device",
@@ -73,6 +81,20 @@ async fn a_provisioned_node_connects_with_its_credentials_and_is_heard_verified(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("device      gz-p1-press"), "{stdout}");
+    for secret in [
+        d.join("keys.toml"),
+        passwd.clone(),
+        d.join("prov/gz-p1-press.cscb"),
+        d.join("prov/site-salt.hex"),
+    ] {
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", secret.display());
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was readable by others (mode 644): now 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Provisioning the same device twice is refused, naming the file.
     let again = nodectl()
         .args(["provision", "--device", "gz-p1-press", "--out"])

@@ -127,8 +127,48 @@ fn broker(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-/// Appends `text` to `path` unless `marker` is already in it.
-fn append_once(path: &Path, marker: &str, text: &str, what: &str) -> anyhow::Result<()> {
+/// Opens `path` for `options` as a file only its owner reads and writes (mode 600 when it is
+/// made, whatever the umask; an existing file is narrowed to 600, and said so): keys, broker
+/// passwords, the images that carry a key, the tag salt.
+fn open_private(path: &Path, options: &mut std::fs::OpenOptions) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = options
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mode = f.metadata()?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (chmod 600)", path.display()))?;
+        eprintln!(
+            "{} was readable by others (mode {mode:o}): now 600, owner only",
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Writes `bytes` to `path`, made private (see [`open_private`]).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = open_private(
+        path,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true),
+    )?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Appends `text` to `path` unless `marker` is already in it; a `secret` file is kept private
+/// (see [`open_private`]).
+fn append_once(
+    path: &Path,
+    marker: &str,
+    (text, secret): (&str, bool),
+    what: &str,
+) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     if existing
         .lines()
@@ -139,11 +179,15 @@ fn append_once(path: &Path, marker: &str, text: &str, what: &str) -> anyhow::Res
             path.display()
         );
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    let mut f = if secret {
+        open_private(path, &mut options)?
+    } else {
+        options
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?
+    };
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -156,8 +200,7 @@ fn site_salt(out: &Path) -> anyhow::Result<[u8; 16]> {
             let mut salt = [0u8; 16];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut salt);
             let s = hex::encode(salt);
-            std::fs::write(&path, format!("{s}\n"))
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_private(&path, format!("{s}\n").as_bytes())?;
             eprintln!("created the site's tag salt in {}", path.display());
             s
         }
@@ -207,29 +250,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             append_once(
                 &keys,
                 &format!("id = \"{device}\""),
-                &p.keys_entry,
+                (&p.keys_entry, true),
                 "a key for this device",
             )?;
             append_once(
                 &passwd,
                 &format!("{device}:"),
-                &p.passwd_line,
+                (&p.passwd_line, true),
                 "a password for this device",
             )?;
             append_once(
                 &acl,
                 &format!("user {device}"),
-                &p.acl_block,
+                (&p.acl_block, false),
                 "an ACL for this device",
             )?;
             let image = out.join(format!("{device}.cscb"));
-            std::fs::write(&image, p.image)
-                .with_context(|| format!("cannot write {}", image.display()))?;
+            write_private(&image, &p.image)?;
             println!("{}", nodectl::inspect(&p.image)?);
             println!("image       {}", image.display());
-            println!("keys file   {} (keep it chmod 600)", keys.display());
+            println!("keys file   {} (mode 600, owner only)", keys.display());
             println!(
-                "broker      {} and {} (reload Mosquitto)",
+                "broker      {} (mode 600: chown it to the broker's user) and {} (reload Mosquitto)",
                 passwd.display(),
                 acl.display()
             );
