@@ -916,3 +916,41 @@ fn check_config_names_a_subject_straddling_the_served_districts_and_warns_a_repl
         "{text}"
     );
 }
+
+/// The rules that watch the gateway (`deploy/prometheus/`): Prometheus's own checker passes the
+/// scrape config and the rules, their test cases pass, and every gateway metric they name is one
+/// the gateway registers (a renamed metric would leave an alert that never fires).
+#[test]
+fn the_monitoring_rules_pass_their_cases_and_name_only_metrics_the_gateway_has() {
+    let promtool = require("promtool", "prometheus");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["test", "rules", "citysense-rules.test.yml"][..],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let registered = std::fs::read_to_string(dir.join("../../gateway/src/metrics.rs")).unwrap();
+    let rules = std::fs::read_to_string(dir.join("citysense-rules.yml")).unwrap();
+    let named: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("citysense_"))
+        .collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        assert!(
+            registered.contains(&format!("\"{name}\"")),
+            "the rules name {name}, which the gateway does not register"
+        );
+    }
+}
