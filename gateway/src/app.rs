@@ -297,6 +297,7 @@ impl Gateway {
             }
         }
         drop(polled_tx);
+        let progress = Arc::new(pipeline::Progress::default());
         let pipeline = pipeline::Pipeline {
             verifier: Arc::new(crate::decode::Verifier::new(
                 &catalog,
@@ -312,8 +313,14 @@ impl Gateway {
             points_committed,
             readings_committed,
             commit_interval: settings.commit_interval,
+            progress: progress.clone(),
         };
         tasks.spawn(pipeline.run(inbound_rx, polled_rx));
+        tasks.spawn(housekeeping::watchdog::notify(
+            progress,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(source::mqtt::run(
             eventloop,
             client,

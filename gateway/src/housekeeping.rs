@@ -19,6 +19,7 @@ use crate::store::{self, Store};
 
 #[cfg(test)]
 mod arrival_orders;
+pub mod watchdog;
 
 /// Feeds the stored readings with event times from `since_ms` on to fresh aggregators, so
 /// windows open at a restart and the day's crowd counts continue; the backlogs they hold are

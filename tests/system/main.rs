@@ -12,6 +12,7 @@ mod layering;
 mod modbus_slaves;
 mod modbus_source;
 mod nodectl;
+mod operations;
 mod scale;
 mod scenarios;
 mod store_durability;

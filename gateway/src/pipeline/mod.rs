@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,40 @@ use crate::registry::{Registry, category_name};
 use crate::store::{CommitTimes, Store};
 use alerts::Alerts;
 
+/// How far the pipeline got: what the service manager's watchdog is fed by (see
+/// `housekeeping/watchdog.rs`). Healthy means idle (everything taken in is settled) or a commit
+/// lately; a wedged commit or a stuck pipeline is neither.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Messages and polled readings taken into batches.
+    taken: AtomicU64,
+    /// Of those, committed (or refused) and acknowledged.
+    settled: AtomicU64,
+    /// When a batch was last committed, Unix ms.
+    committed_ms: AtomicI64,
+}
+
+impl Progress {
+    pub(crate) fn took(&self, n: usize) {
+        self.taken.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn settled(&self, n: usize) {
+        self.settled.fetch_add(n as u64, Ordering::Relaxed);
+        self.committed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Work taken in and not settled, and how long ago the last commit was (ms) as of `now_ms`.
+    pub fn waiting(&self, now_ms: i64) -> (u64, i64) {
+        let settled = self.settled.load(Ordering::Relaxed);
+        let taken = self.taken.load(Ordering::Relaxed);
+        (
+            taken.saturating_sub(settled),
+            now_ms - self.committed_ms.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Most messages handled in one batch.
 pub const MAX_BATCH: usize = 1024;
 /// Dead-letter records keep at most this much of the payload.
@@ -69,6 +104,8 @@ pub struct DeadLetter<'a> {
 struct Accepted {
     /// Messages taken from the broker.
     messages: usize,
+    /// Messages and polled readings taken in ([`Progress`]).
+    taken: usize,
     readings: Vec<Reading>,
     points: Vec<Point>,
     ledgers: Vec<(String, Ledger)>,
@@ -104,6 +141,7 @@ impl Accepted {
     /// Takes in what was evaluated after it, while it held the commit lock.
     fn merge(&mut self, later: Evaluated) {
         self.messages += later.messages;
+        self.taken += later.taken;
         self.readings.extend(later.readings);
         self.points.extend(later.points);
         self.ledgers.extend(later.ledgers);
@@ -120,6 +158,7 @@ impl Accepted {
 /// A batch evaluated: [`Accepted`] without the lock.
 struct Evaluated {
     messages: usize,
+    taken: usize,
     readings: Vec<Reading>,
     points: Vec<Point>,
     ledgers: Vec<(String, Ledger)>,
@@ -134,6 +173,7 @@ impl Evaluated {
     fn holding(self, held: OwnedMutexGuard<()>) -> Accepted {
         Accepted {
             messages: self.messages,
+            taken: self.taken,
             readings: self.readings,
             points: self.points,
             ledgers: self.ledgers,
@@ -155,6 +195,8 @@ type Dead = (String, Vec<u8>, Rejection, i64);
 struct Batch {
     /// Messages taken from the broker.
     messages: usize,
+    /// Readings of polled devices taken in.
+    polled: usize,
     readings: Vec<Reading>,
     /// Devices whose ledgers moved.
     touched: HashSet<Arc<str>>,
@@ -214,6 +256,8 @@ pub struct Pipeline {
     /// How long a batch without alert events or urgent readings stays open for others to
     /// share its commit (`store.commit_interval_ms`; zero commits each batch at once).
     pub commit_interval: Duration,
+    /// How far it got (the watchdog's food).
+    pub progress: Arc<Progress>,
 }
 
 impl Pipeline {
@@ -332,6 +376,8 @@ impl Pipeline {
             .with_label_values(&["pipe"])
             .inc_by(readings.len() as u64);
         batch.arrived.get_or_insert_with(Instant::now);
+        self.progress.took(readings.len());
+        batch.polled += readings.len();
         batch.readings.extend(readings);
     }
 
@@ -341,6 +387,7 @@ impl Pipeline {
         let now = now_ms();
         batch.arrived.get_or_insert_with(Instant::now);
         batch.messages += messages.len();
+        self.progress.took(messages.len());
         {
             let Ok(mut registry) = self.registry.lock() else {
                 tracing::error!("registry lock poisoned; messages left unacknowledged");
@@ -442,6 +489,7 @@ impl Pipeline {
         });
         Evaluated {
             messages: batch.messages,
+            taken: batch.messages + batch.polled,
             readings: batch.readings,
             points,
             ledgers,
@@ -461,6 +509,7 @@ impl Pipeline {
             self.metrics.batch_messages.observe(a.messages as f64);
             let Accepted {
                 messages: _,
+                taken,
                 readings,
                 points,
                 ledgers,
@@ -503,6 +552,7 @@ impl Pipeline {
                     self.metrics.mqtt_dropped.with_label_values(&["ack"]).inc();
                 }
             }
+            self.progress.settled(taken);
         }
     }
 
@@ -684,6 +734,7 @@ mod tests {
             points_committed: watch::channel(()).0,
             readings_committed: watch::channel(()).0,
             commit_interval,
+            progress: Arc::default(),
         }
     }
 
