@@ -388,8 +388,14 @@ pub struct Alertmanager {
 impl Alertmanager {
     /// Starts it on a free port.
     pub fn start() -> Alertmanager {
-        let config = "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n";
-        Self::start_with(config, &["--cluster.listen-address=".to_owned()])
+        Self::start_config(
+            "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n",
+        )
+    }
+
+    /// Starts one on a free port with this configuration (no cluster).
+    pub fn start_config(config_text: &str) -> Alertmanager {
+        Self::start_with(config_text, &["--cluster.listen-address=".to_owned()])
     }
 
     /// A cluster of two on loopback (gossiping on ports of their own), each notifying
