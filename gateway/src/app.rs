@@ -316,8 +316,16 @@ impl Gateway {
             progress: progress.clone(),
         };
         tasks.spawn(pipeline.run(inbound_rx, polled_rx));
+        let event_loop = Arc::new(std::sync::atomic::AtomicI64::new(crate::clock::now_ms()));
+        let mqtt = &settings.mqtt;
         tasks.spawn(housekeeping::watchdog::notify(
-            progress,
+            housekeeping::watchdog::Signs {
+                progress,
+                event_loop: event_loop.clone(),
+                event_loop_limit: mqtt.keep_alive() * 2
+                    + std::time::Duration::from_millis(mqtt.reconnect_max_ms)
+                    + std::time::Duration::from_secs(10),
+            },
             metrics.clone(),
             shutdown_rx.clone(),
         ));
@@ -326,7 +334,7 @@ impl Gateway {
             client,
             settings.mqtt.clone(),
             filters,
-            inbound_tx,
+            (inbound_tx, event_loop),
             metrics.clone(),
             shutdown_rx.clone(),
         ));

@@ -1,11 +1,12 @@
 //! The service manager's view of the gateway (systemd `Type=notify`, `WatchdogSec=`): `READY=1`
 //! once the broker session and its subscriptions are up, then `WATCHDOG=1` every half of the
-//! watchdog's period while the pipeline makes progress or has nothing to do. A commit wedged
-//! (a disk that stopped answering, a lock never released) or a pipeline stuck with reports
-//! waiting stops the feeding, and systemd restarts the gateway; the broker keeps what was not
-//! acknowledged. Outside systemd (no `NOTIFY_SOCKET`) this sends nothing.
+//! watchdog's period while the pipeline makes progress or has nothing to do and the MQTT event
+//! loop turns. A commit wedged (a disk that stopped answering, a lock never released), a
+//! pipeline stuck with reports waiting, or an event loop that ended stops the feeding, and
+//! systemd restarts the gateway; the broker keeps what was not acknowledged. Outside systemd (no `NOTIFY_SOCKET`) this sends nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -14,27 +15,41 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::pipeline::Progress;
 
-/// Whether the pipeline is healthy as of `now_ms`: nothing waiting, or a commit within
-/// `limit`. Otherwise the reason, for the log.
-pub fn healthy(progress: &Progress, now_ms: i64, limit: Duration) -> Result<(), String> {
-    let (waiting, since_ms) = progress.waiting(now_ms);
-    if waiting == 0 || since_ms < crate::clock::millis(limit) as i64 {
-        Ok(())
-    } else {
-        Err(format!(
+/// What the watchdog looks at.
+#[derive(Debug, Clone)]
+pub struct Signs {
+    /// How far the pipeline got.
+    pub progress: Arc<Progress>,
+    /// When the MQTT event loop last turned, Unix ms (`source::mqtt::run`).
+    pub event_loop: Arc<AtomicI64>,
+    /// How long the event loop may go without a turn: two keepalives, the longest reconnect
+    /// wait and a connection timeout.
+    pub event_loop_limit: Duration,
+}
+
+/// Whether the gateway is healthy as of `now_ms`: its pipeline has nothing waiting or committed
+/// within `limit`, and its MQTT event loop turned lately. Otherwise the reason, for the log.
+pub fn healthy(signs: &Signs, now_ms: i64, limit: Duration) -> Result<(), String> {
+    let (waiting, since_ms) = signs.progress.waiting(now_ms);
+    if waiting > 0 && since_ms >= crate::clock::millis(limit) as i64 {
+        return Err(format!(
             "{waiting} reports waiting and no commit for {:.1} s",
             since_ms as f64 / 1000.0
-        ))
+        ));
     }
+    let quiet_ms = now_ms - signs.event_loop.load(Ordering::Relaxed);
+    if quiet_ms >= crate::clock::millis(signs.event_loop_limit) as i64 {
+        return Err(format!(
+            "the MQTT event loop has not turned for {:.1} s",
+            quiet_ms as f64 / 1000.0
+        ));
+    }
+    Ok(())
 }
 
 /// Tells the service manager the gateway is ready, then feeds its watchdog while
 /// [`healthy`] (see the module's documentation). Ends at shutdown.
-pub async fn notify(
-    progress: Arc<Progress>,
-    metrics: Metrics,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn notify(signs: Signs, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
     // READY once the broker session and its subscriptions are up.
     while metrics.broker_connected.get() != 1 {
         tokio::select! {
@@ -64,7 +79,7 @@ pub async fn notify(
             }
             _ = tick.tick() => {}
         }
-        match healthy(&progress, now_ms(), period / 2) {
+        match healthy(&signs, now_ms(), period / 2) {
             Ok(()) => {
                 if starving {
                     tracing::warn!("the pipeline makes progress again: feeding the watchdog");
@@ -91,26 +106,52 @@ mod tests {
 
     #[test]
     fn idle_or_committing_is_healthy_and_work_waiting_without_commits_is_not() {
-        let p = Progress::default();
+        let signs = Signs {
+            progress: Arc::default(),
+            event_loop: Arc::new(AtomicI64::new(i64::MAX / 2)),
+            event_loop_limit: Duration::from_secs(60),
+        };
+        let p = &signs.progress;
         let limit = Duration::from_secs(5);
-        assert_eq!(healthy(&p, 1_000_000, limit), Ok(()), "idle from the start");
+        assert_eq!(
+            healthy(&signs, 1_000_000, limit),
+            Ok(()),
+            "idle from the start"
+        );
         p.took(3);
         let now = now_ms();
         // No commit yet with work waiting: stuck.
-        let stuck = healthy(&p, now, limit).unwrap_err();
+        let stuck = healthy(&signs, now, limit).unwrap_err();
         assert!(
             stuck.starts_with("3 reports waiting and no commit for"),
             "{stuck}"
         );
         p.settled(2);
-        assert_eq!(healthy(&p, now_ms(), limit), Ok(()), "a commit just now");
+        assert_eq!(
+            healthy(&signs, now_ms(), limit),
+            Ok(()),
+            "a commit just now"
+        );
         let later = now_ms() + 6_000;
-        let stuck = healthy(&p, later, limit).unwrap_err();
+        let stuck = healthy(&signs, later, limit).unwrap_err();
         assert!(
             stuck.starts_with("1 reports waiting and no commit for 6."),
             "{stuck}"
         );
         p.settled(1);
-        assert_eq!(healthy(&p, later + 60_000, limit), Ok(()), "idle again");
+        assert_eq!(healthy(&signs, later + 60_000, limit), Ok(()), "idle again");
+    }
+
+    #[test]
+    fn an_event_loop_that_stopped_turning_is_not_healthy_even_when_idle() {
+        let now = now_ms();
+        let signs = Signs {
+            progress: Arc::default(),
+            event_loop: Arc::new(AtomicI64::new(now - 59_000)),
+            event_loop_limit: Duration::from_secs(60),
+        };
+        assert_eq!(healthy(&signs, now, Duration::from_secs(5)), Ok(()));
+        let dead = healthy(&signs, now + 2_000, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(dead, "the MQTT event loop has not turned for 61.0 s");
     }
 }

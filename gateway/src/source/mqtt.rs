@@ -15,6 +15,7 @@
 //!   keepalive.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rumqttc::Outgoing;
@@ -46,13 +47,15 @@ pub fn filters(zones: &[Arc<str>]) -> Vec<Filter> {
 pub type Inbound = Publish;
 
 /// Runs the session until `shutdown` turns true: connects, subscribes, forwards publishes to
-/// `inbound`, reconnects with backoff.
+/// `inbound`, reconnects with backoff. Each turn of its loop sets `alive` to the time (Unix ms):
+/// at least once a keepalive while connected, once a retry while not; the watchdog's proof that
+/// the event loop still runs.
 pub async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
     cfg: MqttSection,
     filters: Vec<Filter>,
-    inbound: mpsc::Sender<Inbound>,
+    (inbound, alive): (mpsc::Sender<Inbound>, Arc<AtomicI64>),
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -62,6 +65,7 @@ pub async fn run(
     );
     let mut watchdog = Watchdog::new(cfg.keep_alive());
     loop {
+        alive.store(crate::clock::now_ms(), Ordering::Relaxed);
         let deadline = watchdog.deadline();
         tokio::select! {
             _ = shutdown.changed() => {
