@@ -149,19 +149,17 @@ pub async fn maintain_store(
                 sinks2.iter().map(String::as_str).collect(),
                 raw2.iter().map(String::as_str).collect(),
             );
-            let mut r = store::Enforced::default();
-            if checkpoint {
-                let started = std::time::Instant::now();
-                r.devices_written = s.checkpoint_devices()?;
-                r.devices_took = started.elapsed();
-            }
-            let enforced = s.enforce(now, &rules, &points, &raw)?;
-            let r = store::Enforced {
-                devices_written: r.devices_written + enforced.devices_written,
-                devices_took: r.devices_took + enforced.devices_took,
-                took: r.devices_took + enforced.took,
-                ..enforced
+            let started = std::time::Instant::now();
+            let written = if checkpoint {
+                s.checkpoint_devices()?
+            } else {
+                0
             };
+            let took = started.elapsed();
+            let mut r = s.enforce(now, &rules, &points, &raw)?;
+            r.devices_written += written;
+            r.devices_took += took;
+            r.took += took;
             s.expire_alert_events(now - rules.points_ms, &notifiers2)?;
             s.expire_audit(now - store::AUDIT_KEEP_MS)?;
             Ok::<_, store::StoreError>((r, s.quarantined()?))

@@ -100,8 +100,8 @@ pub struct DeadLetter<'a> {
     pub payload_hex: String,
 }
 
-/// A batch verified, aggregated and evaluated, on its way to the committer.
-struct Accepted {
+/// A batch verified, aggregated and evaluated.
+struct Evaluated {
     /// Messages taken from the broker.
     messages: usize,
     /// Messages and polled readings taken in ([`Progress`]).
@@ -112,8 +112,6 @@ struct Accepted {
     changes: Changes,
     /// The aggregates' corrections still to run, when they changed (JSON).
     corrections: Option<String>,
-    /// The alert commit lock, released once this batch's alert changes are committed.
-    held: tokio::sync::OwnedMutexGuard<()>,
     /// The messages to acknowledge once committed (QoS 0 ones need nothing).
     acks: Vec<Publish>,
     /// Rejected messages (with when they were received, Unix ms), published as dead letters
@@ -124,7 +122,7 @@ struct Accepted {
     arrived: Instant,
 }
 
-impl Accepted {
+impl Evaluated {
     /// Is to be committed now, without waiting for others to share the commit: it raises an
     /// alert event or holds a reading its node sent at once (a threshold crossed).
     fn urgent(&self) -> bool {
@@ -155,36 +153,11 @@ impl Accepted {
     }
 }
 
-/// A batch evaluated: [`Accepted`] without the lock.
-struct Evaluated {
-    messages: usize,
-    taken: usize,
-    readings: Vec<Reading>,
-    points: Vec<Point>,
-    ledgers: Vec<(String, Ledger)>,
-    changes: Changes,
-    corrections: Option<String>,
-    acks: Vec<Publish>,
-    dead: Vec<Dead>,
-    arrived: Instant,
-}
-
-impl Evaluated {
-    fn holding(self, held: OwnedMutexGuard<()>) -> Accepted {
-        Accepted {
-            messages: self.messages,
-            taken: self.taken,
-            readings: self.readings,
-            points: self.points,
-            ledgers: self.ledgers,
-            changes: self.changes,
-            corrections: self.corrections,
-            held,
-            acks: self.acks,
-            dead: self.dead,
-            arrived: self.arrived,
-        }
-    }
+/// A batch evaluated, on its way to the committer.
+struct Accepted {
+    batch: Evaluated,
+    /// The alert commit lock, released once the batch's alert changes are committed.
+    held: OwnedMutexGuard<()>,
 }
 
 /// A rejected message: topic, payload, reason, when it was received (Unix ms).
@@ -287,13 +260,18 @@ impl Pipeline {
         let mut corrections = tokio::time::interval(Duration::from_secs(1));
         corrections.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while receiving || !batch.is_empty() || open.is_some() {
-            let due = open.as_ref().map(|a| a.arrived + self.commit_interval);
+            let due = open
+                .as_ref()
+                .map(|a| a.batch.arrived + self.commit_interval);
             let mut ready = None;
             tokio::select! {
                 biased;
                 held = next_turn(&mut turn) => {
                     turn = None;
-                    ready = Some(self.evaluate(std::mem::take(&mut batch), true).holding(held));
+                    ready = Some(Accepted {
+                        batch: self.evaluate(std::mem::take(&mut batch), true),
+                        held,
+                    });
                 }
                 () = sleep_until(due) => ready = open.take(),
                 first = inbound.recv(), if receiving && batch.messages < MAX_BATCH => match first {
@@ -324,16 +302,17 @@ impl Pipeline {
             if let Some(a) = open.as_mut()
                 && !batch.is_empty()
             {
-                a.merge(self.evaluate(std::mem::take(&mut batch), false));
+                a.batch
+                    .merge(self.evaluate(std::mem::take(&mut batch), false));
                 ready = open.take();
             } else if !receiving && ready.is_none() {
                 ready = open.take();
             }
             if let Some(a) = ready {
-                let now = a.urgent()
-                    || a.messages >= MAX_BATCH
+                let now = a.batch.urgent()
+                    || a.batch.messages >= MAX_BATCH
                     || !receiving
-                    || a.arrived.elapsed() >= self.commit_interval;
+                    || a.batch.arrived.elapsed() >= self.commit_interval;
                 if !now {
                     open = Some(a);
                 } else if to_commit.send(a).await.is_err() {
@@ -506,8 +485,9 @@ impl Pipeline {
     /// nothing is acknowledged.
     async fn commit_in_order(self, mut accepted: mpsc::Receiver<Accepted>) {
         while let Some(a) = accepted.recv().await {
-            self.metrics.batch_messages.observe(a.messages as f64);
-            let Accepted {
+            let Accepted { batch, held } = a;
+            self.metrics.batch_messages.observe(batch.messages as f64);
+            let Evaluated {
                 messages: _,
                 taken,
                 readings,
@@ -515,11 +495,10 @@ impl Pipeline {
                 ledgers,
                 changes,
                 corrections,
-                held,
                 acks,
                 dead,
                 arrived,
-            } = a;
+            } = batch;
             let with_points = !points.is_empty();
             let with_readings = !readings.is_empty();
             let mut event_ids = Vec::new();

@@ -11,8 +11,9 @@
 
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
-/// Why the writing connection is writing.
+/// Why the writing connection is writing (its discriminant indexes [`Cause::ALL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Cause {
     /// Accepted batches: readings, their points, alert changes, corrections.
     Batches,
@@ -89,8 +90,7 @@ impl Volume {
 
     /// Names the cause of the writes that follow (called with the writing connection held).
     pub(super) fn cause(&self, cause: Cause) {
-        let i = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
-        self.cause.store(i, Ordering::Relaxed);
+        self.cause.store(cause as usize, Ordering::Relaxed);
     }
 
     /// A commit left the WAL `frames` long (from the WAL hook).
