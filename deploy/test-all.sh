@@ -46,6 +46,11 @@ install_missing() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # The Debian packages are built with cargo-deb (deploy/debian/build.sh).
+  if ! command -v cargo-deb >/dev/null 2>&1; then
+    step "installing cargo-deb"
+    cargo install cargo-deb --version 3.8.0 --locked --quiet
+  fi
   if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
     step "installing the Rust target thumbv7em-none-eabihf"
     rustup target add thumbv7em-none-eabihf
@@ -89,6 +94,9 @@ llvm-size target/thumbv7em-none-eabihf/release/board-stm32f407-w5500 |
 
 step "build the binaries the system tests run (gateway demo, check-config)"
 cargo build --workspace --bins --locked
+
+step "the Debian packages install, upgrade, remove and purge (deploy/debian/test.sh)"
+deploy/debian/test.sh
 
 step "cargo test"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
