@@ -3,6 +3,7 @@
 //! corrupt image.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -247,4 +248,213 @@ fn inspect_and_flash_refuse_a_corrupt_image_and_flash_dry_run_prints_the_command
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(err.contains("CRC mismatch"), "{args:?}: {err}");
     }
+}
+
+/// Subscribes as `user` to `filter`; every message's topic, in arrival order.
+async fn subscribe_as(
+    port: u16,
+    user: &str,
+    password: &str,
+    filter: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let mut o = MqttOptions::new(
+        format!("{user}-sub-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_keep_alive(Duration::from_secs(5))
+        .set_credentials(user, password);
+    let (client, mut eventloop) = AsyncClient::new(o, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    let user = user.to_owned();
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    if let Some(s) = subscribed_tx.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    let _ = tx.send(String::from_utf8_lossy(&p.topic).into_owned());
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{user} lost the broker: {e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), subscribed)
+        .await
+        .expect("no SUBACK")
+        .unwrap();
+    rx
+}
+
+/// `mosquitto_pub` over TLS with a client certificate; whether it connected and published.
+fn publish_tls(port: u16, ca: &Path, cert: &Path, key: &Path, topic: &str) -> Result<(), String> {
+    let out = Command::new(require("mosquitto_pub", "mosquitto-clients"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-V",
+            "mqttv5",
+        ])
+        .arg("--cafile")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["-t", topic, "-m", "tls"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_config_confines_each_device_to_its_topics_and_tls_takes_only_site_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let ca = d.join("ca");
+    let run = |args: &mut Command| {
+        let out = args.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(nodectl()
+        .args(["ca", "init", "--broker-host", "127.0.0.1", "--out"])
+        .arg(&ca));
+    let again = nodectl()
+        .args(["ca", "init", "--broker-host", "127.0.0.1", "--out"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a second CA replaced the first");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a CA"));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ca.join("ca.key")), 0o600);
+    assert_eq!(mode(&ca.join("broker.key")), 0o600);
+    for device in ["gz-p1-press", "gz-s2-g1"] {
+        run(nodectl()
+            .args(["provision", "--device", device, "--out"])
+            .arg(d.join("prov"))
+            .arg("--keys")
+            .arg(d.join("keys.toml"))
+            .arg("--passwd")
+            .arg(d.join("provisioned.passwd"))
+            .arg("--acl")
+            .arg(d.join("provisioned.acl"))
+            .arg("--tls")
+            .arg(&ca));
+        assert_eq!(mode(&d.join(format!("prov/{device}.key"))), 0o600);
+    }
+    // A password set by hand for a user that is not a device of the site survives a rerun.
+    std::fs::write(d.join("citysense.passwd"), "operator-tool:$7$101$kept\n").unwrap();
+
+    let tls_port = system_tests::services::free_port();
+    let (out, keys) = (d.clone(), d.join("keys.toml"));
+    let printed = std::sync::Mutex::new(String::new());
+    let broker = Mosquitto::start_with_listeners(dir, |port| {
+        *printed.lock().unwrap() = run(nodectl()
+            .arg("broker-config")
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--out")
+            .arg(&out)
+            .arg("--ca")
+            .arg(&ca)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tls-listen")
+            .arg(format!("127.0.0.1:{tls_port}"))
+            .arg("--install-dir")
+            .arg(&out)
+            .env("CITYSENSE_MQTT_PASSWORD", "gw-pass"));
+        std::fs::read_to_string(out.join("citysense-listeners.conf")).unwrap()
+    });
+    let printed = printed.into_inner().unwrap();
+    assert!(
+        printed.contains("2 devices with a key, 1 kept"),
+        "{printed}"
+    );
+    let passwd = std::fs::read_to_string(d.join("citysense.passwd")).unwrap();
+    assert!(passwd.contains("operator-tool:$7$101$kept"), "{passwd}");
+    let port = broker.port;
+
+    // Anonymous clients are refused; the gateway's and the devices' passwords work.
+    let mut anonymous = MqttOptions::new("anonymous", "127.0.0.1", port);
+    anonymous.set_keep_alive(Duration::from_secs(5));
+    let (_c, mut el) = AsyncClient::new(anonymous, 10);
+    let refused = tokio::time::timeout(Duration::from_secs(5), el.poll()).await;
+    assert!(
+        !matches!(refused, Ok(Ok(Event::Incoming(Incoming::ConnAck(ref a)))) if a.code == rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success),
+        "an anonymous client was let in: {refused:?}"
+    );
+    let mut heard = subscribe_as(port, "gateway", "gw-pass", "cs/v1/+/+/+/up").await;
+    let image = std::fs::read(d.join("prov/gz-p1-press.cscb")).unwrap();
+    let press = node::config::Config::decode(&image).unwrap();
+    let own = press.topic(node::config::Stream::Up).to_string();
+    let other = "cs/v1/360702/uhf-rfid-gate/gz-s2-g1/up";
+    let node = connect_as(port, "gz-p1-press", &press.broker_password)
+        .await
+        .expect("the password provision put in the image is the one broker-config wrote");
+    // Another device's topic first, then its own: only its own arrives.
+    for topic in [other, own.as_str()] {
+        let _ = node.publish(topic, QoS::AtLeastOnce, false, "x").await;
+    }
+    let first = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the device's own report did not arrive")
+        .unwrap();
+    assert_eq!(first, own, "a device published on another device's topic");
+
+    // TLS: a certificate of the site CA is a device's identity; its ACL applies as to its
+    // password. A certificate from another CA is refused.
+    let (ca_pem, gate_cert, gate_key) = (
+        ca.join("ca.pem"),
+        d.join("prov/gz-s2-g1.pem"),
+        d.join("prov/gz-s2-g1.key"),
+    );
+    publish_tls(tls_port, &ca_pem, &gate_cert, &gate_key, &own).unwrap();
+    publish_tls(tls_port, &ca_pem, &gate_cert, &gate_key, other)
+        .expect("a device certificate of the site connects over TLS");
+    let next = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the gate's report over TLS did not arrive")
+        .unwrap();
+    assert_eq!(
+        next, other,
+        "over TLS, a device published on another's topic"
+    );
+    let stranger = system_tests::pki::Pki::generate(&d, "stranger");
+    let foreign = publish_tls(
+        tls_port,
+        &ca_pem,
+        &stranger.client_cert,
+        &stranger.client_key,
+        other,
+    );
+    assert!(foreign.is_err(), "a foreign certificate was accepted");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), heard.recv())
+            .await
+            .is_err(),
+        "a foreign certificate's message arrived"
+    );
 }

@@ -7,6 +7,11 @@
 //! - [`flash_commands`]: the `probe-rs download` commands for the firmware and the config block.
 //! - [`listen`]: the node's first frames from the broker, decoded and verified: "is my node
 //!   alive".
+//! - [`broker`]: Mosquitto's password file, ACL and listeners for the whole site.
+//! - [`ca`]: the site's certificate authority, the broker's and each device's certificate.
+
+pub mod broker;
+pub mod ca;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -41,7 +46,8 @@ pub struct Request {
     pub broker_host: String,
     /// Broker port.
     pub broker_port: u16,
-    /// Broker password; generated when absent.
+    /// Broker password; derived from the key when absent ([`broker::device_password`]), so
+    /// `nodectl broker-config` can write the password file again from the keys file.
     pub password: Option<String>,
     /// Report interval; the profile's when absent.
     pub report_interval_s: Option<u32>,
@@ -135,11 +141,10 @@ pub fn provision(catalog: &Catalog, req: &Request) -> anyhow::Result<Provisioned
             k
         }
     };
-    let password = req.password.clone().unwrap_or_else(|| {
-        let mut p = [0u8; 18];
-        rand::rng().fill_bytes(&mut p);
-        hex::encode(p)
-    });
+    let password = req
+        .password
+        .clone()
+        .unwrap_or_else(|| broker::device_password(&DeviceKey::from_bytes(key)));
     ensure!(
         !password.is_empty() && password.len() <= 64,
         "the broker password must be 1–64 characters"

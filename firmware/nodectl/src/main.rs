@@ -62,7 +62,55 @@ enum Command {
         /// Mosquitto's ACL file to append to.
         #[arg(long, default_value = "mosquitto.acl")]
         acl: PathBuf,
+        /// Also issue the device a certificate from the site CA in this folder (`nodectl ca
+        /// init`): OUT/DEVICE.pem and OUT/DEVICE.key, for the broker's TLS listener.
+        #[arg(long, value_name = "CA_DIR")]
+        tls: Option<PathBuf>,
     },
+    /// Write Mosquitto's password file, ACL and listeners for every device of the site.
+    ///
+    /// From the site file and the gateway's keys file: OUT/citysense.passwd (mode 600; the
+    /// gateway and every device with a key, its password derived from the key as `provision`
+    /// derives it), OUT/citysense.acl (each device publishes only to its own up and status
+    /// topics and reads only its own down topic; the gateway reads all reports and sends
+    /// downlinks) and OUT/citysense-listeners.conf (anonymous clients refused; with --ca, a TLS
+    /// listener that requires a certificate from the site CA). Run it again whenever devices
+    /// are added: lines of users that are not devices of the site are kept. Copy the files to
+    /// --install-dir on the broker's host and include the .conf from /etc/mosquitto/conf.d/.
+    BrokerConfig {
+        /// The site file [default: the built-in Ganzhou site].
+        #[arg(long, requires = "profiles")]
+        site: Option<PathBuf>,
+        /// The profiles folder (with --site).
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// The gateway's keys file.
+        #[arg(long, default_value = "keys.toml")]
+        keys: PathBuf,
+        /// Where the files are written.
+        #[arg(long, default_value = "broker")]
+        out: PathBuf,
+        /// The gateway's broker user; its password comes from CITYSENSE_MQTT_PASSWORD, or is
+        /// generated into OUT/gateway.env (mode 600) for /etc/citysense/gateway.env.
+        #[arg(long, default_value = "gateway")]
+        gateway_user: String,
+        /// The password listener, HOST:PORT.
+        #[arg(long, default_value = "0.0.0.0:1883")]
+        listen: String,
+        /// The site CA folder (`nodectl ca init`): adds the TLS listener and copies ca.pem,
+        /// broker.pem and broker.key to OUT.
+        #[arg(long, value_name = "CA_DIR")]
+        ca: Option<PathBuf>,
+        /// The TLS listener, HOST:PORT (with --ca).
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        tls_listen: String,
+        /// Where the files will be on the broker's host (the paths in the .conf).
+        #[arg(long, default_value = "/etc/mosquitto/citysense")]
+        install_dir: String,
+    },
+    /// The site's certificate authority for the broker's TLS listener.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Decode and check a config block image (the key is shown only by its fingerprint).
     Inspect {
         /// The image (DEVICE.cscb).
@@ -104,6 +152,24 @@ enum Command {
         /// Broker user name (password from CITYSENSE_MQTT_PASSWORD).
         #[arg(long)]
         username: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make the site CA and the broker's certificate: OUT/ca.pem, OUT/ca.key (mode 600; keep
+    /// it offline), OUT/broker.pem and OUT/broker.key (mode 600). Refuses to replace an
+    /// existing CA: every device certificate it issued would stop working.
+    Init {
+        /// Where the files go.
+        #[arg(long, default_value = "ca")]
+        out: PathBuf,
+        /// The site's name, in the CA's common name.
+        #[arg(long, default_value = "Ganzhou")]
+        site_name: String,
+        /// A name or IP address the broker is reached by (repeat for several).
+        #[arg(long = "broker-host", required = true)]
+        broker_hosts: Vec<String>,
     },
 }
 
@@ -227,11 +293,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keys,
             passwd,
             acl,
+            tls,
         } => {
-            let catalog = match (site, profiles) {
-                (Some(site), Some(profiles)) => Catalog::load(&profiles, &site)?,
-                _ => Catalog::ganzhou()?,
-            };
+            let catalog = load_catalog(site, profiles)?;
             let (broker_host, broker_port) = broker(&b)?;
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -267,6 +331,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             let image = out.join(format!("{device}.cscb"));
             write_private(&image, &p.image)?;
+            if let Some(ca_dir) = tls {
+                let (cert, key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+                let issued = nodectl::ca::issue_device(&read(&cert)?, &read(&key)?, &device)
+                    .with_context(|| {
+                        format!("cannot issue a certificate from {}", ca_dir.display())
+                    })?;
+                std::fs::write(out.join(format!("{device}.pem")), &issued.cert_pem)?;
+                write_private(
+                    &out.join(format!("{device}.key")),
+                    issued.key_pem.as_bytes(),
+                )?;
+                println!(
+                    "certificate {} and {} (mode 600), from the CA in {}",
+                    out.join(format!("{device}.pem")).display(),
+                    out.join(format!("{device}.key")).display(),
+                    ca_dir.display()
+                );
+            }
             println!("{}", nodectl::inspect(&p.image)?);
             println!("image       {}", image.display());
             println!("keys file   {} (mode 600, owner only)", keys.display());
@@ -274,6 +356,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "broker      {} (mode 600: chown it to the broker's user) and {} (reload Mosquitto)",
                 passwd.display(),
                 acl.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BrokerConfig {
+            site,
+            profiles,
+            keys,
+            out,
+            gateway_user,
+            listen,
+            ca,
+            tls_listen,
+            install_dir,
+        } => broker_config(
+            &load_catalog(site, profiles)?,
+            &keys,
+            &out,
+            &gateway_user,
+            nodectl::broker::Listeners {
+                plain: listen,
+                tls: ca.as_ref().map(|_| tls_listen),
+                install_dir,
+            },
+            ca.as_deref(),
+        ),
+        Command::Ca(CaCommand::Init {
+            out,
+            site_name,
+            broker_hosts,
+        }) => {
+            let ca_key = out.join("ca.key");
+            if ca_key.exists() {
+                bail!(
+                    "{} already holds a CA: a new one would invalidate every certificate it issued (move it away to start over)",
+                    out.display()
+                );
+            }
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let (ca, broker) = nodectl::ca::init(&site_name, &broker_hosts)?;
+            write_private(&ca_key, ca.key_pem.as_bytes())?;
+            std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
+            write_private(&out.join("broker.key"), broker.key_pem.as_bytes())?;
+            std::fs::write(out.join("broker.pem"), &broker.cert_pem)?;
+            println!(
+                "site CA     {} (key {}, mode 600: keep it offline)",
+                out.join("ca.pem").display(),
+                ca_key.display()
+            );
+            println!(
+                "broker      {} for {} (key broker.key, mode 600)",
+                out.join("broker.pem").display(),
+                broker_hosts.join(", ")
+            );
+            println!(
+                "next        nodectl provision --tls {} ...; nodectl broker-config --ca {}",
+                out.display(),
+                out.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -372,6 +512,101 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn load_catalog(site: Option<PathBuf>, profiles: Option<PathBuf>) -> anyhow::Result<Catalog> {
+    Ok(match (site, profiles) {
+        (Some(site), Some(profiles)) => Catalog::load(&profiles, &site)?,
+        _ => Catalog::ganzhou()?,
+    })
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `nodectl broker-config`: writes the broker's files into `out`.
+fn broker_config(
+    catalog: &Catalog,
+    keys: &Path,
+    out: &Path,
+    gateway_user: &str,
+    listeners: nodectl::broker::Listeners,
+    ca: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let keys = device_profiles::keys::load(keys)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let passwd_path = out.join("citysense.passwd");
+    // Users of the old file that are not the gateway or devices of the site: set by hand.
+    let kept: Vec<String> = std::fs::read_to_string(&passwd_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_once(':').is_some_and(|(user, _)| {
+                user != gateway_user && catalog.site.device(user).is_none()
+            })
+        })
+        .map(str::to_owned)
+        .collect();
+    let password = match std::env::var("CITYSENSE_MQTT_PASSWORD") {
+        Ok(p) if !p.is_empty() => p,
+        _ => {
+            let mut p = [0u8; 18];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut p);
+            let p = hex::encode(p);
+            let env = out.join("gateway.env");
+            write_private(&env, format!("CITYSENSE_MQTT_PASSWORD={p}\n").as_bytes())?;
+            println!(
+                "gateway     password generated into {} (for /etc/citysense/gateway.env)",
+                env.display()
+            );
+            p
+        }
+    };
+    let files = nodectl::broker::broker_config(
+        catalog,
+        &keys,
+        &nodectl::broker::GatewayUser {
+            name: gateway_user,
+            password: &password,
+        },
+        &listeners,
+        &kept,
+    );
+    write_private(&passwd_path, files.passwd.as_bytes())?;
+    std::fs::write(out.join("citysense.acl"), &files.acl)?;
+    std::fs::write(out.join("citysense-listeners.conf"), &files.conf)?;
+    if let Some(ca) = ca {
+        std::fs::copy(ca.join("ca.pem"), out.join("ca.pem"))
+            .with_context(|| format!("cannot copy {}", ca.join("ca.pem").display()))?;
+        std::fs::copy(ca.join("broker.pem"), out.join("broker.pem"))
+            .with_context(|| format!("cannot copy {}", ca.join("broker.pem").display()))?;
+        write_private(
+            &out.join("broker.key"),
+            read(&ca.join("broker.key"))?.as_bytes(),
+        )?;
+    }
+    println!(
+        "acl         {} devices, each on its own topics, and the gateway ({gateway_user})",
+        files.devices
+    );
+    println!(
+        "passwords   {} devices with a key, {} kept from the old file",
+        files.devices - files.without_key.len(),
+        kept.len()
+    );
+    if !files.without_key.is_empty() {
+        println!(
+            "no key      {} (JSON devices or not provisioned yet): set their passwords with mosquitto_passwd; they are kept the next time",
+            files.without_key.join(", ")
+        );
+    }
+    println!(
+        "files       {} (install them in {}; the passwd file and broker.key owned by mosquitto, mode 600)",
+        out.display(),
+        listeners.install_dir
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn key_less(keys: &Option<PathBuf>) -> bool {
