@@ -43,6 +43,8 @@ pub struct Settings {
     pub retention: store::Retention,
     /// How long a quiet batch waits for others to share its commit (`store.commit_interval_ms`).
     pub commit_interval: std::time::Duration,
+    /// How often a key rotation a node has not answered is sent again.
+    pub key_resend: std::time::Duration,
     /// Aggregation tunables.
     pub aggregate: aggregate::AggregateSettings,
     /// The InfluxDB sink, if any.
@@ -68,6 +70,7 @@ impl Settings {
             store_path: c.store.path.clone(),
             retention: c.store.retention(),
             commit_interval: c.store.commit_interval(),
+            key_resend: housekeeping::rotation::RESEND,
             aggregate: c.aggregate.settings(c.store.retention().raw_ms),
             influxdb: c.influxdb.clone(),
             alerts: c.alerts.clone(),
@@ -85,6 +88,8 @@ pub struct Gateway {
     store: Arc<Store>,
     metrics: Metrics,
     alerts: Alerts,
+    /// What a live reload replaces.
+    live: Arc<crate::reload::Live>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// The store's lock, released after everything above is dropped (the store closed).
@@ -184,26 +189,16 @@ impl Gateway {
             .with_context(|| format!("cannot listen for HTTP on {listen}"))?;
         let http_addr = listener.local_addr()?;
         let (polled_tx, polled_rx) = mpsc::channel(64);
+        // The catalog in force: a reload replaces it.
+        let site = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
         let app = api::router(api::AppState {
-            areas: Arc::new(
-                catalog
-                    .site
-                    .scenic_areas
-                    .iter()
-                    .flat_map(|a| {
-                        std::iter::once(a.id.clone())
-                            .chain(a.choke_points.iter().map(|c| c.id.clone()))
-                            .map(|id| (id, a.zone.clone()))
-                    })
-                    .collect(),
-            ),
             readings: polled_tx.clone(),
             registry: registry.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             not_ready: not_ready.clone(),
             alerts: alerts.clone(),
-            catalog: catalog.clone(),
+            catalog: site.clone(),
             sessions: Arc::default(),
             secure_cookies: settings.http.tls.is_some(),
             stopping: shutdown_rx.clone(),
@@ -298,17 +293,53 @@ impl Gateway {
         }
         drop(polled_tx);
         let progress = Arc::new(pipeline::Progress::default());
+        let (key_news, key_news_rx) = mpsc::unbounded_channel();
+        let verifier = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::decode::Verifier::new(&catalog, keys, settings.verify.clone())
+                .with_news(key_news),
+        ));
+        let (keys_changed, keys_changed_rx) = watch::channel(());
+        let keys_file = Arc::new(Mutex::new(None));
+        let swapping = Arc::new(tokio::sync::Mutex::new(()));
+        let aggregators = Arc::new(Mutex::new(aggregators));
+        let live = Arc::new(crate::reload::Live {
+            config: Mutex::new(None),
+            zones: settings.zones.clone(),
+            aggregate: settings.aggregate,
+            raw_retention_ms: settings.retention.raw_ms,
+            catalog: site.clone(),
+            verifier: verifier.clone(),
+            registry: registry.clone(),
+            aggregators: aggregators.clone(),
+            alerts: alerts.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            keys_changed,
+            keys_file: keys_file.clone(),
+            swapping: swapping.clone(),
+        });
+        tasks.spawn(housekeeping::rotation::run(
+            housekeeping::rotation::Rotation {
+                keys_file,
+                verifier: verifier.clone(),
+                registry: registry.clone(),
+                client: client.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                swapping,
+                resend: settings.key_resend,
+            },
+            key_news_rx,
+            keys_changed_rx,
+            shutdown_rx.clone(),
+        ));
         let pipeline = pipeline::Pipeline {
-            verifier: Arc::new(crate::decode::Verifier::new(
-                &catalog,
-                keys,
-                settings.verify.clone(),
-            )),
+            verifier,
             registry: registry.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             client: client.clone(),
-            aggregators: Arc::new(Mutex::new(aggregators)),
+            aggregators,
             alerts: alerts.clone(),
             points_committed,
             readings_committed,
@@ -353,10 +384,38 @@ impl Gateway {
             store,
             metrics,
             alerts,
+            live,
             shutdown,
             tasks,
             _in_use: in_use,
         })
+    }
+
+    /// Records the config the gateway was started with: a reload names the settings that
+    /// changed and wait for a restart.
+    pub fn started_from(&self, config: crate::config::Config) {
+        if let Ok(mut f) = self.live.keys_file.lock() {
+            *f = Some(config.site.keys.clone());
+        }
+        if let Ok(mut c) = self.live.config.lock() {
+            *c = Some(config);
+        }
+    }
+
+    /// Reloads the keys file, the rule files and the site and profiles of the config file at
+    /// `path` (see [`crate::reload`]); `source` names who asked. Nothing changes on an error.
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+        source: &str,
+    ) -> anyhow::Result<crate::reload::Reloaded> {
+        match crate::reload::Candidate::read(path) {
+            Ok(c) => self.live.apply(c, source).await,
+            Err(e) => {
+                self.live.refused(path, source, &e);
+                Err(e)
+            }
+        }
     }
 
     /// The alert engine.

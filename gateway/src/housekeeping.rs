@@ -19,6 +19,7 @@ use crate::store::{self, Store};
 
 #[cfg(test)]
 mod arrival_orders;
+pub mod rotation;
 pub mod watchdog;
 
 /// Feeds the stored readings with event times from `since_ms` on to fresh aggregators, so

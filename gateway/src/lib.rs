@@ -54,6 +54,7 @@ pub mod pipeline;
 pub mod point;
 pub mod reading;
 pub mod registry;
+pub mod reload;
 pub mod secret;
 pub mod sink;
 pub mod source;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gateway::config::Config;
 use gateway::demo::DemoOptions;
 
 /// The CitySense edge gateway: MQTT and Modbus ingest, verification, aggregation, alerts, the local
@@ -28,6 +27,31 @@ enum Command {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Apply changed keys, rule files and site or profiles to the running gateway, without a
+    /// restart and without dropping its broker session.
+    ///
+    /// Checks the files first as check-config does (nothing is sent if they do not check), then
+    /// signals the gateway running on the config's store (SIGHUP; `systemctl reload
+    /// citysense-gateway` does the same) and prints what it changed, or why it refused: served
+    /// districts and devices moving between districts need a restart; a refused reload changes
+    /// nothing. Settings read only at start (broker, HTTP, store, sinks) are named as waiting
+    /// for a restart. Every reload is in the audit trail.
+    Reload {
+        /// The config file the gateway runs with.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long to wait for the gateway's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+    /// Device keys: rotate nodes' keys over the air, list them.
+    Keys {
+        /// The config file the gateway runs with (its site.keys is the keys file).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Validate a config file and everything it names (profiles, site, keys); exit non-zero
     /// with FILE:LINE:COLUMN: REASON for every problem.
@@ -107,6 +131,42 @@ struct StoreArgs {
     /// The local store's database file (instead of --config).
     #[arg(long, global = true)]
     store: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Give devices new keys and send them over the air (等保 2.0: keys updated remotely).
+    ///
+    /// Each chosen device gets a new random key, written to the keys file as its next_key.
+    /// The running gateway is reloaded and sends each node its new key as a KeyRotation
+    /// downlink signed with the current key; it accepts both keys until the node acknowledges,
+    /// then only the new one, and rewrites the keys file. A node that does not answer keeps its
+    /// old key and stays pending (see `gateway keys list --pending`); the downlink is sent
+    /// again every 5 minutes and after every restart.
+    ///
+    /// Two devices: gateway keys rotate gz-p1-press gz-p2-press -c /etc/citysense/gateway.toml
+    ///
+    /// Every RFID gate: gateway keys rotate --kind uhf-rfid-gate -c /etc/citysense/gateway.toml
+    Rotate {
+        /// Device ids.
+        #[arg(required_unless_present_any = ["kind", "all"], conflicts_with_all = ["kind", "all"])]
+        devices: Vec<String>,
+        /// Every device of this kind (profile) with a key.
+        #[arg(long, conflicts_with = "all")]
+        kind: Option<String>,
+        /// Every device with a key.
+        #[arg(long)]
+        all: bool,
+        /// How long to wait for the gateway's reload.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+    /// Every device's key number and fingerprint, and the rotations under way.
+    List {
+        /// Only devices whose rotation is under way.
+        #[arg(long)]
+        pending: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,9 +310,20 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => {
-                let config = Config::load(&config)?;
-                gateway::run(config, shutdown_signal()).await
+            Command::Run { config } => gateway::run(&config, shutdown_signal(), hangups()).await,
+            Command::Reload { config, timeout_s } => {
+                let changed = tokio::task::spawn_blocking(move || {
+                    gateway::commands::keys::reload_running(
+                        &config,
+                        std::time::Duration::from_secs(timeout_s),
+                    )
+                })
+                .await??;
+                println!("reloaded: {changed}");
+                Ok(())
+            }
+            Command::Keys { config, command } => {
+                tokio::task::spawn_blocking(move || keys_command(config, command)).await?
             }
             Command::ExchangeSchema => {
                 print!("{}", gateway::sink::city_platform::exchange::SCHEMA_JSON);
@@ -313,6 +384,47 @@ fn main() -> ExitCode {
 
 /// The command line's changes are recorded in the audit trail as done by `cli`.
 const CLI: &str = "cli";
+
+fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<()> {
+    use gateway::commands::keys::{Chosen, list, rotate};
+    let config = config.ok_or_else(|| {
+        anyhow::anyhow!("give the gateway's config file: --config /etc/citysense/gateway.toml")
+    })?;
+    match command {
+        KeysCommand::List { pending } => print!("{}", list(&config, pending)?),
+        KeysCommand::Rotate {
+            devices,
+            kind,
+            all,
+            timeout_s,
+        } => {
+            let chosen = match (kind, all) {
+                (Some(k), _) => Chosen::Kind(k),
+                (None, true) => Chosen::All,
+                (None, false) => Chosen::Devices(devices),
+            };
+            let r = rotate(&config, &chosen, std::time::Duration::from_secs(timeout_s))?;
+            if !r.started.is_empty() {
+                println!("new keys for {}: {}", r.started.len(), r.started.join(", "));
+            }
+            if !r.pending_already.is_empty() {
+                println!(
+                    "already under way (unchanged): {}",
+                    r.pending_already.join(", ")
+                );
+            }
+            match r.reload {
+                Ok(_) => println!(
+                    "the gateway is sending them; `gateway keys list --pending` shows who has not answered"
+                ),
+                Err(why) => println!(
+                    "the keys file holds them; the gateway was not reloaded ({why}): it sends them when it next starts or reloads"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
 
 fn store(at: &StoreArgs) -> anyhow::Result<gateway::store::Store> {
     gateway::commands::open_store(at.config.as_deref(), at.store.as_deref())
@@ -421,6 +533,26 @@ fn default_or_free(what: &str, port: u16) -> SocketAddr {
         }
         Err(_) => wanted,
     }
+}
+
+/// A reload request for every SIGHUP (`gateway reload`, `systemctl reload`).
+fn hangups() -> tokio::sync::mpsc::Receiver<&'static str> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // One waiting is enough: it reads the files as they are when it runs.
+                    let _ = tx.try_send("SIGHUP");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: reloads need a restart"),
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 async fn shutdown_signal() {

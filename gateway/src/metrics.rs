@@ -18,6 +18,12 @@ pub struct Metrics {
     pub bytes: IntCounter,
     /// Messages rejected, by reason.
     pub rejected: IntCounterVec,
+    /// Live reloads, by outcome (`ok`, `refused`).
+    pub reloads: IntCounterVec,
+    /// Key rotation steps, by what happened (`sent`, `applied`, `refused`).
+    pub key_rotations: IntCounterVec,
+    /// Devices whose new key was sent and not yet acknowledged.
+    pub key_rotations_pending: IntGauge,
     /// Readings accepted, by category.
     pub readings: IntCounterVec,
     /// Time to verify and decode one message.
@@ -181,6 +187,20 @@ impl Metrics {
                 "citysense_messages_rejected_total",
                 "Messages rejected and sent to the dead-letter topic, by reason.",
                 &["reason"],
+            ),
+            reloads: counters(
+                "citysense_config_reloads_total",
+                "Live reloads of keys, rules and site (SIGHUP, gateway reload), by outcome (ok, refused).",
+                &["outcome"],
+            ),
+            key_rotations: counters(
+                "citysense_key_rotations_total",
+                "Key rotation steps: new keys sent to nodes, applied (acknowledged), refused by the node.",
+                &["outcome"],
+            ),
+            key_rotations_pending: gauge(
+                "citysense_key_rotations_pending",
+                "Devices sent a new key that have not acknowledged it (they keep the old one).",
             ),
             readings: counters(
                 "citysense_readings_accepted_total",

@@ -196,6 +196,18 @@ impl Registry {
         }
     }
 
+    /// The registry of a reloaded catalog and keys: devices still in the site keep their state
+    /// (last seen, ledger, counters); new ones start unheard; removed ones are gone.
+    pub fn reloaded(&self, catalog: &Catalog, keys: &Keys, zones: &[String]) -> Registry {
+        let mut next = Registry::new(catalog, keys, zones);
+        for d in &mut next.devices {
+            if let Some(old) = self.get(&d.info.id) {
+                d.state = old.state.clone();
+            }
+        }
+        next
+    }
+
     /// The served zone with this code.
     pub fn zone(&self, code: &str) -> Option<Arc<str>> {
         self.zones.iter().find(|z| &***z == code).cloned()

@@ -22,6 +22,7 @@ pub fn gateway_settings(broker: &Mosquitto, store_dir: &std::path::Path, id: &st
         store_path: store_dir.join("gateway.db"),
         retention: Default::default(),
         commit_interval: gateway::store::COMMIT_INTERVAL,
+        key_resend: gateway::housekeeping::rotation::RESEND,
         aggregate: Default::default(),
         influxdb: None,
         alerts: Default::default(),

@@ -30,6 +30,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
     &["api", "housekeeping"],
     // wiring
     &["config"],
+    &["reload"],
     &["app"],
     &["commands", "demo"],
 ];

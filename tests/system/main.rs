@@ -13,6 +13,7 @@ mod modbus_slaves;
 mod modbus_source;
 mod nodectl;
 mod operations;
+mod reload;
 mod scale;
 mod scenarios;
 mod store_durability;

@@ -80,6 +80,7 @@ pub fn test_settings(name: &str, broker_port: u16) -> Settings {
         influxdb: None,
         retention: gateway::store::Retention::default(),
         commit_interval: gateway::store::COMMIT_INTERVAL,
+        key_resend: gateway::housekeeping::rotation::RESEND,
         aggregate: gateway::aggregate::AggregateSettings::default(),
         alerts: Default::default(),
         // Tests that poll Modbus turn it on with their own slave's endpoint.

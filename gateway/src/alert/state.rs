@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use device_profiles::Catalog;
+
+use super::Rule;
 use super::engine::Engine;
 use super::model::{Ack, AckError, Alert, AlertEvent, Changes, Comment, EventKind, SubjectState};
 
@@ -160,6 +163,23 @@ impl Engine {
             alert: alert.clone(),
         });
         Ok(alert)
+    }
+
+    /// Takes in the rules of a reload and the catalog they apply to: the states of rules
+    /// still in force are kept (open alerts, acknowledgements, episodes), as are the recent
+    /// values of derivations; holds under way start again. Call with every change committed
+    /// (the commit lock held). Returns the states of rules no longer in force, dropped.
+    pub fn reload(&mut self, catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Vec<String> {
+        let mut next = Engine::new(catalog, rules, renotify_s);
+        let rows = self
+            .states
+            .drain()
+            .map(|((i, subject), state)| (format!("{}|{}", self.rules[i].rule.id, subject), state))
+            .collect();
+        let dropped = next.restore(rows);
+        next.history = std::mem::take(&mut self.history);
+        *self = next;
+        dropped
     }
 
     /// What changed since the last call, to commit.

@@ -44,11 +44,8 @@ pub struct AppState {
     pub not_ready: crate::sink::NotReady,
     /// The alert engine.
     pub alerts: crate::pipeline::alerts::Alerts,
-    /// The profiles and the site (names, capacities, places on the map).
-    pub catalog: Arc<device_profiles::Catalog>,
-    /// The site's scenic areas and choke points, with their zones: where an operator may set
-    /// the occupancy.
-    pub areas: Arc<std::collections::BTreeMap<String, String>>,
+    /// The profiles and the site (names, capacities, places on the map); a reload replaces it.
+    pub catalog: Arc<arc_swap::ArcSwap<device_profiles::Catalog>>,
     /// Readings that enter the pipeline beside the sources (an operator's count).
     pub readings: tokio::sync::mpsc::Sender<Vec<Reading>>,
     /// The open login sessions.
@@ -500,7 +497,11 @@ async fn set_occupancy(
         Ok(b) => b,
         Err(refused) => return *refused,
     };
-    let Some(zone) = s.areas.get(&id) else {
+    // Where an operator may set the occupancy: a scenic area or one of its choke points.
+    let zone = s.catalog.load().site.scenic_areas.iter().find_map(|a| {
+        (a.id == id || a.choke_points.iter().any(|c| c.id == id)).then(|| a.zone.clone())
+    });
+    let Some(zone) = zone else {
         return bad_request(
             StatusCode::NOT_FOUND,
             format!("no scenic area or choke point with id \"{id}\""),

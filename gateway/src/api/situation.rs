@@ -176,7 +176,8 @@ pub async fn situation(State(s): State<AppState>) -> Response {
             .find(|p| tag(p, "area") == Some(area) && tag(p, "choke_point") == choke)
             .map(latest)
     };
-    let site = &s.catalog.site;
+    let catalog = s.catalog.load();
+    let site = &catalog.site;
     let areas: Vec<Subject> = site
         .scenic_areas
         .iter()

@@ -39,8 +39,23 @@ impl super::Verifier {
                 format!("no key for device \"{}\" in the keys file", info.id),
             )
         })?;
-        let message = frame
-            .verify_prepared(key)
+        // While a rotation is under way, a frame under the new key means the node took it.
+        let verified = match (frame.verify_prepared(key), self.keys.next(&info.id)) {
+            (Err(e), Some((_, _, next))) => match Frame::new_checked(payload)
+                .map_err(frame_error)?
+                .verify_prepared(next)
+            {
+                Ok(v) => {
+                    self.tell(crate::keys::KeyNews::SignsWithNext {
+                        device: info.id.as_ref().into(),
+                    });
+                    Ok(v)
+                }
+                Err(_) => Err(e),
+            },
+            (v, _) => v,
+        };
+        let message = verified
             .map_err(frame_error)?
             .decode()
             .map_err(frame_error)?;
@@ -91,6 +106,13 @@ impl super::Verifier {
         };
         let readings = body_readings(info, profile, &message.body, time_ms, reading)?;
         state.ledger.accept(h.boot_epoch, h.sequence);
+        if let Body::Ack(a) = &message.body {
+            self.tell(crate::keys::KeyNews::Answered {
+                device: info.id.as_ref().into(),
+                sequence: a.sequence,
+                outcome: a.outcome,
+            });
+        }
         if let Body::Status(s) = &message.body {
             state.battery_pct = s.battery_pct;
             state.signal_dbm = Some(s.signal_dbm);
@@ -213,7 +235,8 @@ fn body_readings(
                 },
             )])
         }
-        // Acknowledgements of downlinks carry no measurement; the downlink service reads them.
+        // Acknowledgements of downlinks carry no measurement; the key rotation service reads
+        // them (`housekeeping/rotation.rs`).
         (Body::Ack(_), _) => Ok(Vec::new()),
         _ => Err(unexpected()),
     }

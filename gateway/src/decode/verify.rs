@@ -4,7 +4,7 @@
 use device_profiles::{Catalog, Encoding, Profile};
 use rustc_hash::FxHashMap;
 
-use crate::keys::Keys;
+use crate::keys::{KeyNews, Keys};
 use crate::reading::{Measurement, Reading};
 use crate::registry::{Device, Registry, StatusTopic};
 
@@ -57,13 +57,16 @@ impl VerifySection {
     }
 }
 
-/// Verifies and decodes messages against the catalog, keys and registry.
-#[derive(Debug)]
+/// Verifies and decodes messages against the catalog, keys and registry. A reload or a key
+/// rotation replaces it whole (the pipeline holds it in an `ArcSwap`).
+#[derive(Debug, Clone)]
 pub struct Verifier {
     /// The catalog's profiles by kind, hashed: one lookup per message.
     pub(super) profiles: FxHashMap<Box<str>, Profile>,
     pub(super) keys: Keys,
     pub(super) rules: VerifySection,
+    /// Where downlink acknowledgements and frames under a rotated key are told.
+    pub(super) news: Option<tokio::sync::mpsc::UnboundedSender<KeyNews>>,
 }
 
 impl Verifier {
@@ -87,6 +90,42 @@ impl Verifier {
                 .collect(),
             keys,
             rules,
+            news: None,
+        }
+    }
+
+    /// Tells `news` of downlink acknowledgements and frames signed with a rotated key.
+    pub fn with_news(mut self, news: tokio::sync::mpsc::UnboundedSender<KeyNews>) -> Verifier {
+        self.news = Some(news);
+        self
+    }
+
+    /// The same verifier with other keys.
+    pub fn with_keys(&self, keys: Keys) -> Verifier {
+        Verifier {
+            keys,
+            ..self.clone()
+        }
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The acceptance rules.
+    pub fn rules(&self) -> &VerifySection {
+        &self.rules
+    }
+
+    /// Where key news go, if anywhere.
+    pub fn news(&self) -> Option<tokio::sync::mpsc::UnboundedSender<KeyNews>> {
+        self.news.clone()
+    }
+
+    pub(super) fn tell(&self, news: KeyNews) {
+        if let Some(n) = &self.news {
+            let _ = n.send(news);
         }
     }
 

@@ -96,6 +96,7 @@ pub async fn run(
         influxdb: None,
         retention: crate::store::Retention::default(),
         commit_interval: crate::store::COMMIT_INTERVAL,
+        key_resend: crate::housekeeping::rotation::RESEND,
         aggregate: crate::aggregate::AggregateSettings::default(),
         alerts: crate::config::AlertsSection::default(),
         // The demo's Modbus RTU (gz-p3-rtu) has no slave behind it: `simulator modbus` plays one.

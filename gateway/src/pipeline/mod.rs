@@ -208,8 +208,8 @@ async fn next_turn(turn: &mut Option<Turn>) -> OwnedMutexGuard<()> {
 /// Everything the receive path needs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    /// Verification rules, catalog and keys.
-    pub verifier: Arc<Verifier>,
+    /// Verification rules, catalog and keys; replaced whole by a reload or a key rotation.
+    pub verifier: Arc<arc_swap::ArcSwap<Verifier>>,
     /// Device state.
     pub registry: Arc<Mutex<Registry>>,
     /// The store boundary.
@@ -338,7 +338,7 @@ impl Pipeline {
         let device = first.device.clone();
         let (readings, rejected) = match self.registry.lock() {
             Ok(mut registry) => match registry.get_mut(&device) {
-                Some(d) => self.verifier.polled(d, readings, now_ms()),
+                Some(d) => self.verifier.load().polled(d, readings, now_ms()),
                 None => (readings, Vec::new()),
             },
             Err(_) => {
@@ -411,7 +411,7 @@ impl Pipeline {
         let before = a.counts;
         let mut points = Vec::new();
         if correct && a.corrections_pending() {
-            let skew = self.verifier.max_clock_skew_ms();
+            let skew = self.verifier.load().max_clock_skew_ms();
             let read = |devices: &[Arc<str>], since| {
                 self.store.readings_of(devices, since, i64::MAX, skew)
             };
@@ -548,7 +548,7 @@ impl Pipeline {
         match parse_topic(topic) {
             Some(t) if t.stream == Stream::Up => {
                 self.metrics.messages.with_label_values(&["up"]).inc();
-                let r = self.verifier.report(registry, topic, payload, now)?;
+                let r = self.verifier.load().report(registry, topic, payload, now)?;
                 if let Some(d) = registry.get(t.device) {
                     self.metrics
                         .readings
@@ -561,7 +561,7 @@ impl Pipeline {
             }
             Some(_) => {
                 self.metrics.messages.with_label_values(&["status"]).inc();
-                self.verifier.status(registry, topic, payload)
+                self.verifier.load().status(registry, topic, payload)
             }
             None => {
                 self.metrics.messages.with_label_values(&["other"]).inc();
@@ -703,7 +703,11 @@ mod tests {
         let (client, _) =
             crate::net::mqtt::client(MqttOptions::new("pipeline-test", "127.0.0.1", 1));
         Pipeline {
-            verifier: Arc::new(Verifier::new(&catalog, keys.clone(), Default::default())),
+            verifier: Arc::new(arc_swap::ArcSwap::from_pointee(Verifier::new(
+                &catalog,
+                keys.clone(),
+                Default::default(),
+            ))),
             registry: Arc::new(Mutex::new(Registry::new(&catalog, &keys, &[]))),
             store: Arc::new(store),
             metrics: metrics.clone(),

@@ -99,9 +99,29 @@ impl InUse {
                 source,
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(InUse { _file: file }),
+            Ok(()) => {
+                // Who holds it: `gateway reload` signals this process.
+                use std::io::Write as _;
+                let mut f = &file;
+                let _ = f
+                    .set_len(0)
+                    .and_then(|()| write!(f, "{}", std::process::id()));
+                Ok(InUse { _file: file })
+            }
             Err(std::fs::TryLockError::WouldBlock) => Err(BackupError::Running(store.to_owned())),
             Err(std::fs::TryLockError::Error(source)) => Err(BackupError::Io { path, source }),
+        }
+    }
+
+    /// The process id of the gateway running on the store at `store`, if one is.
+    pub fn holder(store: &Path) -> Option<u32> {
+        let path = lock_path(store);
+        let file = File::open(&path).ok()?;
+        match file.try_lock_shared() {
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+            }
+            _ => None,
         }
     }
 }

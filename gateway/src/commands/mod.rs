@@ -1,6 +1,8 @@
 //! The command-line jobs besides the daemon's wiring: `gateway run`, `check-config`,
 //! `rules test` and `rules list`. `main.rs` parses the arguments and calls these.
 
+pub mod keys;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,12 +23,28 @@ pub fn load_rules(
     section.rules(catalog)
 }
 
-/// `gateway run`: loads the config's files and runs until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `gateway run`: loads the config file at `path` and what it names, and runs until
+/// `shutdown` completes; every `reloads` item reloads the keys, rules and site from the file.
+pub async fn run(
+    path: &std::path::Path,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<&'static str>,
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
     let catalog = Catalog::load(&config.site.profiles, &config.site.site)?;
     let keys = Keys::load(&config.site.keys)?;
     let gateway = Gateway::start(Settings::from_config(&config), Arc::new(catalog), keys).await?;
-    shutdown.await;
+    gateway.started_from(config);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(source) = reloads.recv() => {
+                // The outcome is logged and audited by the reload itself.
+                let _ = gateway.reload(path, source).await;
+            }
+        }
+    }
     tracing::info!("shutting down");
     gateway.stop().await;
     Ok(())
