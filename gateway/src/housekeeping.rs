@@ -254,13 +254,17 @@ pub async fn sweep_presence(
         let Ok(registry) = registry.lock() else {
             return;
         };
-        let counts = registry.presence_counts(now);
-        for (state, n) in [
-            ("online", counts.online),
-            ("offline", counts.offline),
-            ("unknown", counts.unknown),
-        ] {
-            metrics.devices.with_label_values(&[state]).set(n as i64);
+        for (zone, counts) in registry.presence_by_zone(now) {
+            for (state, n) in [
+                ("online", counts.online),
+                ("offline", counts.offline),
+                ("unknown", counts.unknown),
+            ] {
+                metrics
+                    .devices
+                    .with_label_values(&[&zone, state])
+                    .set(n as i64);
+            }
         }
         metrics
             .ledger_missing

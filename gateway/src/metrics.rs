@@ -28,7 +28,7 @@ pub struct Metrics {
     pub readings: IntCounterVec,
     /// Time to verify and decode one message.
     pub decode_seconds: Histogram,
-    /// Devices by presence (`online`, `offline`, `unknown`).
+    /// Devices by district and presence (`online`, `offline`, `unknown`).
     pub devices: IntGaugeVec,
     /// Reports expected from sequence numbers but never received, all devices.
     pub ledger_missing: IntGauge,
@@ -217,7 +217,11 @@ impl Metrics {
                     .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
                 ),
             ),
-            devices: gauges("citysense_devices", "Devices by presence.", &["state"]),
+            devices: gauges(
+                "citysense_devices",
+                "Devices by district (zone) and presence (online, offline, unknown).",
+                &["zone", "state"],
+            ),
             ledger_missing: gauge(
                 "citysense_ledger_missing_reports",
                 "Reports expected from sequence numbers but never received, all devices.",

@@ -266,6 +266,25 @@ impl Registry {
         c
     }
 
+    /// Devices by presence in each served district.
+    pub fn presence_by_zone(&self, now_ms: i64) -> Vec<(Arc<str>, PresenceCounts)> {
+        let mut by_zone: Vec<(Arc<str>, PresenceCounts)> = self
+            .zones
+            .iter()
+            .map(|z| (z.clone(), PresenceCounts::default()))
+            .collect();
+        for d in &self.devices {
+            if let Some((_, c)) = by_zone.iter_mut().find(|(z, _)| *z == d.info.zone) {
+                match d.presence(now_ms) {
+                    Presence::Online => c.online += 1,
+                    Presence::Offline => c.offline += 1,
+                    Presence::Unknown => c.unknown += 1,
+                }
+            }
+        }
+        by_zone
+    }
+
     /// Reports expected but never received, over all devices.
     pub fn missing_reports(&self) -> u64 {
         self.devices.iter().map(|d| d.state.ledger.missing()).sum()

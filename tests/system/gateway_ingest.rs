@@ -387,6 +387,15 @@ async fn promtool_accepts_the_metrics_exposition() {
     ] {
         assert!(body.contains(name), "{name} missing");
     }
+    // Devices by district: what the offline-share alert of deploy/prometheus groups by.
+    for zone in ["360702", "360781"] {
+        assert!(
+            body.lines().any(|l| l.starts_with("citysense_devices{")
+                && l.contains(&format!("zone=\"{zone}\""))
+                && l.contains("state=\"unknown\"")),
+            "no citysense_devices series for district {zone}"
+        );
+    }
     gw.stop().await;
 }
 
