@@ -1229,4 +1229,27 @@ expect = []
         assert_eq!(raised.len(), 1, "{raised:?}");
         assert_eq!((raised[0].0, raised[0].1), (EventKind::Raised, T + 30_000));
     }
+
+    #[test]
+    fn a_reload_keeps_the_open_alerts_of_rules_still_in_force_and_drops_the_others() {
+        let mut e = engine();
+        e.on_points(&[crowd_point("S4", 1, 0.65)]);
+        assert_eq!(kinds(&e.take_changes()).len(), 1);
+        let catalog = Catalog::ganzhou().unwrap();
+        let rules = defaults(&catalog, &DefaultsTuning::default());
+        assert!(e.reload(&catalog, rules.clone(), 3600).is_empty());
+        assert_eq!(e.open_alerts().len(), 1);
+        // The kept state knows the alert: the same value raises nothing again.
+        e.on_points(&[crowd_point("S4", 2, 0.65)]);
+        assert!(e.take_changes().events.is_empty());
+        let without: Vec<Rule> = rules
+            .into_iter()
+            .filter(|r| r.id != "crowd.occupancy")
+            .collect();
+        assert_eq!(
+            e.reload(&catalog, without, 3600),
+            vec!["crowd.occupancy|S4".to_owned()]
+        );
+        assert!(e.open_alerts().is_empty());
+    }
 }
