@@ -36,7 +36,8 @@ done
 if [[ $profile == release ]]; then
   cargo build --locked --release -p gateway -p nodectl -p simulator
 else
-  cargo build --locked --profile "$profile" -p gateway -p nodectl -p simulator
+  # The binaries the test command built already, with the same features: nothing to rebuild.
+  cargo build --locked --profile "$profile" --workspace --bins
 fi
 for package in gateway nodectl; do
   cargo deb --quiet --no-build --fast --profile "$profile" --deb-revision "$revision" -p "$package" -o target/debian/
