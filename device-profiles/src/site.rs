@@ -153,9 +153,14 @@ pub struct ScenicArea {
     pub hours: Hours,
     /// Median visit length, minutes (for the simulator and the predictive warning).
     pub median_dwell_min: u32,
-    /// Road segments that lead to the area (crowd–traffic coupling).
+    /// Road segments that lead to the area (crowd–traffic coupling; the roads a diversion
+    /// advice says to avoid).
     #[serde(default)]
     pub access_roads: Vec<String>,
+    /// Scenic areas to send visitors to when this one is full (分流疏导), first choice first.
+    /// Others within the diversion radius follow, nearest first.
+    #[serde(default)]
+    pub neighbours: Vec<String>,
     /// Choke points inside the area with their own capacity (浮桥, wall stairs, glass bridge).
     #[serde(default, rename = "choke_point")]
     pub choke_points: Vec<ChokePoint>,
@@ -298,6 +303,9 @@ pub struct RoadSegment {
     /// Its two ends, for the console's map.
     #[serde(default)]
     pub ends: Option<[LatLon; 2]>,
+    /// Segments that carry its traffic when it is jammed (严重拥堵), first choice first.
+    #[serde(default)]
+    pub alternatives: Vec<String>,
 }
 
 /// A traffic detector.
@@ -518,6 +526,17 @@ impl Site {
                     ),
                 ));
             }
+            for (j, n) in a.neighbours.iter().enumerate() {
+                if n == &a.id || !self.scenic_areas.iter().any(|o| o.id == *n) {
+                    p.push((
+                        format!("{path}.neighbours[{j}]"),
+                        format!(
+                            "scenic area \"{}\": neighbour \"{n}\" is not another [[scenic_area]]",
+                            a.id
+                        ),
+                    ));
+                }
+            }
             for (j, r) in a.access_roads.iter().enumerate() {
                 if !roads.contains(&r.as_str()) {
                     p.push((
@@ -594,6 +613,17 @@ impl Site {
             }
             if r.free_flow_kmh > 130 || r.lane_capacity_vph > 2500 {
                 p.push((format!("{path}.free_flow_kmh"), format!("road segment \"{}\": free flow above 130 km/h or lane capacity above 2500 veh/h is not an urban road", r.id)));
+            }
+            for (j, alt) in r.alternatives.iter().enumerate() {
+                if alt == &r.id || !roads.contains(&alt.as_str()) {
+                    p.push((
+                        format!("{path}.alternatives[{j}]"),
+                        format!(
+                            "road segment \"{}\": alternative \"{alt}\" is not another [[road_segment]]",
+                            r.id
+                        ),
+                    ));
+                }
             }
             for (j, d) in r.detectors.iter().enumerate() {
                 let dpath = format!("{path}.detector[{j}]");

@@ -63,6 +63,8 @@ pub struct Engine {
     pub(super) wall_ms: Option<i64>,
     /// Revised past points of the batch ([`super::retro`]).
     pub(super) revisions: super::retro::Revisions,
+    /// How full the areas are and how the roads flow, for the alerts' advice.
+    pub(super) situation: super::advice::Situation,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -125,6 +127,7 @@ impl Engine {
     pub fn new(catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Engine {
         let mut engine = Self::bare(rules, renotify_s);
         engine.ctx = Context::new(catalog);
+        engine.situation = super::advice::Situation::new(catalog);
         for c in &mut engine.rules {
             if c.rule.stale_s.is_none() {
                 c.stale_ms = default_stale_ms(catalog, &c.rule);
@@ -195,6 +198,7 @@ impl Engine {
             pending: HashMap::default(),
             wall_ms: None,
             revisions: super::retro::Revisions::default(),
+            situation: super::advice::Situation::default(),
         }
     }
 
@@ -205,6 +209,9 @@ impl Engine {
 
     /// Feeds aggregated points.
     pub fn on_points(&mut self, points: &[Point]) {
+        for p in points {
+            self.situation.observe(p);
+        }
         for p in points {
             let Some(subject) = point_subject(p) else {
                 continue;
@@ -241,6 +248,30 @@ impl Engine {
             }
         }
         self.settle_revisions();
+        if !points.is_empty() {
+            self.refresh_advice();
+        }
+    }
+
+    /// Brings the advice of open alerts up to date with the latest aggregates: the alert's
+    /// state changes (and is committed), without an event.
+    fn refresh_advice(&mut self) {
+        for (&(i, ref subject), state) in self.states.iter_mut() {
+            let Some(alert) = state.alert.as_mut() else {
+                continue;
+            };
+            let advice = self.situation.advise(
+                &self.rules[i].rule.field,
+                subject,
+                &alert.severity,
+                alert.value,
+                alert.updated_ms,
+            );
+            if advice != alert.advice {
+                alert.advice = advice;
+                self.dirty.insert((i, subject.clone()));
+            }
+        }
     }
 
     /// Feeds readings as they arrive, in event-time order.
@@ -527,6 +558,12 @@ impl Engine {
         };
         let previous_severity = from.map(|g| grade_info(g).0);
         let (severity, label, threshold) = grade_info(grade);
+        let advice = match kind {
+            EventKind::Resolved => None,
+            _ => self
+                .situation
+                .advise(&rule.field, subject, &severity, value, time_ms),
+        };
         let alert = state.alert.get_or_insert_with(|| Alert {
             id: format!("{}:{}:{}", rule.id, subject, time_ms),
             rule: rule.id.clone(),
@@ -548,6 +585,7 @@ impl Engine {
             assigned_to: None,
             comments: Vec::new(),
             summary: String::new(),
+            advice: None,
         });
         if kind == EventKind::Renotified && alert.ack.is_some() {
             return; // taken: no reminders
@@ -564,6 +602,7 @@ impl Engine {
         if kind == EventKind::Escalated {
             alert.ack = None;
         }
+        alert.advice = advice;
         let sign = if rule.side == Side::Above {
             "≥"
         } else {
@@ -1251,5 +1290,46 @@ expect = []
             vec!["crowd.occupancy|S4".to_owned()]
         );
         assert!(e.open_alerts().is_empty());
+    }
+
+    #[test]
+    fn an_orange_area_names_where_to_send_visitors_and_keeps_it_current_without_an_event() {
+        let mut e = engine();
+        e.on_points(&[crowd_point("S5", 10, 0.45), crowd_point("S4", 10, 0.65)]);
+        let blue = e.take_changes();
+        assert!(
+            blue.events.iter().all(|ev| ev.alert.advice.is_none()),
+            "蓝 calls for no diversion"
+        );
+        e.on_points(&[crowd_point("S4", 11, 0.92)]);
+        let c = e.take_changes();
+        let raised = c
+            .events
+            .iter()
+            .find(|ev| ev.alert.rule == "crowd.occupancy" && ev.alert.subject == "S4")
+            .unwrap();
+        assert_eq!(raised.alert.severity, "orange");
+        let advice = raised.alert.advice.as_ref().expect("橙 names where to go");
+        assert_eq!(advice.divert_to[0].area, "S5");
+        assert_eq!(advice.divert_to[0].occupancy_ratio, 0.45);
+        // S5 fills up: the open alert's advice follows, with no event, and its state is
+        // committed.
+        e.on_points(&[crowd_point("S5", 12, 0.7), crowd_point("S4", 12, 0.92)]);
+        let c = e.take_changes();
+        assert!(
+            c.events.iter().all(|ev| ev.alert.subject != "S4"),
+            "{:?}",
+            kinds(&c)
+        );
+        let open = e.open_alerts();
+        let s4 = open
+            .iter()
+            .find(|a| a.rule == "crowd.occupancy" && a.subject == "S4")
+            .unwrap();
+        assert!(s4.advice.as_ref().unwrap().divert_to.is_empty());
+        assert!(
+            c.states.iter().any(|(row, _)| row == "crowd.occupancy|S4"),
+            "the changed advice is committed"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! - [`retro`]: episodes corrected data shows entirely in the past (retrospective events).
 //! - [`cases`]: the test cases of rule files.
 
+pub mod advice;
 pub mod cases;
 pub mod context;
 pub mod engine;

@@ -84,6 +84,10 @@ pub struct Alert {
     pub flapping: bool,
     /// One line for people.
     pub summary: String,
+    /// What to do next: where to send the crowd, which roads to avoid or take
+    /// ([`super::advice`]); kept current while the alert is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advice: Option<super::advice::Advice>,
 }
 
 /// What happened to an alert.

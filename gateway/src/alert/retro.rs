@@ -158,6 +158,7 @@ impl Engine {
                 assigned_to: None,
                 comments: Vec::new(),
                 summary,
+                advice: None,
             },
         });
     }

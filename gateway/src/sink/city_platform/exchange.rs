@@ -73,6 +73,9 @@ pub struct AlertInfo {
     pub started_ms: i64,
     /// One line for people.
     pub summary: String,
+    /// What to do next: diversion destinations, roads to avoid, alternatives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advice: Option<crate::alert::advice::Advice>,
 }
 
 /// One record of the exchange format.
@@ -322,6 +325,7 @@ impl Exchange {
             previous_severity: e.previous_severity.clone(),
             started_ms: a.started_ms,
             summary: a.summary.clone(),
+            advice: a.advice.clone(),
         });
         r
     }
@@ -620,6 +624,7 @@ mod tests {
             assigned_to: None,
             comments: Vec::new(),
             summary: "通天岩 occupancy 83 %".into(),
+            advice: None,
         };
         let e = AlertEvent {
             kind: EventKind::Escalated,
@@ -635,6 +640,34 @@ mod tests {
             ("escalated", "firing")
         );
         assert_eq!(r.subjects["subject"], "S4");
+        // With diversion advice: destinations, roads to avoid, alternatives.
+        use crate::alert::advice::{Advice, Destination, Road};
+        let road = |grade| Road {
+            segment: "R2".into(),
+            name: "长征大道–南河大桥".into(),
+            grade,
+            label: "中度拥堵".into(),
+        };
+        let mut advised = e.clone();
+        advised.alert.advice = Some(Advice {
+            divert_to: vec![Destination {
+                area: "S5".into(),
+                name: "方特东方欲晓".into(),
+                occupancy_ratio: 0.45,
+                distance_km: Some(9.3),
+                mode: Some("drive".into()),
+            }],
+            avoid: vec![road(Some(4))],
+            alternatives: vec![road(None)],
+            text: "分流：方特东方欲晓（在园 45%，约 9.3 km，驾车）".into(),
+        });
+        let r = x.alert("citysense.alerts", 8, &advised);
+        validate(&r);
+        assert_eq!(
+            r.alert.as_ref().unwrap().advice,
+            advised.alert.advice,
+            "the record carries the advice"
+        );
 
         let reading = |device: &str, kind: &str, m: Measurement| Reading {
             device: Arc::from(device),

@@ -50,7 +50,7 @@ impl AlertmanagerNotifier {
     /// One Alertmanager alert. Labels identify it: `alertname` (the rule), `category`,
     /// `subject`, `zone`, `severity`, `gateway`.
     pub fn am_alert(gateway: &str, a: &Alert, severity: &str, ends_ms: i64) -> serde_json::Value {
-        json!({
+        let mut alert = json!({
             "labels": {
                 "alertname": a.rule,
                 "category": a.category.name(),
@@ -69,7 +69,13 @@ impl AlertmanagerNotifier {
             },
             "startsAt": rfc3339(a.started_ms),
             "endsAt": rfc3339(ends_ms),
-        })
+        });
+        // Where to send the crowd, which roads to avoid or take: one line, as the alert had it
+        // when it was sent.
+        if let Some(advice) = &a.advice {
+            alert["annotations"]["advice"] = json!(advice.text);
+        }
+        alert
     }
 
     fn valid_until(&self) -> i64 {
