@@ -6,21 +6,63 @@ use std::sync::Arc;
 
 use super::engine::Engine;
 use super::rule::Rule;
+use crate::point::{FieldValue, Point};
+
+fn want_at(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// An `around` row as the aggregate it stands for.
+fn around_point(a: &super::rule::Around) -> Option<(i64, Point)> {
+    let at = (a.at_s * 1000.0).round() as i64;
+    let (measurement, tags, field, value) = match (&a.area, a.occupancy_ratio, &a.segment, a.grade)
+    {
+        (Some(area), Some(v), None, None) => {
+            ("crowd", vec![("area", area.as_str())], "occupancy_ratio", v)
+        }
+        (None, None, Some(segment), Some(v)) => (
+            "traffic",
+            vec![("segment", segment.as_str()), ("bin", "5m")],
+            "grade",
+            v,
+        ),
+        _ => return None,
+    };
+    Some((
+        at,
+        Point {
+            measurement: measurement.into(),
+            tags: tags
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            fields: vec![(field.into(), FieldValue::Float(value))],
+            time_ms: at,
+            quality: Default::default(),
+        },
+    ))
+}
 
 pub(super) fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// Runs one rule-file test case against `rules`; `Err` is a readable diff.
+/// Runs one rule-file test case against `rules` on the site of `catalog` (where its advice
+/// looks); `Err` is a readable diff.
 pub fn run_case(
     rules: &[Rule],
     case: &super::rule::TestCase,
     renotify_s: u32,
+    catalog: &device_profiles::Catalog,
 ) -> Result<usize, String> {
     let Some(rule) = rules.iter().find(|r| r.id == case.rule) else {
         return Err(format!("no rule \"{}\" to test", case.rule));
     };
     let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
+    engine.situation = super::advice::Situation::new(catalog);
+    let mut around: Vec<(i64, Point)> = case.around.iter().filter_map(around_point).collect();
+    around.sort_by_key(|(t, _)| *t);
+    let mut around = around.into_iter().peekable();
     let mut rows: Vec<(i64, BTreeMap<String, f64>)> = case
         .rows
         .iter()
@@ -48,6 +90,9 @@ pub fn run_case(
     let subject: Arc<str> = case.subject.as_str().into();
     let zone: Arc<str> = "".into();
     for (at, row) in &rows {
+        while let Some((_, p)) = around.next_if(|(t, _)| t <= at) {
+            engine.situation.observe(&p);
+        }
         if let Some(v) = row.get(&rule.field) {
             engine.remember(&subject, &rule.field, *at, *v);
         }
@@ -56,15 +101,14 @@ pub fn run_case(
         }
         engine.evaluate(0, &subject, &zone, *at, &|n| row.get(n).copied());
     }
-    let got: Vec<(f64, String, String)> = engine
-        .take_changes()
-        .events
-        .into_iter()
+    let events = engine.take_changes().events;
+    let got: Vec<(f64, String, String)> = events
+        .iter()
         .map(|e| {
             (
                 e.at_ms as f64 / 1000.0,
                 e.kind.name().to_owned(),
-                e.alert.severity,
+                e.alert.severity.clone(),
             )
         })
         .collect();
@@ -74,7 +118,27 @@ pub fn run_case(
         .map(|e| (e.at_s, e.kind.clone(), e.grade.clone()))
         .collect();
     if got == want {
-        return Ok(got.len());
+        let advice_diff: String = case
+            .expect
+            .iter()
+            .zip(&events)
+            .filter_map(|(want, e)| {
+                let want = want.advice.as_deref()?;
+                let got = e.alert.advice.as_ref().map_or("", |a| a.text.as_str());
+                (want != got).then(|| {
+                    format!(
+                        "at_s = {}: {} advice\n    expected: {want}\n    got:      {got}\n",
+                        want_at(e.at_ms),
+                        e.kind.name()
+                    )
+                })
+            })
+            .collect();
+        return if advice_diff.is_empty() {
+            Ok(got.len())
+        } else {
+            Err(advice_diff)
+        };
     }
     let show = |v: &[(f64, String, String)]| {
         if v.is_empty() {

@@ -778,7 +778,7 @@ expect = []
         .unwrap();
         let catalog = Catalog::ganzhou().unwrap();
         let rules = defaults(&catalog, &DefaultsTuning::default());
-        let diff = run_case(&rules, &file.test[0], 3600).unwrap_err();
+        let diff = run_case(&rules, &file.test[0], 3600, &catalog).unwrap_err();
         assert_eq!(
             diff,
             "expected:\n    (nothing)\ngot:\n    at_s = 0: raised alarm\n"

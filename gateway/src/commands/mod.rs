@@ -180,7 +180,7 @@ pub fn rules_test(
             let _ = writeln!(report, "{}: no [[test]] cases", path.display());
         }
         for case in &file.test {
-            match alert::cases::run_case(&rules, case, section.renotify_s) {
+            match alert::cases::run_case(&rules, case, section.renotify_s, &catalog) {
                 Ok(n) => {
                     passed += 1;
                     let _ = writeln!(

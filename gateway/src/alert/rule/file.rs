@@ -27,6 +27,27 @@ pub struct TestCase {
     /// The transitions expected, in order; nothing else may happen.
     #[serde(default)]
     pub expect: Vec<Expected>,
+    /// The situation around the subject, for the alerts' advice: other areas' occupancy and
+    /// roads' grades, `{ at_s = 0, area = "S5", occupancy_ratio = 0.45 }`,
+    /// `{ at_s = 0, segment = "R2", grade = 4 }`. A value counts for 30 minutes.
+    #[serde(default)]
+    pub around: Vec<Around>,
+}
+
+/// A value of another place at a time: an area's occupancy or a road segment's grade.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Around {
+    /// When, seconds.
+    pub at_s: f64,
+    /// A scenic area, with `occupancy_ratio`.
+    pub area: Option<String>,
+    /// Its occupancy against its capacity.
+    pub occupancy_ratio: Option<f64>,
+    /// A road segment, with `grade`.
+    pub segment: Option<String>,
+    /// Its 5-minute congestion grade (1 畅通 … 5 严重拥堵).
+    pub grade: Option<f64>,
 }
 
 fn default_subject() -> String {
@@ -61,6 +82,8 @@ pub struct Expected {
     pub kind: String,
     /// The grade name after the transition (for `resolved`: the highest reached).
     pub grade: String,
+    /// The advice the event carries, as its one line (`""`: none); unchecked when absent.
+    pub advice: Option<String>,
 }
 
 /// A rule file.
