@@ -19,7 +19,8 @@ const I18N = {
     "acked": "已确认", "unacked": "未确认", "note": "备注", "acknowledge": "确认", "assign.to": "指派给",
     "assign": "指派", "comment": "评论", "send": "发送", "resolved.recent": "最近结束的告警",
     "no.open": "没有未结束的告警", "timeline": "时间线", "rule": "规则", "standard": "依据",
-    "advice": "处置建议", "chart": "近 4 小时数值与阈值", "no.chart": "此规则没有可绘制的序列",
+    "advice": "处置建议", "diversion": "分流与绕行", "divert_to": "可分流至", "avoid": "避开道路",
+    "alternatives": "替代路线", "walk": "步行", "drive": "驾车", "chart": "近 4 小时数值与阈值", "no.chart": "此规则没有可绘制的序列",
     "device": "设备", "kind": "类型", "presence": "在线", "last.seen": "最后上报", "battery": "电量",
     "signal": "信号", "completeness": "完整率", "recent.readings": "最近读数", "time": "时间",
     "reading": "内容", "online": "在线", "offline": "离线", "unknown": "未知", "back": "返回",
@@ -49,6 +50,8 @@ const I18N = {
     "note": "note", "acknowledge": "Acknowledge", "assign.to": "account", "assign": "Assign",
     "comment": "Comment", "send": "Send", "resolved.recent": "Recently resolved", "no.open": "No open alerts",
     "timeline": "Timeline", "rule": "Rule", "standard": "Standard", "advice": "What to do",
+    "diversion": "Diversion", "divert_to": "Send visitors to", "avoid": "Keep off", "alternatives": "Alternative roads",
+    "walk": "walk", "drive": "drive",
     "chart": "Values over the last 4 hours, with thresholds", "no.chart": "This rule has no series to chart",
     "device": "Device", "kind": "Kind", "presence": "Presence", "last.seen": "Last seen",
     "battery": "Battery", "signal": "Signal", "completeness": "Completeness",
@@ -400,7 +403,8 @@ async function alertsPage() {
     onclick: (e) => { if (!e.target.closest(".actions")) location.hash = `#/alert/${encodeURIComponent(a.id)}`; },
   },
     el("td", {}, badge(a.severity, a.label)),
-    el("td", {}, a.subject_name || a.subject, el("div", { class: "muted" }, a.summary)),
+    el("td", {}, a.subject_name || a.subject, el("div", { class: "muted" }, a.summary),
+      a.advice ? el("div", { class: "advice" }, a.advice.text) : ""),
     el("td", {}, t(a.category === "device" ? "device_cat" : a.category)),
     el("td", {}, districtName(a.zone)),
     el("td", {}, clock(a.started_ms), el("div", { class: "muted" }, age(a.started_ms))),
@@ -460,11 +464,26 @@ async function alertPage(id) {
     el("h1", {}, badge(a.severity, a.label), " ", a.subject_name || a.subject, " ",
       el("span", { class: "muted" }, a.status === "firing" ? t("firing") : t("resolved"))),
     el("p", {}, a.summary),
+    a.advice ? diversionCard(a.advice) : "",
     el("p", {}, `${t("ack")}: `, el("span", { id: "ack-by" }, a.ack ? `${a.ack.by} ${a.ack.note}` : "—"),
       ` · ${t("assigned")}: `, a.assigned_to || "—"),
     actions,
     chart,
     el("div", { class: "grid2" }, el("div", { class: "card" }, el("h2", {}, t("timeline")), timeline), rule));
+}
+
+// Where to send the crowd and which roads to avoid or take, as the alert has it now.
+function diversionCard(advice) {
+  const road = (r) => el("li", {}, r.name, " ", el("span", { class: "muted" }, r.label));
+  const list = (key, items, item) => items && items.length
+    ? [el("h3", {}, t(key)), el("ul", { class: key }, items.map(item))] : [];
+  return el("div", { class: "card", id: "diversion" }, el("h2", {}, t("diversion")),
+    el("p", {}, advice.text),
+    ...list("divert_to", advice.divert_to, (d) => el("li", {}, d.name, " ",
+      el("span", { class: "muted" }, `${Math.round(d.occupancy_ratio * 100)}%`,
+        d.distance_km != null ? ` · ${num(d.distance_km, 1)} km · ${t(d.mode)}` : ""))),
+    ...list("avoid", advice.avoid, road),
+    ...list("alternatives", advice.alternatives, road));
 }
 
 // The subject's values over the last four hours under the rule's threshold lines.

@@ -55,7 +55,7 @@ async fn watch_alerts(name: &str, port: u16) -> UnboundedReceiver<(String, Vec<u
 }
 
 /// One RFID frame with `n` passages (at most 32) at `time_ms`.
-fn passages(n: usize, direction: Direction, rng: &mut impl rand::Rng) -> Body {
+pub(crate) fn passages(n: usize, direction: Direction, rng: &mut impl rand::Rng) -> Body {
     let mut events = heapless::Vec::new();
     for i in 0..n {
         events
@@ -71,7 +71,7 @@ fn passages(n: usize, direction: Direction, rng: &mut impl rand::Rng) -> Body {
 
 /// The start of a 26-minute stretch in the past that lies within one crowd day of 通天岩 (its
 /// day ends at closing time, 18:00 +08:00 = 10:00 UTC).
-fn surge_start(now: i64) -> i64 {
+pub(crate) fn surge_start(now: i64) -> i64 {
     let day = 24 * 60 * MINUTE;
     let closing = (now - 10 * 60 * MINUTE).div_euclid(day) * day + 10 * 60 * MINUTE;
     let start = (now - 30 * MINUTE).div_euclid(MINUTE) * MINUTE;
@@ -102,6 +102,14 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
     )
     .await;
     assert_eq!(status, 202, "{body}");
+    // 方特 nearby (15,000) is at 45% all along: where 通天岩's 橙 sends visitors.
+    let (status, body) = post(
+        gw.http_addr(),
+        "/api/v1/areas/S5/occupancy",
+        &format!(r#"{{"count": 6750, "at_ms": {}}}"#, base - 1),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
     let (mut occupancy, mut seq) = (0i64, 0u32);
     let mut send = async |device: &str, n: usize, direction: Direction, t: i64| {
         let mut left = n;
@@ -127,15 +135,22 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
             t + 500,
         )
         .await;
+        send("gz-s5-g1", 1, Direction::Entry, t).await;
+        send("gz-s5-g7", 1, Direction::Exit, t + 500).await;
     }
     // A last frame moves event time past minute 21, closing its window.
     send("gz-s4-g1", 1, Direction::Entry, base + 22 * MINUTE + 1_000).await;
+    send("gz-s5-g1", 1, Direction::Entry, base + 22 * MINUTE + 1_000).await;
 
     let surge = |e: &Value| is_rule(e, "crowd.occupancy") && e["alert"]["subject"] == "S4";
     let mut got = Vec::new();
     let mut last_seq = 0;
+    let mut orange_advice = Value::Null;
     for _ in 0..4 {
         let e = next_event(&mut events, Duration::from_secs(30), surge).await;
+        if e["alert"]["severity"] == "orange" && e["kind"] == "escalated" {
+            orange_advice = e["alert"]["advice"].clone();
+        }
         let seq = e["seq"].as_i64().unwrap();
         assert!(seq > last_seq, "events arrive in outbox order");
         last_seq = seq;
@@ -163,6 +178,25 @@ async fn a_golden_week_surge_at_tongtianyan_raises_blue_yellow_orange_once_each_
     assert!(
         got.iter().all(|g| g.3 == got[0].3),
         "one alert from raise to resolution: {got:?}"
+    );
+    // At 橙 the MQTT event names 方特 with its occupancy, and the access road to keep off.
+    assert_eq!(
+        orange_advice["divert_to"][0]["area"], "S5",
+        "{orange_advice}"
+    );
+    assert_eq!(
+        orange_advice["divert_to"][0]["occupancy_ratio"], 0.45,
+        "{orange_advice}"
+    );
+    assert_eq!(
+        orange_advice["avoid"][0]["segment"], "R2",
+        "{orange_advice}"
+    );
+    assert!(
+        orange_advice["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("分流：方特东方欲晓（在园 45%")),
+        "{orange_advice}"
     );
     // Nothing else about the surge: the API shows it resolved, and exactly four events for it.
     let (_, body) = get(gw.http_addr(), "/api/v1/alerts?events=1000").await;

@@ -267,3 +267,97 @@ async fn operators_see_and_acknowledge_alerts_live_in_a_real_browser() {
     viewer.close().await;
     gw.stop().await;
 }
+
+/// An area at 橙 through real gate frames, with a nearby area at 45%: the alert's page in the
+/// browser says where to send visitors and which road to keep them off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_page_says_where_to_send_the_crowd() {
+    use gateway::auth::{Role, login};
+    use wire::Direction;
+    const MINUTE: i64 = 60_000;
+    let broker = Mosquitto::start();
+    let gw = start_gateway("console-diversion", broker.port, 10).await;
+    let store = gw.store();
+    login::add(&store, ("wang.li", Role::Operator, PASSWORD), "test", 0)
+        .unwrap()
+        .unwrap();
+    let base = crate::alerts::surge_start(gateway::clock::now_ms());
+    for (area, count) in [("S4", 0), ("S5", 6750)] {
+        let (status, body) = system_tests::http::post(
+            gw.http_addr(),
+            &format!("/api/v1/areas/{area}/occupancy"),
+            &format!(r#"{{"count": {count}, "at_ms": {}}}"#, base - 1),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (node, _) = client("diversion-gates", broker.port, true).await;
+    let mut rng = rand::rng();
+    let mut seq = 0;
+    for minute in 0..=3 {
+        let t = base + minute * MINUTE + 1_000;
+        let surge = if minute == 0 { 5_500 } else { 0 };
+        for (device, n, direction, at) in [
+            ("gz-s4-g1", surge + 1, Direction::Entry, t),
+            ("gz-s4-g3", 1, Direction::Exit, t + 500),
+            ("gz-s5-g1", 1, Direction::Entry, t),
+            ("gz-s5-g7", 1, Direction::Exit, t + 500),
+        ] {
+            let mut left: usize = n;
+            while left > 0 {
+                let batch = left.min(32);
+                seq += 1;
+                let body = crate::alerts::passages(batch, direction, &mut rng);
+                publish(
+                    &node,
+                    &up_topic(device),
+                    frame_at(device, 7, seq, at, &body),
+                )
+                .await;
+                left -= batch;
+            }
+        }
+    }
+    let mut id = String::new();
+    wait_for(
+        "通天岩 at 橙 with advice",
+        Duration::from_secs(20),
+        || {
+            let open = gw.alerts().engine.lock().unwrap().open_alerts();
+            let found = open
+                .into_iter()
+                .find(|a| a.rule == "crowd.occupancy" && a.subject == "S4" && a.advice.is_some());
+            if let Some(a) = found {
+                id = a.id;
+            }
+            let done = !id.is_empty();
+            async move { done }
+        },
+    )
+    .await;
+
+    let driver = ChromeDriver::start();
+    let operator = driver.browser().await;
+    operator
+        .open(&format!("http://{}/console/#/alert/{id}", gw.http_addr()))
+        .await;
+    log_in(&operator, "wang.li", PASSWORD).await;
+    let limit = Duration::from_secs(10);
+    shows(
+        &operator,
+        "the diversion card",
+        "#diversion ul.divert_to li",
+        limit,
+    )
+    .await;
+    let card = operator.text("#diversion").await.unwrap_or_default();
+    assert!(
+        card.contains("方特东方欲晓") && card.contains("45%") && card.contains("驾车"),
+        "{card}"
+    );
+    assert!(card.contains("长征大道–南河大桥"), "{card}");
+    operator
+        .screenshot(&screenshots().join("alert-diversion.png"))
+        .await;
+    gw.stop().await;
+}
