@@ -19,6 +19,7 @@
 //! - [`source`]: reading a TOML file and turning errors into [`Problem`]s.
 //! - [`Catalog::ganzhou`]: the reference data compiled into the binary, for `gateway demo`.
 
+pub mod calendar;
 pub mod demo;
 pub mod file;
 pub mod keys;

@@ -35,6 +35,9 @@ pub struct Site {
     /// Pipes, wells, tunnels and covers with their sensors.
     #[serde(default, rename = "pipe_asset")]
     pub pipe_assets: Vec<PipeAsset>,
+    /// Public holidays and local events, with their capacity caps ([`crate::calendar`]).
+    #[serde(default, rename = "calendar")]
+    pub calendar: Vec<crate::calendar::Entry>,
 }
 
 /// The site's identity.
@@ -706,7 +709,29 @@ impl Site {
                 ));
             }
         }
+        let capped: Vec<&str> = self
+            .scenic_areas
+            .iter()
+            .flat_map(|a| {
+                std::iter::once(a.id.as_str()).chain(a.choke_points.iter().map(|c| c.id.as_str()))
+            })
+            .collect();
+        for (i, e) in self.calendar.iter().enumerate() {
+            unique(&mut p, &e.id, format!("calendar[{i}].id"), "calendar entry");
+            for (key, reason) in e.problems(&capped) {
+                p.push((
+                    format!("calendar[{i}].{key}"),
+                    format!("calendar entry \"{}\": {reason}", e.id),
+                ));
+            }
+        }
         p
+    }
+
+    /// The calendar entries in force on the local date `date` (`YYYY-MM-DD`), in the file's
+    /// order.
+    pub fn calendar_on(&self, date: &str) -> Vec<&crate::calendar::Entry> {
+        self.calendar.iter().filter(|e| e.covers(date)).collect()
     }
 
     fn check_info(&self, p: &mut Problems) {

@@ -161,11 +161,16 @@ impl Gateway {
         let filters = source::mqtt::filters(registry.zones());
         let registry = Arc::new(Mutex::new(registry));
         let metrics = Metrics::new();
-        let mut engine = alert::Engine::new(
-            &catalog,
-            settings.alerts.rules(&catalog)?,
-            settings.alerts.renotify_s,
+        let today = device_profiles::calendar::local_date(
+            crate::clock::now_ms(),
+            catalog.site.site.utc_offset.ms(),
         );
+        let (rules, calendar) = settings.alerts.rules_on(&catalog, &today)?;
+        let mut engine = alert::Engine::new(&catalog, rules, settings.alerts.renotify_s);
+        if let Some(c) = &calendar {
+            tracing::info!(date = %today, calendar = %c, "calendar entries in force");
+        }
+        engine.set_calendar(calendar);
         let dropped = engine.restore(store.alert_states()?);
         if !dropped.is_empty() {
             tracing::warn!(states = ?dropped, "alert states of rules no longer in force were ignored");
@@ -305,6 +310,7 @@ impl Gateway {
         let live = Arc::new(crate::reload::Live {
             config: Mutex::new(None),
             zones: settings.zones.clone(),
+            alerts_section: Mutex::new((settings.alerts.clone(), today.clone())),
             aggregate: settings.aggregate,
             raw_retention_ms: settings.retention.raw_ms,
             catalog: site.clone(),
@@ -317,6 +323,22 @@ impl Gateway {
             keys_changed,
             keys_file: keys_file.clone(),
             swapping: swapping.clone(),
+        });
+        // The calendar's rules of a new day take over at local midnight.
+        let day = live.clone();
+        let mut day_stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = day_stop.changed() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = day.turn_of_day().await {
+                            tracing::error!(error = %e, "the calendar's rules of the new day could not be made; yesterday's stay in force");
+                        }
+                    }
+                }
+            }
         });
         tasks.spawn(housekeeping::rotation::run(
             housekeeping::rotation::Rotation {

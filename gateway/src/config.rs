@@ -130,6 +130,66 @@ impl AlertsSection {
         };
         crate::alert::rule::in_force(catalog, &self.rule_files, tuning)
     }
+
+    /// The rules in force on the local date `date` (`YYYY-MM-DD`): this section's caps with
+    /// those of the site's calendar entries of that day, the stricter of each; and what is in
+    /// force, for people (None on an ordinary day).
+    pub fn rules_on(
+        &self,
+        catalog: &Catalog,
+        date: &str,
+    ) -> anyhow::Result<(Vec<Rule>, Option<String>)> {
+        let entries = catalog.site.calendar_on(date);
+        let mut tuning = DefaultsTuning {
+            cap_factor: self.cap_factor,
+            cap_factor_by_area: self.cap_factor_by_area.clone(),
+        };
+        for e in &entries {
+            if let Some(c) = e.cap_factor {
+                tuning.cap_factor = tuning.cap_factor.min(c);
+            }
+        }
+        let capped: std::collections::BTreeSet<&String> = self
+            .cap_factor_by_area
+            .keys()
+            .chain(entries.iter().flat_map(|e| e.cap_factor_by_area.keys()))
+            .collect();
+        for area in capped {
+            let cap = entries.iter().filter_map(|e| e.cap_of(area)).fold(
+                *self
+                    .cap_factor_by_area
+                    .get(area)
+                    .unwrap_or(&self.cap_factor),
+                f64::min,
+            );
+            tuning.cap_factor_by_area.insert(area.clone(), cap);
+        }
+        let rules = crate::alert::rule::in_force(catalog, &self.rule_files, tuning)?;
+        let described = (!entries.is_empty()).then(|| {
+            entries
+                .iter()
+                .map(|e| {
+                    let mut caps: Vec<String> = e
+                        .cap_factor
+                        .map(|c| format!("容量上限 {:.0}%", c * 100.0))
+                        .into_iter()
+                        .collect();
+                    caps.extend(
+                        e.cap_factor_by_area
+                            .iter()
+                            .map(|(a, c)| format!("{a} {:.0}%", c * 100.0)),
+                    );
+                    if caps.is_empty() {
+                        format!("{} ({})", e.name, e.id)
+                    } else {
+                        format!("{} ({}): {}", e.name, e.id, caps.join(", "))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Ok((rules, described))
+    }
 }
 
 fn default_cap_factor() -> f64 {
@@ -329,6 +389,41 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holiday_caps_the_crowd_thresholds_and_the_stricter_cap_of_each_area_wins() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let section = AlertsSection {
+            cap_factor_by_area: [("S4".to_owned(), 0.6)].into(),
+            ..AlertsSection::default()
+        };
+        let occupancy = |rules: &[Rule]| {
+            rules
+                .iter()
+                .find(|r| r.id == "crowd.occupancy")
+                .unwrap()
+                .clone()
+        };
+        let (rules, calendar) = section.rules_on(&catalog, "2026-10-02").unwrap();
+        assert_eq!(
+            calendar.as_deref(),
+            Some("国庆节（黄金周） (national-day-2026): 容量上限 75%, S3-bridge 50%")
+        );
+        let r = occupancy(&rules);
+        // 红 at the capped capacity: 75% of the maximum.
+        assert_eq!(r.grades.last().unwrap().at, 0.75);
+        // S4's own 60% is stricter than the holiday's 75%; the bridge's 50% than the config's 100%.
+        assert!((r.scale["S4"] - 0.8).abs() < 1e-9, "{:?}", r.scale);
+        assert!(
+            (r.scale["S3-bridge"] - 0.5 / 0.75).abs() < 1e-9,
+            "{:?}",
+            r.scale
+        );
+        let (rules, calendar) = section.rules_on(&catalog, "2026-11-02").unwrap();
+        assert_eq!(calendar, None);
+        assert_eq!(occupancy(&rules).grades.last().unwrap().at, 1.0);
+        assert!((occupancy(&rules).scale["S4"] - 0.6).abs() < 1e-9);
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("gateway.toml");

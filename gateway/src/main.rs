@@ -280,12 +280,18 @@ enum RulesCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// List the rules in force: the defaults of the site and profiles plus the config's rule
-    /// files.
+    /// List the rules in force on a day: the defaults of the site and profiles plus the
+    /// config's rule files, with the capacity caps of that day's calendar entries (holidays,
+    /// local events) from the site file.
+    ///
+    /// Example: gateway rules list --date 2026-10-02 --config /etc/citysense/gateway.toml
     List {
         /// The config file [default: the built-in Ganzhou site, no rule files].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The local date, YYYY-MM-DD [default: today in the site's time zone].
+        #[arg(long)]
+        date: Option<String>,
     },
 }
 
@@ -340,8 +346,10 @@ fn main() -> ExitCode {
                 Ok(())
             }),
             Command::Rules {
-                command: RulesCommand::List { config },
-            } => gateway::rules_list(config.as_deref()).map(|list| print!("{list}")),
+                command: RulesCommand::List { config, date },
+            } => {
+                gateway::rules_list(config.as_deref(), date.as_deref()).map(|list| print!("{list}"))
+            }
             Command::Users { at, command } => users(&at, command),
             Command::Tokens { at, command } => tokens(&at, command),
             Command::Audit { at, command } => audit(&at, command),

@@ -45,6 +45,9 @@ pub struct Candidate {
     catalog: Arc<Catalog>,
     keys: Keys,
     rules: Vec<Rule>,
+    /// The local date the rules were made for, and its calendar entries.
+    date: String,
+    calendar: Option<String>,
 }
 
 impl Candidate {
@@ -61,9 +64,10 @@ impl Candidate {
             config.site.zones,
             straddling.join("\n  ")
         );
-        let rules = config
+        let date = today(&catalog);
+        let (rules, calendar) = config
             .alerts
-            .rules(&catalog)
+            .rules_on(&catalog, &date)
             .with_context(|| path.display().to_string())?;
         Ok(Candidate {
             path: path.to_owned(),
@@ -71,6 +75,8 @@ impl Candidate {
             catalog: Arc::new(catalog),
             keys,
             rules,
+            date,
+            calendar,
         })
     }
 
@@ -78,6 +84,11 @@ impl Candidate {
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
+}
+
+/// The site's local date now.
+fn today(catalog: &Catalog) -> String {
+    device_profiles::calendar::local_date(crate::clock::now_ms(), catalog.site.site.utc_offset.ms())
 }
 
 /// What a reload changed.
@@ -142,6 +153,9 @@ pub struct Live {
     pub(crate) config: Mutex<Option<Config>>,
     /// The served districts (all when empty).
     pub(crate) zones: Vec<String>,
+    /// The alert section in force (rule files, caps, re-notification) and the local date its
+    /// rules were made for: the calendar turns them over at midnight.
+    pub(crate) alerts_section: Mutex<(crate::config::AlertsSection, String)>,
     pub(crate) aggregate: AggregateSettings,
     pub(crate) raw_retention_ms: i64,
     pub(crate) catalog: Arc<ArcSwap<Catalog>>,
@@ -266,12 +280,48 @@ impl Live {
             reloaded.rules = (engine.rules().count(), c.rules.len());
             reloaded.dropped_states =
                 engine.reload(&c.catalog, c.rules.clone(), c.config.alerts.renotify_s);
+            engine.set_calendar(c.calendar.clone());
         }
+        *lock(&self.alerts_section)? = (c.config.alerts.clone(), c.date.clone());
         self.catalog.store(c.catalog.clone());
         *lock(&self.config)? = Some(c.config.clone());
         *lock(&self.keys_file)? = Some(c.config.site.keys.clone());
         self.keys_changed.send_replace(());
         Ok(reloaded)
+    }
+
+    /// At the first call of a new local day, makes the rules of that day's calendar entries
+    /// (capacity caps) the ones in force, keeping the alerts' states. Returns the entries now
+    /// in force when it turned the rules over.
+    pub async fn turn_of_day(&self) -> anyhow::Result<Option<Option<String>>> {
+        let catalog = self.catalog.load_full();
+        let date = today(&catalog);
+        let section = {
+            let held = lock(&self.alerts_section)?;
+            if held.1 == date {
+                return Ok(None);
+            }
+            held.0.clone()
+        };
+        let (rules, calendar) = section.rules_on(&catalog, &date)?;
+        let _one = self.swapping.lock().await;
+        let _committed = self.alerts.commit_lock.lock().await;
+        {
+            let mut engine = lock(&self.alerts.engine)?;
+            let dropped = engine.reload(&catalog, rules, section.renotify_s);
+            if !dropped.is_empty() {
+                tracing::warn!(states = ?dropped, "alert states of rules no longer in force were dropped");
+            }
+            engine.set_calendar(calendar.clone());
+        }
+        lock(&self.alerts_section)?.1 = date.clone();
+        match &calendar {
+            Some(c) => {
+                tracing::info!(date = %date, calendar = %c, "a new day: its calendar entries are in force")
+            }
+            None => tracing::info!(date = %date, "a new day: ordinary rules in force"),
+        }
+        Ok(Some(calendar))
     }
 
     /// Refuses what a reload cannot do.

@@ -11,7 +11,8 @@
 //! [[crowd]]
 //! area = "S4"
 //! peak_per_min = 60      # entries per minute at the curve's peak on a normal day
-//! factor = 5             # holiday multiplier (DOMAIN.md §7: ×3–8)
+//! factor = 5             # holiday multiplier (DOMAIN.md §7: ×3–8); default: the site
+//!                        # calendar's arrival_factor of the date, or 1
 //! [[event]]
 //! kind = "gas_leak"
 //! subject = "T1"
@@ -97,9 +98,10 @@ pub struct CrowdSection {
     pub area: String,
     /// Entries per minute at the arrival curve's peak, on a normal day.
     pub peak_per_min: f64,
-    /// Holiday multiplier.
-    #[serde(default = "one")]
-    pub factor: f64,
+    /// Holiday multiplier; by default the `arrival_factor` of the site's calendar entry of the
+    /// scenario's date (the largest, if several), or 1 on an ordinary day.
+    #[serde(default)]
+    pub factor: Option<f64>,
     /// Median stay, minutes; the site's when absent.
     #[serde(default)]
     pub dwell_min: Option<f64>,
@@ -368,21 +370,8 @@ impl Scenario {
 
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
 fn days_from_civil(date: &str) -> anyhow::Result<i64> {
-    let parts: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse::<i64>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("date \"{date}\" must be YYYY-MM-DD"))?;
-    let [y, m, d] = parts[..] else {
-        bail!("date \"{date}\" must be YYYY-MM-DD");
-    };
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok(era * 146_097 + doe - 719_468)
+    device_profiles::calendar::days_from_civil(date)
+        .with_context(|| format!("date \"{date}\" must be YYYY-MM-DD"))
 }
 
 #[cfg(test)]

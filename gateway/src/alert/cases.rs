@@ -43,7 +43,8 @@ fn around_point(a: &super::rule::Around) -> Option<(i64, Point)> {
     ))
 }
 
-pub(super) fn round(v: f64) -> f64 {
+/// `v` to three decimals, as rule cases and listings show values.
+pub fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 

@@ -65,6 +65,8 @@ pub struct Engine {
     pub(super) revisions: super::retro::Revisions,
     /// How full the areas are and how the roads flow, for the alerts' advice.
     pub(super) situation: super::advice::Situation,
+    /// The calendar entries whose caps the rules carry, for people.
+    pub(super) calendar: Option<String>,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -199,7 +201,19 @@ impl Engine {
             wall_ms: None,
             revisions: super::retro::Revisions::default(),
             situation: super::advice::Situation::default(),
+            calendar: None,
         }
+    }
+
+    /// Names the calendar entries the rules were made for (`AlertsSection::rules_on`): crowd
+    /// alerts raised or escalated from now on state it.
+    pub fn set_calendar(&mut self, calendar: Option<String>) {
+        self.calendar = calendar;
+    }
+
+    /// The calendar entries the rules were made for.
+    pub fn calendar(&self) -> Option<&str> {
+        self.calendar.as_deref()
     }
 
     /// The rules in force.
@@ -586,6 +600,7 @@ impl Engine {
             comments: Vec::new(),
             summary: String::new(),
             advice: None,
+            calendar: None,
         });
         if kind == EventKind::Renotified && alert.ack.is_some() {
             return; // taken: no reminders
@@ -603,6 +618,11 @@ impl Engine {
             alert.ack = None;
         }
         alert.advice = advice;
+        if matches!(kind, EventKind::Raised | EventKind::Escalated)
+            && rule.category == super::rule::Category::Crowd
+        {
+            alert.calendar = self.calendar.clone();
+        }
         let sign = if rule.side == Side::Above {
             "≥"
         } else {
@@ -1331,5 +1351,24 @@ expect = []
             c.states.iter().any(|(row, _)| row == "crowd.occupancy|S4"),
             "the changed advice is committed"
         );
+    }
+
+    #[test]
+    fn a_crowd_alert_on_a_holiday_states_the_calendar_entry_in_force() {
+        let mut e = engine();
+        e.set_calendar(Some(
+            "国庆节（黄金周） (national-day-2026): 容量上限 75%".into(),
+        ));
+        e.on_points(&[crowd_point("S4", 1, 0.65)]);
+        let c = e.take_changes();
+        assert_eq!(
+            c.events[0].alert.calendar.as_deref(),
+            Some("国庆节（黄金周） (national-day-2026): 容量上限 75%")
+        );
+        e.set_calendar(None);
+        e.on_points(&[crowd_point("S1", 1, 0.65)]);
+        let c = e.take_changes();
+        let s1 = c.events.iter().find(|ev| ev.alert.subject == "S1").unwrap();
+        assert_eq!(s1.alert.calendar, None, "an ordinary day names none");
     }
 }

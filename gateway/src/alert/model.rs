@@ -88,6 +88,10 @@ pub struct Alert {
     /// ([`super::advice`]); kept current while the alert is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advice: Option<super::advice::Advice>,
+    /// The holiday or event whose capacity caps were in force when a crowd alert was raised or
+    /// escalated (`国庆节（黄金周） (national-day-2026): 容量上限 75%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<String>,
 }
 
 /// What happened to an alert.

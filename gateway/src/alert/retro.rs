@@ -159,6 +159,7 @@ impl Engine {
                 comments: Vec::new(),
                 summary,
                 advice: None,
+                calendar: None,
             },
         });
     }

@@ -208,25 +208,52 @@ pub fn rules_test(
 }
 
 /// `gateway rules list`: one line per rule in force.
-pub fn rules_list(config: Option<&std::path::Path>) -> anyhow::Result<String> {
+pub fn rules_list(config: Option<&std::path::Path>, date: Option<&str>) -> anyhow::Result<String> {
     use std::fmt::Write;
     let (catalog, section) = rules_context(config)?;
-    let mut out = String::new();
-    for r in load_rules(&catalog, &section)? {
+    let date = match date {
+        Some(d) => {
+            anyhow::ensure!(
+                device_profiles::calendar::days_from_civil(d).is_some(),
+                "--date \"{d}\" is not a date YYYY-MM-DD"
+            );
+            d.to_owned()
+        }
+        None => device_profiles::calendar::local_date(
+            crate::clock::now_ms(),
+            catalog.site.site.utc_offset.ms(),
+        ),
+    };
+    let (rules, calendar) = section.rules_on(&catalog, &date)?;
+    let mut out = match calendar {
+        Some(c) => format!("{date}: {c}\n\n"),
+        None => format!("{date}: an ordinary day (no calendar entry)\n\n"),
+    };
+    for r in rules {
         let grades: Vec<String> = r
             .grades
             .iter()
-            .map(|g| format!("{} {}", g.name, g.at))
+            .map(|g| format!("{} {}", g.name, crate::alert::cases::round(g.at)))
+            .collect();
+        let scaled: Vec<String> = r
+            .scale
+            .iter()
+            .map(|(subject, f)| format!("{subject} ×{}", crate::alert::cases::round(*f)))
             .collect();
         let _ = writeln!(
             out,
-            "{:<28} {:<8} {:<9} {:<16} {:<6} [{}] — {}",
+            "{:<28} {:<8} {:<9} {:<16} {:<6} [{}]{} — {}",
             r.id,
             r.category.name(),
             format!("{:?}", r.source).to_lowercase(),
             if r.field.is_empty() { "-" } else { &r.field },
             format!("{:?}", r.side).to_lowercase(),
             grades.join(", "),
+            if scaled.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", scaled.join(", "))
+            },
             r.description
         );
     }

@@ -229,6 +229,15 @@ impl Fleet {
                 recent: VecDeque::new(),
             });
         }
+        // A holiday of the site's calendar brings its own crowd (DOMAIN.md §7).
+        let date = device_profiles::calendar::local_date(start_ms, utc_offset_ms);
+        let calendar_factor = site
+            .calendar_on(&date)
+            .iter()
+            .filter_map(|e| e.arrival_factor)
+            .fold(None, |most: Option<f64>, f| {
+                Some(most.map_or(f, |m| m.max(f)))
+            });
         let mut areas = HashMap::new();
         for c in &scenario.crowd {
             let a = site
@@ -248,7 +257,7 @@ impl Fleet {
                 c.area.clone(),
                 Area {
                     peak_per_min: c.peak_per_min,
-                    factor: c.factor,
+                    factor: c.factor.or(calendar_factor).unwrap_or(1.0),
                     dwell_ms: dwell,
                     leaving,
                 },
@@ -603,5 +612,39 @@ impl Fleet {
             .iter()
             .map(|q| (*q, conditions.value(*q, &mut self.rng)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scenario of S4 on `date`, with or without its own factor.
+    fn scenario(date: &str, factor: Option<f64>) -> Scenario {
+        let factor = factor.map_or(String::new(), |f| format!("factor = {f}\n"));
+        toml::from_str(&format!(
+            "name = \"t\"\n[time]\ndate = \"{date}\"\nstart = \"08:00\"\nend = \"09:00\"\nacceleration = 60\n\
+             [[crowd]]\narea = \"S4\"\npeak_per_min = 10\n{factor}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_holiday_of_the_site_calendar_brings_its_arrival_factor_unless_the_scenario_sets_one() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let offset = catalog.site.site.utc_offset.ms();
+        let factor = |date: &str, own: Option<f64>| {
+            let s = scenario(date, own);
+            let start = s.start_ms(i64::MAX / 2, offset).unwrap();
+            Fleet::new(&catalog, &s, start, 1, None).unwrap().areas["S4"].factor
+        };
+        assert_eq!(factor("2026-10-02", None), 5.0, "国庆 (national-day-2026)");
+        assert_eq!(factor("2026-05-03", None), 4.0, "五一");
+        assert_eq!(factor("2026-11-02", None), 1.0, "an ordinary day");
+        assert_eq!(
+            factor("2026-10-02", Some(2.0)),
+            2.0,
+            "the scenario's own factor wins"
+        );
     }
 }

@@ -76,6 +76,9 @@ pub struct AlertInfo {
     /// What to do next: diversion destinations, roads to avoid, alternatives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advice: Option<crate::alert::advice::Advice>,
+    /// The holiday or event whose capacity caps applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<String>,
 }
 
 /// One record of the exchange format.
@@ -326,6 +329,7 @@ impl Exchange {
             started_ms: a.started_ms,
             summary: a.summary.clone(),
             advice: a.advice.clone(),
+            calendar: a.calendar.clone(),
         });
         r
     }
@@ -625,6 +629,7 @@ mod tests {
             comments: Vec::new(),
             summary: "通天岩 occupancy 83 %".into(),
             advice: None,
+            calendar: None,
         };
         let e = AlertEvent {
             kind: EventKind::Escalated,
@@ -649,6 +654,7 @@ mod tests {
             label: "中度拥堵".into(),
         };
         let mut advised = e.clone();
+        advised.alert.calendar = Some("国庆节（黄金周） (national-day-2026): 容量上限 75%".into());
         advised.alert.advice = Some(Advice {
             divert_to: vec![Destination {
                 area: "S5".into(),

@@ -75,6 +75,9 @@ impl AlertmanagerNotifier {
         if let Some(advice) = &a.advice {
             alert["annotations"]["advice"] = json!(advice.text);
         }
+        if let Some(calendar) = &a.calendar {
+            alert["annotations"]["calendar"] = json!(calendar);
+        }
         alert
     }
 

@@ -484,6 +484,7 @@ pub(super) mod tests {
                 comments: Vec::new(),
                 summary: "通天岩: occupancy — 黄 (occupancy_ratio 0.82 ≥ 0.8)".into(),
                 advice: None,
+                calendar: None,
             },
         }
     }
