@@ -22,6 +22,7 @@
 pub mod calendar;
 pub mod demo;
 pub mod file;
+pub mod grid;
 pub mod keys;
 pub mod locate;
 pub mod modbus;

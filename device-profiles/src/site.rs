@@ -38,6 +38,9 @@ pub struct Site {
     /// Public holidays and local events, with their capacity caps ([`crate::calendar`]).
     #[serde(default, rename = "calendar")]
     pub calendar: Vec<crate::calendar::Entry>,
+    /// Grids with their responsible units and duty rosters ([`crate::grid`]).
+    #[serde(default, rename = "grid")]
+    pub grids: Vec<crate::grid::Grid>,
 }
 
 /// The site's identity.
@@ -716,6 +719,49 @@ impl Site {
                 std::iter::once(a.id.as_str()).chain(a.choke_points.iter().map(|c| c.id.as_str()))
             })
             .collect();
+        let mut gridded: HashMap<&str, &str> = HashMap::new();
+        for (i, g) in self.grids.iter().enumerate() {
+            let path = format!("grid[{i}]");
+            unique(&mut p, &g.id, format!("{path}.id"), "grid");
+            if !crate::grid::is_phone(&g.head.phone) {
+                p.push((
+                    format!("{path}.head.phone"),
+                    format!(
+                        "grid \"{}\": \"{}\" is not a phone number",
+                        g.id, g.head.phone
+                    ),
+                ));
+            }
+            for (j, s) in g.subjects.iter().enumerate() {
+                let known = self.scenic_areas.iter().any(|a| a.id == *s)
+                    || capped.contains(&s.as_str())
+                    || roads.contains(&s.as_str())
+                    || self.pipe_assets.iter().any(|a| a.id == *s)
+                    || self.devices.iter().any(|d| d.id == *s);
+                if !known {
+                    p.push((
+                        format!("{path}.subjects[{j}]"),
+                        format!(
+                            "grid \"{}\": \"{s}\" is not a scenic area, choke point, road segment, pipe asset or device",
+                            g.id
+                        ),
+                    ));
+                } else if let Some(other) = gridded.insert(s.as_str(), g.id.as_str()) {
+                    p.push((
+                        format!("{path}.subjects[{j}]"),
+                        format!("grid \"{}\": \"{s}\" is in grid \"{other}\" already", g.id),
+                    ));
+                }
+            }
+            for (j, d) in g.duty.iter().enumerate() {
+                for (key, reason) in d.problems() {
+                    p.push((
+                        format!("{path}.duty[{j}].{key}"),
+                        format!("grid \"{}\", duty of {}: {reason}", g.id, d.name),
+                    ));
+                }
+            }
+        }
         for (i, e) in self.calendar.iter().enumerate() {
             unique(&mut p, &e.id, format!("calendar[{i}].id"), "calendar entry");
             for (key, reason) in e.problems(&capped) {
@@ -726,6 +772,23 @@ impl Site {
             }
         }
         p
+    }
+
+    /// The grid of `subject`: the one that lists it, or for a choke point the grid of its
+    /// area.
+    pub fn grid_of(&self, subject: &str) -> Option<&crate::grid::Grid> {
+        let listed = |s: &str| {
+            self.grids
+                .iter()
+                .find(|g| g.subjects.iter().any(|x| x == s))
+        };
+        listed(subject).or_else(|| {
+            let area = self
+                .scenic_areas
+                .iter()
+                .find(|a| a.choke_points.iter().any(|c| c.id == subject))?;
+            listed(&area.id)
+        })
     }
 
     /// The calendar entries in force on the local date `date` (`YYYY-MM-DD`), in the file's

@@ -20,7 +20,8 @@ const I18N = {
     "assign": "指派", "comment": "评论", "send": "发送", "resolved.recent": "最近结束的告警",
     "no.open": "没有未结束的告警", "timeline": "时间线", "rule": "规则", "standard": "依据",
     "advice": "处置建议", "diversion": "分流与绕行", "divert_to": "可分流至", "avoid": "避开道路",
-    "alternatives": "替代路线", "walk": "步行", "drive": "驾车", "chart": "近 4 小时数值与阈值", "no.chart": "此规则没有可绘制的序列",
+    "alternatives": "替代路线", "walk": "步行", "drive": "驾车", "duty": "网格与值班",
+    "on_duty": "值班", "supervisor": "带班", "head": "单位负责人", "nobody": "无人值班", "chart": "近 4 小时数值与阈值", "no.chart": "此规则没有可绘制的序列",
     "device": "设备", "kind": "类型", "presence": "在线", "last.seen": "最后上报", "battery": "电量",
     "signal": "信号", "completeness": "完整率", "recent.readings": "最近读数", "time": "时间",
     "reading": "内容", "online": "在线", "offline": "离线", "unknown": "未知", "back": "返回",
@@ -51,7 +52,8 @@ const I18N = {
     "comment": "Comment", "send": "Send", "resolved.recent": "Recently resolved", "no.open": "No open alerts",
     "timeline": "Timeline", "rule": "Rule", "standard": "Standard", "advice": "What to do",
     "diversion": "Diversion", "divert_to": "Send visitors to", "avoid": "Keep off", "alternatives": "Alternative roads",
-    "walk": "walk", "drive": "drive",
+    "walk": "walk", "drive": "drive", "duty": "Grid and duty", "on_duty": "On duty",
+    "supervisor": "Supervisor", "head": "Head of unit", "nobody": "nobody on duty",
     "chart": "Values over the last 4 hours, with thresholds", "no.chart": "This rule has no series to chart",
     "device": "Device", "kind": "Kind", "presence": "Presence", "last.seen": "Last seen",
     "battery": "Battery", "signal": "Signal", "completeness": "Completeness",
@@ -465,6 +467,7 @@ async function alertPage(id) {
       el("span", { class: "muted" }, a.status === "firing" ? t("firing") : t("resolved"))),
     el("p", {}, a.summary),
     a.advice ? diversionCard(a.advice) : "",
+    a.duty ? dutyCard(a.duty) : "",
     el("p", {}, `${t("ack")}: `, el("span", { id: "ack-by" }, a.ack ? `${a.ack.by} ${a.ack.note}` : "—"),
       ` · ${t("assigned")}: `, a.assigned_to || "—"),
     actions,
@@ -484,6 +487,15 @@ function diversionCard(advice) {
         d.distance_km != null ? ` · ${num(d.distance_km, 1)} km · ${t(d.mode)}` : ""))),
     ...list("avoid", advice.avoid, road),
     ...list("alternatives", advice.alternatives, road));
+}
+
+// The alert's grid, its unit and the people it goes to, as the roster had them.
+function dutyCard(d) {
+  const person = (key, p) => el("li", { "data-role": key }, `${t(key)}: `,
+    p ? [p.name, " ", el("a", { href: `tel:${p.phone}` }, p.phone)] : el("span", { class: "muted" }, t("nobody")));
+  return el("div", { class: "card", id: "duty" }, el("h2", {}, t("duty")),
+    el("p", {}, d.grid_name, " ", el("span", { class: "muted" }, d.unit)),
+    el("ul", {}, person("on_duty", d.on_duty), person("supervisor", d.supervisor), person("head", d.head)));
 }
 
 // The subject's values over the last four hours under the rule's threshold lines.

@@ -383,10 +383,17 @@ fn lock<T>(m: &Mutex<T>) -> anyhow::Result<std::sync::MutexGuard<'_, T>> {
         .map_err(|_| anyhow::anyhow!("a lock of the running gateway is poisoned: restart it"))
 }
 
-/// Whether two catalogs describe the same site and profiles. Both are plain data whose maps
-/// are ordered, so their full `Debug` renderings are equal exactly when they are.
+/// Whether two catalogs describe the same site and profiles for aggregation: grids, rosters
+/// and calendars aside (they change no aggregate). Both are plain data whose maps are ordered,
+/// so their `Debug` renderings are equal exactly when they are.
 fn same_site(a: &Catalog, b: &Catalog) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+    let aggregated = |c: &Catalog| {
+        let mut c = c.clone();
+        c.site.grids.clear();
+        c.site.calendar.clear();
+        format!("{c:?}")
+    };
+    aggregated(a) == aggregated(b)
 }
 
 /// How many devices' keys were added, replaced or removed.

@@ -356,6 +356,12 @@ async fn the_alert_page_says_where_to_send_the_crowd() {
         "{card}"
     );
     assert!(card.contains("长征大道–南河大桥"), "{card}");
+    // Who answers it: 城西景区网格's unit, the person the roster has on duty, the head.
+    let duty = operator.text("#duty").await.unwrap_or_default();
+    assert!(
+        duty.contains("城西景区网格") && duty.contains("13800000001"),
+        "{duty}"
+    );
     operator
         .screenshot(&screenshots().join("alert-diversion.png"))
         .await;

@@ -67,6 +67,8 @@ pub struct Engine {
     pub(super) situation: super::advice::Situation,
     /// The calendar entries whose caps the rules carry, for people.
     pub(super) calendar: Option<String>,
+    /// Grids and rosters: who an alert goes to.
+    pub(super) grids: super::duty::Grids,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -130,6 +132,7 @@ impl Engine {
         let mut engine = Self::bare(rules, renotify_s);
         engine.ctx = Context::new(catalog);
         engine.situation = super::advice::Situation::new(catalog);
+        engine.grids = super::duty::Grids::new(catalog);
         for c in &mut engine.rules {
             if c.rule.stale_s.is_none() {
                 c.stale_ms = default_stale_ms(catalog, &c.rule);
@@ -202,6 +205,7 @@ impl Engine {
             revisions: super::retro::Revisions::default(),
             situation: super::advice::Situation::default(),
             calendar: None,
+            grids: super::duty::Grids::default(),
         }
     }
 
@@ -601,6 +605,7 @@ impl Engine {
             summary: String::new(),
             advice: None,
             calendar: None,
+            duty: None,
         });
         if kind == EventKind::Renotified && alert.ack.is_some() {
             return; // taken: no reminders
@@ -618,10 +623,11 @@ impl Engine {
             alert.ack = None;
         }
         alert.advice = advice;
-        if matches!(kind, EventKind::Raised | EventKind::Escalated)
-            && rule.category == super::rule::Category::Crowd
-        {
-            alert.calendar = self.calendar.clone();
+        if matches!(kind, EventKind::Raised | EventKind::Escalated) {
+            if rule.category == super::rule::Category::Crowd {
+                alert.calendar = self.calendar.clone();
+            }
+            alert.duty = self.grids.route(subject, time_ms);
         }
         let sign = if rule.side == Side::Above {
             "≥"
@@ -1370,5 +1376,40 @@ expect = []
         let c = e.take_changes();
         let s1 = c.events.iter().find(|ev| ev.alert.subject == "S1").unwrap();
         assert_eq!(s1.alert.calendar, None, "an ordinary day names none");
+    }
+
+    #[test]
+    fn an_alert_goes_to_its_grid_and_the_person_the_roster_has_on_duty_then() {
+        let mut e = engine();
+        // 2026-10-02 15:00 +08:00, Golden Week: the reinforced roster of 城西景区网格.
+        let golden_week = 1_790_924_400_000;
+        let at = |p: Point, t: i64| Point { time_ms: t, ..p };
+        e.on_points(&[at(crowd_point("S4", 0, 0.65), golden_week)]);
+        let c = e.take_changes();
+        let route = c.events[0].alert.duty.clone().expect("S4 is in a grid");
+        assert_eq!(route.grid, "zg-west-scenic");
+        assert_eq!(route.on_duty.unwrap().name, "黄金周值守（示例）");
+        assert_eq!(route.supervisor.unwrap().name, "黄金周带班领导（示例）");
+        assert_eq!(route.head.phone, "13800000001");
+        // 2026-11-14 21:30 +08:00, an ordinary night: the night shift of the old city; the
+        // bridge is in its area's grid.
+        let night = 1_794_663_000_000;
+        e.on_points(&[Point {
+            tags: vec![
+                ("area".into(), "S3".into()),
+                ("choke_point".into(), "S3-bridge".into()),
+                ("zone".into(), "360702".into()),
+            ],
+            ..at(crowd_point("S3", 0, 0.65), night)
+        }]);
+        let c = e.take_changes();
+        let bridge = c
+            .events
+            .iter()
+            .find(|ev| ev.alert.subject == "S3-bridge")
+            .expect("the bridge's alert");
+        let route = bridge.alert.duty.as_ref().unwrap();
+        assert_eq!(route.grid, "zg-old-city");
+        assert_eq!(route.on_duty.as_ref().unwrap().name, "夜班值守（示例）");
     }
 }

@@ -21,6 +21,7 @@
 pub mod advice;
 pub mod cases;
 pub mod context;
+pub mod duty;
 pub mod engine;
 pub mod episode;
 pub mod history;

@@ -92,6 +92,9 @@ pub struct Alert {
     /// escalated (`国庆节（黄金周） (national-day-2026): 容量上限 75%`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<String>,
+    /// The grid, unit and people it goes to, from the roster when it was raised or escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duty: Option<super::duty::Route>,
 }
 
 /// What happened to an alert.

@@ -160,6 +160,7 @@ impl Engine {
                 summary,
                 advice: None,
                 calendar: None,
+                duty: None,
             },
         });
     }

@@ -630,6 +630,7 @@ mod tests {
             summary: "通天岩 occupancy 83 %".into(),
             advice: None,
             calendar: None,
+            duty: None,
         };
         let e = AlertEvent {
             kind: EventKind::Escalated,

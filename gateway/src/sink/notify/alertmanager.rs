@@ -78,6 +78,11 @@ impl AlertmanagerNotifier {
         if let Some(calendar) = &a.calendar {
             alert["annotations"]["calendar"] = json!(calendar);
         }
+        if let Some(d) = &a.duty {
+            let who = d.on_duty.as_ref().unwrap_or(&d.head);
+            alert["annotations"]["grid"] = json!(format!("{} ({})", d.grid_name, d.unit));
+            alert["annotations"]["on_duty"] = json!(format!("{} {}", who.name, who.phone));
+        }
         alert
     }
 

@@ -485,6 +485,7 @@ pub(super) mod tests {
                 summary: "通天岩: occupancy — 黄 (occupancy_ratio 0.82 ≥ 0.8)".into(),
                 advice: None,
                 calendar: None,
+                duty: None,
             },
         }
     }

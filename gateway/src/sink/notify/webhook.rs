@@ -66,10 +66,22 @@ impl WebhookNotifier {
         let text = markdown(event);
         match format {
             WebhookFormat::Generic => json!(Envelope::new(seq, event)),
-            WebhookFormat::Dingtalk => json!({
-                "msgtype": "markdown",
-                "markdown": { "title": format!("[{}] {}", a.label, a.subject_name), "text": text },
-            }),
+            WebhookFormat::Dingtalk => {
+                // The person on duty is @-ed: DingTalk rings them when their number is both in
+                // `atMobiles` and in the text.
+                let mobiles: Vec<&str> = a
+                    .duty
+                    .iter()
+                    .filter_map(|d| d.on_duty.as_ref().or(Some(&d.head)))
+                    .map(|p| p.phone.as_str())
+                    .collect();
+                let text = mobiles.iter().fold(text, |t, m| format!("{t}\n\n@{m}"));
+                json!({
+                    "msgtype": "markdown",
+                    "markdown": { "title": format!("[{}] {}", a.label, a.subject_name), "text": text },
+                    "at": { "atMobiles": mobiles, "isAtAll": false },
+                })
+            }
             WebhookFormat::Wecom => json!({
                 "msgtype": "markdown",
                 "markdown": { "content": text },
@@ -135,10 +147,27 @@ pub fn markdown(event: &AlertEvent) -> String {
     )
     .to_string()
     .replace('Z', "+08:00");
-    format!(
+    let mut text = format!(
         "### [{}] {} — {}\n\n{}\n\n- rule: {}\n- zone: {}\n- at: {}\n- alert: {}",
         a.label, a.subject_name, what, a.summary, a.rule, a.zone, at, a.id
-    )
+    );
+    if let Some(d) = &a.duty {
+        let who = match &d.on_duty {
+            Some(p) => format!("{} {}", p.name, p.phone),
+            None => format!("无人值班，{} {}", d.head.name, d.head.phone),
+        };
+        text.push_str(&format!(
+            "\n- 网格: {}（{}）\n- 值班: {who}",
+            d.grid_name, d.unit
+        ));
+    }
+    if let Some(advice) = &a.advice {
+        text.push_str(&format!("\n- {}", advice.text));
+    }
+    if let Some(c) = &a.calendar {
+        text.push_str(&format!("\n- 节假日: {c}"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -162,6 +191,34 @@ mod tests {
         assert_eq!(g["kind"], "raised");
         assert_eq!(g["alert"]["subject"], "S4");
     }
+    #[test]
+    fn the_robots_at_the_person_on_duty_and_carry_the_advice() {
+        use crate::alert::duty::Route;
+        use device_profiles::grid::Person;
+        let mut e = event(EventKind::Raised);
+        let person = |name: &str, phone: &str| Person {
+            name: name.into(),
+            phone: phone.into(),
+        };
+        e.alert.duty = Some(Route {
+            grid: "zg-west-scenic".into(),
+            grid_name: "城西景区网格".into(),
+            unit: "章贡区文化广电新闻出版旅游局".into(),
+            on_duty: Some(person("王丽", "13900000021")),
+            supervisor: Some(person("陈科长", "13900000022")),
+            head: person("刘局长", "13800000001"),
+        });
+        let d = WebhookNotifier::body(WebhookFormat::Dingtalk, 7, &e);
+        assert_eq!(d["at"]["atMobiles"][0], "13900000021");
+        let text = d["markdown"]["text"].as_str().unwrap();
+        assert!(text.ends_with("@13900000021"), "{text}");
+        assert!(text.contains("- 值班: 王丽 13900000021"), "{text}");
+        // Nobody on duty: the head is called.
+        e.alert.duty.as_mut().unwrap().on_duty = None;
+        let d = WebhookNotifier::body(WebhookFormat::Dingtalk, 7, &e);
+        assert_eq!(d["at"]["atMobiles"][0], "13800000001");
+    }
+
     #[test]
     fn a_dingtalk_secret_signs_the_url() {
         let mut w = WebhookNotifier::new(WebhookSection {
