@@ -9,6 +9,8 @@
 //! subjects = ["S1", "S2", "S3", "R6"]     # areas (with their choke points), roads, assets, devices
 //! head = { name = "刘局长", phone = "13800000001" }
 //!
+//! escalate_after_s = { red = 300, orange = 900, yellow = 1800 }   # unacknowledged: next person
+//!
 //! [[grid.duty]]
 //! name = "王丽"
 //! phone = "13900000002"
@@ -75,6 +77,25 @@ pub struct Grid {
     /// The duty roster.
     #[serde(default)]
     pub duty: Vec<Duty>,
+    /// How long an alert of a grade waits for an acknowledgement before it goes to the next
+    /// person (the supervisor, then the head), seconds, by grade name. Grades not listed do not
+    /// escalate. Default: red and critical 300, orange and alarm 900, yellow and warning 1800.
+    #[serde(default = "default_escalation")]
+    pub escalate_after_s: std::collections::BTreeMap<String, u32>,
+}
+
+fn default_escalation() -> std::collections::BTreeMap<String, u32> {
+    [
+        ("red", 300),
+        ("critical", 300),
+        ("orange", 900),
+        ("alarm", 900),
+        ("yellow", 1800),
+        ("warning", 1800),
+    ]
+    .into_iter()
+    .map(|(g, s)| (g.to_owned(), s))
+    .collect()
 }
 
 /// Minutes after midnight of `HH:MM` (`24:00`: the end of the day).

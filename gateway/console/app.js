@@ -26,7 +26,7 @@ const I18N = {
     "signal": "信号", "completeness": "完整率", "recent.readings": "最近读数", "time": "时间",
     "reading": "内容", "online": "在线", "offline": "离线", "unknown": "未知", "back": "返回",
     "crowd": "客流", "traffic": "交通", "pipe": "管网", "gateway": "网关",
-    "raised": "触发", "escalated": "升级", "renotified": "再次通知", "resolved": "结束",
+    "raised": "触发", "escalated": "升级", "renotified": "再次通知", "escalated_to": "无人确认，升级至", "resolved": "结束",
     "acknowledged": "确认", "retrospective": "事后补记", "commented": "评论", "firing": "进行中",
     "error": "出错了", "ago": "前", "by": "操作人", "grades.at": "阈值",
     "water_main": "供水干管", "drainage_well": "排水井", "utility_tunnel": "综合管廊",
@@ -60,7 +60,7 @@ const I18N = {
     "recent.readings": "Recent readings", "time": "Time", "reading": "Reading", "online": "online",
     "offline": "offline", "unknown": "unknown", "back": "Back", "crowd": "crowd", "traffic": "traffic",
     "pipe": "pipe", "gateway": "gateway", "raised": "raised", "escalated": "escalated",
-    "renotified": "re-notified", "resolved": "resolved", "acknowledged": "acknowledged",
+    "renotified": "re-notified", "escalated_to": "unacknowledged, escalated to", "resolved": "resolved", "acknowledged": "acknowledged",
     "retrospective": "retrospective", "commented": "commented", "firing": "firing", "error": "Error",
     "ago": "ago", "by": "by", "grades.at": "threshold",
     "water_main": "water main", "drainage_well": "drainage well", "utility_tunnel": "utility tunnel",
@@ -431,6 +431,7 @@ function timelineText(e) {
     case "acknowledged": return a.ack ? `${a.ack.by}${a.ack.note ? `: ${a.ack.note}` : ""}` : "";
     case "assigned": case "commented": return last ? `${last.by}: ${last.text}` : "";
     case "escalated": return `${e.previous_severity} → ${a.severity} (${num(a.value, 2)})`;
+    case "escalated_to": return a.escalation?.to ? `${a.escalation.to.name} ${a.escalation.to.phone}` : "";
     default: return `${a.label} (${num(a.value, 2)})`;
   }
 }

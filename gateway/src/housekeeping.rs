@@ -242,6 +242,8 @@ pub async fn sweep_presence(
                 if let Ok(r) = registry.lock() {
                     // Holds complete on the clock, not on the next value.
                     e.tick(now);
+                    // Unacknowledged alerts go to the next person in their grade's time.
+                    e.escalate(now);
                     e.on_presence(now, &r);
                     let zone = r.zones().first().map_or("000000", |z| &**z);
                     e.on_sinks(now, zone, &refused);

@@ -911,3 +911,121 @@ async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_
     assert!(at > ten + 5 * MINUTE, "raised at {at}, before the count");
     gw.stop().await;
 }
+
+/// A critical gas alarm in the utility tunnel nobody acknowledges: the robot @-s the person on
+/// duty of 章贡地下管网网格, then, after the grid's time for critical (2 s here), their
+/// supervisor; an acknowledgement then stops the step to the unit's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgement_stops_the_head() {
+    let broker = Mosquitto::start();
+    let hook = Webhook::start(false).await;
+    let mut site = (*catalog()).clone();
+    let grid = site
+        .site
+        .grids
+        .iter_mut()
+        .find(|g| g.id == "zg-pipes")
+        .unwrap();
+    grid.escalate_after_s.insert("critical".into(), 2);
+    let keys = gateway::keys::Keys::demo(&site);
+    let url = format!("http://{}/robot", hook.addr);
+    let gw = start_gateway_on(
+        std::sync::Arc::new(site),
+        keys,
+        "escalation",
+        broker.port,
+        |s| {
+            s.alerts.webhook.push(WebhookSection {
+                name: "grid".into(),
+                url,
+                format: WebhookFormat::Dingtalk,
+                secret_env: None,
+                timeout_ms: 2_000,
+            });
+        },
+    )
+    .await;
+    let (node, _) = client("escalation-node", broker.port, true).await;
+    publish(
+        &node,
+        &up_topic("gz-t1-gas"),
+        frame("gz-t1-gas", 3, 1, &pipe(Quantity::Gas, 26.0)),
+    )
+    .await;
+    let called = |hook: &Webhook| -> Vec<(String, String)> {
+        hook.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["markdown"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    b["at"]["atMobiles"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    wait_for(
+        "the supervisor called after 2 s unacknowledged",
+        Duration::from_secs(15),
+        || {
+            let calls = called(&hook);
+            async move { calls.iter().any(|(t, _)| t.contains("无人确认")) }
+        },
+    )
+    .await;
+    let calls = called(&hook);
+    assert!(calls[0].0.contains("告警 raised"), "{calls:?}");
+    assert_eq!(calls[0].1, "13900000041", "the person on duty first");
+    let step = calls.iter().find(|(t, _)| t.contains("无人确认")).unwrap();
+    assert_eq!(step.1, "13900000042", "then their supervisor");
+    assert!(
+        step.0.contains("- 升级至: 值班科长（示例） 13900000042"),
+        "{}",
+        step.0
+    );
+    // Acknowledged now: the step to the head (2 s later) does not come.
+    let id = gw
+        .alerts()
+        .engine
+        .lock()
+        .unwrap()
+        .open_alerts()
+        .into_iter()
+        .find(|a| a.subject == "T1")
+        .unwrap()
+        .id;
+    let (status, body) = post(
+        gw.http_addr(),
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"note": "通风已启动"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // An absence: wait past the head's time (2 s after the supervisor) with margin.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = called(&hook);
+    assert!(
+        !calls.iter().any(|(_, m)| m == "13800000003"),
+        "the head was called after the acknowledgement: {calls:?}"
+    );
+    let escalation = gw
+        .alerts()
+        .engine
+        .lock()
+        .unwrap()
+        .open_alerts()
+        .into_iter()
+        .find(|a| a.subject == "T1")
+        .unwrap()
+        .escalation
+        .unwrap();
+    assert_eq!(escalation.step, 1);
+    gw.stop().await;
+}

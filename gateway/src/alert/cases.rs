@@ -59,8 +59,16 @@ pub fn run_case(
     let Some(rule) = rules.iter().find(|r| r.id == case.rule) else {
         return Err(format!("no rule \"{}\" to test", case.rule));
     };
-    let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
-    engine.situation = super::advice::Situation::new(catalog);
+    let fresh = || {
+        let mut engine = Engine::bare(vec![rule.clone()], renotify_s);
+        engine.situation = super::advice::Situation::new(catalog);
+        engine.grids = super::duty::Grids::new(catalog);
+        engine
+    };
+    let mut engine = fresh();
+    let ms = |s: f64| (s * 1000.0).round() as i64;
+    let (mut ack_at, mut restart_at) = (case.ack_at_s.map(ms), case.restart_at_s.map(ms));
+    let mut events = Vec::new();
     let mut around: Vec<(i64, Point)> = case.around.iter().filter_map(around_point).collect();
     around.sort_by_key(|(t, _)| *t);
     let mut around = around.into_iter().peekable();
@@ -94,6 +102,24 @@ pub fn run_case(
         while let Some((_, p)) = around.next_if(|(t, _)| t <= at) {
             engine.situation.observe(&p);
         }
+        // An operator's acknowledgement, and a restart from the committed states.
+        if ack_at.is_some_and(|t| t <= *at) {
+            ack_at = None;
+            if let Some(a) = engine.open_alerts().first() {
+                let _ = engine.ack(&a.id, "case", "", *at);
+            }
+        }
+        if restart_at.is_some_and(|t| t <= *at) {
+            restart_at = None;
+            let committed = engine.take_changes();
+            events.extend(committed.events);
+            let mut restarted = fresh();
+            restarted.restore(committed.states);
+            engine = restarted;
+        }
+        // Rows are the wall clock too: holds end and unanswered alerts go to the next person.
+        engine.arrived(*at);
+        engine.escalate(*at);
         if let Some(v) = row.get(&rule.field) {
             engine.remember(&subject, &rule.field, *at, *v);
         }
@@ -102,7 +128,9 @@ pub fn run_case(
         }
         engine.evaluate(0, &subject, &zone, *at, &|n| row.get(n).copied());
     }
-    let events = engine.take_changes().events;
+    events.extend(engine.take_changes().events);
+    // An acknowledgement is the operator's input, not the rule's output.
+    events.retain(|e| e.kind != super::EventKind::Acknowledged);
     let got: Vec<(f64, String, String)> = events
         .iter()
         .map(|e| {
@@ -123,16 +151,29 @@ pub fn run_case(
             .expect
             .iter()
             .zip(&events)
-            .filter_map(|(want, e)| {
-                let want = want.advice.as_deref()?;
-                let got = e.alert.advice.as_ref().map_or("", |a| a.text.as_str());
-                (want != got).then(|| {
-                    format!(
-                        "at_s = {}: {} advice\n    expected: {want}\n    got:      {got}\n",
-                        want_at(e.at_ms),
-                        e.kind.name()
+            .flat_map(|(want, e)| {
+                let advice = want.advice.as_deref().map(|w| {
+                    (
+                        "advice",
+                        w,
+                        e.alert.advice.as_ref().map_or("", |a| a.text.as_str()),
                     )
-                })
+                });
+                let to = want.to.as_deref().map(|w| {
+                    let called = e.alert.escalation.as_ref().and_then(|x| x.to.as_ref());
+                    ("to", w, called.map_or("", |p| p.name.as_str()))
+                });
+                advice
+                    .into_iter()
+                    .chain(to)
+                    .filter(|(_, want, got)| want != got)
+                    .map(|(what, want, got)| {
+                        format!(
+                            "at_s = {}: {} {what}\n    expected: {want}\n    got:      {got}\n",
+                            want_at(e.at_ms),
+                            e.kind.name()
+                        )
+                    })
             })
             .collect();
         return if advice_diff.is_empty() {

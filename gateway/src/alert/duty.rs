@@ -1,6 +1,14 @@
 //! Who answers an alert (网格化管理): the grid of its subject, the grid's unit, and from the
 //! grid's roster the person on duty when it was raised or escalated, their supervisor and the
 //! unit's head (`device_profiles::grid`).
+//!
+//! Escalation: an alert that nobody acknowledges within its grade's time (`escalate_after_s`
+//! of the grid: 红 5 minutes, 橙 15, 黄 30 by default) goes to the supervisor of whoever the
+//! roster has on duty then, and after the same time again to the unit's head; each step is an
+//! alert event (`escalated_to`) that the notifiers carry (DingTalk @-s the person). An
+//! acknowledgement stops it; a higher grade starts it again from the person on duty. The step
+//! is part of the alert's state, committed with it: a restart neither repeats a step nor
+//! forgets one, and the time runs on from when the step was taken (wall clock).
 
 use std::sync::Arc;
 
@@ -28,6 +36,21 @@ pub struct Route {
     /// The unit's head.
     pub head: Person,
 }
+
+/// How far an alert has gone while nobody acknowledged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// 0: the person on duty was called; 1: their supervisor; 2: the unit's head.
+    pub step: u8,
+    /// When this step was taken, wall clock, Unix ms.
+    pub since_ms: i64,
+    /// Who this step called (step 0: the person on duty, or the head when nobody was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Person>,
+}
+
+/// The last step: the unit's head.
+pub const HEAD: u8 = 2;
 
 /// The site's grids, by subject.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +84,15 @@ impl Grids {
         }
     }
 
+    /// How long an alert of `severity` on `subject` waits for an acknowledgement before the
+    /// next step, ms (None: it does not escalate).
+    pub(super) fn escalate_after_ms(&self, subject: &str, severity: &str) -> Option<i64> {
+        let g = &self.grids[*self.by_subject.get(subject)?];
+        g.escalate_after_s
+            .get(severity)
+            .map(|s| i64::from(*s) * 1000)
+    }
+
     /// The route of an alert on `subject` at `time_ms`, if a grid holds the subject.
     pub(super) fn route(&self, subject: &str, time_ms: i64) -> Option<Route> {
         let g = &self.grids[*self.by_subject.get(subject)?];
@@ -79,5 +111,166 @@ impl Grids {
             supervisor: duty.map(|d| d.supervisor.clone()),
             head: g.head.clone(),
         })
+    }
+}
+
+/// The person a step calls on `route`.
+pub(super) fn called(route: &Route, step: u8) -> Person {
+    match step {
+        0 => route.on_duty.clone(),
+        1 => route.supervisor.clone(),
+        _ => None,
+    }
+    .unwrap_or_else(|| route.head.clone())
+}
+
+impl super::Engine {
+    /// Takes the next step of every open alert nobody acknowledged in its grade's time (see the
+    /// module's documentation). Call it every second with the wall clock.
+    pub fn escalate(&mut self, now_ms: i64) {
+        let due: Vec<(usize, Arc<str>)> = self
+            .states
+            .iter()
+            .filter_map(|(key, s)| {
+                let a = s.alert.as_ref()?;
+                let e = a.escalation.as_ref()?;
+                let after = self.grids.escalate_after_ms(&key.1, &a.severity)?;
+                (a.ack.is_none()
+                    && a.status == super::Status::Firing
+                    && e.step < HEAD
+                    && now_ms - e.since_ms >= after)
+                    .then(|| key.clone())
+            })
+            .collect();
+        for key in due {
+            // Whoever the roster has on duty now: a roster changed meanwhile is followed.
+            let route = self.grids.route(&key.1, now_ms);
+            let Some(alert) = self.states.get_mut(&key).and_then(|s| s.alert.as_mut()) else {
+                continue;
+            };
+            let (Some(route), Some(e)) = (route, alert.escalation.as_mut()) else {
+                continue;
+            };
+            e.step += 1;
+            e.since_ms = now_ms;
+            e.to = Some(called(&route, e.step));
+            alert.duty = Some(route);
+            let event = super::AlertEvent {
+                kind: super::EventKind::EscalatedTo,
+                at_ms: now_ms,
+                previous_severity: None,
+                alert: alert.clone(),
+            };
+            self.dirty.insert(key);
+            self.events.push(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::alert::engine::tests::{crowd_point, engine};
+    use crate::alert::{Changes, Engine, EventKind};
+    use crate::point::Point;
+
+    /// 2026-11-16 15:00 +08:00, a Monday afternoon: the day shift of 城西景区网格.
+    const T: i64 = 1_794_812_400_000;
+
+    fn raise_red(e: &mut Engine) -> String {
+        e.arrived(T);
+        e.on_points(&[Point {
+            time_ms: T,
+            ..crowd_point("S4", 0, 1.02)
+        }]);
+        let c = e.take_changes();
+        let a = &c.events[0].alert;
+        assert_eq!(a.severity, "red");
+        let esc = a.escalation.as_ref().unwrap();
+        assert_eq!((esc.step, esc.since_ms), (0, T));
+        assert_eq!(esc.to.as_ref().unwrap().name, "日班值守（示例）");
+        a.id.clone()
+    }
+
+    fn steps(c: &Changes) -> Vec<(u8, String)> {
+        c.events
+            .iter()
+            .filter(|e| e.kind == EventKind::EscalatedTo)
+            .map(|e| {
+                let esc = e.alert.escalation.as_ref().unwrap();
+                (esc.step, esc.to.as_ref().unwrap().name.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unacknowledged_red_goes_to_the_supervisor_then_the_head_once_each() {
+        let mut e = engine();
+        raise_red(&mut e);
+        e.escalate(T + 299_000);
+        assert!(steps(&e.take_changes()).is_empty(), "红 waits 5 minutes");
+        e.escalate(T + 300_000);
+        assert_eq!(
+            steps(&e.take_changes()),
+            [(1, "值班科长（示例）".to_owned())]
+        );
+        e.escalate(T + 599_000);
+        assert!(steps(&e.take_changes()).is_empty());
+        e.escalate(T + 600_000);
+        assert_eq!(steps(&e.take_changes()), [(2, "局长（示例）".to_owned())]);
+        e.escalate(T + 3_600_000);
+        assert!(
+            steps(&e.take_changes()).is_empty(),
+            "the head is the last step"
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_stops_the_next_step() {
+        let mut e = engine();
+        let id = raise_red(&mut e);
+        e.ack(&id, "wang.li", "到场处置", T + 60_000).unwrap();
+        e.escalate(T + 3_600_000);
+        assert!(steps(&e.take_changes()).is_empty());
+    }
+
+    #[test]
+    fn a_restart_mid_escalation_neither_repeats_nor_forgets_a_step() {
+        let mut e = engine();
+        raise_red(&mut e);
+        e.escalate(T + 300_000);
+        let committed = e.take_changes();
+        assert_eq!(steps(&committed).len(), 1);
+        // A new engine restored from the committed states, as at a start.
+        let mut restarted = engine();
+        assert!(restarted.restore(committed.states).is_empty());
+        restarted.escalate(T + 301_000);
+        assert!(steps(&restarted.take_changes()).is_empty(), "not repeated");
+        restarted.escalate(T + 600_000);
+        assert_eq!(
+            steps(&restarted.take_changes()),
+            [(2, "局长（示例）".to_owned())],
+            "not forgotten"
+        );
+    }
+
+    #[test]
+    fn a_roster_changed_during_an_escalation_is_followed() {
+        let mut e = engine();
+        raise_red(&mut e);
+        // The roster is changed (a reload): another supervisor for the day shift.
+        let mut catalog = device_profiles::Catalog::ganzhou().unwrap();
+        let grid = catalog
+            .site
+            .grids
+            .iter_mut()
+            .find(|g| g.id == "zg-west-scenic")
+            .unwrap();
+        for d in &mut grid.duty {
+            d.supervisor.name = "新带班（示例）".into();
+        }
+        let rules: Vec<_> = e.rules().cloned().collect();
+        assert!(e.reload(&catalog, rules, 3600).is_empty());
+        e.escalate(T + 300_000);
+        assert_eq!(steps(&e.take_changes()), [(1, "新带班（示例）".to_owned())]);
     }
 }

@@ -606,6 +606,7 @@ impl Engine {
             advice: None,
             calendar: None,
             duty: None,
+            escalation: None,
         });
         if kind == EventKind::Renotified && alert.ack.is_some() {
             return; // taken: no reminders
@@ -628,6 +629,14 @@ impl Engine {
                 alert.calendar = self.calendar.clone();
             }
             alert.duty = self.grids.route(subject, time_ms);
+            // The person on duty is called now; an escalation starts again from them.
+            alert.escalation = alert.duty.as_ref().map(|route| super::duty::Escalation {
+                step: 0,
+                // The wall clock: the batch's arrival, or the event's own time when it is later
+                // (presence and sinks are evaluated on the clock).
+                since_ms: self.wall_ms.map_or(time_ms, |w| w.max(time_ms)),
+                to: Some(super::duty::called(route, 0)),
+            });
         }
         let sign = if rule.side == Side::Above {
             "≥"

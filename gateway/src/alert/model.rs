@@ -92,9 +92,13 @@ pub struct Alert {
     /// escalated (`国庆节（黄金周） (national-day-2026): 容量上限 75%`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<String>,
-    /// The grid, unit and people it goes to, from the roster when it was raised or escalated.
+    /// The grid, unit and people it goes to, from the roster when it was raised or escalated
+    /// (or went to the next person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duty: Option<super::duty::Route>,
+    /// Who it has gone to while nobody acknowledged it ([`super::duty`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<super::duty::Escalation>,
 }
 
 /// What happened to an alert.
@@ -118,6 +122,9 @@ pub enum EventKind {
     Assigned,
     /// An operator commented on it.
     Commented,
+    /// Nobody acknowledged it in its grade's time: it went to the next person (the on-duty
+    /// person's supervisor, then the unit's head; `alert.escalation.to`).
+    EscalatedTo,
 }
 
 impl EventKind {
@@ -132,6 +139,7 @@ impl EventKind {
             EventKind::Retrospective => "retrospective",
             EventKind::Assigned => "assigned",
             EventKind::Commented => "commented",
+            EventKind::EscalatedTo => "escalated_to",
         }
     }
 }

@@ -161,6 +161,7 @@ impl Engine {
                 advice: None,
                 calendar: None,
                 duty: None,
+                escalation: None,
             },
         });
     }

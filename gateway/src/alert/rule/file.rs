@@ -32,6 +32,12 @@ pub struct TestCase {
     /// `{ at_s = 0, segment = "R2", grade = 4 }`. A value counts for 30 minutes.
     #[serde(default)]
     pub around: Vec<Around>,
+    /// An operator acknowledges the open alert at this time, seconds.
+    #[serde(default)]
+    pub ack_at_s: Option<f64>,
+    /// The gateway restarts at this time: the engine is rebuilt from the committed states.
+    #[serde(default)]
+    pub restart_at_s: Option<f64>,
 }
 
 /// A value of another place at a time: an area's occupancy or a road segment's grade.
@@ -84,6 +90,9 @@ pub struct Expected {
     pub grade: String,
     /// The advice the event carries, as its one line (`""`: none); unchecked when absent.
     pub advice: Option<String>,
+    /// Who the event calls (its grid's roster: the person on duty, then the supervisor, then
+    /// the head), by name; unchecked when absent.
+    pub to: Option<String>,
 }
 
 /// A rule file.

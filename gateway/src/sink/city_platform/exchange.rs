@@ -631,6 +631,7 @@ mod tests {
             advice: None,
             calendar: None,
             duty: None,
+            escalation: None,
         };
         let e = AlertEvent {
             kind: EventKind::Escalated,

@@ -123,7 +123,10 @@ impl AlertmanagerNotifier {
         let live = events.iter().filter(|(_, e)| {
             !matches!(
                 e.kind,
-                EventKind::Retrospective | EventKind::Assigned | EventKind::Commented
+                EventKind::Retrospective
+                    | EventKind::Assigned
+                    | EventKind::Commented
+                    | EventKind::EscalatedTo
             )
         });
         for (_, e) in live {

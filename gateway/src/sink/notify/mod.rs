@@ -486,6 +486,7 @@ pub(super) mod tests {
                 advice: None,
                 calendar: None,
                 duty: None,
+                escalation: None,
             },
         }
     }

@@ -70,10 +70,15 @@ impl WebhookNotifier {
                 // The person on duty is @-ed: DingTalk rings them when their number is both in
                 // `atMobiles` and in the text.
                 let mobiles: Vec<&str> = a
-                    .duty
-                    .iter()
-                    .filter_map(|d| d.on_duty.as_ref().or(Some(&d.head)))
+                    .escalation
+                    .as_ref()
+                    .and_then(|e| e.to.as_ref())
+                    .or(a
+                        .duty
+                        .as_ref()
+                        .map(|d| d.on_duty.as_ref().unwrap_or(&d.head)))
                     .map(|p| p.phone.as_str())
+                    .into_iter()
                     .collect();
                 let text = mobiles.iter().fold(text, |t, m| format!("{t}\n\n@{m}"));
                 json!({
@@ -141,6 +146,7 @@ pub fn markdown(event: &AlertEvent) -> String {
         EventKind::Retrospective => "事后发现 retrospective",
         EventKind::Assigned => "已指派 assigned",
         EventKind::Commented => "备注 commented",
+        EventKind::EscalatedTo => "无人确认，已升级 escalated to the next person",
     };
     let at = humantime::format_rfc3339_seconds(
         UNIX_EPOCH + Duration::from_millis((event.at_ms + 8 * 3_600_000).max(0) as u64),
@@ -160,6 +166,11 @@ pub fn markdown(event: &AlertEvent) -> String {
             "\n- 网格: {}（{}）\n- 值班: {who}",
             d.grid_name, d.unit
         ));
+    }
+    if event.kind == EventKind::EscalatedTo
+        && let Some(to) = a.escalation.as_ref().and_then(|e| e.to.as_ref())
+    {
+        text.push_str(&format!("\n- 升级至: {} {}", to.name, to.phone));
     }
     if let Some(advice) = &a.advice {
         text.push_str(&format!("\n- {}", advice.text));
