@@ -196,6 +196,24 @@ async fn an_accelerated_hour_reaches_victoria_metrics_with_the_expected_values()
         accepted(&gw, "gz-s4-g1") == HOUR_MINUTES as u64 + 1
     })
     .await;
+    // Accepted is counted as a batch is gathered; its points are stored when it is committed
+    // (up to store.commit_interval_ms later): wait for the heartbeats that close the last
+    // windows to be in the store before asking whether every stored point was delivered.
+    wait_for(
+        "the closing heartbeats committed",
+        Duration::from_secs(30),
+        || async {
+            let devices: Vec<std::sync::Arc<str>> = ["gz-p1-press", "gz-r1-d1", "gz-s4-g1"]
+                .into_iter()
+                .map(std::sync::Arc::from)
+                .collect();
+            let closing = t0 + (HOUR_MINUTES + 3) * MINUTE;
+            gw.store()
+                .readings_of(&devices, closing, i64::MAX, 60_000)
+                .is_ok_and(|r| r.iter().filter(|r| r.time_ms >= closing).count() == 3)
+        },
+    )
+    .await;
     wait_delivered(&gw, "every point in VictoriaMetrics").await;
 
     // Pipe P1: readings 0.30, 0.31, 0.32, 0.33, ... two per minute.

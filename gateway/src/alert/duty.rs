@@ -8,7 +8,9 @@
 //! alert event (`escalated_to`) that the notifiers carry (DingTalk @-s the person). An
 //! acknowledgement stops it; a higher grade starts it again from the person on duty. The step
 //! is part of the alert's state, committed with it: a restart neither repeats a step nor
-//! forgets one, and the time runs on from when the step was taken (wall clock).
+//! forgets one. Its times are event times, as all of an alert's (the raise's, plus the grade's
+//! time per step), checked against the wall clock: the replicas of a partition take the same
+//! steps at the same times, so each step is one event id for subscribers to keep once.
 
 use std::sync::Arc;
 
@@ -42,7 +44,8 @@ pub struct Route {
 pub struct Escalation {
     /// 0: the person on duty was called; 1: their supervisor; 2: the unit's head.
     pub step: u8,
-    /// When this step was taken, wall clock, Unix ms.
+    /// When this step was due (the raise's event time, plus the grade's time per step), Unix
+    /// ms.
     pub since_ms: i64,
     /// Who this step called (step 0: the person on duty, or the head when nobody was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +131,9 @@ impl super::Engine {
     /// Takes the next step of every open alert nobody acknowledged in its grade's time (see the
     /// module's documentation). Call it every second with the wall clock.
     pub fn escalate(&mut self, now_ms: i64) {
-        let due: Vec<(usize, Arc<str>)> = self
+        // Each due step with the time it was due: the raise's event time plus the grade's time
+        // per step, a time every replica computes alike.
+        let due: Vec<((usize, Arc<str>), i64)> = self
             .states
             .iter()
             .filter_map(|(key, s)| {
@@ -139,12 +144,12 @@ impl super::Engine {
                     && a.status == super::Status::Firing
                     && e.step < HEAD
                     && now_ms - e.since_ms >= after)
-                    .then(|| key.clone())
+                    .then(|| (key.clone(), e.since_ms + after))
             })
             .collect();
-        for key in due {
-            // Whoever the roster has on duty now: a roster changed meanwhile is followed.
-            let route = self.grids.route(&key.1, now_ms);
+        for (key, at_ms) in due {
+            // Whoever the roster had on duty then: a roster changed meanwhile is followed.
+            let route = self.grids.route(&key.1, at_ms);
             let Some(alert) = self.states.get_mut(&key).and_then(|s| s.alert.as_mut()) else {
                 continue;
             };
@@ -152,12 +157,12 @@ impl super::Engine {
                 continue;
             };
             e.step += 1;
-            e.since_ms = now_ms;
+            e.since_ms = at_ms;
             e.to = Some(called(&route, e.step));
             alert.duty = Some(route);
             let event = super::AlertEvent {
                 kind: super::EventKind::EscalatedTo,
-                at_ms: now_ms,
+                at_ms,
                 previous_severity: None,
                 alert: alert.clone(),
             };

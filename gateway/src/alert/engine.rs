@@ -632,9 +632,10 @@ impl Engine {
             // The person on duty is called now; an escalation starts again from them.
             alert.escalation = alert.duty.as_ref().map(|route| super::duty::Escalation {
                 step: 0,
-                // The wall clock: the batch's arrival, or the event's own time when it is later
-                // (presence and sinks are evaluated on the clock).
-                since_ms: self.wall_ms.map_or(time_ms, |w| w.max(time_ms)),
+                // Event time, as every other time of the alert: replicas of a partition take
+                // the same steps at the same times (one event id each), and an alarm a node
+                // queued while offline has been waiting since it happened.
+                since_ms: time_ms,
                 to: Some(super::duty::called(route, 0)),
             });
         }
