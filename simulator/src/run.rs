@@ -378,6 +378,14 @@ async fn judge(
                     && a["subject"] == x.subject.as_str()
                     && e["kind"] == x.kind.as_str()
                     && x.grade.as_ref().is_none_or(|g| a["severity"] == g.as_str())
+                    && x.advises.as_ref().is_none_or(|area| {
+                        a["advice"]["divert_to"]
+                            .as_array()
+                            .is_some_and(|d| d.iter().any(|d| d["area"] == area.as_str()))
+                    })
+                    && x.to
+                        .as_ref()
+                        .is_none_or(|name| a["escalation"]["to"]["name"] == name.as_str())
                     && between.is_none_or(|(lo, hi)| {
                         let m = ((e["at_ms"].as_i64().unwrap_or(0) + offset).rem_euclid(86_400_000)
                             / 60_000) as u32;
@@ -386,7 +394,7 @@ async fn judge(
             })
             .collect();
         let what = format!(
-            "{} {} {} {}×{}{}",
+            "{} {} {} {}×{}{}{}{}",
             x.rule,
             x.subject,
             x.kind,
@@ -394,7 +402,12 @@ async fn judge(
             x.count,
             x.between
                 .as_ref()
-                .map_or(String::new(), |[a, b]| format!(" between {a} and {b}"))
+                .map_or(String::new(), |[a, b]| format!(" between {a} and {b}")),
+            x.advises
+                .as_ref()
+                .map_or(String::new(), |a| format!(" advising {a}")),
+            x.to.as_ref()
+                .map_or(String::new(), |p| format!(" calling {p}"))
         );
         let ok = matching.len() == x.count as usize;
         all &= ok;

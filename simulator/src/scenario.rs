@@ -24,6 +24,8 @@
 //! grade = "orange"
 //! kind = "escalated"     # default "raised"
 //! count = 1              # default 1; 0 means "must not happen"
+//! advises = "S5"         # optional: its diversion advice sends visitors there
+//! to = "值班科长"        # optional: the person it calls (escalated_to: the next one)
 //! ```
 //!
 //! Simulated time always stays behind real time: the scenario's window is placed on a day that
@@ -244,6 +246,13 @@ pub struct Expect {
     /// Only transitions at local times in `[from, to]`.
     #[serde(default)]
     pub between: Option<[String; 2]>,
+    /// Only transitions whose diversion advice sends visitors to this scenic area.
+    #[serde(default)]
+    pub advises: Option<String>,
+    /// Only transitions that call this person (by name: the person on duty for `raised` and
+    /// `escalated`, the next one for `escalated_to`).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 fn raised() -> String {
@@ -317,9 +326,17 @@ impl Scenario {
             }
         }
         for x in &self.expects {
-            if !["raised", "escalated", "resolved", "renotified"].contains(&x.kind.as_str()) {
+            if ![
+                "raised",
+                "escalated",
+                "resolved",
+                "renotified",
+                "escalated_to",
+            ]
+            .contains(&x.kind.as_str())
+            {
                 bail!(
-                    "expect {} {}: kind \"{}\" is not raised, escalated, resolved or renotified",
+                    "expect {} {}: kind \"{}\" is not raised, escalated, resolved, renotified or escalated_to",
                     x.rule,
                     x.subject,
                     x.kind

@@ -83,6 +83,13 @@ async fn scenario_golden_week_tongtianyan() {
     passes("golden-week-tongtianyan", 2400.0).await;
 }
 
+/// Two nearby areas on a Golden Week morning: the full one's 橙 names the other with its
+/// occupancy; its unacknowledged 红 goes to the supervisor, then the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_golden_week_two_areas() {
+    passes("golden-week-two-areas", 2400.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_festival_night_songcheng() {
     passes("festival-night-songcheng", 2400.0).await;
