@@ -66,20 +66,11 @@ impl WebhookNotifier {
         let text = markdown(event);
         match format {
             WebhookFormat::Generic => json!(Envelope::new(seq, event)),
+            // The person it calls is @-ed: DingTalk rings them when their number is both in
+            // `atMobiles` and in the text; WeCom's markdown cannot @ a number, so a call goes
+            // as a text message with `mentioned_mobile_list`.
             WebhookFormat::Dingtalk => {
-                // The person on duty is @-ed: DingTalk rings them when their number is both in
-                // `atMobiles` and in the text.
-                let mobiles: Vec<&str> = a
-                    .escalation
-                    .as_ref()
-                    .and_then(|e| e.to.as_ref())
-                    .or(a
-                        .duty
-                        .as_ref()
-                        .map(|d| d.on_duty.as_ref().unwrap_or(&d.head)))
-                    .map(|p| p.phone.as_str())
-                    .into_iter()
-                    .collect();
+                let mobiles: Vec<&str> = called(a).into_iter().collect();
                 let text = mobiles.iter().fold(text, |t, m| format!("{t}\n\n@{m}"));
                 json!({
                     "msgtype": "markdown",
@@ -87,10 +78,16 @@ impl WebhookNotifier {
                     "at": { "atMobiles": mobiles, "isAtAll": false },
                 })
             }
-            WebhookFormat::Wecom => json!({
-                "msgtype": "markdown",
-                "markdown": { "content": text },
-            }),
+            WebhookFormat::Wecom => match called(a) {
+                Some(mobile) => json!({
+                    "msgtype": "text",
+                    "text": { "content": text, "mentioned_mobile_list": [mobile] },
+                }),
+                None => json!({
+                    "msgtype": "markdown",
+                    "markdown": { "content": text },
+                }),
+            },
         }
     }
 
@@ -132,6 +129,19 @@ impl WebhookNotifier {
         }
         Ok(())
     }
+}
+
+/// The mobile number an event calls: the step's person, or the person on duty (the unit's head
+/// when nobody is).
+fn called(a: &crate::alert::Alert) -> Option<&str> {
+    a.escalation
+        .as_ref()
+        .and_then(|e| e.to.as_ref())
+        .or(a
+            .duty
+            .as_ref()
+            .map(|d| d.on_duty.as_ref().unwrap_or(&d.head)))
+        .map(|p| p.phone.as_str())
 }
 
 /// A markdown message for robots: grade, subject, what and when (Beijing time).
@@ -224,6 +234,9 @@ mod tests {
         let text = d["markdown"]["text"].as_str().unwrap();
         assert!(text.ends_with("@13900000021"), "{text}");
         assert!(text.contains("- 值班: 王丽 13900000021"), "{text}");
+        let w = WebhookNotifier::body(WebhookFormat::Wecom, 7, &e);
+        assert_eq!(w["msgtype"], "text");
+        assert_eq!(w["text"]["mentioned_mobile_list"][0], "13900000021");
         // Nobody on duty: the head is called.
         e.alert.duty.as_mut().unwrap().on_duty = None;
         let d = WebhookNotifier::body(WebhookFormat::Dingtalk, 7, &e);
