@@ -990,17 +990,18 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         "{}",
         step.0
     );
+    let tunnel_alert = || {
+        gw.alerts()
+            .engine
+            .lock()
+            .unwrap()
+            .open_alerts()
+            .into_iter()
+            .find(|a| a.subject == "T1")
+            .unwrap()
+    };
     // Acknowledged now: the step to the head (2 s later) does not come.
-    let id = gw
-        .alerts()
-        .engine
-        .lock()
-        .unwrap()
-        .open_alerts()
-        .into_iter()
-        .find(|a| a.subject == "T1")
-        .unwrap()
-        .id;
+    let id = tunnel_alert().id;
     let (status, body) = post(
         gw.http_addr(),
         &format!("/api/v1/alerts/{id}/ack"),
@@ -1015,17 +1016,6 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         !calls.iter().any(|(_, m)| m == "13800000003"),
         "the head was called after the acknowledgement: {calls:?}"
     );
-    let escalation = gw
-        .alerts()
-        .engine
-        .lock()
-        .unwrap()
-        .open_alerts()
-        .into_iter()
-        .find(|a| a.subject == "T1")
-        .unwrap()
-        .escalation
-        .unwrap();
-    assert_eq!(escalation.step, 1);
+    assert_eq!(tunnel_alert().escalation.unwrap().step, 1);
     gw.stop().await;
 }

@@ -199,6 +199,12 @@ impl Situation {
         }
     }
 
+    /// Takes over what `before` has seen (a reload rebuilds the site, not the situation).
+    pub(super) fn carry_over(&mut self, before: &mut Situation) {
+        self.occupancy = std::mem::take(&mut before.occupancy);
+        self.grades = std::mem::take(&mut before.grades);
+    }
+
     /// Takes in an aggregate: an area's occupancy, a segment's 5-minute grade.
     pub(super) fn observe(&mut self, p: &Point) {
         let (latest, subject, value) = match p.measurement.as_str() {
@@ -359,19 +365,7 @@ fn push_roads(text: &mut String, roads: &[Road]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn crowd(area: &str, minute: i64, ratio: f64) -> Point {
-        Point {
-            measurement: "crowd".into(),
-            tags: vec![
-                ("area".into(), area.into()),
-                ("zone".into(), "360702".into()),
-            ],
-            fields: vec![("occupancy_ratio".into(), FieldValue::Float(ratio))],
-            time_ms: minute * 60_000,
-            quality: Default::default(),
-        }
-    }
+    use crate::alert::engine::tests::crowd_point as crowd;
 
     fn traffic(segment: &str, minute: i64, grade: i64) -> Point {
         Point {

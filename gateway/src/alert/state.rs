@@ -168,7 +168,8 @@ impl Engine {
     /// Takes in the rules of a reload and the catalog they apply to: the states of rules
     /// still in force are kept (open alerts, acknowledgements, episodes), as are the recent
     /// values of derivations; holds under way start again. Call with every change committed
-    /// (the commit lock held). Returns the states of rules no longer in force, dropped.
+    /// (the commit lock held). The latest occupancies and grades the advice reads are kept too.
+    /// Returns the states of rules no longer in force, dropped.
     pub fn reload(&mut self, catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Vec<String> {
         let mut next = Engine::new(catalog, rules, renotify_s);
         let rows = self
@@ -178,6 +179,7 @@ impl Engine {
             .collect();
         let dropped = next.restore(rows);
         next.history = std::mem::take(&mut self.history);
+        next.situation.carry_over(&mut self.situation);
         *self = next;
         dropped
     }
