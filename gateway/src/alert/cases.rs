@@ -68,6 +68,7 @@ pub fn run_case(
     let mut engine = fresh();
     let ms = |s: f64| (s * 1000.0).round() as i64;
     let (mut ack_at, mut restart_at) = (case.ack_at_s.map(ms), case.restart_at_s.map(ms));
+    let mut roster_change = case.roster_change.as_ref();
     let mut events = Vec::new();
     let mut around: Vec<(i64, Point)> = case.around.iter().filter_map(around_point).collect();
     around.sort_by_key(|(t, _)| *t);
@@ -116,6 +117,15 @@ pub fn run_case(
             let mut restarted = fresh();
             restarted.restore(committed.states);
             engine = restarted;
+        }
+        if let Some(change) = roster_change.filter(|c| ms(c.at_s) <= *at) {
+            roster_change = None;
+            let mut changed = catalog.clone();
+            match changed.site.grids.iter_mut().find(|g| g.id == change.grid) {
+                Some(g) => g.duty = change.duty.clone(),
+                None => return Err(format!("roster_change: no grid \"{}\"", change.grid)),
+            }
+            engine.grids = super::duty::Grids::new(&changed);
         }
         // Rows are the wall clock too: holds end and unanswered alerts go to the next person.
         engine.arrived(*at);

@@ -38,6 +38,21 @@ pub struct TestCase {
     /// The gateway restarts at this time: the engine is rebuilt from the committed states.
     #[serde(default)]
     pub restart_at_s: Option<f64>,
+    /// A grid's roster is replaced at a time (a reload of the site file).
+    #[serde(default)]
+    pub roster_change: Option<RosterChange>,
+}
+
+/// A grid's new roster from a time on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterChange {
+    /// When, seconds.
+    pub at_s: f64,
+    /// The grid.
+    pub grid: String,
+    /// Its roster from then on, as in the site file's `[[grid.duty]]`.
+    pub duty: Vec<device_profiles::grid::Duty>,
 }
 
 /// A value of another place at a time: an area's occupancy or a road segment's grade.

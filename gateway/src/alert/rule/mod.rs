@@ -10,7 +10,7 @@ mod defaults;
 mod file;
 
 pub use defaults::{DefaultsTuning, defaults};
-pub use file::{Around, Expected, Ramp, RuleFile, TestCase};
+pub use file::{Around, Expected, Ramp, RosterChange, RuleFile, TestCase};
 
 use std::collections::BTreeMap;
 
