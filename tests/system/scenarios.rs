@@ -84,10 +84,142 @@ async fn scenario_golden_week_tongtianyan() {
 }
 
 /// Two nearby areas on a Golden Week morning: the full one's 橙 names the other with its
-/// occupancy; its unacknowledged 红 goes to the supervisor, then the head.
+/// occupancy (the scenario's expectations). Its 红, unacknowledged for 红's time (3 s here),
+/// goes to the supervisor: the DingTalk receiver gets the call; an operator acknowledges, and
+/// the unit's head is not called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_golden_week_two_areas() {
-    passes("golden-week-two-areas", 2400.0).await;
+    use system_tests::http::Webhook;
+    let broker = Mosquitto::start();
+    let hook = Webhook::start(false).await;
+    let mut site = (*catalog()).clone();
+    let grid = site
+        .site
+        .grids
+        .iter_mut()
+        .find(|g| g.id == "zg-west-scenic")
+        .unwrap();
+    grid.escalate_after_s.insert("red".into(), 3);
+    let keys = gateway::keys::Keys::demo(&site);
+    let url = format!("http://{}/robot", hook.addr);
+    let gw = start_gateway_on(
+        std::sync::Arc::new(site),
+        keys,
+        "two-areas",
+        broker.port,
+        |s| {
+            s.alerts
+                .webhook
+                .push(gateway::sink::notify::WebhookSection {
+                    name: "duty".into(),
+                    url,
+                    format: gateway::sink::notify::WebhookFormat::Dingtalk,
+                    secret_env: None,
+                    timeout_ms: 2_000,
+                });
+        },
+    )
+    .await;
+    // The operator: answers the supervisor's call by acknowledging the 红.
+    let calls = |hook: &Webhook| -> Vec<(String, String)> {
+        hook.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["markdown"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    b["at"]["atMobiles"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (watch_hook, alerts, http) = (hook.clone(), gw.alerts().clone(), gw.http_addr());
+    let operator = tokio::spawn(async move {
+        let mut red_seen = None;
+        loop {
+            let supervisor_called = calls(&watch_hook)
+                .iter()
+                .any(|(t, _)| t.contains("无人确认") && t.contains("[红] 通天岩"));
+            let red = alerts
+                .engine
+                .lock()
+                .unwrap()
+                .open_alerts()
+                .into_iter()
+                .find(|a| a.subject == "S4" && a.severity == "red" && a.rule == "crowd.occupancy");
+            if red.is_some() {
+                red_seen.get_or_insert_with(std::time::Instant::now);
+            }
+            if let (true, Some(red), Some(seen)) = (supervisor_called, red, red_seen) {
+                let waited = seen.elapsed();
+                let path = format!("/api/v1/alerts/{}/ack", red.id);
+                let (status, body) =
+                    system_tests::http::post(http, &path, r#"{"note": "已启动分流"}"#).await;
+                assert_eq!(status, 200, "{body}");
+                return (red.id, waited);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let outcome = run(
+        &catalog(),
+        &scenario("golden-week-two-areas"),
+        &run_options(broker.port, &gw, 2400.0),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.passed, "{}", outcome.report);
+    let (id, waited) = tokio::time::timeout(Duration::from_secs(20), operator)
+        .await
+        .expect("the supervisor was never called about the 红")
+        .unwrap();
+    // The rehearsed 红 happened hours ago in event time; the person on duty still had their
+    // 3 s (less the polling's 50 ms) before the supervisor was called.
+    assert!(
+        waited >= Duration::from_millis(2_500),
+        "the supervisor was called {waited:?} after the 红 appeared"
+    );
+    // The head's turn would come 3 s after the supervisor's: wait past it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let made = calls(&hook);
+    let supervisor = made
+        .iter()
+        .find(|(t, _)| t.contains("无人确认") && t.contains("[红] 通天岩"))
+        .unwrap();
+    assert!(
+        supervisor.0.contains("- 升级至: 值班科长（示例）"),
+        "{}",
+        supervisor.0
+    );
+    assert!(
+        !made
+            .iter()
+            .any(|(t, m)| m == "13800000001" && t.contains("[红] 通天岩")),
+        "the head was called after the acknowledgement: {made:?}"
+    );
+    let alert = gw
+        .alerts()
+        .engine
+        .lock()
+        .unwrap()
+        .open_alerts()
+        .into_iter()
+        .find(|a| a.id == id);
+    if let Some(a) = alert {
+        assert_eq!(
+            a.escalation.unwrap().step,
+            1,
+            "no step after the acknowledgement"
+        );
+    }
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

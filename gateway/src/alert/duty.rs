@@ -10,7 +10,10 @@
 //! is part of the alert's state, committed with it: a restart neither repeats a step nor
 //! forgets one. Its times are event times, as all of an alert's (the raise's, plus the grade's
 //! time per step), checked against the wall clock: the replicas of a partition take the same
-//! steps at the same times, so each step is one event id for subscribers to keep once.
+//! steps at the same times, so each step is one event id for subscribers to keep once. A step
+//! also waits its grade's time on the wall clock since the step before was taken (or the alert
+//! raised) by this gateway: an alarm that arrives late (a node's queue after an outage, a
+//! rehearsal of a past day) still gives each person their time to answer.
 
 use std::sync::Arc;
 
@@ -140,10 +143,15 @@ impl super::Engine {
                 let a = s.alert.as_ref()?;
                 let e = a.escalation.as_ref()?;
                 let after = self.grids.escalate_after_ms(&key.1, &a.severity)?;
+                let paced = self
+                    .stepped_wall
+                    .get(key)
+                    .is_none_or(|&w| now_ms - w >= after);
                 (a.ack.is_none()
                     && a.status == super::Status::Firing
                     && e.step < HEAD
-                    && now_ms - e.since_ms >= after)
+                    && now_ms - e.since_ms >= after
+                    && paced)
                     .then(|| (key.clone(), e.since_ms + after))
             })
             .collect();
@@ -160,6 +168,7 @@ impl super::Engine {
             e.since_ms = at_ms;
             e.to = Some(called(&route, e.step));
             alert.duty = Some(route);
+            self.stepped_wall.insert(key.clone(), now_ms);
             let event = super::AlertEvent {
                 kind: super::EventKind::EscalatedTo,
                 at_ms,
@@ -226,6 +235,32 @@ mod tests {
         assert!(
             steps(&e.take_changes()).is_empty(),
             "the head is the last step"
+        );
+    }
+
+    #[test]
+    fn a_late_alarm_still_gives_each_person_their_time_on_the_wall_clock() {
+        let mut e = engine();
+        // Raised an hour after its event time (a node's queue after an outage).
+        e.arrived(T + 3_600_000);
+        e.on_points(&[Point {
+            time_ms: T,
+            ..crowd_point("S4", 0, 1.02)
+        }]);
+        e.take_changes();
+        e.escalate(T + 3_600_000 + 1_000);
+        assert!(
+            steps(&e.take_changes()).is_empty(),
+            "the person on duty gets 5 minutes"
+        );
+        e.escalate(T + 3_900_000);
+        let c = e.take_changes();
+        assert_eq!(steps(&c), [(1, "值班科长（示例）".to_owned())]);
+        assert_eq!(c.events[0].at_ms, T + 300_000, "due at event time + 5 min");
+        e.escalate(T + 3_901_000);
+        assert!(
+            steps(&e.take_changes()).is_empty(),
+            "and the supervisor too"
         );
     }
 

@@ -69,6 +69,9 @@ pub struct Engine {
     pub(super) calendar: Option<String>,
     /// Grids and rosters: who an alert goes to.
     pub(super) grids: super::duty::Grids,
+    /// When each alert's current escalation step was taken, wall clock (in memory: it paces
+    /// the steps of an alarm that comes late, see [`super::duty`]).
+    pub(super) stepped_wall: HashMap<(usize, Arc<str>), i64>,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -206,6 +209,7 @@ impl Engine {
             situation: super::advice::Situation::default(),
             calendar: None,
             grids: super::duty::Grids::default(),
+            stepped_wall: HashMap::default(),
         }
     }
 
@@ -630,6 +634,8 @@ impl Engine {
             }
             alert.duty = self.grids.route(subject, time_ms);
             // The person on duty is called now; an escalation starts again from them.
+            let wall = self.wall_ms.map_or(time_ms, |w| w.max(time_ms));
+            self.stepped_wall.insert(key.clone(), wall);
             alert.escalation = alert.duty.as_ref().map(|route| super::duty::Escalation {
                 step: 0,
                 // Event time, as every other time of the alert: replicas of a partition take
