@@ -13,6 +13,7 @@
 //! cap_factor = 0.75          # every scenic area and choke point
 //! cap_factor_by_area = { S4 = 0.5 }
 //! arrival_factor = 5.0       # the simulator's visitors against a normal day
+//! rule_scale = { "crowd.daily" = 0.9 }   # rule thresholds these days, by rule id
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ pub struct Entry {
     /// Visitors arriving against a normal day, for the simulator (> 0).
     #[serde(default)]
     pub arrival_factor: Option<f64>,
+    /// Rule thresholds these days: each named rule's grades multiplied by its factor (> 0),
+    /// e.g. `{ "traffic.congestion" = 1.1 }` to tolerate holiday traffic a little longer.
+    #[serde(default)]
+    pub rule_scale: BTreeMap<String, f64>,
 }
 
 /// What kind of day.

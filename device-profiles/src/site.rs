@@ -163,16 +163,45 @@ pub struct ScenicArea {
     /// advice says to avoid).
     #[serde(default)]
     pub access_roads: Vec<String>,
-    /// Scenic areas to send visitors to when this one is full (分流疏导), first choice first.
-    /// Others within the diversion radius follow, nearest first.
+    /// Scenic areas to send visitors to when this one is full (分流疏导), first choice first:
+    /// an id (`"S5"`, the straight-line distance is used), or the route as people take it
+    /// (`{ area = "S5", distance_km = 13.5, mode = "drive" }`). Others within the diversion
+    /// radius follow, nearest first.
     #[serde(default)]
-    pub neighbours: Vec<String>,
+    pub neighbours: Vec<Neighbour>,
     /// Choke points inside the area with their own capacity (浮桥, wall stairs, glass bridge).
     #[serde(default, rename = "choke_point")]
     pub choke_points: Vec<ChokePoint>,
     /// Where it is (its main entrance), for the console's map.
     #[serde(default)]
     pub location: Option<LatLon>,
+}
+
+/// A neighbour of a scenic area, for diversion advice.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Neighbour {
+    /// Its id: the distance is the straight line between the two locations.
+    Area(String),
+    /// Its id with the route's length and how people go.
+    Route {
+        /// Scenic area id.
+        area: String,
+        /// Walking or driving distance, km.
+        distance_km: f64,
+        /// `walk` or `drive` (by the distance when absent: walking under 2 km).
+        #[serde(default)]
+        mode: Option<String>,
+    },
+}
+
+impl Neighbour {
+    /// The neighbour's area id.
+    pub fn area(&self) -> &str {
+        match self {
+            Neighbour::Area(a) | Neighbour::Route { area: a, .. } => a,
+        }
+    }
 }
 
 /// A place on the map: latitude and longitude in degrees (WGS-84; GCJ-02 from Chinese maps is
@@ -533,11 +562,27 @@ impl Site {
                 ));
             }
             for (j, n) in a.neighbours.iter().enumerate() {
-                if n == &a.id || !self.scenic_areas.iter().any(|o| o.id == *n) {
+                let id = n.area();
+                if id == a.id || !self.scenic_areas.iter().any(|o| o.id == id) {
                     p.push((
                         format!("{path}.neighbours[{j}]"),
                         format!(
-                            "scenic area \"{}\": neighbour \"{n}\" is not another [[scenic_area]]",
+                            "scenic area \"{}\": neighbour \"{id}\" is not another [[scenic_area]]",
+                            a.id
+                        ),
+                    ));
+                }
+                if let Neighbour::Route {
+                    distance_km, mode, ..
+                } = n
+                    && (*distance_km <= 0.0
+                        || !distance_km.is_finite()
+                        || mode.as_deref().is_some_and(|m| m != "walk" && m != "drive"))
+                {
+                    p.push((
+                        format!("{path}.neighbours[{j}]"),
+                        format!(
+                            "scenic area \"{}\": the route to \"{id}\" needs distance_km above 0 and mode \"walk\" or \"drive\"",
                             a.id
                         ),
                     ));

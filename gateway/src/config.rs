@@ -164,7 +164,25 @@ impl AlertsSection {
             );
             tuning.cap_factor_by_area.insert(area.clone(), cap);
         }
-        let rules = crate::alert::rule::in_force(catalog, &self.rule_files, tuning)?;
+        let mut rules = crate::alert::rule::in_force(catalog, &self.rule_files, tuning)?;
+        let known: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+        for e in &entries {
+            if let Some(rule) = e.rule_scale.keys().find(|r| !known.contains(&r.as_str())) {
+                anyhow::bail!(
+                    "calendar entry \"{}\": rule_scale names \"{rule}\", which is not a rule in force",
+                    e.id
+                );
+            }
+        }
+        for r in &mut rules {
+            for e in &entries {
+                if let Some(f) = e.rule_scale.get(&r.id) {
+                    for g in &mut r.grades {
+                        g.at *= f;
+                    }
+                }
+            }
+        }
         let described = (!entries.is_empty()).then(|| {
             entries
                 .iter()
@@ -179,6 +197,7 @@ impl AlertsSection {
                             .iter()
                             .map(|(a, c)| format!("{a} {:.0}%", c * 100.0)),
                     );
+                    caps.extend(e.rule_scale.iter().map(|(r, f)| format!("{r} ×{f}")));
                     if caps.is_empty() {
                         format!("{} ({})", e.name, e.id)
                     } else {
@@ -418,6 +437,15 @@ mod tests {
             (r.scale["S3-bridge"] - 0.5 / 0.75).abs() < 1e-9,
             "{:?}",
             r.scale
+        );
+        // 五一: the forecast rule's threshold is scaled for those days.
+        let (rules, calendar) = section.rules_on(&catalog, "2026-05-02").unwrap();
+        assert!(calendar.unwrap().contains("crowd.forecast ×0.9"));
+        let forecast = rules.iter().find(|r| r.id == "crowd.forecast").unwrap();
+        assert!(
+            (forecast.grades[0].at - 0.72).abs() < 1e-9,
+            "{:?}",
+            forecast.grades
         );
         let (rules, calendar) = section.rules_on(&catalog, "2026-11-02").unwrap();
         assert_eq!(calendar, None);

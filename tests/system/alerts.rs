@@ -599,6 +599,7 @@ async fn alertmanager_gets_labelled_alerts_and_resolutions_while_a_dead_webhook_
             url: hook_url,
             format: WebhookFormat::Dingtalk,
             secret_env: None,
+            grids: Vec::new(),
             timeout_ms: 2_000,
         });
     })
@@ -918,7 +919,9 @@ async fn a_start_in_opening_hours_raises_no_drift_until_a_count_and_then_a_real_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgement_stops_the_head() {
     let broker = Mosquitto::start();
+    // The pipes unit's robot group, and the scenic unit's, which must hear nothing of pipes.
     let hook = Webhook::start(false).await;
+    let scenic = Webhook::start(false).await;
     let mut site = (*catalog()).clone();
     let grid = site
         .site
@@ -929,6 +932,7 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
     grid.escalate_after_s.insert("critical".into(), 2);
     let keys = gateway::keys::Keys::demo(&site);
     let url = format!("http://{}/robot", hook.addr);
+    let scenic_url = format!("http://{}/robot", scenic.addr);
     let gw = start_gateway_on(
         std::sync::Arc::new(site),
         keys,
@@ -936,10 +940,19 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         broker.port,
         |s| {
             s.alerts.webhook.push(WebhookSection {
-                name: "grid".into(),
+                name: "pipes".into(),
                 url,
                 format: WebhookFormat::Dingtalk,
                 secret_env: None,
+                grids: vec!["zg-pipes".into()],
+                timeout_ms: 2_000,
+            });
+            s.alerts.webhook.push(WebhookSection {
+                name: "scenic".into(),
+                url: scenic_url,
+                format: WebhookFormat::Dingtalk,
+                secret_env: None,
+                grids: vec!["zg-west-scenic".into(), "zg-old-city".into()],
                 timeout_ms: 2_000,
             });
         },
@@ -1017,5 +1030,9 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         "the head was called after the acknowledgement: {calls:?}"
     );
     assert_eq!(tunnel_alert().escalation.unwrap().step, 1);
+    assert!(
+        scenic.accepted.lock().unwrap().is_empty(),
+        "the scenic unit's robot heard of a tunnel alarm"
+    );
     gw.stop().await;
 }

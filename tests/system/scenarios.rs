@@ -115,6 +115,7 @@ async fn scenario_golden_week_two_areas() {
                     url,
                     format: gateway::sink::notify::WebhookFormat::Dingtalk,
                     secret_env: None,
+                    grids: Vec::new(),
                     timeout_ms: 2_000,
                 });
         },

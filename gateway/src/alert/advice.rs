@@ -5,8 +5,9 @@
 //!   grade (a crowd rule on `forecast_ratio`), names the areas to send visitors to: its
 //!   `neighbours` first, in the site file's order, then the other areas within
 //!   [`RADIUS_KM`], nearest first; only those below [`BELOW`] of their capacity by a value at
-//!   most [`FRESH_MS`] old, at most [`MAX_DESTINATIONS`]. Each comes with its occupancy and its
-//!   straight-line distance (walking below [`WALK_KM`], driving beyond). The area's access
+//!   most [`FRESH_MS`] old, at most [`MAX_DESTINATIONS`]. Each comes with its occupancy and
+//!   its distance: the route the site file gives for a neighbour (walking or driving), or the
+//!   straight line (walking below [`WALK_KM`], driving beyond). The area's access
 //!   roads follow, with their congestion grade: the roads to keep visitors off.
 //! - A road segment at 严重拥堵 (a traffic rule on `grade` at 5) names its `alternatives` with
 //!   their grade.
@@ -55,6 +56,9 @@ pub struct Destination {
     /// `walk` or `drive` (with a distance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The distance is the straight line between the two areas (no route in the site file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub straight_line: bool,
 }
 
 /// A road segment and how it flows.
@@ -91,9 +95,13 @@ pub struct Advice {
 struct Area {
     name: String,
     location: Option<LatLon>,
-    neighbours: Vec<Arc<str>>,
+    /// Neighbours with the route people take, when the site file gives one.
+    neighbours: Vec<(Arc<str>, Option<Route>)>,
     access_roads: Vec<Arc<str>>,
 }
+
+/// A route from the site file: km, and `walk` or `drive` when it says.
+type Route = (f64, Option<String>);
 
 #[derive(Debug, Clone, Default)]
 struct Segment {
@@ -168,7 +176,21 @@ impl Situation {
                         Area {
                             name: a.name.clone(),
                             location: a.location,
-                            neighbours: a.neighbours.iter().map(|n| n.as_str().into()).collect(),
+                            neighbours: a
+                                .neighbours
+                                .iter()
+                                .map(|n| {
+                                    let route = match n {
+                                        device_profiles::site::Neighbour::Area(_) => None,
+                                        device_profiles::site::Neighbour::Route {
+                                            distance_km,
+                                            mode,
+                                            ..
+                                        } => Some((*distance_km, mode.clone())),
+                                    };
+                                    (Arc::from(n.area()), route)
+                                })
+                                .collect(),
                             access_roads: a
                                 .access_roads
                                 .iter()
@@ -272,28 +294,36 @@ impl Situation {
             (Some(a), Some(b)) => Some(distance_km(a, b)),
             _ => None,
         };
-        let mut nearby: Vec<(&Arc<str>, &Area, Option<f64>)> = self
+        // (area id, area, distance km, mode from the site file, straight line)
+        type Candidate<'a> = (&'a Arc<str>, &'a Area, Option<f64>, Option<String>, bool);
+        let mut nearby: Vec<Candidate<'_>> = self
             .areas
             .iter()
-            .filter(|(id, _)| &**id != subject && !full.neighbours.contains(id))
-            .map(|(id, a)| (id, a, distance(a)))
-            .filter(|(_, _, d)| d.is_some_and(|d| d <= RADIUS_KM))
+            .filter(|(id, _)| &**id != subject && !full.neighbours.iter().any(|(n, _)| n == id))
+            .map(|(id, a)| (id, a, distance(a), None, true))
+            .filter(|(_, _, d, _, _)| d.is_some_and(|d| d <= RADIUS_KM))
             .collect();
         nearby.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
-        let neighbours = full.neighbours.iter().filter_map(|n| {
+        let neighbours = full.neighbours.iter().filter_map(|(n, route)| {
             let (id, a) = self.areas.iter().find(|(id, _)| id == n)?;
-            Some((id, a, distance(a)))
+            Some(match route {
+                Some((km, mode)) => (id, a, Some(*km), mode.clone(), false),
+                None => (id, a, distance(a), None, true),
+            })
         });
         let divert_to: Vec<Destination> = neighbours
             .chain(nearby)
-            .filter_map(|(id, a, d)| {
+            .filter_map(|(id, a, d, mode, straight_line)| {
                 let &(at, ratio) = self.occupancy.get(id)?;
                 (ratio < BELOW && now_ms - at <= FRESH_MS).then(|| Destination {
                     area: id.to_string(),
                     name: a.name.clone(),
                     occupancy_ratio: ratio,
                     distance_km: d.map(|d| (d * 10.0).round() / 10.0),
-                    mode: d.map(|d| if d < WALK_KM { "walk" } else { "drive" }.to_owned()),
+                    mode: mode.or_else(|| {
+                        d.map(|d| if d < WALK_KM { "walk" } else { "drive" }.to_owned())
+                    }),
+                    straight_line: straight_line && d.is_some(),
                 })
             })
             .take(MAX_DESTINATIONS)
@@ -317,7 +347,8 @@ impl Situation {
             );
             if let (Some(km), Some(mode)) = (d.distance_km, &d.mode) {
                 let how = if mode == "walk" { "步行" } else { "驾车" };
-                let _ = write!(text, "，约 {km:.1} km，{how}");
+                let line = if d.straight_line { "直线" } else { "" };
+                let _ = write!(text, "，{line}约 {km:.1} km，{how}");
             }
             text.push('）');
         }
@@ -402,16 +433,15 @@ mod tests {
         assert_eq!(a.divert_to.len(), 1, "{a:?}");
         let d = &a.divert_to[0];
         assert_eq!((d.area.as_str(), d.occupancy_ratio), ("S5", 0.45));
-        let km = d.distance_km.unwrap();
-        assert!(
-            (9.0..10.0).contains(&km),
-            "通天岩 to 方特 is about 9 km: {km}"
-        );
+        // The site file gives the route by road for this neighbour.
+        assert_eq!(d.distance_km, Some(13.5));
+        assert!(!d.straight_line);
         assert_eq!(d.mode.as_deref(), Some("drive"));
         assert_eq!(a.avoid[0].segment, "R2");
         assert_eq!(a.avoid[0].label, "中度拥堵");
         assert!(
-            a.text.starts_with("分流：方特东方欲晓（在园 45%，约 9."),
+            a.text
+                .starts_with("分流：方特东方欲晓（在园 45%，约 13.5 km，驾车）"),
             "{}",
             a.text
         );
@@ -450,7 +480,14 @@ mod tests {
             .unwrap();
         let ids: Vec<&str> = a.divert_to.iter().map(|d| d.area.as_str()).collect();
         assert_eq!(ids, ["S2", "S4"]);
+        // A neighbour without a route: the straight line, walking.
         assert_eq!(a.divert_to[0].mode.as_deref(), Some("walk"));
+        assert!(a.divert_to[0].straight_line);
+        assert!(
+            a.text.contains("八境台·宋城墙（在园 50%，直线约"),
+            "{}",
+            a.text
+        );
         // An older point does not replace a newer one.
         s.observe(&crowd("S2", 50, 0.99));
         let a = s

@@ -72,6 +72,22 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
         config.site.zones
     );
     let rules = load_rules(&catalog, &config.alerts).with_context(|| path.display().to_string())?;
+    for (i, w) in config.alerts.webhook.iter().enumerate() {
+        for g in &w.grids {
+            anyhow::ensure!(
+                catalog.site.grids.iter().any(|x| x.id == *g),
+                "{}: alerts.webhook[{i}].grids: \"{g}\" is not a [[grid]] of the site (grids: {})",
+                path.display(),
+                catalog
+                    .site
+                    .grids
+                    .iter()
+                    .map(|x| x.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let polled = if config.modbus.enabled {
         source::modbus::devices(&catalog, &config.site.zones, &config.modbus)
             .with_context(|| path.display().to_string())?

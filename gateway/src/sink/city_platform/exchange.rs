@@ -664,10 +664,11 @@ mod tests {
                 occupancy_ratio: 0.45,
                 distance_km: Some(9.3),
                 mode: Some("drive".into()),
+                straight_line: true,
             }],
             avoid: vec![road(Some(4))],
             alternatives: vec![road(None)],
-            text: "分流：方特东方欲晓（在园 45%，约 9.3 km，驾车）".into(),
+            text: "分流：方特东方欲晓（在园 45%，直线约 9.3 km，驾车）".into(),
         });
         let r = x.alert("citysense.alerts", 8, &advised);
         validate(&r);

@@ -51,6 +51,10 @@ pub struct WebhookSection {
     /// Request timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Only alerts of these grids (`[[grid]]` ids of the site): a unit's own robot group.
+    /// Empty: every alert.
+    #[serde(default)]
+    pub grids: Vec<String>,
 }
 
 /// How a webhook body looks.

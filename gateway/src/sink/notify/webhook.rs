@@ -95,10 +95,17 @@ impl WebhookNotifier {
         &mut self,
         events: &[(i64, AlertEvent)],
     ) -> Result<(), DeliveryError> {
-        // A retrospective episode is over: no live alarm for the robots.
-        let live = events
-            .iter()
-            .filter(|(_, e)| e.kind != EventKind::Retrospective);
+        // A retrospective episode is over: no live alarm for the robots. A unit's robot hears
+        // only its grids' alerts.
+        let grids = &self.section.grids;
+        let live = events.iter().filter(|(_, e)| {
+            e.kind != EventKind::Retrospective
+                && (grids.is_empty()
+                    || e.alert
+                        .duty
+                        .as_ref()
+                        .is_some_and(|d| grids.contains(&d.grid)))
+        });
         for (seq, event) in live {
             let body = Self::body(self.section.format, *seq, event);
             let response = self
@@ -250,6 +257,7 @@ mod tests {
             url: "https://oapi.dingtalk.com/robot/send?access_token=abc".into(),
             format: WebhookFormat::Dingtalk,
             secret_env: None,
+            grids: Vec::new(),
             timeout_ms: 1000,
         })
         .unwrap();
@@ -280,6 +288,7 @@ mod tests {
             format: WebhookFormat::Dingtalk,
             secret_env: Some("CITYSENSE_TEST_SURELY_UNSET".into()),
             timeout_ms: 1000,
+            grids: Vec::new(),
         })
         .unwrap_err()
         .to_string();
