@@ -13,7 +13,9 @@
 //! steps at the same times, so each step is one event id for subscribers to keep once. A step
 //! also waits its grade's time on the wall clock since the step before was taken (or the alert
 //! raised) by this gateway: an alarm that arrives late (a node's queue after an outage, a
-//! rehearsal of a past day) still gives each person their time to answer.
+//! rehearsal of a past day) still gives each person their time to answer. After a restart the
+//! wait starts again from the start: a step that fell due while the gateway was down comes one
+//! grade's time later, with the time it was due.
 
 use std::sync::Arc;
 
@@ -143,10 +145,11 @@ impl super::Engine {
                 let a = s.alert.as_ref()?;
                 let e = a.escalation.as_ref()?;
                 let after = self.grids.escalate_after_ms(&key.1, &a.severity)?;
+                // Unknown after a restart: paced from the first look (below).
                 let paced = self
                     .stepped_wall
                     .get(key)
-                    .is_none_or(|&w| now_ms - w >= after);
+                    .is_some_and(|&w| now_ms - w >= after);
                 (a.ack.is_none()
                     && a.status == super::Status::Firing
                     && e.step < HEAD
@@ -155,6 +158,16 @@ impl super::Engine {
                     .then(|| (key.clone(), e.since_ms + after))
             })
             .collect();
+        // An alert this gateway has not paced yet (it restarted) starts its wall-clock wait now: a step due meanwhile comes one grade's time later rather
+        // than at once, and every replica waits alike.
+        for (key, s) in &self.states {
+            if s.alert
+                .as_ref()
+                .is_some_and(|a| a.escalation.is_some() && a.status == super::Status::Firing)
+            {
+                self.stepped_wall.entry(key.clone()).or_insert(now_ms);
+            }
+        }
         for (key, at_ms) in due {
             // Whoever the roster had on duty then: a roster changed meanwhile is followed.
             let route = self.grids.route(&key.1, at_ms);
@@ -285,12 +298,14 @@ mod tests {
         assert!(restarted.restore(committed.states).is_empty());
         restarted.escalate(T + 301_000);
         assert!(steps(&restarted.take_changes()).is_empty(), "not repeated");
+        // The wait starts again at the restart: the head's turn, due at T + 600 s, comes at
+        // T + 601 s with the time it was due.
         restarted.escalate(T + 600_000);
-        assert_eq!(
-            steps(&restarted.take_changes()),
-            [(2, "局长（示例）".to_owned())],
-            "not forgotten"
-        );
+        assert!(steps(&restarted.take_changes()).is_empty());
+        restarted.escalate(T + 601_000);
+        let c = restarted.take_changes();
+        assert_eq!(steps(&c), [(2, "局长（示例）".to_owned())], "not forgotten");
+        assert_eq!(c.events[0].at_ms, T + 600_000);
     }
 
     #[test]

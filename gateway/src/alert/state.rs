@@ -168,7 +168,8 @@ impl Engine {
     /// Takes in the rules of a reload and the catalog they apply to: the states of rules
     /// still in force are kept (open alerts, acknowledgements, episodes), as are the recent
     /// values of derivations; holds under way start again. Call with every change committed
-    /// (the commit lock held). The latest occupancies and grades the advice reads are kept too.
+    /// (the commit lock held). The latest occupancies and grades the advice reads are kept too,
+    /// and so is the escalations' pacing.
     /// Returns the states of rules no longer in force, dropped.
     pub fn reload(&mut self, catalog: &Catalog, rules: Vec<Rule>, renotify_s: u32) -> Vec<String> {
         let mut next = Engine::new(catalog, rules, renotify_s);
@@ -180,6 +181,13 @@ impl Engine {
         let dropped = next.restore(rows);
         next.history = std::mem::take(&mut self.history);
         next.situation.carry_over(&mut self.situation);
+        // The escalations' wall-clock pacing goes on (by rule id: the indices may move).
+        for ((i, subject), wall) in self.stepped_wall.drain() {
+            let id = &self.rules[i].rule.id;
+            if let Some(j) = next.rules.iter().position(|c| c.rule.id == *id) {
+                next.stepped_wall.insert((j, subject), wall);
+            }
+        }
         *self = next;
         dropped
     }
