@@ -965,25 +965,7 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         frame("gz-t1-gas", 3, 1, &pipe(Quantity::Gas, 26.0)),
     )
     .await;
-    let called = |hook: &Webhook| -> Vec<(String, String)> {
-        hook.accepted
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["markdown"]["text"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    b["at"]["atMobiles"][0]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                )
-            })
-            .collect()
-    };
+    let called = robot_calls;
     wait_for(
         "the supervisor called after 2 s unacknowledged",
         Duration::from_secs(15),

@@ -122,25 +122,7 @@ async fn scenario_golden_week_two_areas() {
     )
     .await;
     // The operator: answers the supervisor's call by acknowledging the 红.
-    let calls = |hook: &Webhook| -> Vec<(String, String)> {
-        hook.accepted
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["markdown"]["text"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    b["at"]["atMobiles"][0]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                )
-            })
-            .collect()
-    };
+    let calls = robot_calls;
     let (watch_hook, alerts, http) = (hook.clone(), gw.alerts().clone(), gw.http_addr());
     let operator = tokio::spawn(async move {
         let mut red_seen = None;

@@ -351,3 +351,18 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// The DingTalk robot messages a receiver accepted: each one's markdown text and the first
+/// mobile number it @-s.
+pub fn robot_calls(hook: &system_tests::http::Webhook) -> Vec<(String, String)> {
+    hook.accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let text = b["markdown"]["text"].as_str().unwrap_or_default();
+            let mobile = b["at"]["atMobiles"][0].as_str().unwrap_or_default();
+            (text.to_owned(), mobile.to_owned())
+        })
+        .collect()
+}
