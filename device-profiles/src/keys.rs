@@ -175,6 +175,13 @@ pub fn write(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
         let mut f = options.open(&temp)?;
         f.write_all(to_text(entries).as_bytes())?;
         f.sync_all()?;
+        // Keep the owner (`gateway keys rotate` run by root must not take the gateway's keys
+        // file from it).
+        #[cfg(unix)]
+        if let Ok(old) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::chown(&temp, Some(old.uid()), Some(old.gid()))?;
+        }
         std::fs::rename(&temp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -231,9 +238,15 @@ mod tests {
         assert_eq!(load_entries(&path).unwrap(), entries);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
+            // Rewritten by another user (root), the file keeps its owner: the gateway's user
+            // (here `nobody`, where the test may give files away; else the test's own user).
+            let _ = std::os::unix::fs::chown(&path, Some(65_534), Some(65_534));
+            let owner = std::fs::metadata(&path).unwrap().uid();
+            write(&path, &entries).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().uid(), owner);
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
