@@ -985,16 +985,7 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
         "{}",
         step.0
     );
-    let tunnel_alert = || {
-        gw.alerts()
-            .engine
-            .lock()
-            .unwrap()
-            .open_alerts()
-            .into_iter()
-            .find(|a| a.subject == "T1")
-            .unwrap()
-    };
+    let tunnel_alert = || open_alert(&gw, "pipe.gas_high").unwrap();
     // Acknowledged now: the step to the head (2 s later) does not come.
     let id = tunnel_alert().id;
     let (status, body) = post(

@@ -12,16 +12,6 @@ use system_tests::services::Mosquitto;
 
 const PASSWORD: &str = "右转看见通天岩-2026";
 
-fn open_alert(gw: &gateway::Gateway, rule: &str) -> Option<gateway::alert::Alert> {
-    gw.alerts()
-        .engine
-        .lock()
-        .unwrap()
-        .open_alerts()
-        .into_iter()
-        .find(|a| a.rule == rule)
-}
-
 /// The config of replica `name` of the partition 章贡区 (`gateway run` in `dir`, keys in
 /// `dir/keys.toml`) on the broker at `broker`, sending to `am`, with `sinks` (TOML sections)
 /// appended; the config file and its HTTP port.

@@ -366,3 +366,14 @@ pub fn robot_calls(hook: &system_tests::http::Webhook) -> Vec<(String, String)> 
         })
         .collect()
 }
+
+/// The open alert of `rule` on `gw`, if any.
+pub fn open_alert(gw: &Gateway, rule: &str) -> Option<gateway::alert::Alert> {
+    gw.alerts()
+        .engine
+        .lock()
+        .unwrap()
+        .open_alerts()
+        .into_iter()
+        .find(|a| a.rule == rule)
+}

@@ -473,7 +473,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key =
                 match &keys {
                     Some(path) => {
-                        let keys = read_keys(path)?;
+                        let keys: std::collections::HashMap<String, wire::DeviceKey> =
+                            device_profiles::keys::load(path)?.into_iter().collect();
                         Some(keys.get(&device).cloned().with_context(|| {
                             format!("{} has no key for {device}", path.display())
                         })?)
@@ -611,23 +612,4 @@ fn broker_config(
 
 fn key_less(keys: &Option<PathBuf>) -> bool {
     keys.is_none()
-}
-
-/// Reads `[[device]] id key` entries (the gateway's keys file format).
-fn read_keys(path: &Path) -> anyhow::Result<std::collections::HashMap<String, wire::DeviceKey>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = std::collections::HashMap::new();
-    let mut id = None;
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if let Some(v) = line.strip_prefix("id = ") {
-            id = Some(v.trim_matches('"').to_owned());
-        } else if let (Some(v), Some(d)) = (line.strip_prefix("key = "), id.take()) {
-            let key = nodectl::parse_key(v.trim_matches('"'))
-                .with_context(|| format!("{}: key of {d}", path.display()))?;
-            out.insert(d, wire::DeviceKey::from_bytes(key));
-        }
-    }
-    Ok(out)
 }
