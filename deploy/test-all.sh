@@ -22,6 +22,8 @@ declare -A PACKAGES=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [qemu-system-arm]=qemu-system-arm
   [llvm-size]=llvm
+  # Counts a connection's TCP segments (the ingest session's acknowledgements test).
+  [ss]=iproute2
   # The console's tests drive a real headless browser over WebDriver.
   [chromium]=chromium
   [chromedriver]=chromium-driver

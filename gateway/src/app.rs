@@ -261,7 +261,7 @@ impl Gateway {
             metrics.clone(),
             shutdown_rx.clone(),
         ));
-        let options = net::mqtt::options(&settings.mqtt, &settings.gateway_id)?;
+        let options = net::mqtt::ingest_options(&settings.mqtt, &settings.gateway_id)?;
         let (client, eventloop) = net::mqtt::client(options);
         let (inbound_tx, inbound_rx) = mpsc::channel(pipeline::MAX_BATCH * 4);
         if settings.modbus.enabled {

@@ -193,6 +193,71 @@ async fn bad_input_lands_in_the_dlq_with_its_reason_while_valid_devices_lose_not
     gw.stop().await;
 }
 
+/// The acknowledgements of a commit leave in a few TCP segments, not one per report: the ingest
+/// session keeps Nagle's algorithm on (issue 25: a write and a loopback transmit per report was
+/// a seventh of the gateway's CPU at nominal load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acknowledgements_of_a_commit_leave_together() {
+    let broker = Mosquitto::start();
+    let proxy = MqttProxy::start(broker.addr()).await;
+    let gw = start_gateway("ack-segments", proxy.port, 5).await;
+    wait_for("gateway connected", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
+    let per_device = 100u32;
+    let reports = FLEET.len() * per_device as usize;
+    let (node, _) = client("fleet", broker.port, false).await;
+    for seq in 0..per_device {
+        for (d, q, v) in FLEET {
+            publish(&node, &up_topic(d), frame(d, 1, seq, &pipe(*q, *v))).await;
+        }
+    }
+    wait_for(
+        "every report acknowledged",
+        Duration::from_secs(30),
+        || async { proxy.ack_reads().1 >= reports },
+    )
+    .await;
+    let acks = proxy.ack_reads().1 as u64;
+    let commits = gw.metrics().store_commit_seconds.get_sample_count();
+    // The gateway's sessions to the proxy: the busiest is the ingest session.
+    let segments = segments_sent_to(proxy.port).into_iter().max().unwrap_or(0);
+    assert!(
+        segments * 4 <= acks,
+        "{acks} acknowledgements of {commits} commits took {segments} TCP segments: about one each (TCP_NODELAY on the ingest session?)"
+    );
+}
+
+/// `segs_out` of every established TCP connection to `port` on this machine (`ss -ti`).
+fn segments_sent_to(port: u16) -> Vec<u64> {
+    let out = std::process::Command::new(require("ss", "iproute2"))
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss runs");
+    assert!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("segs_out:"))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        !counts.is_empty(),
+        "ss shows no connection to port {port}:\n{text}"
+    );
+    counts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_acknowledged() {
     let mut broker = Mosquitto::start();

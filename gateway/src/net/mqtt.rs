@@ -178,6 +178,20 @@ pub fn options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions
     Ok(o)
 }
 
+/// The options of the ingest session: those of [`options`], with Nagle's algorithm on. What
+/// the gateway sends on that session is acknowledgements, dead letters and pings, none of them
+/// waited for: Nagle lets the kernel send the acknowledgements of a commit (one small write
+/// each, as rumqttc writes every request on its own) in a few segments instead of one segment
+/// and one loopback or network transmit per report. Alerts go out on their own session, which
+/// keeps `TCP_NODELAY`.
+pub fn ingest_options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let mut o = options(cfg, client_id)?;
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(false);
+    o.set_network_options(net);
+    Ok(o)
+}
+
 /// One QoS1 message for a [`ConfirmedPublisher`].
 #[derive(Debug, Clone)]
 pub struct Message {
