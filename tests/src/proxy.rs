@@ -7,8 +7,6 @@
 //! - It parses the MQTT packets going through, and records the payload of every PUBLISH the
 //!   client acknowledged with a PUBACK: the test can then check that everything a client
 //!   acknowledged was really processed.
-//! - It counts the client's PUBACKs and the reads that carried them: how many TCP segments the
-//!   client's acknowledgements took, near enough ([`MqttProxy::ack_reads`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,8 +22,6 @@ struct Shared {
     /// PUBLISH payloads from the broker awaiting the client's PUBACK, by packet id.
     in_flight: Mutex<HashMap<u16, Vec<u8>>>,
     acked: Mutex<Vec<Vec<u8>>>,
-    /// Reads from the client that held at least one PUBACK, and PUBACKs.
-    ack_reads: Mutex<(usize, usize)>,
 }
 
 /// The proxy; it runs until dropped with the runtime.
@@ -59,13 +55,6 @@ impl MqttProxy {
     /// Stops (or resumes) forwarding without closing anything.
     pub fn set_blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::SeqCst);
-    }
-
-    /// Reads from the client that held at least one PUBACK, and how many PUBACKs there were.
-    /// The proxy reads as soon as bytes arrive, so the first is close to the number of TCP
-    /// segments the acknowledgements took.
-    pub fn ack_reads(&self) -> (usize, usize) {
-        *self.shared.ack_reads.lock().unwrap()
     }
 
     /// Payloads of the PUBLISH packets the client acknowledged, in order.
@@ -114,19 +103,12 @@ async fn pipe(client: TcpStream, broker: TcpStream, shared: Arc<Shared>) {
             while shared.blackhole.load(Ordering::SeqCst) {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            let mut acks = 0;
             for p in parser.feed(&buf[..n]) {
-                if let Packet::PubAck { id } = p {
-                    acks += 1;
-                    if let Some(payload) = shared.in_flight.lock().unwrap().remove(&id) {
-                        shared.acked.lock().unwrap().push(payload);
-                    }
+                if let Packet::PubAck { id } = p
+                    && let Some(payload) = shared.in_flight.lock().unwrap().remove(&id)
+                {
+                    shared.acked.lock().unwrap().push(payload);
                 }
-            }
-            if acks > 0 {
-                let mut counts = shared.ack_reads.lock().unwrap();
-                counts.0 += 1;
-                counts.1 += acks;
             }
             if bw.write_all(&buf[..n]).await.is_err() {
                 return;

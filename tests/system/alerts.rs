@@ -922,41 +922,27 @@ async fn an_unacknowledged_critical_goes_to_the_supervisor_and_an_acknowledgemen
     // The pipes unit's robot group, and the scenic unit's, which must hear nothing of pipes.
     let hook = Webhook::start(false).await;
     let scenic = Webhook::start(false).await;
-    let mut site = (*catalog()).clone();
-    let grid = site
-        .site
-        .grids
-        .iter_mut()
-        .find(|g| g.id == "zg-pipes")
-        .unwrap();
-    grid.escalate_after_s.insert("critical".into(), 2);
-    let keys = gateway::keys::Keys::demo(&site);
+    let (site, keys) = escalating("zg-pipes", "critical", 2);
     let url = format!("http://{}/robot", hook.addr);
     let scenic_url = format!("http://{}/robot", scenic.addr);
-    let gw = start_gateway_on(
-        std::sync::Arc::new(site),
-        keys,
-        "escalation",
-        broker.port,
-        |s| {
-            s.alerts.webhook.push(WebhookSection {
-                name: "pipes".into(),
-                url,
-                format: WebhookFormat::Dingtalk,
-                secret_env: None,
-                grids: vec!["zg-pipes".into()],
-                timeout_ms: 2_000,
-            });
-            s.alerts.webhook.push(WebhookSection {
-                name: "scenic".into(),
-                url: scenic_url,
-                format: WebhookFormat::Dingtalk,
-                secret_env: None,
-                grids: vec!["zg-west-scenic".into(), "zg-old-city".into()],
-                timeout_ms: 2_000,
-            });
-        },
-    )
+    let gw = start_gateway_on(site, keys, "escalation", broker.port, |s| {
+        s.alerts.webhook.push(WebhookSection {
+            name: "pipes".into(),
+            url,
+            format: WebhookFormat::Dingtalk,
+            secret_env: None,
+            grids: vec!["zg-pipes".into()],
+            timeout_ms: 2_000,
+        });
+        s.alerts.webhook.push(WebhookSection {
+            name: "scenic".into(),
+            url: scenic_url,
+            format: WebhookFormat::Dingtalk,
+            secret_env: None,
+            grids: vec!["zg-west-scenic".into(), "zg-old-city".into()],
+            timeout_ms: 2_000,
+        });
+    })
     .await;
     let (node, _) = client("escalation-node", broker.port, true).await;
     publish(

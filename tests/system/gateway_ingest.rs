@@ -216,10 +216,10 @@ async fn the_acknowledgements_of_a_commit_leave_together() {
     wait_for(
         "every report acknowledged",
         Duration::from_secs(30),
-        || async { proxy.ack_reads().1 >= reports },
+        || async { proxy.acked_payloads().len() >= reports },
     )
     .await;
-    let acks = proxy.ack_reads().1 as u64;
+    let acks = proxy.acked_payloads().len() as u64;
     let commits = gw.metrics().store_commit_seconds.get_sample_count();
     // The gateway's sessions to the proxy: the busiest is the ingest session.
     let segments = segments_sent_to(proxy.port).into_iter().max().unwrap_or(0);

@@ -92,34 +92,20 @@ async fn scenario_golden_week_two_areas() {
     use system_tests::http::Webhook;
     let broker = Mosquitto::start();
     let hook = Webhook::start(false).await;
-    let mut site = (*catalog()).clone();
-    let grid = site
-        .site
-        .grids
-        .iter_mut()
-        .find(|g| g.id == "zg-west-scenic")
-        .unwrap();
-    grid.escalate_after_s.insert("red".into(), 3);
-    let keys = gateway::keys::Keys::demo(&site);
+    let (site, keys) = escalating("zg-west-scenic", "red", 3);
     let url = format!("http://{}/robot", hook.addr);
-    let gw = start_gateway_on(
-        std::sync::Arc::new(site),
-        keys,
-        "two-areas",
-        broker.port,
-        |s| {
-            s.alerts
-                .webhook
-                .push(gateway::sink::notify::WebhookSection {
-                    name: "duty".into(),
-                    url,
-                    format: gateway::sink::notify::WebhookFormat::Dingtalk,
-                    secret_env: None,
-                    grids: Vec::new(),
-                    timeout_ms: 2_000,
-                });
-        },
-    )
+    let gw = start_gateway_on(site, keys, "two-areas", broker.port, |s| {
+        s.alerts
+            .webhook
+            .push(gateway::sink::notify::WebhookSection {
+                name: "duty".into(),
+                url,
+                format: gateway::sink::notify::WebhookFormat::Dingtalk,
+                secret_env: None,
+                grids: Vec::new(),
+                timeout_ms: 2_000,
+            });
+    })
     .await;
     // The operator: answers the supervisor's call by acknowledging the 红.
     let calls = robot_calls;

@@ -19,6 +19,21 @@ pub fn catalog() -> Arc<Catalog> {
     Arc::new(Catalog::ganzhou().unwrap())
 }
 
+/// The Ganzhou catalog with grid `grid` escalating an unacknowledged `grade` after `after_s`
+/// seconds, and the demo keys of its devices.
+pub fn escalating(grid: &str, grade: &str, after_s: u32) -> (Arc<Catalog>, gateway::keys::Keys) {
+    let mut site = (*catalog()).clone();
+    site.site
+        .grids
+        .iter_mut()
+        .find(|g| g.id == grid)
+        .unwrap_or_else(|| panic!("no grid {grid}"))
+        .escalate_after_s
+        .insert(grade.into(), after_s);
+    let keys = gateway::keys::Keys::demo(&site);
+    (Arc::new(site), keys)
+}
+
 /// Starts a gateway on `broker_port` with demo keys for every wire device.
 pub async fn start_gateway(name: &str, broker_port: u16, keep_alive_s: u64) -> Gateway {
     start_gateway_with(name, broker_port, |m| m.keep_alive_s = keep_alive_s).await

@@ -147,8 +147,27 @@ fn default_reconnect_max() -> u64 {
     30_000
 }
 
-/// Builds the client options from the config.
+/// Builds the client options from the config, with `TCP_NODELAY` (what the gateway publishes
+/// is waited for: alert events, peer actions).
 pub fn options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions> {
+    session_options(cfg, client_id, true)
+}
+
+/// The options of the ingest session: those of [`options`], with Nagle's algorithm on. What
+/// the gateway sends on that session is acknowledgements, dead letters and pings, none of them
+/// waited for: Nagle lets the kernel send the acknowledgements of a commit (one small write
+/// each, as rumqttc writes every request on its own) in a few segments instead of one segment
+/// and one loopback or network transmit per report. Alerts go out on their own session, which
+/// keeps `TCP_NODELAY`.
+pub fn ingest_options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions> {
+    session_options(cfg, client_id, false)
+}
+
+fn session_options(
+    cfg: &MqttSection,
+    client_id: &str,
+    nodelay: bool,
+) -> anyhow::Result<MqttOptions> {
     let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(cfg.keep_alive())
         .set_clean_start(cfg.clean_start)
@@ -160,7 +179,7 @@ pub fn options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions
         .set_max_packet_size(Some(cfg.max_packet_bytes))
         .set_connection_timeout(cfg.keep_alive_s.clamp(2, 10));
     let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
+    net.set_tcp_nodelay(nodelay);
     o.set_network_options(net);
     if let Some(user) = &cfg.username {
         let pass = cfg
@@ -175,20 +194,6 @@ pub fn options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions
             Arc::new(crate::net::tls::client_config(tls)?),
         )));
     }
-    Ok(o)
-}
-
-/// The options of the ingest session: those of [`options`], with Nagle's algorithm on. What
-/// the gateway sends on that session is acknowledgements, dead letters and pings, none of them
-/// waited for: Nagle lets the kernel send the acknowledgements of a commit (one small write
-/// each, as rumqttc writes every request on its own) in a few segments instead of one segment
-/// and one loopback or network transmit per report. Alerts go out on their own session, which
-/// keeps `TCP_NODELAY`.
-pub fn ingest_options(cfg: &MqttSection, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut o = options(cfg, client_id)?;
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(false);
-    o.set_network_options(net);
     Ok(o)
 }
 
