@@ -2,7 +2,6 @@
 //! the store at start, retention and the size bound of the store, and the presence sweep that
 //! runs the presence rules and logs devices coming and going.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::clock::{SLOW_COMMIT, millis, now_ms};
 use crate::metrics::Metrics;
 use crate::pipeline::alerts::Alerts;
 use crate::reading;
-use crate::registry::{Presence, Registry};
+use crate::registry::{Presence, Registry, Seen};
 use crate::sink::NotReady;
 use crate::store::{self, Store};
 
@@ -222,7 +221,7 @@ pub async fn sweep_presence(
     (sinks, not_ready): (Vec<String>, NotReady),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last: HashMap<Arc<str>, Presence> = HashMap::new();
+    let mut seen = Seen::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -256,7 +255,8 @@ pub async fn sweep_presence(
         let Ok(registry) = registry.lock() else {
             return;
         };
-        for (zone, counts) in registry.presence_by_zone(now) {
+        let survey = registry.survey(now, &mut seen);
+        for (zone, counts) in &survey.by_zone {
             for (state, n) in [
                 ("online", counts.online),
                 ("offline", counts.offline),
@@ -264,32 +264,21 @@ pub async fn sweep_presence(
             ] {
                 metrics
                     .devices
-                    .with_label_values(&[&zone, state])
+                    .with_label_values(&[zone, state])
                     .set(n as i64);
             }
         }
-        metrics
-            .ledger_missing
-            .set(registry.missing_reports() as i64);
-        for d in registry.iter() {
-            let now_presence = d.presence(now);
-            let before = match last.get_mut(&d.info.id) {
-                Some(p) => std::mem::replace(p, now_presence),
-                None => {
-                    last.insert(d.info.id.clone(), now_presence);
-                    Presence::Unknown
+        metrics.ledger_missing.set(survey.missing as i64);
+        for &i in &survey.changed {
+            let d = &registry.devices()[i];
+            match d.presence(now) {
+                Presence::Online => {
+                    tracing::info!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device online")
                 }
-            };
-            if before != now_presence {
-                match now_presence {
-                    Presence::Online => {
-                        tracing::info!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device online")
-                    }
-                    Presence::Offline => {
-                        tracing::warn!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device offline")
-                    }
-                    Presence::Unknown => {}
+                Presence::Offline => {
+                    tracing::warn!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device offline")
                 }
+                Presence::Unknown => {}
             }
         }
     }

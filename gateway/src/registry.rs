@@ -6,9 +6,10 @@
 //! topic does not say `offline`; it is *unknown* until it is first heard.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
-use std::sync::Arc;
 
 use device_profiles::{Catalog, Category, Encoding};
 use serde::Serialize;
@@ -137,7 +138,14 @@ pub struct Registry {
     /// Where each device is in `devices`: one hash lookup for every message.
     index: FxHashMap<Arc<str>, usize>,
     zones: Vec<Arc<str>>,
+    /// The position in `zones` of each device's zone, by position in `devices`.
+    zone_of: Vec<usize>,
+    /// Which build this is: positions in `devices` hold until the registry is rebuilt.
+    generation: u64,
 }
+
+/// Registries built so far: each gets the next number as its generation.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts for the devices gauge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -189,10 +197,16 @@ impl Registry {
         let mut zones: Vec<Arc<str>> = devices.iter().map(|d| d.info.zone.clone()).collect();
         zones.sort();
         zones.dedup();
+        let zone_of = devices
+            .iter()
+            .map(|d| zones.binary_search(&d.info.zone).unwrap_or_default())
+            .collect();
         Registry {
             devices,
             index,
             zones,
+            zone_of,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -223,6 +237,11 @@ impl Registry {
         self.index.get(id).and_then(|&i| self.devices.get(i))
     }
 
+    /// Where a device is in [`Registry::devices`].
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
     /// A device by id, to update.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Device> {
         let i = *self.index.get(id)?;
@@ -232,6 +251,17 @@ impl Registry {
     /// Every device, by id.
     pub fn iter(&self) -> impl Iterator<Item = &Device> {
         self.devices.iter()
+    }
+
+    /// Every device, by id: the positions a [`Survey`] names.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// Which build of the registry this is: positions in [`Registry::devices`] stay valid as
+    /// long as it is the same (a reload builds a new one).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many devices.
@@ -266,27 +296,134 @@ impl Registry {
         c
     }
 
-    /// Devices by presence in each served district.
-    pub fn presence_by_zone(&self, now_ms: i64) -> Vec<(Arc<str>, PresenceCounts)> {
+    /// One pass over every device at `now_ms`: devices by presence in each served district,
+    /// the reports missing over all devices, and the devices whose presence is not the one in
+    /// `seen` (which it then holds).
+    pub fn survey(&self, now_ms: i64, seen: &mut Seen) -> Survey {
+        seen.follow(self);
         let mut by_zone: Vec<(Arc<str>, PresenceCounts)> = self
             .zones
             .iter()
             .map(|z| (z.clone(), PresenceCounts::default()))
             .collect();
-        for d in &self.devices {
-            if let Some((_, c)) = by_zone.iter_mut().find(|(z, _)| *z == d.info.zone) {
-                match d.presence(now_ms) {
-                    Presence::Online => c.online += 1,
-                    Presence::Offline => c.offline += 1,
-                    Presence::Unknown => c.unknown += 1,
-                }
+        let (mut missing, mut changed) = (0, Vec::new());
+        for (i, d) in self.devices.iter().enumerate() {
+            let presence = d.presence(now_ms);
+            let c = &mut by_zone[self.zone_of[i]].1;
+            match presence {
+                Presence::Online => c.online += 1,
+                Presence::Offline => c.offline += 1,
+                Presence::Unknown => c.unknown += 1,
+            }
+            missing += d.state.ledger.missing();
+            if std::mem::replace(&mut seen.presence[i], presence) != presence {
+                changed.push(i);
             }
         }
-        by_zone
+        Survey {
+            by_zone,
+            missing,
+            changed,
+        }
     }
+}
 
+/// What a [`Registry::survey`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// Devices by presence in each served district.
+    pub by_zone: Vec<(Arc<str>, PresenceCounts)>,
     /// Reports expected but never received, over all devices.
-    pub fn missing_reports(&self) -> u64 {
-        self.devices.iter().map(|d| d.state.ledger.missing()).sum()
+    pub missing: u64,
+    /// Positions of the devices whose presence changed since the survey before.
+    pub changed: Vec<usize>,
+}
+
+/// The presence of every device as the last survey found it, by position; it follows the
+/// registry through a reload by device id, so a reload changes no one's presence.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    generation: Option<u64>,
+    ids: Vec<Arc<str>>,
+    presence: Vec<Presence>,
+}
+
+impl Seen {
+    /// Lines the positions up with `registry`'s, carrying each device's presence over by id
+    /// when the registry was rebuilt (never heard: unknown).
+    fn follow(&mut self, registry: &Registry) {
+        if self.generation == Some(registry.generation) {
+            return;
+        }
+        let before: FxHashMap<&Arc<str>, Presence> =
+            self.ids.iter().zip(self.presence.iter().copied()).collect();
+        let presence = registry
+            .devices
+            .iter()
+            .map(|d| before.get(&d.info.id).copied().unwrap_or(Presence::Unknown))
+            .collect();
+        self.presence = presence;
+        self.ids = registry.devices.iter().map(|d| d.info.id.clone()).collect();
+        self.generation = Some(registry.generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_survey_counts_by_district_and_names_only_the_devices_whose_presence_changed() {
+        let catalog = Catalog::ganzhou().unwrap();
+        let keys = Keys::demo(&catalog);
+        let mut registry = Registry::new(&catalog, &keys, &[]);
+        let (n, t) = (registry.len(), 1_795_744_800_000);
+        assert!(registry.zones().len() > 1, "a site of several districts");
+        let mut seen = Seen::default();
+        let first = registry.survey(t, &mut seen);
+        assert!(first.changed.is_empty(), "never heard is no change");
+        let unknown: usize = first.by_zone.iter().map(|(_, c)| c.unknown).sum();
+        assert_eq!(unknown, n);
+
+        // Every third device reports; one of them then says it is offline.
+        let heard: Vec<usize> = (0..n).step_by(3).collect();
+        for &i in &heard {
+            registry.devices[i].state.last_seen_ms = Some(t);
+        }
+        let s = registry.survey(t + 1_000, &mut seen);
+        assert_eq!(s.changed, heard);
+        for (zone, c) in &s.by_zone {
+            let online = heard
+                .iter()
+                .filter(|&&i| registry.devices[i].info.zone == *zone)
+                .count();
+            assert_eq!((c.online, c.offline), (online, 0), "{zone}");
+        }
+        assert!(registry.survey(t + 2_000, &mut seen).changed.is_empty());
+        registry.devices[heard[1]].state.status_topic = Some(StatusTopic::Offline);
+        assert_eq!(
+            registry.survey(t + 3_000, &mut seen).changed,
+            vec![heard[1]]
+        );
+
+        // A reload carries every device's presence over: nothing changed.
+        let reloaded = registry.reloaded(&catalog, &keys, &[]);
+        assert_ne!(reloaded.generation(), registry.generation());
+        let s = reloaded.survey(t + 4_000, &mut seen);
+        assert!(s.changed.is_empty(), "{:?}", s.changed);
+        // Silence past the offline time is a change, once.
+        let late = t
+            + heard
+                .iter()
+                .map(|&i| reloaded.devices[i].info.offline_after_ms)
+                .max()
+                .unwrap()
+            + 1;
+        let s = reloaded.survey(late, &mut seen);
+        let expected: Vec<usize> = heard.iter().copied().filter(|&i| i != heard[1]).collect();
+        assert_eq!(s.changed, expected);
+        let offline: usize = s.by_zone.iter().map(|(_, c)| c.offline).sum();
+        assert_eq!(offline, heard.len());
+        assert!(reloaded.survey(late + 1_000, &mut seen).changed.is_empty());
     }
 }

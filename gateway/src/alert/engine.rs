@@ -23,7 +23,7 @@ use super::rule::{Confirm, DeriveKind, Rule, Source};
 use super::timed::{DEFAULT_STALE_MS, Pending, default_stale_ms};
 use crate::point::{FieldValue, Point};
 use crate::reading::{Measurement, Reading};
-use crate::registry::{Presence, Registry};
+use crate::registry::{Presence, Registry, Seen};
 
 /// An episode whose value came back past the clear threshold this often is flagged flapping.
 const FLAPPING_CROSSINGS: u32 = 3;
@@ -72,6 +72,11 @@ pub struct Engine {
     /// When each alert's current escalation step was taken, wall clock (in memory: it paces
     /// the steps of an alarm that comes late, see [`super::duty`]).
     pub(super) stepped_wall: HashMap<(usize, Arc<str>), i64>,
+    /// Every device's presence as [`Engine::on_presence`] last saw it.
+    pub(super) presence_seen: Seen,
+    /// The registry generation, and for each rule the positions of the devices its presence
+    /// source watches (its kinds).
+    pub(super) presence_targets: Option<(u64, Vec<Vec<usize>>)>,
 }
 
 fn field_number(v: &FieldValue) -> Option<f64> {
@@ -210,6 +215,8 @@ impl Engine {
             calendar: None,
             grids: super::duty::Grids::default(),
             stepped_wall: HashMap::default(),
+            presence_seen: Seen::default(),
+            presence_targets: None,
         }
     }
 
@@ -332,44 +339,87 @@ impl Engine {
     }
 
     /// Checks device presence at `now_ms` (every second or so).
+    ///
+    /// The `offline` rule visits the devices that are offline, those whose presence changed
+    /// since the check before, and those with a hold under way. Any other device is online as
+    /// it was when last visited, and the rule left it where a visit would leave it again:
+    /// with no alert open (an open alert on an online device is clearing, a hold) and nothing
+    /// to remind. The `silence_s` rule, whose value grows with the clock, visits every device
+    /// of its kinds.
     pub fn on_presence(&mut self, now_ms: i64, registry: &Registry) {
-        for i in 0..self.rules.len() {
-            if self.rules[i].rule.source != Source::Presence {
-                continue;
-            }
-            for d in registry.iter() {
-                let rule = &self.rules[i].rule;
-                if !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *d.info.kind)) {
-                    continue;
-                }
-                let value = match rule.field.as_str() {
-                    "offline" => match d.presence(now_ms) {
+        let changed = registry.survey(now_ms, &mut self.presence_seen).changed;
+        if self.presence_targets.as_ref().map(|t| t.0) != Some(registry.generation()) {
+            let targets = self
+                .rules
+                .iter()
+                .map(|c| {
+                    let rule = &c.rule;
+                    if rule.source != Source::Presence {
+                        return Vec::new();
+                    }
+                    registry
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, d)| {
+                            rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *d.info.kind)
+                        })
+                        .map(|(p, _)| p)
+                        .collect()
+                })
+                .collect();
+            self.presence_targets = Some((registry.generation(), targets));
+        }
+        let Some((_, targets)) = self.presence_targets.take() else {
+            return;
+        };
+        let devices = registry.devices();
+        for (i, targets) in targets.iter().enumerate() {
+            let offline = match self.rules[i].rule.field.as_str() {
+                "offline" => true,
+                "silence_s" => false,
+                _ => continue,
+            };
+            let mut holding: Vec<usize> = self
+                .pending
+                .keys()
+                .filter(|(rule, _)| *rule == i)
+                .filter_map(|(_, subject)| registry.position(subject))
+                .collect();
+            holding.sort_unstable();
+            for &p in targets {
+                let d = &devices[p];
+                let value = if offline {
+                    match d.presence(now_ms) {
                         Presence::Offline => 1.0,
-                        Presence::Online => 0.0,
-                        Presence::Unknown => continue,
-                    },
-                    "silence_s" => {
-                        let Some(seen) = d.state.last_seen_ms else {
-                            continue;
-                        };
-                        let open = self
-                            .ctx
-                            .devices
-                            .get(&d.info.id)
-                            .and_then(|c| c.gate_area.as_deref())
-                            .is_some_and(|area| self.ctx.is_open(area, now_ms));
-                        if open {
-                            (now_ms - seen).max(0) as f64 / 1000.0
-                        } else {
+                        Presence::Online
+                            if changed.binary_search(&p).is_ok()
+                                || holding.binary_search(&p).is_ok() =>
+                        {
                             0.0
                         }
+                        Presence::Online | Presence::Unknown => continue,
                     }
-                    _ => continue,
+                } else {
+                    let Some(seen) = d.state.last_seen_ms else {
+                        continue;
+                    };
+                    let open = self
+                        .ctx
+                        .devices
+                        .get(&d.info.id)
+                        .and_then(|c| c.gate_area.as_deref())
+                        .is_some_and(|area| self.ctx.is_open(area, now_ms));
+                    if open {
+                        (now_ms - seen).max(0) as f64 / 1000.0
+                    } else {
+                        0.0
+                    }
                 };
                 let (id, zone) = (d.info.id.clone(), d.info.zone.clone());
                 self.evaluate(i, &id, &zone, now_ms, &|_| Some(value));
             }
         }
+        self.presence_targets = Some((registry.generation(), targets));
     }
 
     /// Checks the gateway's sinks at `now_ms`: `(sink, refused)`; alerts are filed under `zone`.
@@ -496,7 +546,7 @@ impl Engine {
         // Values from the gateway's own clock (presence, sinks) never arrive out of order, so a
         // state at rest holds nothing worth its few hundred bytes per device: none is made for
         // a value that leaves it at rest, and one that comes to rest is dropped (and written at
-        // rest if it was dirty). The presence sweep visits every device every second.
+        // rest if it was dirty). The presence rules check every device every second.
         let clocked = matches!(self.rules[i].rule.source, Source::Presence | Source::Sink);
         let key = (i, subject.clone());
         if clocked && !self.states.contains_key(&key) {
@@ -713,6 +763,7 @@ pub(super) mod tests {
     use crate::alert::model::{AckError, Changes};
     use crate::alert::rule::Category;
     use crate::alert::rule::{DefaultsTuning, RuleFile, defaults};
+    use crate::registry::StatusTopic;
 
     #[test]
     pub(super) fn history_extremes_match_a_walk_through_every_kept_value() {
@@ -1199,6 +1250,132 @@ expect = []
                 .all(|s| s.alert.is_some() || !s.episode.at_rest()),
             "only states under way are kept"
         );
+    }
+
+    /// What each device does before a presence check: nothing, report, or say on its status
+    /// topic that it is offline or online.
+    #[derive(Debug, Clone, Copy)]
+    enum Presenting {
+        Quiet,
+        Report,
+        SayOffline,
+        SayOnline,
+    }
+
+    fn presenting() -> impl proptest::strategy::Strategy<Value = Presenting> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => Just(Presenting::Quiet),
+            3 => Just(Presenting::Report),
+            1 => Just(Presenting::SayOffline),
+            1 => Just(Presenting::SayOnline),
+        ]
+    }
+
+    /// The presence rules as they were before they visited by change: every device of the
+    /// rule's kinds at every check, offline or online.
+    fn visit_every_device(e: &mut Engine, now_ms: i64, registry: &Registry) {
+        for i in 0..e.rules.len() {
+            if e.rules[i].rule.source != Source::Presence {
+                continue;
+            }
+            for d in registry.iter() {
+                let rule = &e.rules[i].rule;
+                if !(rule.kinds.is_empty() || rule.kinds.iter().any(|k| **k == *d.info.kind)) {
+                    continue;
+                }
+                let value = match rule.field.as_str() {
+                    "offline" => match d.presence(now_ms) {
+                        Presence::Offline => 1.0,
+                        Presence::Online => 0.0,
+                        Presence::Unknown => continue,
+                    },
+                    "silence_s" => {
+                        let Some(seen) = d.state.last_seen_ms else {
+                            continue;
+                        };
+                        let open = e
+                            .ctx
+                            .devices
+                            .get(&d.info.id)
+                            .and_then(|c| c.gate_area.as_deref())
+                            .is_some_and(|area| e.ctx.is_open(area, now_ms));
+                        if open {
+                            (now_ms - seen).max(0) as f64 / 1000.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => continue,
+                };
+                let (id, zone) = (d.info.id.clone(), d.info.zone.clone());
+                e.evaluate(i, &id, &zone, now_ms, &|_| Some(value));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The presence rules visit only the devices whose presence changed since the last
+        /// check, and the offline ones; an engine that visits every device at every check (as
+        /// they once did) raises, reminds, escalates and resolves exactly the same alerts at
+        /// the same times, whatever the holds, reminders, silences and status messages.
+        #[test]
+        fn presence_by_change_alerts_as_a_visit_of_every_device_would(
+            steps in proptest::collection::vec(
+                (1i64..150, proptest::collection::vec((0usize..1_000, presenting()), 0..6)),
+                1..60,
+            ),
+            hold_s in 0u32..90,
+            clear_hold_s in 0u32..90,
+            renotify_s in 0u32..200,
+        ) {
+            let catalog = Catalog::ganzhou().unwrap();
+            let keys = crate::keys::Keys::demo(&catalog);
+            let mut registry = Registry::new(&catalog, &keys, &[]);
+            let mut rules = defaults(&catalog, &DefaultsTuning::default());
+            for r in rules.iter_mut().filter(|r| r.id == "device.offline") {
+                (r.hold_s, r.clear_hold_s) = (hold_s, clear_hold_s);
+                r.renotify_s = Some(renotify_s);
+            }
+            let mut by_change = Engine::new(&catalog, rules.clone(), 3600);
+            let mut every = Engine::new(&catalog, rules, 3600);
+            let ids: Vec<Arc<str>> = registry.iter().map(|d| d.info.id.clone()).collect();
+            // 2026-11-27 10:00 in Ganzhou: scenic areas open, so gates' silence counts too.
+            let mut now = 1_795_744_800_000;
+            for (advance_s, acts) in steps {
+                now += advance_s * 1000;
+                for (pick, act) in acts {
+                    let d = registry.get_mut(&ids[pick % ids.len()]).unwrap();
+                    match act {
+                        Presenting::Quiet => {}
+                        Presenting::Report => d.state.last_seen_ms = Some(now),
+                        Presenting::SayOffline => d.state.status_topic = Some(StatusTopic::Offline),
+                        Presenting::SayOnline => d.state.status_topic = Some(StatusTopic::Online),
+                    }
+                }
+                let mut seen = Vec::new();
+                for (e, all) in [(&mut by_change, false), (&mut every, true)] {
+                    e.tick(now);
+                    if all {
+                        visit_every_device(e, now, &registry);
+                    } else {
+                        e.on_presence(now, &registry);
+                    }
+                    let events: Vec<(String, String, &'static str, String, i64)> = e
+                        .take_changes()
+                        .events
+                        .iter()
+                        .map(|ev| {
+                            let a = &ev.alert;
+                            (a.rule.clone(), a.subject.clone(), ev.kind.name(), a.severity.clone(), ev.at_ms)
+                        })
+                        .collect();
+                    seen.push(events);
+                }
+                proptest::prop_assert_eq!(&seen[0], &seen[1], "at {}", now);
+            }
+        }
     }
 
     fn tilt(time_ms: i64, value: f64) -> Reading {
