@@ -200,7 +200,16 @@ async fn bad_input_lands_in_the_dlq_with_its_reason_while_valid_devices_lose_not
 async fn the_acknowledgements_of_a_commit_leave_together() {
     let broker = Mosquitto::start();
     let proxy = MqttProxy::start(broker.addr()).await;
-    let gw = start_gateway("ack-segments", proxy.port, 5).await;
+    // Commits 100 ms apart: after a silence longer than its retransmission timeout (200 ms at
+    // least) a receiver acknowledges every segment at once for a while, and Nagle's algorithm
+    // then holds less back, so at the default interval (200 ms) the count depends more on the
+    // machine's load. With TCP_NODELAY it was 506 to 624 segments for 600 acknowledgements;
+    // with Nagle, 67 to 328 here, the most with other tests running beside it.
+    let gw = start_gateway_settings("ack-segments", proxy.port, |s| {
+        s.mqtt.keep_alive_s = 5;
+        s.commit_interval = Duration::from_millis(100);
+    })
+    .await;
     wait_for("gateway connected", Duration::from_secs(10), || async {
         gw.metrics().broker_connected.get() == 1
     })
@@ -224,7 +233,7 @@ async fn the_acknowledgements_of_a_commit_leave_together() {
     // The gateway's sessions to the proxy: the busiest is the ingest session.
     let segments = segments_sent_to(proxy.port).into_iter().max().unwrap_or(0);
     assert!(
-        segments * 4 <= acks,
+        segments * 5 <= acks * 4,
         "{acks} acknowledgements of {commits} commits took {segments} TCP segments: about one each (TCP_NODELAY on the ingest session?)"
     );
 }
