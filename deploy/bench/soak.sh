@@ -14,6 +14,9 @@
 #                                   # absolute, or relative to the repository)
 #   deploy/bench/soak.sh --simulator /tmp/simulator-before ...
 #                                   # another load generator (A/B of the probe itself)
+#   deploy/bench/soak.sh --commit-interval 50 ...
+#                                   # the gateway's store.commit_interval_ms (default: the
+#                                   # gateway's own, 200 ms)
 #   deploy/bench/soak.sh --confine 1,256M ...
 #                                   # the gateway confined to one CPU's time and 256 MiB
 #                                   # (deploy/bench/edge.sh: systemd-run, else a cgroup)
@@ -44,6 +47,7 @@ gateway=target/release/gateway
 simulator=target/release/simulator
 floor=
 confine=
+commit_interval=
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
@@ -53,6 +57,8 @@ while [ $# -gt 0 ]; do
     --gateway) gateway=$2; shift 2 ;;
     --simulator) simulator=$2; shift 2 ;;
     --confine) confine=$2; shift 2 ;;
+    --commit-interval) commit_interval=$2; shift 2
+      case "$commit_interval" in ''|*[!0-9]*) echo "--commit-interval takes milliseconds, not $commit_interval" >&2; exit 2 ;; esac ;;
     --floor) floor=$2; shift 2
       case "$floor" in relay|durable) ;; *) echo "--floor relay or durable, not $floor" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
@@ -144,6 +150,9 @@ pids+=($!); owns_port "${pids[-1]}" "$vm_port"
 target/release/simulator load --write-site "$work/site" --devices "$devices" \
   --mqtt "127.0.0.1:$mqtt_port" >/dev/null
 sed -i "s|^listen = .*|listen = \"127.0.0.1:$http_port\"|" "$work/site/gateway.toml"
+if [ -n "$commit_interval" ]; then
+  sed -i "/^\[store\]/a commit_interval_ms = $commit_interval" "$work/site/gateway.toml"
+fi
 cat >>"$work/site/gateway.toml" <<EOF
 
 [influxdb]
