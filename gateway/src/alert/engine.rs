@@ -400,19 +400,9 @@ impl Engine {
                         Presence::Online | Presence::Unknown => continue,
                     }
                 } else {
-                    let Some(seen) = d.state.last_seen_ms else {
-                        continue;
-                    };
-                    let open = self
-                        .ctx
-                        .devices
-                        .get(&d.info.id)
-                        .and_then(|c| c.gate_area.as_deref())
-                        .is_some_and(|area| self.ctx.is_open(area, now_ms));
-                    if open {
-                        (now_ms - seen).max(0) as f64 / 1000.0
-                    } else {
-                        0.0
+                    match self.silence_s(d, now_ms) {
+                        Some(silence) => silence,
+                        None => continue,
                     }
                 };
                 let (id, zone) = (d.info.id.clone(), d.info.zone.clone());
@@ -420,6 +410,23 @@ impl Engine {
             }
         }
         self.presence_targets = Some((registry.generation(), targets));
+    }
+
+    /// A device's `silence_s` at `now_ms`: seconds since its last report while its scenic area
+    /// is open, 0 while it is closed; none before it is first heard.
+    fn silence_s(&self, d: &crate::registry::Device, now_ms: i64) -> Option<f64> {
+        let seen = d.state.last_seen_ms?;
+        let open = self
+            .ctx
+            .devices
+            .get(&d.info.id)
+            .and_then(|c| c.gate_area.as_deref())
+            .is_some_and(|area| self.ctx.is_open(area, now_ms));
+        Some(if open {
+            (now_ms - seen).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        })
     }
 
     /// Checks the gateway's sinks at `now_ms`: `(sink, refused)`; alerts are filed under `zone`.
@@ -1290,22 +1297,10 @@ expect = []
                         Presence::Online => 0.0,
                         Presence::Unknown => continue,
                     },
-                    "silence_s" => {
-                        let Some(seen) = d.state.last_seen_ms else {
-                            continue;
-                        };
-                        let open = e
-                            .ctx
-                            .devices
-                            .get(&d.info.id)
-                            .and_then(|c| c.gate_area.as_deref())
-                            .is_some_and(|area| e.ctx.is_open(area, now_ms));
-                        if open {
-                            (now_ms - seen).max(0) as f64 / 1000.0
-                        } else {
-                            0.0
-                        }
-                    }
+                    "silence_s" => match e.silence_s(d, now_ms) {
+                        Some(silence) => silence,
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 let (id, zone) = (d.info.id.clone(), d.info.zone.clone());
