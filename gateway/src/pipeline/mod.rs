@@ -15,7 +15,7 @@
 //! committed at the deadline, or as soon as an alert event or an urgent reading joins it, or
 //! when it is full ([`MAX_BATCH`] messages). Alerts do not wait for the interval; only the
 //! acknowledgements of quiet reports do.
-use std::collections::HashSet;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
@@ -120,26 +121,18 @@ struct Evaluated {
     /// When the batch's first message was received, for
     /// `citysense_batch_accept_duration_seconds`.
     arrived: Instant,
+    /// Is to be committed now, without waiting for others to share the commit: it raises an
+    /// alert event or holds a reading its node sent at once (a threshold crossed). Found when
+    /// each part is evaluated, so that an open batch is not searched again at every merge.
+    urgent: bool,
 }
 
 impl Evaluated {
-    /// Is to be committed now, without waiting for others to share the commit: it raises an
-    /// alert event or holds a reading its node sent at once (a threshold crossed).
-    fn urgent(&self) -> bool {
-        !self.changes.events.is_empty()
-            || self.readings.iter().any(|r| {
-                matches!(
-                    r.measurement,
-                    crate::reading::Measurement::Value { urgent: true, .. }
-                        | crate::reading::Measurement::Occupancy { .. }
-                )
-            })
-    }
-
     /// Takes in what was evaluated after it, while it held the commit lock.
     fn merge(&mut self, later: Evaluated) {
         self.messages += later.messages;
         self.taken += later.taken;
+        self.urgent |= later.urgent;
         self.readings.extend(later.readings);
         self.points.extend(later.points);
         self.ledgers.extend(later.ledgers);
@@ -172,7 +165,7 @@ struct Batch {
     polled: usize,
     readings: Vec<Reading>,
     /// Devices whose ledgers moved.
-    touched: HashSet<Arc<str>>,
+    touched: FxHashSet<Arc<str>>,
     acks: Vec<Publish>,
     dead: Vec<Dead>,
     /// When its first message or polled reading arrived.
@@ -309,7 +302,7 @@ impl Pipeline {
                 ready = open.take();
             }
             if let Some(a) = ready {
-                let now = a.batch.urgent()
+                let now = a.batch.urgent
                     || a.batch.messages >= MAX_BATCH
                     || !receiving
                     || a.batch.arrived.elapsed() >= self.commit_interval;
@@ -466,7 +459,16 @@ impl Pipeline {
             e.on_readings(&batch.readings);
             e.on_points(&points);
         });
+        let urgent = !changes.events.is_empty()
+            || batch.readings.iter().any(|r| {
+                matches!(
+                    r.measurement,
+                    crate::reading::Measurement::Value { urgent: true, .. }
+                        | crate::reading::Measurement::Occupancy { .. }
+                )
+            });
         Evaluated {
+            urgent,
             messages: batch.messages,
             taken: batch.messages + batch.polled,
             readings: batch.readings,
@@ -498,6 +500,7 @@ impl Pipeline {
                 acks,
                 dead,
                 arrived,
+                urgent: _,
             } = batch;
             let with_points = !points.is_empty();
             let with_readings = !readings.is_empty();
@@ -543,7 +546,7 @@ impl Pipeline {
         payload: &[u8],
         now: i64,
         readings: &mut Vec<Reading>,
-        touched: &mut HashSet<Arc<str>>,
+        touched: &mut FxHashSet<Arc<str>>,
     ) -> Result<(), Rejection> {
         match parse_topic(topic) {
             Some(t) if t.stream == Stream::Up => {
