@@ -212,6 +212,10 @@ pub async fn maintain_store(
         last = Some((now, r.bytes));
     }
 }
+
+/// A device whose presence changed: id, kind, district and its presence now.
+type Moved = (Arc<str>, Arc<str>, Arc<str>, Presence);
+
 /// Updates the presence gauges, logs devices coming and going, and runs the presence rules.
 pub async fn sweep_presence(
     registry: Arc<Mutex<Registry>>,
@@ -221,7 +225,6 @@ pub async fn sweep_presence(
     (sinks, not_ready): (Vec<String>, NotReady),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = Seen::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -236,26 +239,49 @@ pub async fn sweep_presence(
                 .map(|s| (s.as_str(), down.contains_key(s)))
                 .collect()
         };
+        // One survey of the registry a second, taken by the presence rules under the lock they
+        // read the registry with; the devices that came or went are copied out for the log.
         let checked = alerts
             .apply(&store, |e| {
-                if let Ok(r) = registry.lock() {
-                    // Holds complete on the clock, not on the next value.
-                    e.tick(now);
-                    // Unacknowledged alerts go to the next person in their grade's time.
-                    e.escalate(now);
-                    e.on_presence(now, &r);
-                    let zone = r.zones().first().map_or("000000", |z| &**z);
-                    e.on_sinks(now, zone, &refused);
-                }
+                let r = registry.lock().ok()?;
+                // Holds complete on the clock, not on the next value.
+                e.tick(now);
+                // Unacknowledged alerts go to the next person in their grade's time.
+                e.escalate(now);
+                let survey = e.on_presence(now, &r);
+                let zone = r.zones().first().map_or("000000", |z| &**z);
+                e.on_sinks(now, zone, &refused);
+                let moved: Vec<Moved> = survey
+                    .changed
+                    .iter()
+                    .map(|&i| {
+                        let d = &r.devices()[i];
+                        let info = &d.info;
+                        (
+                            info.id.clone(),
+                            info.kind.clone(),
+                            info.zone.clone(),
+                            d.presence(now),
+                        )
+                    })
+                    .collect();
+                Some((survey, moved))
             })
             .await;
-        if let Err(e) = checked {
-            tracing::error!(error = %e, "presence rules failed");
-        }
-        let Ok(registry) = registry.lock() else {
-            return;
+        let (survey, moved) = match checked {
+            Ok(Some(surveyed)) => surveyed,
+            // The registry's lock is poisoned: nothing more to sweep.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "presence rules failed");
+                // The gauges still follow the devices; the log of comings and goings needs
+                // the rules' survey.
+                let Ok(r) = registry.lock() else {
+                    return;
+                };
+                (r.survey(now, &mut Seen::default()), Vec::new())
+            }
         };
-        let survey = registry.survey(now, &mut seen);
         for (zone, counts) in &survey.by_zone {
             for (state, n) in [
                 ("online", counts.online),
@@ -269,14 +295,13 @@ pub async fn sweep_presence(
             }
         }
         metrics.ledger_missing.set(survey.missing as i64);
-        for &i in &survey.changed {
-            let d = &registry.devices()[i];
-            match d.presence(now) {
+        for (device, kind, zone, presence) in moved {
+            match presence {
                 Presence::Online => {
-                    tracing::info!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device online")
+                    tracing::info!(device = %device, kind = %kind, zone = %zone, "device online")
                 }
                 Presence::Offline => {
-                    tracing::warn!(device = %d.info.id, kind = %d.info.kind, zone = %d.info.zone, "device offline")
+                    tracing::warn!(device = %device, kind = %kind, zone = %zone, "device offline")
                 }
                 Presence::Unknown => {}
             }

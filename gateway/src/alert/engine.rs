@@ -23,7 +23,7 @@ use super::rule::{Confirm, DeriveKind, Rule, Source};
 use super::timed::{DEFAULT_STALE_MS, Pending, default_stale_ms};
 use crate::point::{FieldValue, Point};
 use crate::reading::{Measurement, Reading};
-use crate::registry::{Presence, Registry, Seen};
+use crate::registry::{Presence, Registry, Seen, Survey};
 
 /// An episode whose value came back past the clear threshold this often is flagged flapping.
 const FLAPPING_CROSSINGS: u32 = 3;
@@ -346,8 +346,12 @@ impl Engine {
     /// with no alert open (an open alert on an online device is clearing, a hold) and nothing
     /// to remind. The `silence_s` rule, whose value grows with the clock, visits every device
     /// of its kinds.
-    pub fn on_presence(&mut self, now_ms: i64, registry: &Registry) {
-        let changed = registry.survey(now_ms, &mut self.presence_seen).changed;
+    ///
+    /// Returns the survey of the registry it took (the presence gauges and the log of devices
+    /// coming and going use it too).
+    pub fn on_presence(&mut self, now_ms: i64, registry: &Registry) -> Survey {
+        let survey = registry.survey(now_ms, &mut self.presence_seen);
+        let changed = &survey.changed;
         if self.presence_targets.as_ref().map(|t| t.0) != Some(registry.generation()) {
             let targets = self
                 .rules
@@ -370,7 +374,7 @@ impl Engine {
             self.presence_targets = Some((registry.generation(), targets));
         }
         let Some((_, targets)) = self.presence_targets.take() else {
-            return;
+            return survey;
         };
         let devices = registry.devices();
         for (i, targets) in targets.iter().enumerate() {
@@ -410,6 +414,7 @@ impl Engine {
             }
         }
         self.presence_targets = Some((registry.generation(), targets));
+        survey
     }
 
     /// A device's `silence_s` at `now_ms`: seconds since its last report while its scenic area
@@ -553,7 +558,8 @@ impl Engine {
         // Values from the gateway's own clock (presence, sinks) never arrive out of order, so a
         // state at rest holds nothing worth its few hundred bytes per device: none is made for
         // a value that leaves it at rest, and one that comes to rest is dropped (and written at
-        // rest if it was dirty). The presence rules check every device every second.
+        // rest if it was dirty). Every second the `silence_s` rule visits every device of its kinds,
+        // and the `offline` rule every offline one.
         let clocked = matches!(self.rules[i].rule.source, Source::Presence | Source::Sink);
         let key = (i, subject.clone());
         if clocked && !self.states.contains_key(&key) {
