@@ -275,7 +275,7 @@ impl Metrics {
             ),
             aggregate_too_late: counter(
                 "citysense_aggregate_too_late_total",
-                "Readings older than the raw retention when they came (stored raw, not aggregated).",
+                "Readings older than the raw retention before the newest reading of their units (stored raw, not aggregated).",
             ),
             aggregate_corrections: counter(
                 "citysense_aggregate_corrections_total",

@@ -20,7 +20,8 @@
 //!   out of order) recomputes its unit from the raw readings the store keeps, once the backlog
 //!   has come, and every window from the first one touched is emitted again as a revision,
 //!   with what the unit carries (occupancy, daily entries, the speed baseline) recomputed.
-//!   Only data older than the raw retention is `too_late`.
+//!   Only data older than the raw retention before the newest data of its own units is
+//!   `too_late`: a rehearsal of a past day beside live devices is not.
 //! - A batch is taken in event-time order, then device order; one device's readings of one
 //!   instant keep theirs: in-order delivery, any other order and a replay of the store end with
 //!   the same points (the property test in `housekeeping/arrival_orders.rs`).
@@ -119,6 +120,25 @@ struct Unit {
     sources: Option<Arc<[Arc<str>]>>,
     /// Listed in `Aggregators::due`.
     due: bool,
+}
+
+/// Whether a reading at `t` for the units `fed` is older than `retention_ms` before the newest
+/// reading of any of them. Its raw neighbours in those units are gone, so no correction could
+/// count it exactly. The newest is per unit, not the gateway's: a rehearsal of a past day
+/// beside live devices moves units the live data does not feed, and a backlog is measured
+/// against the devices it shares its windows with.
+fn too_late(
+    units: &[Unit],
+    fed: impl IntoIterator<Item = usize>,
+    t: i64,
+    retention_ms: i64,
+) -> bool {
+    let newest = fed
+        .into_iter()
+        .map(|u| units[u].progress.newest())
+        .max()
+        .unwrap_or(i64::MIN);
+    t < newest.saturating_sub(retention_ms)
 }
 
 /// The order readings are aggregated in: event time, then device (detectors reporting on the
@@ -222,7 +242,8 @@ impl Default for AggregateSettings {
 /// Counters the gateway exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AggregateCounts {
-    /// Readings older than the raw retention when they came: kept raw, not aggregated.
+    /// Readings older than the raw retention before the newest reading of the units they feed
+    /// when they came: kept raw, not aggregated.
     pub too_late: u64,
     /// Repeated tag reads at one gate counted once.
     pub duplicate_passages: u64,
@@ -246,8 +267,6 @@ pub struct Aggregators {
     asset_devices: HashMap<Arc<str>, Arc<[Arc<str>]>>,
     /// Units whose watermark entered a new minute: drained after the batch.
     due: Vec<usize>,
-    /// The newest event time heard: data older than the raw retention before it is too late.
-    newest: i64,
     corrections: Corrections,
     utc_offset_ms: i64,
     crowds: crowd::Crowds,
@@ -367,7 +386,6 @@ impl Aggregators {
             pipe_units: HashMap::default(),
             asset_devices,
             due: Vec::new(),
-            newest: i64::MIN,
             corrections: Corrections::default(),
             utc_offset_ms: site.site.utc_offset.ms(),
             crowds: crowd::Crowds::new(site),
@@ -386,20 +404,15 @@ impl Aggregators {
         let mut ordered: Vec<&Reading> = readings.iter().collect();
         ordered.sort_by(|a, b| event_order(a, b));
         for r in ordered {
-            if r.time_ms < self.newest.saturating_sub(self.settings.raw_retention_ms) {
-                // Its raw neighbours are gone: no correction could count it exactly.
-                self.counts.too_late += 1;
-                continue;
-            }
             self.add(r);
-            self.newest = self.newest.max(r.time_ms);
         }
         self.drain_due()
     }
 
     /// Offers `r` to its device's health and to the aggregator of its place, then moves the
     /// device's progress in every unit it feeds: any report, a status too, shows how far the
-    /// device has reported.
+    /// device has reported. A reading older than the raw retention before the newest of those
+    /// units is only counted `too_late`.
     fn add(&mut self, r: &Reading) {
         let Aggregators {
             devices,
@@ -422,6 +435,10 @@ impl Aggregators {
             let Some(&u) = crowds.group_of(&r.device).and_then(|g| area_units.get(g)) else {
                 return;
             };
+            if too_late(units, [u], r.time_ms, settings.raw_retention_ms) {
+                counts.too_late += 1;
+                return;
+            }
             let wm = units[u].progress.watermark();
             if crowds.count(r, &r.device, count, wm).is_err() {
                 corrections.late(u, r.time_ms);
@@ -431,6 +448,17 @@ impl Aggregators {
         let Some(device) = devices.get_mut(&r.device) else {
             return;
         };
+        let place_unit = match &device.place {
+            Some(Place::Gate { unit, .. } | Place::Detector { unit, .. }) => Some(*unit),
+            _ => None,
+        };
+        let fed = std::iter::once(device.health)
+            .chain(place_unit)
+            .chain(device.fields.iter().map(|(_, u)| *u));
+        if too_late(units, fed, r.time_ms, settings.raw_retention_ms) {
+            counts.too_late += 1;
+            return;
+        }
         let wm = units[device.health].progress.watermark();
         if health.report(r, wm).is_err() {
             corrections.late(device.health, r.time_ms);
@@ -502,10 +530,6 @@ impl Aggregators {
             corrections.late(u, r.time_ms);
         }
         let offline = device.offline_ms;
-        let place_unit = match &device.place {
-            Some(Place::Gate { unit, .. } | Place::Detector { unit, .. }) => Some(*unit),
-            _ => None,
-        };
         let fed = std::iter::once(device.health)
             .chain(place_unit)
             .chain(device.fields.iter().map(|(_, u)| *u));
@@ -936,6 +960,57 @@ mod tests {
         assert_eq!(occupancy, vec![&FieldValue::Int(0); 7]);
         assert_eq!(field(revised[6], "daily_entries"), &FieldValue::Int(9));
         assert_eq!(a.counts.drift, 0);
+    }
+
+    #[test]
+    fn too_late_is_measured_against_the_readings_own_units_not_the_newest_data_heard() {
+        // A rehearsal of 通天岩 two days back while 方特 (S3) and a pressure logger report live:
+        // the rehearsal's windows close by its own gates and nothing is too late.
+        let mut a = counted(&["S4"], T0 - 2 * MINUTE);
+        let live = T0 + 2 * DAY;
+        a.ingest(&[
+            gate("gz-s3-g1", live, 0x900, true),
+            reading(
+                "gz-p1-press",
+                "pipe-pressure",
+                live,
+                Measurement::Value {
+                    field: Cow::Borrowed("pressure"),
+                    value: 0.3,
+                    urgent: false,
+                },
+            ),
+        ]);
+        let mut points = Vec::new();
+        for m in 0..4 {
+            let t = T0 + m * MINUTE;
+            points.extend(a.ingest(&[
+                gate("gz-s4-g1", t, 0x100 + m as u64, true),
+                gate("gz-s4-g3", t + 1, 0x200 + m as u64, false),
+            ]));
+        }
+        assert_eq!(
+            a.counts.too_late, 0,
+            "the rehearsal is not late for its units"
+        );
+        assert_eq!(
+            crowd_after(&points, T0 - 2 * MINUTE)
+                .iter()
+                .filter(|p| p.tags.len() == 2)
+                .count(),
+            3,
+            "minutes 0 to 2 closed by 通天岩's own gates"
+        );
+        // A gate of 通天岩 whose backlog is more than the raw retention behind the other gates
+        // of its area is too late: their raw readings of that time are gone.
+        let far = T0 + 3 * MINUTE - RAW_RETENTION_MS - MINUTE;
+        let before = a.counts;
+        a.ingest(&[
+            gate("gz-s4-g2", far, 0x300, true),
+            gate("gz-s4-g2", T0 + 3 * MINUTE, 0x301, true),
+        ]);
+        assert_eq!(a.counts.too_late, before.too_late + 1, "only the old one");
+        assert_eq!(a.counts.corrections, before.corrections);
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl Progress {
         self.watermark
     }
 
+    /// The newest event time any of the unit's devices reported.
+    #[inline]
+    pub(super) fn newest(&self) -> i64 {
+        self.newest
+    }
+
     fn find(&self, device: u32) -> Result<usize, usize> {
         self.devices.binary_search_by_key(&device, |d| d.device)
     }
