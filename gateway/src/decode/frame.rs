@@ -39,21 +39,25 @@ impl super::Verifier {
                 format!("no key for device \"{}\" in the keys file", info.id),
             )
         })?;
-        // While a rotation is under way, a frame under the new key means the node took it.
-        let verified = match (frame.verify_prepared(key), self.keys.next(&info.id)) {
-            (Err(e), Some((_, _, next))) => match Frame::new_checked(payload)
-                .map_err(frame_error)?
-                .verify_prepared(next)
-            {
-                Ok(v) => {
-                    self.tell(crate::keys::KeyNews::SignsWithNext {
-                        device: info.id.as_ref().into(),
-                    });
-                    Ok(v)
-                }
-                Err(_) => Err(e),
+        // While a rotation is under way, a frame under the new key means the node took it (the
+        // key being sent is looked up only then: most frames verify with the current one).
+        let verified = match frame.verify_prepared(key) {
+            Err(e) => match self.keys.next(&info.id) {
+                Some((_, _, next)) => match Frame::new_checked(payload)
+                    .map_err(frame_error)?
+                    .verify_prepared(next)
+                {
+                    Ok(v) => {
+                        self.tell(crate::keys::KeyNews::SignsWithNext {
+                            device: info.id.as_ref().into(),
+                        });
+                        Ok(v)
+                    }
+                    Err(_) => Err(e),
+                },
+                None => Err(e),
             },
-            (v, _) => v,
+            verified => verified,
         };
         let message = verified
             .map_err(frame_error)?
