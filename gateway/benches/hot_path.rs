@@ -134,7 +134,7 @@ fn readings_of(f: &Fixture) -> Vec<Reading> {
     let now = gateway::clock::now_ms();
     f.messages
         .iter()
-        .flat_map(|(t, p)| v.report(&mut registry, t, p, now).unwrap())
+        .flat_map(|(t, p)| v.report(&mut registry, t, p, now).unwrap().readings)
         .collect()
 }
 
@@ -190,7 +190,7 @@ fn bench(c: &mut Criterion) {
                 for chunk in f.messages[..n].chunks(BATCH) {
                     let mut readings = Vec::with_capacity(chunk.len() * 4);
                     for (t, p) in chunk {
-                        readings.extend(v.report(&mut registry, t, p, now).unwrap());
+                        readings.extend(v.report(&mut registry, t, p, now).unwrap().readings);
                     }
                     let points = aggregators.ingest(&readings);
                     engine.on_readings(&readings);

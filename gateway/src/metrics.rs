@@ -3,6 +3,7 @@
 //! Counters end in `_total`; labels are low-cardinality (stream, reason, category, state),
 //! never a device id (STYLE.md §9). Per-device detail is in `/api/v1/devices`.
 
+use device_profiles::Category;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -14,6 +15,8 @@ pub struct Metrics {
     registry: Registry,
     /// MQTT messages received, by stream (`up`, `status`, `other`).
     pub messages: IntCounterVec,
+    /// The children of `messages` and `readings` that every message counts, resolved once.
+    pub per_message: PerMessage,
     /// Payload bytes received.
     pub bytes: IntCounter,
     /// Messages rejected, by reason.
@@ -173,12 +176,19 @@ impl Metrics {
         let latency = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
         ];
+        let messages = counters(
+            "citysense_mqtt_messages_received_total",
+            "MQTT messages received, by stream.",
+            &["stream"],
+        );
+        let readings = counters(
+            "citysense_readings_accepted_total",
+            "Readings accepted, by category.",
+            &["category"],
+        );
         let metrics = Metrics {
-            messages: counters(
-                "citysense_mqtt_messages_received_total",
-                "MQTT messages received, by stream.",
-                &["stream"],
-            ),
+            per_message: PerMessage::of(&messages, &readings),
+            messages,
             bytes: counter(
                 "citysense_mqtt_received_bytes_total",
                 "MQTT payload bytes received.",
@@ -202,11 +212,7 @@ impl Metrics {
                 "citysense_key_rotations_pending",
                 "Devices sent a new key that have not acknowledged it (they keep the old one).",
             ),
-            readings: counters(
-                "citysense_readings_accepted_total",
-                "Readings accepted, by category.",
-                &["category"],
-            ),
+            readings,
             decode_seconds: register(
                 &r,
                 Histogram::with_opts(
@@ -455,8 +461,72 @@ impl Metrics {
     }
 }
 
+/// The counters the pipeline bumps for every message, each a child of its vector resolved at
+/// start: counting a message then hashes no label and takes no lock of the vector.
+#[derive(Debug, Clone)]
+pub struct PerMessage {
+    /// `citysense_mqtt_messages_received_total{stream="up"}`.
+    pub up: IntCounter,
+    /// `…{stream="status"}`.
+    pub status: IntCounter,
+    /// `…{stream="other"}`.
+    pub other: IntCounter,
+    /// `citysense_readings_accepted_total` for crowd, traffic and pipe.
+    readings: [IntCounter; 3],
+}
+
+impl PerMessage {
+    fn of(messages: &IntCounterVec, readings: &IntCounterVec) -> PerMessage {
+        let category = |c| readings.with_label_values(&[crate::registry::category_name(c)]);
+        PerMessage {
+            up: messages.with_label_values(&["up"]),
+            status: messages.with_label_values(&["status"]),
+            other: messages.with_label_values(&["other"]),
+            readings: [
+                category(Category::Crowd),
+                category(Category::Traffic),
+                category(Category::Pipe),
+            ],
+        }
+    }
+
+    /// Readings accepted of category `c`.
+    pub fn readings(&self, c: Category) -> &IntCounter {
+        &self.readings[match c {
+            Category::Crowd => 0,
+            Category::Traffic => 1,
+            Category::Pipe => 2,
+        }]
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counters_resolved_per_message_are_the_labelled_series_served() {
+        let m = Metrics::new();
+        m.per_message.up.inc_by(3);
+        m.per_message.status.inc();
+        m.per_message.readings(Category::Traffic).inc_by(4);
+        m.per_message.readings(Category::Pipe).inc_by(2);
+        let text = m.render();
+        for line in [
+            "citysense_mqtt_messages_received_total{stream=\"up\"} 3",
+            "citysense_mqtt_messages_received_total{stream=\"status\"} 1",
+            "citysense_mqtt_messages_received_total{stream=\"other\"} 0",
+            "citysense_readings_accepted_total{category=\"traffic\"} 4",
+            "citysense_readings_accepted_total{category=\"pipe\"} 2",
+            "citysense_readings_accepted_total{category=\"crowd\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -40,7 +40,8 @@ fn gateway_accepts_the_golden_uplink_vectors() {
         let now = gateway::clock::now_ms();
         let readings = verifier
             .report(&mut registry.lock().unwrap(), &topic, v.frame, now)
-            .unwrap_or_else(|r| panic!("{}: rejected: {} ({})", v.name, r.reason, r.detail));
+            .unwrap_or_else(|r| panic!("{}: rejected: {} ({})", v.name, r.reason, r.detail))
+            .readings;
         accepted += 1;
         if let wire::Body::GateEvents(g) = &m.body {
             assert_eq!(readings.len(), g.events.len(), "{}", v.name);

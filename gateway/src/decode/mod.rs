@@ -33,7 +33,7 @@ pub mod verify;
 use std::sync::Arc;
 
 pub use topic::{DeviceTopic, Stream, parse_topic};
-pub use verify::{Verifier, VerifySection};
+pub use verify::{Accepted, Verifier, VerifySection};
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! The [`Verifier`]: which device a message is from, its profile and key, and the checks every
 //! reading passes, whether it came in a frame, as JSON or from a Modbus poll.
 
-use device_profiles::{Catalog, Encoding, Profile};
+use std::sync::Arc;
+
+use device_profiles::{Catalog, Category, Encoding, Profile};
 use rustc_hash::FxHashMap;
 
 use crate::keys::{KeyNews, Keys};
@@ -55,6 +57,18 @@ impl VerifySection {
         }
         p
     }
+}
+
+/// A report accepted: its readings and the device it came from (found once, for the caller's
+/// counters and the devices its batch touched).
+#[derive(Debug)]
+pub struct Accepted {
+    /// The readings it carries.
+    pub readings: Vec<Reading>,
+    /// The device's id.
+    pub device: Arc<str>,
+    /// The device's category.
+    pub category: Category,
 }
 
 /// Verifies and decodes messages against the catalog, keys and registry. A reload or a key
@@ -137,7 +151,7 @@ impl Verifier {
         topic: &str,
         payload: &[u8],
         now_ms: i64,
-    ) -> Result<Vec<Reading>, Rejection> {
+    ) -> Result<Accepted, Rejection> {
         let t = parse_topic(topic)
             .filter(|t| t.stream == Stream::Up)
             .ok_or_else(|| {
@@ -158,21 +172,25 @@ impl Verifier {
                 )
             });
         };
-        let result = self.report_from(device, t, payload, now_ms);
-        match &result {
-            Ok(_) => {
+        match self.report_from(device, t, payload, now_ms) {
+            Ok(readings) => {
                 device.state.accepted += 1;
                 device.state.last_seen_ms = Some(now_ms);
                 if device.state.status_topic == Some(StatusTopic::Offline) {
                     device.state.status_topic = None;
                 }
+                Ok(Accepted {
+                    readings,
+                    device: device.info.id.clone(),
+                    category: device.info.category,
+                })
             }
-            Err(_) => device.state.rejected += 1,
+            Err(mut r) => {
+                device.state.rejected += 1;
+                r.zone = registry.zone(t.zone);
+                Err(r)
+            }
         }
-        result.map_err(|mut r| {
-            r.zone = registry.zone(t.zone);
-            r
-        })
     }
 
     fn report_from(
@@ -359,7 +377,10 @@ mod verifier_tests {
                 NOW,
             )
             .unwrap();
-        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW, true));
+        assert_eq!(
+            (r.readings[0].time_ms, r.readings[0].unsynced_clock),
+            (NOW, true)
+        );
         let r = v
             .report(
                 &mut reg,
@@ -373,7 +394,10 @@ mod verifier_tests {
                 NOW,
             )
             .unwrap();
-        assert_eq!((r[0].time_ms, r[0].unsynced_clock), (NOW - 5000, false));
+        assert_eq!(
+            (r.readings[0].time_ms, r.readings[0].unsynced_clock),
+            (NOW - 5000, false)
+        );
     }
 
     #[test]

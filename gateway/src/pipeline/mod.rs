@@ -42,7 +42,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::point::Point;
 use crate::reading::Reading;
-use crate::registry::{Registry, category_name};
+use crate::registry::Registry;
 use crate::store::{CommitTimes, Store};
 use alerts::Alerts;
 
@@ -550,24 +550,20 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         match parse_topic(topic) {
             Some(t) if t.stream == Stream::Up => {
-                self.metrics.messages.with_label_values(&["up"]).inc();
-                let r = self.verifier.load().report(registry, topic, payload, now)?;
-                if let Some(d) = registry.get(t.device) {
-                    self.metrics
-                        .readings
-                        .with_label_values(&[category_name(d.info.category)])
-                        .inc_by(r.len() as u64);
-                    touched.insert(d.info.id.clone());
-                }
-                readings.extend(r);
+                let counts = &self.metrics.per_message;
+                counts.up.inc();
+                let a = self.verifier.load().report(registry, topic, payload, now)?;
+                counts.readings(a.category).inc_by(a.readings.len() as u64);
+                touched.insert(a.device);
+                readings.extend(a.readings);
                 Ok(())
             }
             Some(_) => {
-                self.metrics.messages.with_label_values(&["status"]).inc();
+                self.metrics.per_message.status.inc();
                 self.verifier.load().status(registry, topic, payload)
             }
             None => {
-                self.metrics.messages.with_label_values(&["other"]).inc();
+                self.metrics.per_message.other.inc();
                 Err(Rejection {
                     reason: "bad_topic",
                     detail: format!("topic \"{topic}\" is not a device topic"),

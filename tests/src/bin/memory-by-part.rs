@@ -63,7 +63,12 @@ fn main() {
         for chunk in frames.chunks(gateway::pipeline::MAX_BATCH) {
             let mut readings = Vec::new();
             for (topic, payload) in chunk {
-                readings.extend(verifier.report(&mut registry, topic, payload, now).unwrap());
+                readings.extend(
+                    verifier
+                        .report(&mut registry, topic, payload, now)
+                        .unwrap()
+                        .readings,
+                );
             }
             let points = aggregators.ingest(&readings);
             engine.on_readings(&readings);
