@@ -116,8 +116,15 @@ impl Devices {
             self.last_id = self.last_id.max(newest);
         }
         self.heads.extend(moved);
+        // A device reports several times between checkpoints: its entry is overwritten in place,
+        // its id copied only the first time.
         for (device, ledger) in ledgers {
-            self.ledgers.insert((*device).to_owned(), (*ledger).clone());
+            match self.ledgers.get_mut(*device) {
+                Some(l) => l.clone_from(ledger),
+                None => {
+                    self.ledgers.insert((*device).to_owned(), (*ledger).clone());
+                }
+            }
         }
     }
 
