@@ -23,6 +23,17 @@ pub enum Category {
     Pipe,
 }
 
+impl Category {
+    /// Its name as written in profiles, and as the gateway's metrics and API label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Crowd => "crowd",
+            Category::Traffic => "traffic",
+            Category::Pipe => "pipe",
+        }
+    }
+}
+
 /// How reports reach the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -401,6 +412,23 @@ impl Profile {
                     "clear_margin must be 0 or more".into(),
                 ));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_categorys_name_is_the_one_profiles_spell() {
+        #[derive(Deserialize)]
+        struct Named {
+            category: Category,
+        }
+        for c in [Category::Crowd, Category::Traffic, Category::Pipe] {
+            let parsed: Named = toml::from_str(&format!("category = \"{}\"", c.name())).unwrap();
+            assert_eq!(parsed.category, c);
         }
     }
 }

@@ -477,7 +477,7 @@ pub struct PerMessage {
 
 impl PerMessage {
     fn of(messages: &IntCounterVec, readings: &IntCounterVec) -> PerMessage {
-        let category = |c| readings.with_label_values(&[crate::registry::category_name(c)]);
+        let category = |c| readings.with_label_values(&[Category::name(c)]);
         PerMessage {
             up: messages.with_label_values(&["up"]),
             status: messages.with_label_values(&["status"]),

@@ -41,7 +41,7 @@ pub struct DeviceInfo {
 }
 
 fn ser_category<S: serde::Serializer>(c: &Category, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(category_name(*c))
+    s.serialize_str(c.name())
 }
 
 fn ser_encoding<S: serde::Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
@@ -50,15 +50,6 @@ fn ser_encoding<S: serde::Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Er
         Encoding::Json => "json",
         Encoding::Modbus => "modbus",
     })
-}
-
-/// The label used for a category in metrics and the API.
-pub fn category_name(c: Category) -> &'static str {
-    match c {
-        Category::Crowd => "crowd",
-        Category::Traffic => "traffic",
-        Category::Pipe => "pipe",
-    }
 }
 
 /// What the broker's retained status topic last said.

@@ -143,7 +143,7 @@ fn body_readings(
             format!(
                 "a {} report from a {} device ({})",
                 body.kind(),
-                crate::registry::category_name(info.category),
+                info.category.name(),
                 info.kind
             ),
         )
