@@ -418,6 +418,12 @@ async fn promtool_accepts_the_metrics_exposition() {
     let promtool = require("promtool", "prometheus");
     let broker = Mosquitto::start();
     let gw = start_gateway("promtool", broker.port, 10).await;
+    // A report published before the gateway's subscription is granted is not delivered to it
+    // (under CI load the start can take longer than the node's first publish).
+    wait_for("gateway subscribed", Duration::from_secs(10), || async {
+        gw.metrics().broker_connected.get() == 1
+    })
+    .await;
     let (node, _) = client("promtool-node", broker.port, true).await;
     publish(
         &node,
