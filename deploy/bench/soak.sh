@@ -17,6 +17,12 @@
 #   deploy/bench/soak.sh --commit-interval 50 ...
 #                                   # the gateway's store.commit_interval_ms (default: the
 #                                   # gateway's own, 200 ms)
+#   deploy/bench/soak.sh --reference ...
+#                                   # also `mosquitto_sub -q 1` on the same reports beside the
+#                                   # gateway: its CPU per report is what receiving and
+#                                   # acknowledging a report costs on this machine with the
+#                                   # reference client and nothing else, measured in the same
+#                                   # run (mosquitto-clients)
 #   deploy/bench/soak.sh --confine 1,256M ...
 #                                   # the gateway confined to one CPU's time and 256 MiB
 #                                   # (deploy/bench/edge.sh: systemd-run, else a cgroup)
@@ -48,12 +54,14 @@ simulator=target/release/simulator
 floor=
 confine=
 commit_interval=
+reference=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --nodelay) nodelay=true; shift ;;
+    --reference) reference=true; shift ;;
     --gateway) gateway=$2; shift 2 ;;
     --simulator) simulator=$2; shift 2 ;;
     --confine) confine=$2; shift 2 ;;
@@ -70,6 +78,9 @@ for prog in mosquitto victoria-metrics curl; do
   command -v "$prog" >/dev/null || {
     echo "missing $prog: apt-get install mosquitto victoria-metrics curl" >&2; exit 1; }
 done
+if $reference && ! command -v mosquitto_sub >/dev/null; then
+  echo "--reference needs mosquitto_sub: apt-get install mosquitto-clients" >&2; exit 1
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # The pid listening on 127.0.0.1:$1 must be ours.
@@ -179,6 +190,16 @@ pids+=("$gateway_pid")
 owns_port "$gateway_pid" "$http_port"
 until curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null; do sleep 0.2; done
 
+# The reference consumer: the same reports at QoS 1, each acknowledged, the topic printed (to a
+# file, block-buffered) and nothing else done. Started before the load; its figure is its CPU
+# over the reports it received, so a report published before it subscribed changes nothing.
+if $reference; then
+  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -V mqttv5 -q 1 -t 'cs/v1/+/+/+/up' -F '%t' \
+    >"$work/reference.txt" 2>&1 &
+  reference_pid=$!
+  pids+=("$reference_pid")
+fi
+
 "$simulator" load --devices "$devices" --rate "$rate" --duration "$duration" --connections 1 \
   --mqtt "127.0.0.1:$mqtt_port" --gateway "http://127.0.0.1:$http_port" \
   --report "$work/load.json" >"$work/load.log" 2>&1 &
@@ -196,6 +217,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 machine() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
 broker_pid=${pids[0]}
 cpu0=("$(ticks "$gateway_pid")" "$(ticks "$broker_pid")" "$(ticks "$load_pid")" "$(machine)")
+if $reference; then reference0=$(ticks "$reference_pid"); fi
 load_ticks=${cpu0[2]} load_secs=1
 started=$(date +%s)
 # Every 30 s, or more often for a short run (so its end is noticed soon after).
@@ -220,6 +242,7 @@ print(f"cpu over the run (cores): gateway {(g1 - g0) / hz / secs:.2f}, broker {(
   "$(( $(date +%s) - started ))" "$load_secs" ${cpu0[0]} ${cpu0[1]} ${cpu0[2]} ${cpu0[3]} \
   "$(ticks "$gateway_pid")" "$(ticks "$broker_pid")" "$load_ticks" $(machine))
 gateway_ticks=$(( $(ticks "$gateway_pid") - cpu0[0] ))
+if $reference; then reference_ticks=$(( $(ticks "$reference_pid") - reference0 )); fi
 wait "$load_pid" || { echo "simulator load failed:"; tail -5 "$work/load.log"; exit 1; }
 curl -fs "http://127.0.0.1:$http_port/metrics" >"$out/soak-metrics.prom" || true
 # What the gateway wrote to disk (the store's WAL and database, logs) per report received.
@@ -233,6 +256,17 @@ print(f"bytes written per report: {w / n:.0f} B")
 print(f"CPU per report: {ticks / hz / n * 1e6:.1f} µs (gateway user + system)")' \
   "$written" "${received:-0}" "$gateway_ticks")
 echo "$per_report"
+if $reference; then
+  # Stopped now (it flushes its output as it exits): every report has reached both.
+  kill "$reference_pid"; wait "$reference_pid" 2>/dev/null || true
+  python3 -c 'import os, sys
+ticks, n, gateway_ticks, gateway_n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), max(float(sys.argv[4] or 1), 1)
+hz = os.sysconf("SC_CLK_TCK")
+ours, theirs = gateway_ticks / hz / gateway_n * 1e6, ticks / hz / max(n, 1) * 1e6
+print(f"reference CPU per report: {theirs:.1f} µs (mosquitto_sub -q 1 beside the gateway, {n} reports received"
+      f" and acknowledged, nothing else done); the gateway: {ours:.1f} µs, {ours / max(theirs, 1e-9):.2f}× the reference")' \
+    "$reference_ticks" "$(grep -c '^cs/v1/' "$work/reference.txt" || true)" "$gateway_ticks" "${received:-0}"
+fi
 awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"
 # Where those bytes went (store/volume.rs): the WAL by cause, the checkpoints, and the rest
 # (whole-block rounding of partial writes, other files), each per report.
@@ -311,7 +345,7 @@ echo "latency under load ($broker broker): $latency"
 echo "$cpu"
 {
   echo
-  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")$([ -n "$confine" ] && echo " --confine $confine")\`"
+  echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")$([ -n "$confine" ] && echo " --confine $confine")$($reference && echo ' --reference')\`"
   echo
   echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu; $(echo "$per_report" | paste -sd ';' | sed 's/;/; /')$([ -n "$confine" ] && echo "; confined to $confine")"
 } >>"$out/BENCHMARKS-rows.md"
