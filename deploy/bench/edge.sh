@@ -9,6 +9,8 @@
 #   deploy/bench/edge.sh                        # 10 minutes
 #   deploy/bench/edge.sh --duration 120         # shorter
 #   deploy/bench/edge.sh --cpus 0.5 --memory 128M --rate 500
+#   deploy/bench/edge.sh --reference            # also mosquitto_sub -q 1's CPU per report on
+#                                               # the same reports (soak.sh --reference)
 #
 # The confinement: `systemd-run --scope -p CPUQuota=… -p MemoryMax=…` where systemd runs the
 # machine, else a cgroup made here directly (v2, or v1's cpu and memory controllers; root).

@@ -6,7 +6,9 @@
 # tracked device at 10k and 100k devices, 10,000 simulated devices on a connection each, and the
 # console (its first load in bytes; API p99 for 50 viewers, idle and at 1,000 reports/s), and
 # the ingest ceiling of one partition against two, and at nominal load (10,000 loggers, 1,000
-# reports/s) the bytes the gateway writes to disk and the CPU it uses per report.
+# reports/s) the bytes the gateway writes to disk and the CPU it uses per report, beside the CPU
+# per report of `mosquitto_sub -q 1` on the same reports in the same run (receiving and
+# acknowledging, nothing else: soak.sh --reference).
 # Latency under load runs deploy/bench/soak.sh (the release gateway and `simulator load` in
 # processes of their own) at half the QoS 1 ceiling, with a stock broker and with TCP_NODELAY,
 # then with `latency-floor --mode durable` in the gateway's place (its baseline: one fdatasync'd
@@ -107,8 +109,8 @@ sed -n 's/^latency under load (nodelay broker)/latency under load floor (durable
   "$out/under-load-floor.txt" | tee "$out/under-load-floor-line.txt"
 
 step "edge: nominal load (10,000 loggers, 1,000 reports/s) for $edge_s s: bytes written and CPU per report"
-deploy/bench/soak.sh --devices 10000 --rate 1000 --duration "$edge_s" >"$out/edge.txt"
-grep -E '^(bytes written per report|CPU per report|bytes per report by cause|soak messages)' "$out/edge.txt"
+deploy/bench/soak.sh --devices 10000 --rate 1000 --duration "$edge_s" --reference >"$out/edge.txt"
+grep -E '^(bytes written per report|CPU per report|reference CPU per report|bytes per report by cause|soak messages)' "$out/edge.txt"
 
 step "latency: publish → alert on cs/v1/alerts/events"
 cargo run --release -q -p system-tests --bin alert-latency -- --samples "$samples" \
@@ -134,6 +136,7 @@ awk '/^mosquitto \(/{print "latency p99 unloaded publish → alert " $2 ": " $5 
 grep '^visibility p99' "$out/throughput.txt" | sed 's/$/ (target ≤ 2000 ms)/'
 grep '^bytes written per report' "$out/edge.txt" | sed 's/$/ at nominal load (target ≤ 1024 B)/'
 grep '^CPU per report' "$out/edge.txt" | sed 's/$/ at nominal load (target ≤ 10 µs)/'
+grep '^reference CPU per report' "$out/edge.txt"
 grep '^memory per tracked device' "$out/throughput.txt" | sed 's/$/ (target ≤ 1024 B of state)/'
 grep '^connections:.*devices on' "$out/throughput.txt"
 grep '^all-route p99' "$out/console.txt"
@@ -148,7 +151,7 @@ grep '^median' "$out/partitions.txt" | sed 's/^/partitions: /'
   grep -h '^latency under load' "$out"/under-load-{stock,nodelay}.txt | sed 's/^/- /'
   sed 's/^/- /' "$out/under-load-floor-line.txt"
   sed 's/^/- /' "$out/fsync-floor.txt"
-  grep -E '^(bytes written per report|CPU per report)' "$out/edge.txt" | sed 's/^/- at nominal load, /'
+  grep -E '^(bytes written per report|CPU per report|reference CPU per report)' "$out/edge.txt" | sed 's/^/- at nominal load, /'
   awk '/^mosquitto \(/{print "- publish → alert " $2 ": p50 " $3 " ms, p99 " $5 " ms"}' "$out/latency.txt"
   awk '/^  total/{print "- console first load: " $2 " bytes"}' "$out/console.txt"
   grep '^all-route p99' "$out/console.txt" | sed 's/^/- console API, 50 viewers: /'
