@@ -55,6 +55,7 @@ floor=
 confine=
 commit_interval=
 reference=false
+reference_line=
 while [ $# -gt 0 ]; do
   case "$1" in
     --devices) devices=$2; shift 2 ;;
@@ -259,13 +260,14 @@ echo "$per_report"
 if $reference; then
   # Stopped now (it flushes its output as it exits): every report has reached both.
   kill "$reference_pid"; wait "$reference_pid" 2>/dev/null || true
-  python3 -c 'import os, sys
+  reference_line=$(python3 -c 'import os, sys
 ticks, n, gateway_ticks, gateway_n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), max(float(sys.argv[4] or 1), 1)
 hz = os.sysconf("SC_CLK_TCK")
 ours, theirs = gateway_ticks / hz / gateway_n * 1e6, ticks / hz / max(n, 1) * 1e6
 print(f"reference CPU per report: {theirs:.1f} µs (mosquitto_sub -q 1 beside the gateway, {n} reports received"
       f" and acknowledged, nothing else done); the gateway: {ours:.1f} µs, {ours / max(theirs, 1e-9):.2f}× the reference")' \
-    "$reference_ticks" "$(grep -c '^cs/v1/' "$work/reference.txt" || true)" "$gateway_ticks" "${received:-0}"
+    "$reference_ticks" "$(grep -c '^cs/v1/' "$work/reference.txt" || true)" "$gateway_ticks" "${received:-0}")
+  echo "$reference_line"
 fi
 awk '/^citysense_(store_commit|batch_accept|alert_delivery)_duration_seconds_bucket/' "$out/soak-metrics.prom"
 # Where those bytes went (store/volume.rs): the WAL by cause, the checkpoints, and the rest
@@ -347,5 +349,5 @@ echo "$cpu"
   echo
   echo "### $(date -u +%Y-%m-%d) · $(nproc) cores · \`deploy/bench/soak.sh --devices $devices --rate $rate --duration $duration$($nodelay && echo ' --nodelay')$([ -n "$floor" ] && echo " --floor $floor")$([ -n "$confine" ] && echo " --confine $confine")$($reference && echo ' --reference')\`"
   echo
-  echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu; $(echo "$per_report" | paste -sd ';' | sed 's/;/; /')$([ -n "$confine" ] && echo "; confined to $confine")"
+  echo "- $summary; messages: $lost; latency ($broker broker): $latency; $cpu; $(echo "$per_report" | paste -sd ';' | sed 's/;/; /')$([ -n "$reference_line" ] && echo "; $reference_line")$([ -n "$confine" ] && echo "; confined to $confine")"
 } >>"$out/BENCHMARKS-rows.md"
