@@ -41,24 +41,18 @@ impl super::Verifier {
         })?;
         // While a rotation is under way, a frame under the new key means the node took it (the
         // key being sent is looked up only then: most frames verify with the current one).
-        let verified = match frame.verify_prepared(key) {
-            Err(e) => match self.keys.next(&info.id) {
-                Some((_, _, next)) => match Frame::new_checked(payload)
-                    .map_err(frame_error)?
-                    .verify_prepared(next)
-                {
-                    Ok(v) => {
-                        self.tell(crate::keys::KeyNews::SignsWithNext {
-                            device: info.id.as_ref().into(),
-                        });
-                        Ok(v)
-                    }
-                    Err(_) => Err(e),
-                },
-                None => Err(e),
-            },
-            verified => verified,
-        };
+        let mut verified = frame.verify_prepared(key);
+        if verified.is_err()
+            && let Some((_, _, next)) = self.keys.next(&info.id)
+            && let Ok(v) = Frame::new_checked(payload)
+                .map_err(frame_error)?
+                .verify_prepared(next)
+        {
+            self.tell(crate::keys::KeyNews::SignsWithNext {
+                device: info.id.as_ref().into(),
+            });
+            verified = Ok(v);
+        }
         let message = verified
             .map_err(frame_error)?
             .decode()
